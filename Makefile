@@ -1,0 +1,45 @@
+# Two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+# The newest Airflow we test against, and the oldest 3.x we support.
+AIRFLOW ?= 3.3
+OLDEST_AIRFLOW := 3.1
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-airflow-$(AIRFLOW)
+
+.PHONY: venv test lint typecheck pytest test-oldest demo emulator clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints/airflow-$(AIRFLOW).txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(BIN)/uv pip install --quiet --python $(BIN)/python \
+		-c constraints/airflow-$(AIRFLOW).txt -e ".[test]"
+	touch $@
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv
+	$(BIN)/pytest
+
+# The whole suite: lint, types and tests on the newest Airflow, then the tests on the oldest supported one.
+test: lint typecheck pytest test-oldest
+
+test-oldest:
+	$(MAKE) pytest AIRFLOW=$(OLDEST_AIRFLOW) VENV=.venv-airflow-$(OLDEST_AIRFLOW)
+
+emulator: venv
+	$(BIN)/finetune-emulator --host 127.0.0.1 --port 8089
+
+demo: venv
+	$(BIN)/python -m airflow_provider_finetune.demo
+
+clean:
+	rm -rf .venv .venv-airflow-* .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,417 @@
+"""The request core shared by the sync and the async client: build, authenticate, send, classify, retry.
+
+Everything that decides something lives in :func:`exchange`, a generator that never does I/O: it yields
+``Send(request)`` and ``Sleep(seconds)`` steps and is told what came back. :func:`run_sync` and
+:func:`run_async` are the two I/O edges that carry those steps out with ``httpx.Client`` and
+``httpx.AsyncClient``; they are the only places where the two paths differ, so the async path can never
+lose a retry rule or an error mapping that the sync path has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import random
+import time
+import weakref
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+from urllib.parse import quote
+
+import httpx
+
+from airflow_provider_finetune import __version__
+from airflow_provider_finetune.exceptions import (
+    FineTuningAPIError,
+    FineTuningConnectionError,
+    FineTuningError,
+    FineTuningTimeoutError,
+    InvalidRequestError,
+    UnsafeToRetryError,
+    api_error_for_status,
+)
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "ApiType",
+    "ConnectionSettings",
+    "RetryPolicy",
+    "Send",
+    "Sleep",
+    "exchange",
+    "path_param",
+    "run_async",
+    "run_sync",
+    "shared_async_client",
+]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_RETRIES = 5
+
+ApiType = Literal["openai", "azure"]
+
+# Statuses that say "try again": the request timed out, conflicted with a concurrent change, was rate
+# limited, or the service failed.
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """Where and how to talk to a service that speaks the fine-tuning API.
+
+    The API key is kept out of ``repr`` and only ever leaves this object inside a request header.
+
+    :param base_url: URL the API paths are appended to, e.g. ``https://api.openai.com/v1``.
+    :param api_key: the secret key.
+    :param organization: OpenAI organization id, sent as ``OpenAI-Organization``.
+    :param project: OpenAI project id, sent as ``OpenAI-Project``.
+    :param api_type: ``openai`` (Bearer token) or ``azure`` (``api-key`` header).
+    :param api_version: ``api-version`` query parameter sent with every request (Azure), if set.
+    :param extra_headers: more headers for every request (gateways such as Portkey or LiteLLM).
+    :param timeout: seconds to wait for the service (connecting takes at most 10 of them).
+    :param max_retries: how often a transient failure is retried before it is raised.
+    """
+
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str = field(default="", repr=False)
+    organization: str | None = None
+    project: str | None = None
+    api_type: ApiType = "openai"
+    api_version: str | None = None
+    extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    timeout: float = DEFAULT_TIMEOUT
+    max_retries: int = DEFAULT_MAX_RETRIES
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise InvalidRequestError(
+                f"base_url must start with http:// or https://, got {self.base_url!r}", field="base_url"
+            )
+        if self.api_type not in ("openai", "azure"):
+            raise InvalidRequestError(
+                f"api_type must be 'openai' or 'azure', got {self.api_type!r}", field="api_type"
+            )
+        if self.timeout <= 0:
+            raise InvalidRequestError(f"timeout must be positive, got {self.timeout}", field="timeout")
+        if self.max_retries < 0:
+            raise InvalidRequestError(
+                f"max_retries must be 0 or more, got {self.max_retries}", field="max_retries"
+            )
+        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+
+    def headers(self) -> dict[str, str]:
+        """Return the headers every request carries, authentication included."""
+        headers = {"User-Agent": f"airflow-provider-finetune/{__version__}", "Accept": "application/json"}
+        if self.api_key:
+            if self.api_type == "azure":
+                headers["api-key"] = self.api_key
+            else:
+                headers["Authorization"] = f"Bearer {self.api_key}"
+        if self.organization:
+            headers["OpenAI-Organization"] = self.organization
+        if self.project:
+            headers["OpenAI-Project"] = self.project
+        headers.update(self.extra_headers)
+        return headers
+
+    def default_params(self) -> dict[str, str]:
+        """Return the query parameters every request carries."""
+        return {"api-version": self.api_version} if self.api_version else {}
+
+    def timeouts(self) -> httpx.Timeout:
+        """Return the httpx timeouts for these settings."""
+        return httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))
+
+    def fingerprint(self) -> str:
+        """Return a digest that identifies these settings without revealing the key."""
+        blob = json.dumps(
+            [
+                self.base_url,
+                self.api_key,
+                self.organization,
+                self.project,
+                self.api_type,
+                self.api_version,
+                sorted(self.extra_headers.items()),
+                self.timeout,
+            ]
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def redact(self, text: str) -> str:
+        """Replace every secret of these settings that occurs in ``text``."""
+        for secret in (self.api_key, *self.extra_headers.values()):
+            if secret and len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return text
+
+    def make_client(self) -> httpx.Client:
+        """Create a sync client for these settings."""
+        return httpx.Client(
+            base_url=self.base_url + "/",
+            headers=self.headers(),
+            params=self.default_params(),
+            timeout=self.timeouts(),
+            follow_redirects=False,
+        )
+
+    def make_async_client(self) -> httpx.AsyncClient:
+        """Create an async client for these settings."""
+        return httpx.AsyncClient(
+            base_url=self.base_url + "/",
+            headers=self.headers(),
+            params=self.default_params(),
+            timeout=self.timeouts(),
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient failures are retried: exponential backoff with jitter, bounded.
+
+    :param max_retries: retries after the first attempt.
+    :param initial_delay: seconds before the first retry.
+    :param max_delay: longest backoff between two attempts.
+    :param max_retry_after: the longest ``retry-after`` the service may ask for that is honoured as is;
+        a longer one is cut to this.
+    :param jitter: fraction of each backoff that is randomised, so that many clients do not retry in step.
+    """
+
+    max_retries: int = DEFAULT_MAX_RETRIES
+    initial_delay: float = 0.5
+    max_delay: float = 30.0
+    max_retry_after: float = 120.0
+    jitter: float = 0.25
+
+    def backoff(self, retry: int, headers: httpx.Headers | None = None) -> float:
+        """Seconds to wait before retry number ``retry`` (0-based), honouring the service's wish."""
+        asked = retry_after(headers) if headers is not None else None
+        if asked is not None:
+            return min(asked, self.max_retry_after)
+        delay = min(self.initial_delay * 2.0**retry, self.max_delay)
+        return delay * (1.0 - self.jitter * random.random())
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Read how long the service asks us to wait: ``retry-after-ms``, then ``retry-after``.
+
+    ``retry-after`` may be seconds or an HTTP date. Returns ``None`` when neither is present or usable.
+    """
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            return max(float(raw_ms) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(parsed.timestamp() - time.time(), 0.0)
+
+
+class Send(NamedTuple):
+    """Step of :func:`exchange`: send this request and report the response or the transport error."""
+
+    request: httpx.Request
+
+
+class Sleep(NamedTuple):
+    """Step of :func:`exchange`: wait this many seconds, then report ``None``."""
+
+    seconds: float
+
+
+Outcome = httpx.Response | httpx.TransportError | None
+Exchange = Generator[Send | Sleep, Outcome, httpx.Response]
+
+# Transport errors that prove the request never reached the service: safe to send again even when the
+# request creates something.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def exchange(
+    build: Callable[[], httpx.Request],
+    *,
+    settings: ConnectionSettings,
+    policy: RetryPolicy,
+    idempotent: bool = True,
+) -> Exchange:
+    """Drive one API call to a successful response, or raise the typed error that ends it.
+
+    :param build: makes the request; called again for each attempt, so streamed bodies start afresh.
+    :param settings: the connection, used to redact secrets from error messages.
+    :param policy: the retry policy.
+    :param idempotent: ``False`` for calls that create something (``POST /fine_tuning/jobs``): when such
+        a call may have reached the service (timeout while waiting, dropped connection, 408 or 5xx) it
+        is not sent again; :class:`UnsafeToRetryError` is raised so that the caller looks the object up.
+    """
+    retry = 0
+    while True:
+        error: FineTuningError
+        request = build()
+        outcome = yield Send(request)
+        if isinstance(outcome, httpx.Response):
+            if outcome.is_success:
+                return outcome
+            error = _api_error(outcome, settings)
+            should = _should_retry_status(outcome)
+            ambiguous = outcome.status_code == 408 or outcome.status_code >= 500
+            cause: BaseException = error
+        elif isinstance(outcome, httpx.TransportError):
+            error = _transport_error(outcome, request, settings)
+            should = True
+            ambiguous = not isinstance(outcome, _NOT_SENT)
+            cause = outcome
+        else:  # pragma: no cover - a driver bug, not a service failure
+            raise TypeError(f"exchange expected a response or a transport error, got {outcome!r}")
+
+        if not should:
+            raise error from (cause if cause is not error else None)
+        if ambiguous and not idempotent:
+            raise UnsafeToRetryError(request.method, request.url.path, error) from cause
+        if retry >= policy.max_retries:
+            raise error from (cause if cause is not error else None)
+        headers = outcome.headers if isinstance(outcome, httpx.Response) else None
+        yield Sleep(policy.backoff(retry, headers))
+        retry += 1
+
+
+def _should_retry_status(response: httpx.Response) -> bool:
+    verdict = response.headers.get("x-should-retry")
+    if verdict == "true":
+        return True
+    if verdict == "false":
+        return False
+    return response.status_code in RETRYABLE_STATUSES or response.status_code >= 500
+
+
+def _api_error(response: httpx.Response, settings: ConnectionSettings) -> FineTuningAPIError:
+    body: Any = None
+    message = ""
+    code = param = error_type = None
+    try:
+        body = response.json()
+    except ValueError:
+        message = response.text[:500]
+    if isinstance(body, dict):
+        detail = body.get("error", body)
+        if isinstance(detail, dict):
+            message = str(detail.get("message") or "")
+            code = _opt_str(detail.get("code"))
+            param = _opt_str(detail.get("param"))
+            error_type = _opt_str(detail.get("type"))
+        elif isinstance(detail, str):
+            message = detail
+    if not message:
+        message = response.reason_phrase or "error"
+    message = settings.redact(message)
+    if isinstance(body, dict | list):
+        body = json.loads(settings.redact(json.dumps(body)))
+    cls = api_error_for_status(response.status_code)
+    return cls(
+        response.status_code,
+        message,
+        code=code,
+        param=param,
+        error_type=error_type,
+        request_id=response.headers.get("x-request-id"),
+        body=body,
+    )
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _transport_error(
+    exc: httpx.TransportError, request: httpx.Request, settings: ConnectionSettings
+) -> FineTuningConnectionError:
+    where = f"{request.method} {request.url.copy_with(query=None)}"
+    reason = settings.redact(str(exc)) or type(exc).__name__
+    if isinstance(exc, httpx.TimeoutException):
+        return FineTuningTimeoutError(f"{where} timed out ({type(exc).__name__}: {reason})")
+    return FineTuningConnectionError(f"{where} failed: {type(exc).__name__}: {reason}")
+
+
+def run_sync(
+    client: httpx.Client, steps: Exchange, *, sleep: Callable[[float], None] = time.sleep
+) -> httpx.Response:
+    """Carry out the steps of :func:`exchange` with a sync client."""
+    step = next(steps)
+    while True:
+        outcome: Outcome = None
+        if isinstance(step, Sleep):
+            sleep(step.seconds)
+        else:
+            try:
+                outcome = client.send(step.request)
+            except httpx.TransportError as exc:
+                outcome = exc
+        try:
+            step = steps.send(outcome)
+        except StopIteration as done:
+            return done.value
+
+
+async def run_async(client: httpx.AsyncClient, steps: Exchange) -> httpx.Response:
+    """Carry out the steps of :func:`exchange` with an async client."""
+    step = next(steps)
+    while True:
+        outcome: Outcome = None
+        if isinstance(step, Sleep):
+            await asyncio.sleep(step.seconds)
+        else:
+            try:
+                outcome = await client.send(step.request)
+            except httpx.TransportError as exc:
+                outcome = exc
+        try:
+            step = steps.send(outcome)
+        except StopIteration as done:
+            return done.value
+
+
+def path_param(name: str, value: str) -> str:
+    """Quote one path segment, refusing an empty id before anything is sent."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequestError(f"{name} must be a non-empty string, got {value!r}", field=name)
+    return quote(value.strip(), safe=":")
+
+
+# One AsyncClient per connection per event loop, shared by every hook and trigger in the process, so that
+# a triggerer watching many jobs keeps one connection pool per service instead of one per trigger.
+_SHARED_ASYNC: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def shared_async_client(settings: ConnectionSettings) -> httpx.AsyncClient:
+    """Return the process-wide async client for these settings on the running event loop."""
+    loop = asyncio.get_running_loop()
+    clients = _SHARED_ASYNC.setdefault(loop, {})
+    key = settings.fingerprint()
+    client = clients.get(key)
+    if client is None or client.is_closed:
+        client = clients[key] = settings.make_async_client()
+    return client
+
+
+async def close_shared_async_clients() -> None:
+    """Close the shared async clients of the running event loop (tests, and a clean triggerer stop)."""
+    clients = _SHARED_ASYNC.pop(asyncio.get_running_loop(), {})
+    for client in clients.values():
+        await client.aclose()

@@ -1,0 +1,229 @@
+"""Typed errors of the provider: one class per way a call can fail, never a string to match.
+
+``FineTuningAPIError`` answers "the service said no" and carries what the service said (status, code,
+param, message, request id); ``FineTuningConnectionError`` and ``FineTuningTimeoutError`` answer "we never
+heard back". ``InvalidRequestError`` is raised before anything is sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.exceptions import AirflowException
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "ConflictError",
+    "FineTuningAPIError",
+    "FineTuningConnectionError",
+    "FineTuningError",
+    "FineTuningJobFailed",
+    "FineTuningTimeoutError",
+    "InternalServerError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "UnprocessableEntityError",
+    "UnsafeToRetryError",
+    "api_error_for_status",
+]
+
+
+class FineTuningError(AirflowException):
+    """Base class of every error this provider raises."""
+
+
+class InvalidRequestError(FineTuningError, ValueError):
+    """A request was refused on the client side, before anything was sent.
+
+    :param message: what is wrong, naming the field.
+    :param field: dotted path of the offending field, when there is one.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class FineTuningConnectionError(FineTuningError):
+    """The service could not be reached, or the connection dropped before an answer came."""
+
+
+class FineTuningTimeoutError(FineTuningConnectionError):
+    """The service did not answer in time."""
+
+
+class UnsafeToRetryError(FineTuningError):
+    """A request that creates something may or may not have reached the service.
+
+    Raised instead of re-sending it blindly; the caller looks the object up (for jobs, by their metadata
+    tag) before deciding to send again.
+
+    :param method: HTTP method of the request.
+    :param path: path of the request, relative to the base URL.
+    :param cause: the error that left the outcome unknown.
+    """
+
+    def __init__(self, method: str, path: str, cause: BaseException) -> None:
+        super().__init__(
+            f"{method} {path} may have reached the service before it failed ({cause}); "
+            "it was not sent again, to avoid creating a second object"
+        )
+        self.method = method
+        self.path = path
+        self.cause = cause
+
+
+class FineTuningAPIError(FineTuningError):
+    """The service answered with an error.
+
+    :param status_code: HTTP status of the answer.
+    :param message: the service's message.
+    :param code: the service's machine-readable code, if any.
+    :param param: the request parameter the error is about, if any.
+    :param error_type: the service's error type, if any.
+    :param request_id: the ``x-request-id`` of the answer, for support tickets.
+    :param body: the decoded error body.
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        error_type: str | None = None,
+        request_id: str | None = None,
+        body: Any = None,
+    ) -> None:
+        # AirflowException declares ``status_code`` as an HTTPStatus for its own API; ours is the
+        # service's status, which may be any integer.
+        self.status_code = status_code
+        self.message = message
+        self.code = code
+        self.param = param
+        self.error_type = error_type
+        self.request_id = request_id
+        self.body = body
+        super().__init__(str(self))
+
+    status_code: int  # type: ignore[assignment]
+
+    def __str__(self) -> str:
+        parts = [f"{self.status_code}"]
+        if self.code:
+            parts.append(f"[{self.code}]")
+        text = " ".join(parts) + f" {self.message}"
+        if self.param:
+            text += f" (param: {self.param})"
+        if self.request_id:
+            text += f" (request id: {self.request_id})"
+        return text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep the keyword-only attributes when the error crosses a process boundary.
+        return (_rebuild_api_error, (type(self), self.status_code, self.message, self._kwargs()))
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "param": self.param,
+            "error_type": self.error_type,
+            "request_id": self.request_id,
+            "body": self.body,
+        }
+
+
+def _rebuild_api_error(
+    cls: type[FineTuningAPIError], status_code: int, message: str, kwargs: dict[str, Any]
+) -> FineTuningAPIError:
+    return cls(status_code, message, **kwargs)
+
+
+class BadRequestError(FineTuningAPIError):
+    """400: the service refused the request as malformed or invalid."""
+
+
+class AuthenticationError(FineTuningAPIError):
+    """401: the API key is missing, wrong or revoked."""
+
+
+class PermissionDeniedError(FineTuningAPIError):
+    """403: the key may not do this (checkpoint permissions need an admin key)."""
+
+
+class NotFoundError(FineTuningAPIError):
+    """404: no such job, file, checkpoint or path (a wrong base URL answers this too)."""
+
+
+class ConflictError(FineTuningAPIError):
+    """409: the object is in a state that does not allow this (e.g. resuming a running job)."""
+
+
+class UnprocessableEntityError(FineTuningAPIError):
+    """422: the request was understood but cannot be processed."""
+
+
+class RateLimitError(FineTuningAPIError):
+    """429: too many requests, or the quota is used up."""
+
+
+class InternalServerError(FineTuningAPIError):
+    """5xx: the service failed."""
+
+
+class FineTuningJobFailed(FineTuningError):
+    """A fine-tuning job ended failed, cancelled, or did not end in time.
+
+    :param job_id: the job.
+    :param status: the job's last known status.
+    :param message: what happened, with the service's error code, message and param.
+    :param code: the job's error code, if any.
+    :param param: the job's error param, if any.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        status: str,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.status = status
+        self.code = code
+        self.param = param
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_job_failed, (self.job_id, self.status, str(self), self.code, self.param))
+
+
+def _rebuild_job_failed(
+    job_id: str, status: str, message: str, code: str | None, param: str | None
+) -> FineTuningJobFailed:
+    return FineTuningJobFailed(job_id, status, message, code=code, param=param)
+
+
+_BY_STATUS: dict[int, type[FineTuningAPIError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+
+def api_error_for_status(status_code: int) -> type[FineTuningAPIError]:
+    """Return the error class for an HTTP status."""
+    if status_code >= 500:
+        return InternalServerError
+    return _BY_STATUS.get(status_code, FineTuningAPIError)
