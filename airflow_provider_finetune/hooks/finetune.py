@@ -7,6 +7,7 @@ the sync method and its ``a``-prefixed async twin both hand that description to 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import IO, Any, Generic, TypeVar, cast
 
 import httpx
-from airflow.providers.common.compat.sdk import BaseHook, mask_secret
+from airflow.sdk import BaseHook
+from airflow.sdk.log import mask_secret
 from pydantic import BaseModel
 
 from airflow_provider_finetune.client import (
@@ -183,9 +185,13 @@ class FineTuningHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Relabel the connection form: "Base URL" and "API key" instead of host and password."""
+        """Relabel the connection form: "Base URL" and "API key" instead of host and password.
+
+        Airflow 3.2+ reads the form from ``get_provider_info`` (``conn-fields``) and never calls this; older
+        releases do, and without the form-widget packages they show the extras as JSON, so "extra" stays.
+        """
         return {
-            "hidden_fields": ["schema", "login", "port", "extra"],
+            "hidden_fields": ["schema", "login", "port"],
             "relabeling": {"host": "Base URL", "password": "API key"},
             "placeholders": {
                 "host": DEFAULT_BASE_URL,
@@ -249,7 +255,12 @@ class FineTuningHook(BaseHook):
     async def asettings(self) -> ConnectionSettings:
         """The connection's settings, read on first use without blocking the event loop."""
         if "settings" not in self.__dict__:
-            conn = await self.aget_connection(self.finetune_conn_id)
+            try:
+                conn = await self.aget_connection(self.finetune_conn_id)
+            except ImportError:
+                # Airflow 3.1.0 looks for the task supervisor before the secrets backends, so the async
+                # lookup fails outside a task or triggerer process; the sync lookup does not.
+                conn = await asyncio.to_thread(self.get_connection, self.finetune_conn_id)
             self.__dict__["settings"] = self._apply_overrides(self.settings_from_connection(conn))
         return self.settings
 

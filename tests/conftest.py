@@ -1,0 +1,9 @@
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Keep Airflow's state out of the user's home: every test session gets its own AIRFLOW_HOME, set before
+# anything imports airflow.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="finetune-airflow-home-"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
