@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import IO, Any, Generic, TypeVar, cast
+from typing import IO, Any, Generic, TypeGuard, TypeVar, cast
 
 import httpx
 from airflow.sdk import BaseHook
@@ -59,6 +59,7 @@ from airflow_provider_finetune.models import (
     FineTuningJob,
     FineTuningJobCheckpoint,
     FineTuningJobEvent,
+    FineTuningJobStatus,
     GraderRunResult,
     GraderValidation,
     Page,
@@ -377,23 +378,23 @@ class FineTuningHook(BaseHook):
     ) -> tuple[FineTuningJob, bool]:
         """Create the job for ``tag`` unless one exists: at most one job per tag, whatever fails.
 
-        The tag goes into the job's metadata under :data:`TASK_TAG_KEY`. A job already carrying it is
-        returned as is (whatever its status: the caller decides whether a failed one is retried with a
-        new tag). When the create call's outcome is unknown, the tag is looked up again before anything
-        is re-sent.
+        The tag goes into the job's metadata under :data:`TASK_TAG_KEY`. The newest job carrying it is
+        reattached to when it is in progress or succeeded; after a failed or cancelled one a new job is
+        created (it carries the same tag and, being newer, is the one found next time). When the create
+        call's outcome is unknown, the tag is looked up again before anything is re-sent.
 
         :return: the job, and whether this call created it.
         """
         tagged = _tagged(request, tag)
         existing = self.find_job_by_tag(tag)
-        if existing is not None:
+        if _reusable(existing):
             return existing, False
         try:
             return self.create_job(tagged), True
         except UnsafeToRetryError as unknown:
             self.log.warning("Creating the job may or may not have worked (%s); looking it up", unknown.cause)
             found = self.find_job_by_tag(tag)
-            if found is not None:
+            if found is not None and found.id != getattr(existing, "id", None):
                 return found, False
             # The lookup answered and no job carries the tag: the first request created nothing.
             return self.create_job(tagged), True
@@ -404,14 +405,14 @@ class FineTuningHook(BaseHook):
         """Async :meth:`ensure_job`."""
         tagged = _tagged(request, tag)
         existing = await self.afind_job_by_tag(tag)
-        if existing is not None:
+        if _reusable(existing):
             return existing, False
         try:
             return await self.acreate_job(tagged), True
         except UnsafeToRetryError as unknown:
             self.log.warning("Creating the job may or may not have worked (%s); looking it up", unknown.cause)
             found = await self.afind_job_by_tag(tag)
-            if found is not None:
+            if found is not None and found.id != getattr(existing, "id", None):
                 return found, False
             return await self.acreate_job(tagged), True
 
@@ -802,6 +803,11 @@ def _request(model_cls: type[M], request: M | Mapping[str, Any]) -> M:
 def _create_job(request: CreateFineTuningJobRequest | Mapping[str, Any]) -> Call[FineTuningJob]:
     body = _request(CreateFineTuningJobRequest, request).to_body()
     return Call("POST", "fine_tuning/jobs", _model(FineTuningJob), json=body, idempotent=False)
+
+
+def _reusable(job: FineTuningJob | None) -> TypeGuard[FineTuningJob]:
+    """Whether a job found by its tag is the one to reattach to: in progress or succeeded."""
+    return job is not None and job.status not in (FineTuningJobStatus.FAILED, FineTuningJobStatus.CANCELLED)
 
 
 def _tagged(request: CreateFineTuningJobRequest | Mapping[str, Any], tag: str) -> CreateFineTuningJobRequest:

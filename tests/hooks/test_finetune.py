@@ -457,6 +457,24 @@ async def test_ensure_job_reattaches_to_a_tagged_job(hook: FineTuningHook, api: 
     assert parse_qs(urlsplit(str(api.requests[0].url)).query)[f"metadata[{TASK_TAG_KEY}]"] == ["t-1"]
 
 
+@pytest.mark.parametrize("status", ["failed", "cancelled"])
+async def test_ensure_job_creates_anew_after_a_failed_or_cancelled_job(
+    hook: FineTuningHook, api: FakeAPI, mode: str, status: str
+) -> None:
+    api.on("GET", "fine_tuning/jobs", page([job("ftjob-old", status=status)]))
+    api.on("POST", "fine_tuning/jobs", job("ftjob-new"))
+    result, created = await call(hook, mode, "ensure_job", REQUEST, tag="t-1")
+    assert (result.id, created) == ("ftjob-new", True)
+    assert len(api.sent("POST")) == 1
+
+
+async def test_ensure_job_returns_a_succeeded_job(hook: FineTuningHook, api: FakeAPI, mode: str) -> None:
+    api.on("GET", "fine_tuning/jobs", page([job("ftjob-done", status="succeeded")]))
+    result, created = await call(hook, mode, "ensure_job", REQUEST, tag="t-1")
+    assert (result.id, created) == ("ftjob-done", False)
+    assert api.sent("POST") == []
+
+
 async def test_ensure_job_creates_with_the_tag(hook: FineTuningHook, api: FakeAPI, mode: str) -> None:
     api.on("GET", "fine_tuning/jobs", page([]))
     api.on("POST", "fine_tuning/jobs", job("ftjob-new"))
