@@ -1,0 +1,36 @@
+"""Operator extra link to a fine-tuning job's page on the service's dashboard."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from airflow.sdk import BaseOperatorLink
+
+if TYPE_CHECKING:
+    from airflow.sdk.types import TaskInstanceKey
+
+__all__ = ["FineTuningJobLink", "job_url"]
+
+# Services whose dashboards have a page per fine-tuning job, by the host of their API base URL.
+_DASHBOARDS = {"api.openai.com": "https://platform.openai.com/finetune/{job_id}"}
+
+
+def job_url(base_url: str, job_id: str) -> str | None:
+    """The job's page for a base URL, or ``None`` where the service has no page (no broken links)."""
+    template = _DASHBOARDS.get(urlsplit(base_url).hostname or "")
+    return template.format(job_id=job_id) if template else None
+
+
+class FineTuningJobLink(BaseOperatorLink):
+    """The "Fine-tuning job" button: the job's page, for the services that have one; none for the others."""
+
+    name = "Fine-tuning job"
+    #: XCom key under which the operators push the job's page as soon as the job exists.
+    key = "job_url"
+
+    def get_link(self, operator: Any, *, ti_key: TaskInstanceKey) -> str:
+        """Return the job's page pushed by the task, or an empty string when there is none."""
+        from airflow.sdk.execution_time.xcom import XCom
+
+        return XCom.get_value(ti_key=ti_key, key=self.key) or ""

@@ -1,0 +1,227 @@
+"""Deferrable waits on fine-tuning jobs, run by the triggerer: async only, restart-safe, one event each.
+
+A trigger keeps nothing that a restart on another triggerer would lose: its deadline is absolute, and the
+events it has logged are re-read from the job. It shares the process-wide async client of its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_finetune.exceptions import FineTuningError
+from airflow_provider_finetune.hooks.finetune import FineTuningHook
+from airflow_provider_finetune.waiting import (
+    TERMINAL,
+    TRANSIENT,
+    WAIT_ERROR,
+    WAIT_TIMEOUT,
+    Outcome,
+    wait_async,
+    watch,
+)
+
+__all__ = ["FineTuningCheckpointTrigger", "FineTuningJobTrigger"]
+
+
+class FineTuningJobTrigger(BaseTrigger):
+    """Wait for a fine-tuning job to reach a status, without holding a worker.
+
+    Fires exactly one event, whose payload is ``{"status", "job_id", "message", "last_event_id"}``:
+    ``status`` is the job's status when it reached one of ``target_statuses`` or a terminal one, or
+    ``timeout`` when the deadline passed, or ``error`` when the job could not be read.
+
+    :param job_id: the job.
+    :param finetune_conn_id: the connection.
+    :param poll_interval: seconds between polls.
+    :param deadline: absolute deadline, seconds since the epoch; a triggerer restart does not move it.
+    :param target_statuses: statuses that end the wait besides succeeded, failed and cancelled.
+    :param cancel_on_kill: cancel the job when a person kills the deferred task (mark failed, clear,
+        mark success); never on a triggerer restart.
+    :param max_consecutive_errors: failed polls in a row, after the hook's own retries, that end the wait.
+    :param last_event_id: the newest event already logged, so that it is not logged again.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        *,
+        finetune_conn_id: str = FineTuningHook.default_conn_name,
+        poll_interval: float = 60.0,
+        deadline: float | None = None,
+        target_statuses: Sequence[str] = (),
+        cancel_on_kill: bool = True,
+        max_consecutive_errors: int = 10,
+        last_event_id: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.finetune_conn_id = finetune_conn_id
+        self.poll_interval = float(poll_interval)
+        self.deadline = None if deadline is None else float(deadline)
+        self.target_statuses = sorted(set(target_statuses))
+        self.cancel_on_kill = cancel_on_kill
+        self.max_consecutive_errors = int(max_consecutive_errors)
+        self.last_event_id = last_event_id
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Dotted path and JSON-primitive kwargs: no secrets, nothing that a restart would need besides."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "job_id": self.job_id,
+                "finetune_conn_id": self.finetune_conn_id,
+                "poll_interval": self.poll_interval,
+                "deadline": self.deadline,
+                "target_statuses": list(self.target_statuses),
+                "cancel_on_kill": self.cancel_on_kill,
+                "max_consecutive_errors": self.max_consecutive_errors,
+                "last_event_id": self.last_event_id,
+            },
+        )
+
+    def _hook(self) -> FineTuningHook:
+        return FineTuningHook(self.finetune_conn_id)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll the job until the wait is over, logging progress; yield one event."""
+        steps = watch(
+            self.job_id,
+            targets=self.target_statuses,
+            deadline=self.deadline,
+            poll_interval=self.poll_interval,
+            max_consecutive_errors=self.max_consecutive_errors,
+            last_event_id=self.last_event_id,
+            log=self.log,
+        )
+        try:
+            outcome = await wait_async(self._hook(), self.job_id, steps)
+        except FineTuningError as err:  # the connection itself is unusable (e.g. bad extras)
+            outcome = Outcome(WAIT_ERROR, self.job_id, str(err), self.last_event_id)
+        yield TriggerEvent(outcome.payload())
+
+    async def on_kill(self) -> None:
+        """Cancel the job when a person kills the deferred task (Airflow 3.3+ calls this)."""
+        if not self.cancel_on_kill:
+            return
+        hook = self._hook()
+        try:
+            job = await asyncio.wait_for(hook.aget_job(self.job_id), timeout=30)
+            if job.status.value not in TERMINAL:
+                await asyncio.wait_for(hook.acancel_job(self.job_id), timeout=30)
+                self.log.info("Cancelled fine-tuning job %s because its task was killed", self.job_id)
+        except (FineTuningError, TimeoutError) as err:
+            self.log.warning("Could not cancel fine-tuning job %s: %s", self.job_id, err)
+
+
+class FineTuningCheckpointTrigger(BaseTrigger):
+    """Wait until a job has enough checkpoints, or one whose metric meets a threshold.
+
+    Fires one event: ``{"status": "found", "job_id", "checkpoint": {...}, "message"}`` with the chosen
+    checkpoint, or ``{"status": "job_ended" | "timeout" | "error", "job_id", "message"}``.
+
+    :param job_id: the job.
+    :param finetune_conn_id: the connection.
+    :param min_checkpoints: how many checkpoints there must be at least.
+    :param metric: a checkpoint metric (e.g. ``valid_loss``); with ``threshold``, a checkpoint must meet it.
+    :param threshold: the value the metric must reach.
+    :param mode: ``min`` when lower is better (losses), ``max`` when higher is better (accuracies).
+    :param poll_interval: seconds between polls.
+    :param deadline: absolute deadline, seconds since the epoch.
+    :param max_consecutive_errors: failed polls in a row that end the wait.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        *,
+        finetune_conn_id: str = FineTuningHook.default_conn_name,
+        min_checkpoints: int = 1,
+        metric: str | None = None,
+        threshold: float | None = None,
+        mode: str = "min",
+        poll_interval: float = 60.0,
+        deadline: float | None = None,
+        max_consecutive_errors: int = 10,
+    ) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.finetune_conn_id = finetune_conn_id
+        self.min_checkpoints = int(min_checkpoints)
+        self.metric = metric
+        self.threshold = None if threshold is None else float(threshold)
+        self.mode = mode
+        self.poll_interval = float(poll_interval)
+        self.deadline = None if deadline is None else float(deadline)
+        self.max_consecutive_errors = int(max_consecutive_errors)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Dotted path and JSON-primitive kwargs."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "job_id": self.job_id,
+                "finetune_conn_id": self.finetune_conn_id,
+                "min_checkpoints": self.min_checkpoints,
+                "metric": self.metric,
+                "threshold": self.threshold,
+                "mode": self.mode,
+                "poll_interval": self.poll_interval,
+                "deadline": self.deadline,
+                "max_consecutive_errors": self.max_consecutive_errors,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll the job's checkpoints until the condition holds; yield one event."""
+        from airflow_provider_finetune.checkpoints import CheckpointCondition
+
+        condition = CheckpointCondition(self.min_checkpoints, self.metric, self.threshold, self.mode)
+        hook = FineTuningHook(self.finetune_conn_id)
+        errors = 0
+        while True:
+            try:
+                checkpoints = [c async for c in hook.aiter_checkpoints(self.job_id, limit=100)]
+                chosen = condition.choose(checkpoints)
+                if chosen is not None:
+                    yield TriggerEvent(
+                        {
+                            "status": "found",
+                            "job_id": self.job_id,
+                            "checkpoint": chosen.model_dump(mode="json"),
+                            "message": f"Checkpoint {chosen.fine_tuned_model_checkpoint} meets {condition}",
+                        }
+                    )
+                    return
+                job = await hook.aget_job(self.job_id)
+                errors = 0
+                if job.status.value in TERMINAL:
+                    yield TriggerEvent(
+                        {
+                            "status": "job_ended",
+                            "job_id": self.job_id,
+                            "message": f"Job {self.job_id} is {job.status.value} and no checkpoint meets {condition}",
+                        }
+                    )
+                    return
+            except FineTuningError as err:
+                errors += 1
+                self.log.warning("Could not read checkpoints of %s (%d in a row): %s", self.job_id, errors, err)
+                if errors >= self.max_consecutive_errors or not _transient(err):
+                    yield TriggerEvent({"status": WAIT_ERROR, "job_id": self.job_id, "message": str(err)})
+                    return
+            now = time.time()
+            if self.deadline is not None and now >= self.deadline:
+                message = f"No checkpoint of {self.job_id} met {condition} before the deadline"
+                yield TriggerEvent({"status": WAIT_TIMEOUT, "job_id": self.job_id, "message": message})
+                return
+            wait = self.poll_interval if self.deadline is None else min(self.poll_interval, self.deadline - now)
+            await asyncio.sleep(max(wait, 0.0))
+
+
+def _transient(err: FineTuningError) -> bool:
+    return isinstance(err, TRANSIENT)

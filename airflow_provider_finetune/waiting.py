@@ -1,0 +1,270 @@
+"""Waiting for a fine-tuning job: one set of rules for the worker's poll loop and the triggerer's.
+
+:func:`watch` decides everything (when to poll, what to log, when the wait is over, how many failed polls
+in a row end it) without doing I/O; :func:`wait_sync` and :func:`wait_async` carry out its steps with the
+hook's sync and async calls. So a deferred wait and a wait on the worker end the same way, with the same
+progress lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Collection, Generator, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from airflow_provider_finetune.exceptions import (
+    ConflictError,
+    FineTuningConnectionError,
+    FineTuningError,
+    InternalServerError,
+    RateLimitError,
+)
+
+if TYPE_CHECKING:
+    from airflow_provider_finetune.hooks.finetune import FineTuningHook
+    from airflow_provider_finetune.models import FineTuningJob, FineTuningJobEvent
+
+__all__ = [
+    "TERMINAL",
+    "WAIT_ERROR",
+    "WAIT_TIMEOUT",
+    "Observation",
+    "Outcome",
+    "Pause",
+    "Poll",
+    "describe_event",
+    "wait_async",
+    "wait_sync",
+    "watch",
+]
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+#: Outcome status when the deadline passed before the job reached a status waited for.
+WAIT_TIMEOUT = "timeout"
+#: Outcome status when the job could not be read (a refused key, an unknown job, too many failed polls).
+WAIT_ERROR = "error"
+#: How many of the newest events one poll reads at most.
+EVENTS_PER_POLL = 50
+
+# Failures that a later poll may not see again: the hook already retried them, the wait keeps going.
+TRANSIENT = (FineTuningConnectionError, RateLimitError, InternalServerError, ConflictError)
+
+
+class Poll(NamedTuple):
+    """Step of :func:`watch`: read the job and its events newer than ``after_event``."""
+
+    after_event: str | None
+
+
+class Pause(NamedTuple):
+    """Step of :func:`watch`: wait this many seconds."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one poll saw: the job, and its events newer than the last one seen, oldest first."""
+
+    job: FineTuningJob
+    events: list[FineTuningJobEvent] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a wait ended.
+
+    :param status: the job's status when it reached one waited for (or a terminal one), else
+        :data:`WAIT_TIMEOUT` or :data:`WAIT_ERROR`.
+    :param job_id: the job.
+    :param message: what happened, for people.
+    :param last_event_id: the newest event seen, so that a later wait does not log old ones again.
+    """
+
+    status: str
+    job_id: str
+    message: str
+    last_event_id: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON-safe form, as a trigger event carries it."""
+        return {
+            "status": self.status,
+            "job_id": self.job_id,
+            "message": self.message,
+            "last_event_id": self.last_event_id,
+        }
+
+
+Watch = Generator[Poll | Pause, Observation | FineTuningError, Outcome]
+
+
+def watch(
+    job_id: str,
+    *,
+    targets: Collection[str] = TERMINAL,
+    deadline: float | None = None,
+    poll_interval: float = 60.0,
+    max_consecutive_errors: int = 10,
+    last_event_id: str | None = None,
+    log: logging.Logger | logging.LoggerAdapter[Any] | Any = None,
+    clock: Callable[[], float] = time.time,
+) -> Watch:
+    """Poll a job until it reaches one of ``targets`` or a terminal status, the deadline, or too many errors.
+
+    ``paused`` (and any status the service adds) is a waiting state: the wait goes on. Each poll logs the
+    job's new events as progress lines (step, losses, ETA) and never logs an event twice.
+
+    :param job_id: the job.
+    :param targets: statuses that end the wait besides the terminal ones.
+    :param deadline: absolute time (seconds since the epoch) at which the wait gives up.
+    :param poll_interval: seconds between polls.
+    :param max_consecutive_errors: transient failures in a row (after the hook's own retries) that end
+        the wait with :data:`WAIT_ERROR`.
+    :param last_event_id: the newest event already logged.
+    :param log: where progress lines go.
+    :param clock: the time source.
+    """
+    logger = log or logging.getLogger(__name__)
+    ends = frozenset(targets) | TERMINAL
+    errors = 0
+    while True:
+        seen = yield Poll(last_event_id)
+        if isinstance(seen, Observation):
+            errors = 0
+            for event in seen.events:
+                logger.info("%s", describe_event(seen.job, event))
+            if seen.events:
+                last_event_id = seen.events[-1].id
+            status = seen.job.status.value
+            if status in ends:
+                return Outcome(status, job_id, _ended(seen.job), last_event_id)
+        elif isinstance(seen, TRANSIENT):
+            errors += 1
+            logger.warning("Could not read job %s (%d in a row): %s", job_id, errors, seen)
+            if errors >= max_consecutive_errors:
+                return Outcome(
+                    WAIT_ERROR,
+                    job_id,
+                    f"{errors} polls of job {job_id} failed in a row; last: {seen}",
+                    last_event_id,
+                )
+        else:
+            return Outcome(WAIT_ERROR, job_id, f"Could not read job {job_id}: {seen}", last_event_id)
+
+        now = clock()
+        if deadline is not None and now >= deadline:
+            return Outcome(WAIT_TIMEOUT, job_id, f"Job {job_id} did not finish before the deadline", last_event_id)
+        wait = poll_interval if deadline is None else min(poll_interval, max(deadline - now, 0.0))
+        yield Pause(wait)
+
+
+def _ended(job: FineTuningJob) -> str:
+    text = f"Job {job.id} is {job.status.value}"
+    if job.fine_tuned_model:
+        text += f": {job.fine_tuned_model}"
+    if job.error is not None:
+        text += f": [{job.error.code}] {job.error.message}" + (
+            f" (param: {job.error.param})" if job.error.param else ""
+        )
+    return text
+
+
+def describe_event(job: FineTuningJob, event: FineTuningJobEvent) -> str:
+    """One readable progress line for an event: metrics as step, losses, accuracy and ETA."""
+    data = event.data or {}
+    if event.type == "metrics" and "step" in data:
+        step = f"step {data['step']}" + (f"/{data['total_steps']}" if data.get("total_steps") else "")
+        numbers = [
+            f"{name}={data[name]:.4f}"
+            for name in ("train_loss", "valid_loss", "train_mean_token_accuracy", "valid_mean_token_accuracy")
+            if isinstance(data.get(name), int | float)
+        ]
+        line = " ".join([f"[{job.id}]", step, *numbers])
+    else:
+        level = "" if event.level == "info" else f"{event.level.upper()} "
+        line = f"[{job.id}] {level}{event.message}"
+    if job.estimated_finish and job.status.value not in TERMINAL:
+        left = max(int(job.estimated_finish - time.time()), 0)
+        line += f" (ETA {time.strftime('%H:%M:%S', time.gmtime(job.estimated_finish))} UTC, in {_duration(left)})"
+    return line
+
+
+def _duration(seconds: int) -> str:
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _newer(events_newest_first: Iterable[FineTuningJobEvent], after: str | None) -> list[FineTuningJobEvent]:
+    """The events newer than ``after``, oldest first.
+
+    One page of the newest events is read per poll: should more than a page arrive between two polls,
+    the oldest of them are not logged (the job's state is read from the job, never from its events).
+    """
+    fresh = []
+    for event in events_newest_first:
+        if event.id == after:
+            break
+        fresh.append(event)
+    fresh.reverse()
+    return fresh
+
+
+def observe(hook: FineTuningHook, job_id: str, after_event: str | None) -> Observation:
+    """Read a job and its new events with the sync client."""
+    job = hook.get_job(job_id)
+    page = hook.list_events(job_id, limit=EVENTS_PER_POLL)
+    return Observation(job, _newer(page.data, after_event))
+
+
+async def aobserve(hook: FineTuningHook, job_id: str, after_event: str | None) -> Observation:
+    """Read a job and its new events with the async client."""
+    job = await hook.aget_job(job_id)
+    page = await hook.alist_events(job_id, limit=EVENTS_PER_POLL)
+    return Observation(job, _newer(page.data, after_event))
+
+
+def wait_sync(
+    hook: FineTuningHook, job_id: str, steps: Watch, *, sleep: Callable[[float], None] = time.sleep
+) -> Outcome:
+    """Carry out :func:`watch` on the worker."""
+    step = next(steps)
+    while True:
+        reply: Observation | FineTuningError | None = None
+        if isinstance(step, Pause):
+            sleep(step.seconds)
+        else:
+            try:
+                reply = observe(hook, job_id, step.after_event)
+            except FineTuningError as err:
+                reply = err
+        try:
+            step = steps.send(reply)  # type: ignore[arg-type]
+        except StopIteration as done:
+            return done.value
+
+
+async def wait_async(hook: FineTuningHook, job_id: str, steps: Watch) -> Outcome:
+    """Carry out :func:`watch` in the triggerer's event loop."""
+    step = next(steps)
+    while True:
+        reply: Observation | FineTuningError | None = None
+        if isinstance(step, Pause):
+            await asyncio.sleep(step.seconds)
+        else:
+            try:
+                reply = await aobserve(hook, job_id, step.after_event)
+            except FineTuningError as err:
+                reply = err
+        try:
+            step = steps.send(reply)  # type: ignore[arg-type]
+        except StopIteration as done:
+            return done.value

@@ -1,0 +1,151 @@
+"""The shared wait rules, driven step by step: statuses, deadline, errors, progress lines."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from airflow_provider_finetune.exceptions import (
+    AuthenticationError,
+    FineTuningConnectionError,
+    InternalServerError,
+    NotFoundError,
+)
+from airflow_provider_finetune.models import FineTuningJob, FineTuningJobEvent
+from airflow_provider_finetune.waiting import (
+    WAIT_ERROR,
+    WAIT_TIMEOUT,
+    Observation,
+    Pause,
+    Poll,
+    _newer,
+    describe_event,
+    watch,
+)
+from tests.hooks.conftest import event, job
+
+
+def seen(status: str, *events: dict, **fields) -> Observation:
+    return Observation(
+        FineTuningJob.model_validate(job(status=status, **fields)),
+        [FineTuningJobEvent.model_validate(e) for e in events],
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run(replies: list, clock: Clock | None = None, **kwargs):
+    """Feed replies to the watcher; return (outcome, polls, pauses)."""
+    clock = clock or Clock()
+    steps = watch("ftjob-1", clock=clock, log=logging.getLogger("test.wait"), **kwargs)
+    polls: list[Poll] = []
+    pauses: list[float] = []
+    step = next(steps)
+    pending = list(replies)
+    try:
+        while True:
+            if isinstance(step, Pause):
+                pauses.append(step.seconds)
+                clock.now += step.seconds
+                step = steps.send(None)
+            else:
+                polls.append(step)
+                step = steps.send(pending.pop(0))
+    except StopIteration as done:
+        return done.value, polls, pauses
+
+
+@pytest.mark.parametrize("final", ["succeeded", "failed", "cancelled"])
+def test_waits_through_every_non_terminal_status(final: str) -> None:
+    replies = [seen(s) for s in ("validating_files", "queued", "running", "pausing", "paused", "brand_new", final)]
+    outcome, polls, pauses = run(replies, poll_interval=30)
+    assert outcome.status == final
+    assert len(polls) == 7
+    assert pauses == [30] * 6
+
+
+def test_a_target_status_ends_the_wait() -> None:
+    outcome, polls, _ = run([seen("queued"), seen("running")], targets={"running"})
+    assert (outcome.status, len(polls)) == ("running", 2)
+
+
+def test_deadline_is_absolute_and_the_last_pause_is_shortened() -> None:
+    clock = Clock()
+    outcome, polls, pauses = run([seen("running")] * 10, clock=clock, deadline=clock.now + 100, poll_interval=30)
+    assert outcome.status == WAIT_TIMEOUT
+    assert pauses == [30, 30, 30, 10]
+    assert len(polls) == 5
+
+
+def test_transient_errors_are_tolerated_then_reset() -> None:
+    flaky = [FineTuningConnectionError("down"), InternalServerError(503, "busy"), seen("running")]
+    outcome, polls, _ = run([*flaky, *flaky, seen("succeeded")], max_consecutive_errors=3)
+    assert outcome.status == "succeeded"
+    assert len(polls) == 7
+
+
+def test_too_many_errors_in_a_row_end_the_wait() -> None:
+    outcome, polls, _ = run([FineTuningConnectionError("down")] * 5, max_consecutive_errors=3)
+    assert outcome.status == WAIT_ERROR
+    assert len(polls) == 3
+    assert "3 polls" in outcome.message
+
+
+@pytest.mark.parametrize("error", [NotFoundError(404, "no such job"), AuthenticationError(401, "bad key")])
+def test_errors_that_retrying_cannot_fix_end_the_wait_at_once(error: Exception) -> None:
+    outcome, polls, _ = run([error])
+    assert outcome.status == WAIT_ERROR
+    assert len(polls) == 1
+    assert str(error) in outcome.message
+
+
+def test_events_are_logged_once_each(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="test.wait")
+    replies = [
+        seen("running", event("ev-1", "first"), event("ev-2", "second")),
+        seen("running"),
+        seen("succeeded", event("ev-3", "third")),
+    ]
+    outcome, polls, _ = run(replies)
+    assert [p.after_event for p in polls] == [None, "ev-2", "ev-2"]
+    assert outcome.last_event_id == "ev-3"
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m.split("] ")[1] for m in messages] == ["first", "second", "third"]
+
+
+def test_newer_events_stop_at_the_last_seen() -> None:
+    events = [FineTuningJobEvent.model_validate(event(f"ev-{i}")) for i in (5, 4, 3, 2)]
+    assert [e.id for e in _newer(events, "ev-3")] == ["ev-4", "ev-5"]
+    assert [e.id for e in _newer(events, None)] == ["ev-2", "ev-3", "ev-4", "ev-5"]
+
+
+def test_metrics_event_becomes_a_progress_line() -> None:
+    the_job = FineTuningJob.model_validate(job(status="running", estimated_finish=4102444800))
+    metrics = FineTuningJobEvent.model_validate(
+        event(
+            "ev-9",
+            "Step 12/60: training loss=0.52",
+            type="metrics",
+            data={"step": 12, "total_steps": 60, "train_loss": 0.5234, "valid_loss": 0.61, "full_valid_loss": 0.6},
+        )
+    )
+    line = describe_event(the_job, metrics)
+    assert line.startswith("[ftjob-1] step 12/60 train_loss=0.5234 valid_loss=0.6100")
+    assert "ETA 00:00:00 UTC" in line
+
+
+def test_failure_outcome_names_the_error() -> None:
+    failed = seen(
+        "failed",
+        error={"code": "invalid_training_file", "message": "line 3: not JSON", "param": "training_file"},
+    )
+    outcome, _, _ = run([failed])
+    assert outcome.status == "failed"
+    assert "[invalid_training_file] line 3: not JSON (param: training_file)" in outcome.message
