@@ -92,15 +92,11 @@ class ConnectionSettings:
                 f"base_url must start with http:// or https://, got {self.base_url!r}", field="base_url"
             )
         if self.api_type not in ("openai", "azure"):
-            raise InvalidRequestError(
-                f"api_type must be 'openai' or 'azure', got {self.api_type!r}", field="api_type"
-            )
+            raise InvalidRequestError(f"api_type must be 'openai' or 'azure', got {self.api_type!r}", field="api_type")
         if self.timeout <= 0:
             raise InvalidRequestError(f"timeout must be positive, got {self.timeout}", field="timeout")
         if self.max_retries < 0:
-            raise InvalidRequestError(
-                f"max_retries must be 0 or more, got {self.max_retries}", field="max_retries"
-            )
+            raise InvalidRequestError(f"max_retries must be 0 or more, got {self.max_retries}", field="max_retries")
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
 
     def headers(self) -> dict[str, str]:
@@ -347,9 +343,7 @@ def _transport_error(
     return FineTuningConnectionError(f"{where} failed: {type(exc).__name__}: {reason}")
 
 
-def run_sync(
-    client: httpx.Client, steps: Exchange, *, sleep: Callable[[float], None] = time.sleep
-) -> httpx.Response:
+def run_sync(client: httpx.Client, steps: Exchange, *, sleep: Callable[[float], None] = time.sleep) -> httpx.Response:
     """Carry out the steps of :func:`exchange` with a sync client."""
     step = next(steps)
     while True:

@@ -381,9 +381,7 @@ class LabelModelGrader(RequestModel):
     def _passing_labels_are_labels(self) -> LabelModelGrader:
         unknown = [label for label in self.passing_labels if label not in self.labels]
         if unknown:
-            raise _FieldValueError(
-                "passing_labels", f"passing_labels {unknown!r} are not among labels {self.labels!r}"
-            )
+            raise _FieldValueError("passing_labels", f"passing_labels {unknown!r} are not among labels {self.labels!r}")
         return self
 
 
@@ -438,9 +436,7 @@ Grader: TypeAlias = Annotated[
 
 #: A grader as the service returns it: a known grader when it validates as one, else the raw mapping (a new
 #: grader type or field must not break reading a job back).
-ResponseGrader: TypeAlias = Annotated[
-    Grader | LabelModelGrader | dict[str, Any], Field(union_mode="left_to_right")
-]
+ResponseGrader: TypeAlias = Annotated[Grader | LabelModelGrader | dict[str, Any], Field(union_mode="left_to_right")]
 
 
 class ReinforcementMethod(APIObject):
@@ -660,9 +656,7 @@ class GraderRunErrors(APIObject):
 
     def failed(self) -> list[str]:
         """Return the names of the error flags that are set."""
-        return sorted(
-            name for name, value in {**self.__dict__, **(self.model_extra or {})}.items() if value is True
-        )
+        return sorted(name for name, value in {**self.__dict__, **(self.model_extra or {})}.items() if value is True)
 
 
 class GraderRunMetadata(APIObject):
@@ -912,20 +906,14 @@ class CreateFineTuningJobRequest(RequestModel):
             self.hyperparameters = None
         return self
 
-    def _method_with_deprecated_hyperparameters(
-        self, legacy: SupervisedHyperparametersRequest
-    ) -> MethodRequest:
+    def _method_with_deprecated_hyperparameters(self, legacy: SupervisedHyperparametersRequest) -> MethodRequest:
         method = self.method
         if method is None:
-            return MethodRequest(
-                type="supervised", supervised=SupervisedMethodRequest(hyperparameters=legacy)
-            )
+            return MethodRequest(type="supervised", supervised=SupervisedMethodRequest(hyperparameters=legacy))
         if method.type == "supervised":
             block = method.supervised
             if block is None or block.hyperparameters is None:
-                return method.model_copy(
-                    update={"supervised": SupervisedMethodRequest(hyperparameters=legacy)}
-                )
+                return method.model_copy(update={"supervised": SupervisedMethodRequest(hyperparameters=legacy)})
             if block.hyperparameters == legacy:
                 return method
         raise _FieldValueError(

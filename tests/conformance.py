@@ -235,9 +235,7 @@ def _operations(path: Path) -> tuple[_Operation, ...]:
         segments = tuple(template[1:].split("/")) if template.startswith("/") and template != "/" else ()
         for segment in segments:
             if ("{" in segment or "}" in segment) and not _PARAM_SEGMENT.match(segment):
-                raise AssertionError(
-                    f"path template {template!r}: only whole-segment parameters are supported"
-                )
+                raise AssertionError(f"path template {template!r}: only whole-segment parameters are supported")
         for method in _HTTP_METHODS:
             if method not in item:
                 continue
@@ -409,9 +407,7 @@ def _match_operation(request: httpx.Request, base_path: str, path: Path) -> tupl
             candidates.append((operation, values))
     if not candidates:
         known = ", ".join(sorted({op.template for op in _operations(path)}))
-        raise AssertionError(
-            f"{where}: no operation in the spec matches path {raw_path!r}; known paths: {known}"
-        )
+        raise AssertionError(f"{where}: no operation in the spec matches path {raw_path!r}; known paths: {known}")
     # A template with more literal segments wins (as OpenAPI requires concrete paths to match first).
     best = max(op.literal_segments for op, _ in candidates)
     candidates = [(op, values) for op, values in candidates if op.literal_segments == best]
@@ -420,9 +416,7 @@ def _match_operation(request: httpx.Request, base_path: str, path: Path) -> tupl
             return operation, values
     allowed = ", ".join(sorted({op.method for op, _ in candidates}))
     templates = ", ".join(sorted({op.template for op, _ in candidates}))
-    raise AssertionError(
-        f"{where}: method {request.method} is not declared for {templates} (declared: {allowed})"
-    )
+    raise AssertionError(f"{where}: method {request.method} is not declared for {templates} (declared: {allowed})")
 
 
 def _check_path_params(operation: _Operation, values: Mapping[str, str], path: Path) -> list[str]:
@@ -476,16 +470,13 @@ def _check_query(
             continue
         if param is None:
             names = ", ".join(sorted(declared)) or "none"
-            problems.append(
-                f"query parameter {key!r} is not declared by {operation.operation_id} (declared: {names})"
-            )
+            problems.append(f"query parameter {key!r} is not declared by {operation.operation_id} (declared: {names})")
             continue
         if param.get("style") == "deepObject":
             keys = re.findall(r"\[([^\[\]]*)\]", brackets)
             if len(keys) != 1 or keys[0] == "":
                 problems.append(
-                    f"query parameter {key!r}: {head!r} is a deepObject parameter, "
-                    f"send it as {head}[key]=value"
+                    f"query parameter {key!r}: {head!r} is a deepObject parameter, send it as {head}[key]=value"
                 )
                 continue
             deep.setdefault(head, {}).setdefault(keys[0], []).append(value)
@@ -561,9 +552,7 @@ def _check_json_body(body: bytes, path: Path, pointer: str) -> list[str]:
         raise ValueError(f"{name} is not JSON")
 
     try:
-        payload = json.loads(
-            body.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants
-        )
+        payload = json.loads(body.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
     except (UnicodeDecodeError, ValueError) as exc:
         return [f"request body is not valid JSON: {exc}"]
     return _schema_errors(_validator(path, False, pointer), payload, "body")
@@ -588,9 +577,7 @@ def _check_multipart_body(body: bytes, content_type: str, path: Path, schema: An
     form: dict[str, Any] = {}
     for part in message.iter_parts():
         if part.get_content_disposition() != "form-data":
-            problems.append(
-                f"multipart part without 'Content-Disposition: form-data' ({part.get_content_type()})"
-            )
+            problems.append(f"multipart part without 'Content-Disposition: form-data' ({part.get_content_type()})")
             continue
         name = part.get_param("name", header="content-disposition")
         if not isinstance(name, str) or not name:
@@ -600,9 +587,7 @@ def _check_multipart_body(body: bytes, content_type: str, path: Path, schema: An
         match = _FORM_NAME.match(name)
         keys = [match.group(1), *re.findall(r"\[([^\[\]]*)\]", match.group(2))] if match else [name]
         if any(key == "" for key in keys):
-            problems.append(
-                f"multipart field {name!r}: array-style ('[]') fields are not declared by the spec"
-            )
+            problems.append(f"multipart field {name!r}: array-style ('[]') fields are not declared by the spec")
             continue
         if keys[0] in binary and len(keys) == 1:
             value: Any = f"<{len(payload)} bytes>"
@@ -647,9 +632,7 @@ def _check_body(request: httpx.Request, operation: _Operation, path: Path) -> li
     if not content_type:
         return [f"a body is sent without a Content-Type header (declared: {', '.join(content)})"]
     if media_type not in content:
-        return [
-            f"Content-Type {content_type!r} does not match the declared media types: {', '.join(content)}"
-        ]
+        return [f"Content-Type {content_type!r} does not match the declared media types: {', '.join(content)}"]
     schema = content[media_type].get("schema", {})
     pointer = operation.pointer + _pointer("requestBody", "content", media_type, "schema")
     if media_type == "application/json" or media_type.endswith("+json"):
@@ -699,9 +682,7 @@ def validate_request(
 # Responses
 
 
-def validate_response(
-    operation_id: str, status: int, payload: Any, *, allow_extra_statuses: bool = True
-) -> None:
+def validate_response(operation_id: str, status: int, payload: Any, *, allow_extra_statuses: bool = True) -> None:
     """Check a decoded JSON response body against the response schema the spec declares for the operation.
 
     A 2xx status uses the schema declared for that status, falling back to the ``200`` one (Azure answers
@@ -735,11 +716,7 @@ def validate_response(
         media_type = "application/json" if "application/json" in content else next(iter(content))
         pointer = operation.pointer + _pointer("responses", key, "content", media_type, "schema")
         schema = _deref(_load(path), content[media_type].get("schema", {}))
-        if (
-            isinstance(payload, (bytes, bytearray))
-            and isinstance(schema, Mapping)
-            and schema.get("type") == "string"
-        ):
+        if isinstance(payload, (bytes, bytearray)) and isinstance(schema, Mapping) and schema.get("type") == "string":
             payload = bytes(payload).decode("utf-8", errors="replace")
         problems = _schema_errors(_validator(path, allow_extra_statuses, pointer), payload, "body")
     if problems:

@@ -95,9 +95,7 @@ def _tokens(text: str) -> list[_Token]:
     while position < len(text):
         match = _TOKEN.match(text, position)
         if match is None:
-            raise ValueError(
-                f"lenient_json: cannot read {text[position : position + 30]!r} at offset {position}"
-            )
+            raise ValueError(f"lenient_json: cannot read {text[position : position + 30]!r} at offset {position}")
         kind, raw = match.lastgroup, match.group()
         if kind == "triple":
             tokens.append(_Token("value", ast.literal_eval(raw), position))
@@ -130,9 +128,7 @@ class _Parser:
         if token is None:
             raise ValueError("lenient_json: unexpected end of text")
         if kind is not None and token.kind != kind:
-            raise ValueError(
-                f"lenient_json: expected {kind!r} at offset {token.offset}, found {token.kind!r}"
-            )
+            raise ValueError(f"lenient_json: expected {kind!r} at offset {token.offset}, found {token.kind!r}")
         self.index += 1
         return token
 
@@ -166,9 +162,7 @@ class _Parser:
             else:
                 key = self.take("value").value
                 if not isinstance(key, str):
-                    raise ValueError(
-                        f"lenient_json: object key {key!r} at offset {token.offset} is not a string"
-                    )
+                    raise ValueError(f"lenient_json: object key {key!r} at offset {token.offset} is not a string")
                 self.take(":")
                 result[key] = self.value()
 
@@ -192,9 +186,7 @@ class _Parser:
         parts: list[str] = []
         while (token := self.take()).kind != ")":
             if token.kind != "value" or not isinstance(token.value, str):
-                raise ValueError(
-                    f"lenient_json: only string literals may be parenthesised (offset {token.offset})"
-                )
+                raise ValueError(f"lenient_json: only string literals may be parenthesised (offset {token.offset})")
             parts.append(token.value)
         return "".join(parts)
 

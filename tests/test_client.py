@@ -45,9 +45,7 @@ def _response(status: int, body: object = None, headers: dict[str, str] | None =
     return httpx.Response(status, json=body if body is not None else {}, headers=headers, request=_request())
 
 
-def _error_body(
-    message: str = "nope", code: str | None = "bad", param: str | None = None
-) -> dict[str, object]:
+def _error_body(message: str = "nope", code: str | None = "bad", param: str | None = None) -> dict[str, object]:
     return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
 
 
@@ -107,9 +105,7 @@ def test_retry_after_seconds_is_honoured() -> None:
 
 
 def test_retry_after_ms_wins_over_retry_after() -> None:
-    _, sleeps, _ = drive(
-        [_response(429, headers={"retry-after-ms": "250", "retry-after": "9"}), _response(200)]
-    )
+    _, sleeps, _ = drive([_response(429, headers={"retry-after-ms": "250", "retry-after": "9"}), _response(200)])
     assert sleeps == [0.25]
 
 

@@ -46,9 +46,7 @@ def job_body(**overrides: Any) -> dict[str, Any]:
         "seed": 42,
         "method": {
             "type": "supervised",
-            "supervised": {
-                "hyperparameters": {"n_epochs": 3, "batch_size": "auto", "learning_rate_multiplier": 1.0}
-            },
+            "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": "auto", "learning_rate_multiplier": 1.0}},
         },
         "metadata": {"team": "ml"},
     }
@@ -64,9 +62,7 @@ def create_file(data: dict[str, str] | None = None, **kwargs: Any) -> httpx.Requ
 
 # One valid request per operation of the spec.
 VALID: dict[str, Callable[[], httpx.Request]] = {
-    "listFiles": lambda: get(
-        "/files", params={"purpose": "fine-tune", "limit": 100, "order": "asc", "after": "f-1"}
-    ),
+    "listFiles": lambda: get("/files", params={"purpose": "fine-tune", "limit": 100, "order": "asc", "after": "f-1"}),
     "createFile": lambda: create_file(
         {"purpose": "fine-tune", "expires_after[anchor]": "created_at", "expires_after[seconds]": "2592000"}
     ),
@@ -77,9 +73,7 @@ VALID: dict[str, Callable[[], httpx.Request]] = {
         "/fine_tuning/alpha/graders/run",
         json={"grader": STRING_CHECK_GRADER, "item": {"label": "yes"}, "model_sample": "yes"},
     ),
-    "validateGrader": lambda: post(
-        "/fine_tuning/alpha/graders/validate", json={"grader": STRING_CHECK_GRADER}
-    ),
+    "validateGrader": lambda: post("/fine_tuning/alpha/graders/validate", json={"grader": STRING_CHECK_GRADER}),
     "listFineTuningCheckpointPermissions": lambda: get(
         f"/fine_tuning/checkpoints/{CHECKPOINT}/permissions",
         params={"project_id": "proj_1", "after": "cp_1", "limit": 10, "order": "ascending"},
@@ -140,10 +134,7 @@ def test_valid_request_is_accepted(operation_id: str) -> None:
 def test_spec_operation_ids_come_from_the_document() -> None:
     methods = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
     from_document = [
-        op["operationId"]
-        for item in load_spec()["paths"].values()
-        for method, op in item.items()
-        if method in methods
+        op["operationId"] for item in load_spec()["paths"].values() for method, op in item.items() if method in methods
     ]
     assert sorted(from_document) == sorted(operation_ids())
 
@@ -197,9 +188,7 @@ def test_spec_operation_ids_come_from_the_document() -> None:
         pytest.param(
             post(
                 "/fine_tuning/jobs",
-                json=job_body(
-                    method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1, "n_epochs": 2}}}
-                ),
+                json=job_body(method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1, "n_epochs": 2}}}),
             ),
             "createFineTuningJob",
             id="dpo-method",
@@ -257,10 +246,7 @@ def test_other_base_path_and_extra_query_params() -> None:
         params={"api-version": "2024-10-21"},
         headers={"api-key": "k"},
     )
-    assert (
-        validate_request(azure, base_path="/openai", extra_query_params={"api-version"})
-        == "cancelFineTuningJob"
-    )
+    assert validate_request(azure, base_path="/openai", extra_query_params={"api-version"}) == "cancelFineTuningJob"
     assert validate_request(azure, base_path="/openai") == "cancelFineTuningJob"  # api-key: Azure style
     entra = httpx.Request(
         "POST",
@@ -279,9 +265,7 @@ def test_other_base_path_and_extra_query_params() -> None:
         validate_request(empty_version)
     with pytest.raises(AssertionError, match="'api_version' is not declared"):
         validate_request(
-            httpx.Request(
-                "GET", BASE + "/fine_tuning/jobs", params={"api_version": "1"}, headers={"api-key": "k"}
-            )
+            httpx.Request("GET", BASE + "/fine_tuning/jobs", params={"api_version": "1"}, headers={"api-key": "k"})
         )
     with pytest.raises(AssertionError, match="not under the base path"):
         validate_request(azure)
@@ -308,30 +292,20 @@ def _json_post(path: str, body: Any) -> httpx.Request:
 REFUSED: list[Any] = [
     # operation lookup
     pytest.param(get("/fine_tuning/job"), "no operation in the spec matches", id="unknown-path"),
-    pytest.param(
-        get("/fine_tuning/jobs/ftjob-1/logs"), "no operation in the spec matches", id="unknown-subpath"
-    ),
+    pytest.param(get("/fine_tuning/jobs/ftjob-1/logs"), "no operation in the spec matches", id="unknown-subpath"),
     pytest.param(
         httpx.Request("GET", "https://api.openai.com/files", headers=AUTH),
         "not under the base path",
         id="no-base",
     ),
     pytest.param(get("/fine_tuning/jobs/"), "path parameter|no operation", id="trailing-slash"),
-    pytest.param(
-        delete("/fine_tuning/jobs/ftjob-1"), r"method DELETE is not declared", id="wrong-method-delete"
-    ),
-    pytest.param(
-        get("/fine_tuning/jobs/ftjob-1/cancel"), r"method GET is not declared", id="wrong-method-get"
-    ),
-    pytest.param(
-        httpx.Request("PUT", BASE + "/files", headers=AUTH), r"declared: GET, POST", id="wrong-method-put"
-    ),
+    pytest.param(delete("/fine_tuning/jobs/ftjob-1"), r"method DELETE is not declared", id="wrong-method-delete"),
+    pytest.param(get("/fine_tuning/jobs/ftjob-1/cancel"), r"method GET is not declared", id="wrong-method-get"),
+    pytest.param(httpx.Request("PUT", BASE + "/files", headers=AUTH), r"declared: GET, POST", id="wrong-method-put"),
     pytest.param(post("/fine_tuning/jobs//cancel"), "'fine_tuning_job_id' is empty", id="empty-path-param"),
     pytest.param(post("/fine_tuning/jobs/ftjob%2F1/cancel"), "contains '/'", id="encoded-slash-in-param"),
     # query
-    pytest.param(
-        get("/fine_tuning/jobs", params={"order": "asc"}), "'order' is not declared", id="undeclared-order"
-    ),
+    pytest.param(get("/fine_tuning/jobs", params={"order": "asc"}), "'order' is not declared", id="undeclared-order"),
     pytest.param(
         get("/fine_tuning/jobs/ftjob-1", params={"expand": "events"}),
         r"'expand' is not declared .*declared: none",
@@ -343,9 +317,7 @@ REFUSED: list[Any] = [
         "is not one of",
         id="bad-order-enum-permissions",
     ),
-    pytest.param(
-        get("/fine_tuning/jobs", params={"limit": "ten"}), "is not of type 'integer'", id="limit-word"
-    ),
+    pytest.param(get("/fine_tuning/jobs", params={"limit": "ten"}), "is not of type 'integer'", id="limit-word"),
     pytest.param(
         get("/fine_tuning/jobs/ftjob-1/events", params={"limit": "1.5"}),
         "is not of type 'integer'",
@@ -353,15 +325,11 @@ REFUSED: list[Any] = [
     ),
     pytest.param(get("/fine_tuning/jobs", params={"after": None}), "'after' is empty", id="after-none"),
     pytest.param(get("/files", params={"limit": ["1", "2"]}), "'limit' is repeated", id="repeated-param"),
-    pytest.param(
-        get("/fine_tuning/jobs", params={"metadata": "team"}), "deepObject parameter", id="metadata-not-deep"
-    ),
+    pytest.param(get("/fine_tuning/jobs", params={"metadata": "team"}), "deepObject parameter", id="metadata-not-deep"),
     pytest.param(
         get("/fine_tuning/jobs", params={"metadata[a][b]": "x"}), "deepObject parameter", id="metadata-nested"
     ),
-    pytest.param(
-        get("/files", params={"purpose[x]": "y"}), "is not a deepObject parameter", id="brackets-on-simple"
-    ),
+    pytest.param(get("/files", params={"purpose[x]": "y"}), "is not a deepObject parameter", id="brackets-on-simple"),
     # JSON bodies
     pytest.param(
         _json_post("/uploads/upload_1/complete", {"part_ids": ["p1"], "parts": ["p2"]}),
@@ -423,9 +391,7 @@ REFUSED: list[Any] = [
         "'lora' is not one of",
         id="method-type",
     ),
-    pytest.param(
-        _json_post("/fine_tuning/jobs", job_body(suffix="x" * 65)), "is too long", id="suffix-too-long"
-    ),
+    pytest.param(_json_post("/fine_tuning/jobs", job_body(suffix="x" * 65)), "is too long", id="suffix-too-long"),
     pytest.param(
         _json_post("/fine_tuning/jobs", job_body(metadata={"k": 1})), r"\$\.metadata", id="metadata-value-int"
     ),
@@ -480,9 +446,7 @@ REFUSED: list[Any] = [
         "'application/x-www-form-urlencoded' does not match the declared media types: multipart/form-data",
         id="urlencoded-instead-of-multipart",
     ),
-    pytest.param(
-        create_file({"purpose": "fine_tune"}), "'fine_tune' is not one of", id="multipart-bad-purpose"
-    ),
+    pytest.param(create_file({"purpose": "fine_tune"}), "'fine_tune' is not one of", id="multipart-bad-purpose"),
     pytest.param(
         create_file({"purpose": "fine-tune", "filename": "x.jsonl"}),
         "'filename' was unexpected",
@@ -494,16 +458,12 @@ REFUSED: list[Any] = [
         id="multipart-expiry-without-seconds",
     ),
     pytest.param(
-        create_file(
-            {"purpose": "fine-tune", "expires_after[anchor]": "created_at", "expires_after[seconds]": "60"}
-        ),
+        create_file({"purpose": "fine-tune", "expires_after[anchor]": "created_at", "expires_after[seconds]": "60"}),
         "60 is less than the minimum of 3600",
         id="multipart-expiry-too-short",
     ),
     pytest.param(
-        create_file(
-            {"purpose": "fine-tune", "expires_after[anchor]": "created_at", "expires_after[seconds]": "a day"}
-        ),
+        create_file({"purpose": "fine-tune", "expires_after[anchor]": "created_at", "expires_after[seconds]": "a day"}),
         "'a day' is not of type 'integer'",
         id="multipart-expiry-not-integer",
     ),
@@ -523,9 +483,7 @@ REFUSED: list[Any] = [
         id="multipart-without-boundary",
     ),
     # bodies on body-less operations
-    pytest.param(
-        post("/fine_tuning/jobs/ftjob-1/cancel", json={}), "takes no request body", id="body-on-cancel"
-    ),
+    pytest.param(post("/fine_tuning/jobs/ftjob-1/cancel", json={}), "takes no request body", id="body-on-cancel"),
     pytest.param(
         httpx.Request("GET", BASE + "/fine_tuning/jobs", headers=AUTH, content=b"x"),
         "takes no request body",
@@ -559,9 +517,7 @@ def test_refused(request_: httpx.Request, message: str) -> None:
 
 
 def test_all_problems_are_reported_together() -> None:
-    request = httpx.Request(
-        "POST", BASE + "/uploads/u1/complete", params={"x": "1"}, json={"md5": "a", "y": 1}
-    )
+    request = httpx.Request("POST", BASE + "/uploads/u1/complete", params={"x": "1"}, json={"md5": "a", "y": 1})
     with pytest.raises(AssertionError) as info:
         validate_request(request)
     message = str(info.value)

@@ -387,9 +387,7 @@ REFUSED: list[tuple[str, type[BaseModel], dict[str, Any], str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("model_cls", "data", "field"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED]
-)
+@pytest.mark.parametrize(("model_cls", "data", "field"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
 def test_refused(model_cls: type[BaseModel], data: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidRequestError) as caught:
         build_request(model_cls, data)
@@ -624,14 +622,9 @@ def test_only_given_hyperparameters_are_sent() -> None:
 
 
 def test_graders_built_directly_have_their_type() -> None:
-    assert (
-        StringCheckGrader(name="n", input="a", reference="b", operation="ne").to_body()["type"]
-        == "string_check"
-    )
+    assert StringCheckGrader(name="n", input="a", reference="b", operation="ne").to_body()["type"] == "string_check"
     assert PythonGrader(name="n", source="x").type == "python"
-    request = build_request(
-        ValidateGraderRequest, grader=TextSimilarityGrader.model_validate(TEXT_SIMILARITY)
-    )
+    request = build_request(ValidateGraderRequest, grader=TextSimilarityGrader.model_validate(TEXT_SIMILARITY))
     assert isinstance(request.grader, TextSimilarityGrader)
 
 
@@ -679,10 +672,7 @@ def test_terminal_set() -> None:
 @pytest.mark.parametrize("parse", ["python", "json"])
 def test_unknown_status_parses_and_is_not_terminal(parse: str) -> None:
     data = {"id": "ftjob-1", "status": "brand_new"}
-    if parse == "json":
-        job = FineTuningJob.model_validate_json(json.dumps(data))
-    else:
-        job = FineTuningJob.model_validate(data)
+    job = FineTuningJob.model_validate_json(json.dumps(data)) if parse == "json" else FineTuningJob.model_validate(data)
     assert isinstance(job.status, FineTuningJobStatus)
     assert job.status.value == "brand_new"
     assert job.status == "brand_new"
@@ -792,10 +782,7 @@ def test_response_hyperparameters_have_no_range() -> None:
     ids=["none", "dpo", "future", "block-only", "empty"],
 )
 def test_method_type(method: Any, expected: str) -> None:
-    assert (
-        FineTuningJob.model_validate({"id": "j", "status": "queued", "method": method}).method_type
-        == expected
-    )
+    assert FineTuningJob.model_validate({"id": "j", "status": "queued", "method": method}).method_type == expected
 
 
 @pytest.mark.parametrize(
@@ -849,9 +836,7 @@ def test_checkpoint_metrics() -> None:
 
 
 def test_grader_run_errors() -> None:
-    errors = GraderRunErrors.model_validate(
-        {"other_error": False, "sample_parse_error": True, "new_error": True}
-    )
+    errors = GraderRunErrors.model_validate({"other_error": False, "sample_parse_error": True, "new_error": True})
     assert errors.failed() == ["new_error", "sample_parse_error"]
 
 

@@ -157,9 +157,7 @@ def test_spec_has_examples() -> None:
 def test_every_operation_has_a_mapped_response_example(operation_id: str, operation: dict[str, Any]) -> None:
     examples = operation_response_examples(operation_id, operation)
     if operation_id in NO_JSON_ANSWER:
-        assert not examples, (
-            f"{operation_id} has grown a JSON example: map it and drop it from NO_JSON_ANSWER"
-        )
+        assert not examples, f"{operation_id} has grown a JSON example: map it and drop it from NO_JSON_ANSWER"
         return
     assert examples, f"{operation_id} has no response example"
     for example in examples:

@@ -212,9 +212,7 @@ class FineTuningHook(BaseHook):
             "project": StringField(lazy_gettext("Project"), widget=BS3TextFieldWidget()),
             "api_type": StringField(lazy_gettext("API type (openai or azure)"), widget=BS3TextFieldWidget()),
             "api_version": StringField(lazy_gettext("API version (Azure)"), widget=BS3TextFieldWidget()),
-            "extra_headers": StringField(
-                lazy_gettext("Extra headers (JSON object)"), widget=BS3TextFieldWidget()
-            ),
+            "extra_headers": StringField(lazy_gettext("Extra headers (JSON object)"), widget=BS3TextFieldWidget()),
             "timeout": IntegerField(lazy_gettext("Timeout (seconds)"), widget=BS3TextFieldWidget()),
             "max_retries": IntegerField(lazy_gettext("Max retries"), widget=BS3TextFieldWidget()),
         }
@@ -249,9 +247,7 @@ class FineTuningHook(BaseHook):
     @cached_property
     def settings(self) -> ConnectionSettings:
         """The connection's settings, read on first use."""
-        return self._apply_overrides(
-            self.settings_from_connection(self.get_connection(self.finetune_conn_id))
-        )
+        return self._apply_overrides(self.settings_from_connection(self.get_connection(self.finetune_conn_id)))
 
     async def asettings(self) -> ConnectionSettings:
         """The connection's settings, read on first use without blocking the event loop."""
@@ -318,8 +314,7 @@ class FineTuningHook(BaseHook):
             )
         except NotFoundError:
             return False, (
-                f"{settings.base_url}/fine_tuning/jobs answered 404: the base URL looks wrong "
-                "(it usually ends in /v1)"
+                f"{settings.base_url}/fine_tuning/jobs answered 404: the base URL looks wrong (it usually ends in /v1)"
             )
         except FineTuningConnectionError as err:
             return False, f"Could not reach {settings.base_url}: {err}"
@@ -582,9 +577,7 @@ class FineTuningHook(BaseHook):
         """Async :meth:`iter_checkpoint_permissions`."""
         return self._apaginate(_permissions(checkpoint, project_id, after, limit, order))
 
-    def create_checkpoint_permissions(
-        self, checkpoint: str, project_ids: list[str]
-    ) -> Page[CheckpointPermission]:
+    def create_checkpoint_permissions(self, checkpoint: str, project_ids: list[str]) -> Page[CheckpointPermission]:
         """Share a checkpoint with projects; returns the permissions made."""
         return self._call(_grant(checkpoint, project_ids))
 
@@ -594,23 +587,17 @@ class FineTuningHook(BaseHook):
         """Async :meth:`create_checkpoint_permissions`."""
         return await self._acall(_grant(checkpoint, project_ids))
 
-    def delete_checkpoint_permission(
-        self, checkpoint: str, permission_id: str
-    ) -> DeletedCheckpointPermission:
+    def delete_checkpoint_permission(self, checkpoint: str, permission_id: str) -> DeletedCheckpointPermission:
         """Revoke one permission of a checkpoint."""
         return self._call(_revoke(checkpoint, permission_id))
 
-    async def adelete_checkpoint_permission(
-        self, checkpoint: str, permission_id: str
-    ) -> DeletedCheckpointPermission:
+    async def adelete_checkpoint_permission(self, checkpoint: str, permission_id: str) -> DeletedCheckpointPermission:
         """Async :meth:`delete_checkpoint_permission`."""
         return await self._acall(_revoke(checkpoint, permission_id))
 
     # -- graders ---------------------------------------------------------------------------------------
 
-    def run_grader(
-        self, grader: Any, model_sample: str, item: Mapping[str, Any] | None = None
-    ) -> GraderRunResult:
+    def run_grader(self, grader: Any, model_sample: str, item: Mapping[str, Any] | None = None) -> GraderRunResult:
         """Run a grader on one sample (and dataset item)."""
         return self._call(_run_grader(grader, model_sample, item))
 
@@ -678,9 +665,7 @@ class FineTuningHook(BaseHook):
         """Async :meth:`iter_files`."""
         return self._apaginate(_list_files(purpose, after, limit))
 
-    def upload_file(
-        self, source: FileSource, *, purpose: str = "fine-tune", filename: str | None = None
-    ) -> FileObject:
+    def upload_file(self, source: FileSource, *, purpose: str = "fine-tune", filename: str | None = None) -> FileObject:
         """Upload a file; one larger than ``upload_threshold`` goes through the Uploads API in parts.
 
         :param source: a path, bytes, or a binary file object opened for reading (and seeking).
@@ -761,9 +746,7 @@ class FineTuningHook(BaseHook):
         """Complete an upload with its parts in order; the service checks ``md5`` if given."""
         return self._call(_complete_upload(upload_id, part_ids, md5))
 
-    async def acomplete_upload(
-        self, upload_id: str, part_ids: list[str], *, md5: str | None = None
-    ) -> Upload:
+    async def acomplete_upload(self, upload_id: str, part_ids: list[str], *, md5: str | None = None) -> Upload:
         """Async :meth:`complete_upload`."""
         return await self._acall(_complete_upload(upload_id, part_ids, md5))
 
@@ -793,11 +776,7 @@ def _limit(limit: int | None) -> int | None:
 
 
 def _request(model_cls: type[M], request: M | Mapping[str, Any]) -> M:
-    return (
-        request
-        if isinstance(request, model_cls)
-        else build_request(model_cls, cast(Mapping[str, Any], request))
-    )
+    return request if isinstance(request, model_cls) else build_request(model_cls, cast(Mapping[str, Any], request))
 
 
 def _create_job(request: CreateFineTuningJobRequest | Mapping[str, Any]) -> Call[FineTuningJob]:
@@ -818,9 +797,7 @@ def _tagged(request: CreateFineTuningJobRequest | Mapping[str, Any], tag: str) -
     return build_request(CreateFineTuningJobRequest, body)
 
 
-def _list_jobs(
-    after: str | None, limit: int | None, metadata: Mapping[str, str] | None
-) -> Call[Page[FineTuningJob]]:
+def _list_jobs(after: str | None, limit: int | None, metadata: Mapping[str, str] | None) -> Call[Page[FineTuningJob]]:
     params: dict[str, Any] = {"after": after, "limit": _limit(limit)}
     for key, value in (metadata or {}).items():
         params[f"metadata[{key}]"] = value
@@ -834,16 +811,12 @@ def _job_call(method: str, job_id: str, action: str | None = None) -> Call[FineT
 
 def _events(job_id: str, after: str | None, limit: int | None) -> Call[Page[FineTuningJobEvent]]:
     path = f"fine_tuning/jobs/{path_param('job_id', job_id)}/events"
-    return Call(
-        "GET", path, _model(Page[FineTuningJobEvent]), params={"after": after, "limit": _limit(limit)}
-    )
+    return Call("GET", path, _model(Page[FineTuningJobEvent]), params={"after": after, "limit": _limit(limit)})
 
 
 def _checkpoints(job_id: str, after: str | None, limit: int | None) -> Call[Page[FineTuningJobCheckpoint]]:
     path = f"fine_tuning/jobs/{path_param('job_id', job_id)}/checkpoints"
-    return Call(
-        "GET", path, _model(Page[FineTuningJobCheckpoint]), params={"after": after, "limit": _limit(limit)}
-    )
+    return Call("GET", path, _model(Page[FineTuningJobCheckpoint]), params={"after": after, "limit": _limit(limit)})
 
 
 def _permissions_path(checkpoint: str) -> str:
@@ -913,9 +886,7 @@ def _add_part(upload_id: str, data: bytes) -> Call[UploadPart]:
     def multipart() -> tuple[dict[str, str], dict[str, Any]]:
         return {}, {"data": ("part", data, "application/octet-stream")}
 
-    return Call(
-        "POST", f"uploads/{path_param('upload_id', upload_id)}/parts", _model(UploadPart), multipart=multipart
-    )
+    return Call("POST", f"uploads/{path_param('upload_id', upload_id)}/parts", _model(UploadPart), multipart=multipart)
 
 
 def _complete_upload(upload_id: str, part_ids: list[str], md5: str | None) -> Call[Upload]:

@@ -1,4 +1,4 @@
-"""Operators that create, cancel, pause and resume fine-tuning jobs.
+"""Operators that create, cancel, pause and resume fine-tuning jobs, upload files, share checkpoints, check graders.
 
 Importing this module is cheap (DAG files are parsed every 30 s): httpx, pydantic and the models are only
 imported when a task runs.
@@ -7,12 +7,14 @@ imported when a task runs.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
@@ -27,6 +29,11 @@ if TYPE_CHECKING:
     from airflow_provider_finetune.waiting import Outcome
 
 __all__ = [
+    "FineTuningCheckpointPermissionOperator",
+    "FineTuningCheckpointPermissionRevokeOperator",
+    "FineTuningFileUploadOperator",
+    "FineTuningGraderRunOperator",
+    "FineTuningGraderValidateOperator",
     "FineTuningJobCancelOperator",
     "FineTuningJobOperator",
     "FineTuningJobPauseOperator",
@@ -464,3 +471,446 @@ class FineTuningJobResumeOperator(_JobActionOperator):
     action = "resume_job"
     done_statuses = frozenset({"validating_files", "queued", "running"})
     target_statuses = frozenset({"queued", "running", "succeeded"})
+
+
+# -- files ---------------------------------------------------------------------------------------------------
+
+# A source given as text with a scheme (``s3://``, ``gs://``, ``file://``...) is read through ObjectStoragePath.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+class FineTuningFileUploadOperator(_FineTuningOperator):
+    """Check a JSONL training file for its fine-tuning method, then upload it; return the file id.
+
+    The file is checked before anything is sent: a bad file fails the task with a message that names each
+    bad line and what is wrong with it, and nothing is uploaded. Files larger than the hook's threshold
+    (512 MB) go through the Uploads API in parts.
+
+    XComs: the return value is the file id; ``file_id``, ``bytes``, ``examples`` and ``estimated_tokens``
+    (one epoch, estimated without a tokenizer) are pushed too; the last two are ``None`` when the file
+    was not checked.
+
+    :param source: the file (templated): a local path, an ``ObjectStoragePath`` (or any object with
+        ``open("rb")``), or a URL that ``ObjectStoragePath`` understands (``s3://bucket/train.jsonl``,
+        ``file:///data/train.jsonl``). The stream must be seekable: it is read twice.
+    :param purpose: the file's purpose (templated); only ``fine-tune`` files are checked.
+    :param method: the fine-tuning method the file is for (templated): ``supervised``, ``dpo`` or
+        ``reinforcement``.
+    :param validate: check the file before uploading it.
+    :param min_examples: fewest examples the file must hold (the service requires 10 for a training file).
+    :param filename: the name the service records (templated); the source's name by default.
+    :param finetune_conn_id: the connection.
+    """
+
+    template_fields: Sequence[str] = ("source", "purpose", "method", "filename")
+    ui_color = "#e8f0fe"
+
+    def __init__(
+        self,
+        *,
+        source: Any,
+        purpose: str = "fine-tune",
+        method: str = "supervised",
+        validate: bool = True,
+        min_examples: int = 10,
+        filename: str | None = None,
+        finetune_conn_id: str = "finetune_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(finetune_conn_id=finetune_conn_id, **kwargs)
+        self.source = source
+        self.purpose = purpose
+        self.method = method
+        self.validate = validate
+        self.min_examples = min_examples
+        self.filename = filename
+
+    def execute(self, context: Context) -> str:
+        """Check the file, upload it, push what it holds; return the file id."""
+        from airflow_provider_finetune.training_data import validate_file
+
+        stream, name = self._open()
+        try:
+            start = stream.tell()
+            examples: int | None = None
+            tokens: int | None = None
+            if self.validate and self.purpose == "fine-tune":
+                report = validate_file(stream, method=self.method, min_examples=self.min_examples, name=name)
+                examples, tokens = report.examples, report.tokens
+                self.log.info(
+                    "%s is valid %s training data (%s format): %d examples, about %d tokens per epoch "
+                    "(longest example about %d tokens)",
+                    name,
+                    report.method,
+                    report.format,
+                    report.examples,
+                    report.tokens,
+                    report.max_example_tokens,
+                )
+            elif self.validate:
+                self.log.info("Not checking %s: only files for the fine-tune purpose are checked", name)
+            size = stream.seek(0, os.SEEK_END) - start
+            stream.seek(start)
+            uploaded = self.hook.upload_file(stream, purpose=self.purpose, filename=name)
+        finally:
+            stream.close()
+        self.log.info("Uploaded %s (%d bytes) as %s", name, size, uploaded.id)
+        ti = context["ti"]
+        ti.xcom_push(key="file_id", value=uploaded.id)
+        ti.xcom_push(key="bytes", value=uploaded.bytes if uploaded.bytes is not None else size)
+        ti.xcom_push(key="examples", value=examples)
+        ti.xcom_push(key="estimated_tokens", value=tokens)
+        return uploaded.id
+
+    def _open(self) -> tuple[IO[bytes], str]:
+        """Open the source for reading; the name is the one given, else the source's own."""
+        from airflow_provider_finetune.exceptions import InvalidRequestError
+
+        source = self.source
+        if isinstance(source, str) and _URL.match(source):
+            from airflow.sdk import ObjectStoragePath
+
+            source = ObjectStoragePath(source)
+        if isinstance(source, str | os.PathLike):
+            path = Path(source)
+            try:
+                return path.open("rb"), self.filename or path.name
+            except OSError as err:
+                raise InvalidRequestError(f"cannot read {path}: {err.strerror or err}", field="source") from err
+        opener = getattr(source, "open", None)
+        if not callable(opener):
+            raise InvalidRequestError(
+                f"source must be a path, a URL or an object with open(), got {type(source).__name__}",
+                field="source",
+            )
+        try:
+            stream = opener("rb")
+        except OSError as err:
+            raise InvalidRequestError(f"cannot read {source}: {err.strerror or err}", field="source") from err
+        own_name = getattr(source, "name", None)
+        return stream, self.filename or (own_name if isinstance(own_name, str) and own_name else "data.jsonl")
+
+
+# -- checkpoint permissions ------------------------------------------------------------------------------------
+
+
+def _ids(value: Any, name: str) -> list[str]:
+    """One id or a list of ids (as rendered), without duplicates, in the order given."""
+    from airflow_provider_finetune.exceptions import InvalidRequestError
+
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple | set | frozenset) or not all(
+        isinstance(item, str) and item.strip() for item in items
+    ):
+        raise InvalidRequestError(f"{name} must be a list of non-empty strings, got {value!r}", field=name)
+    return list(dict.fromkeys(item.strip() for item in items))
+
+
+def _checkpoint_name(value: Any) -> str:
+    from airflow_provider_finetune.exceptions import InvalidRequestError
+
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequestError(
+            f"checkpoint must be a fine-tuned model checkpoint name, got {value!r}", field="checkpoint"
+        )
+    return value.strip()
+
+
+class FineTuningCheckpointPermissionOperator(_FineTuningOperator):
+    """Share a fine-tuned model checkpoint with projects; projects that already have it are left alone.
+
+    Idempotent: the checkpoint's permissions are listed first and a permission is only created for the
+    projects that have none, so a retry or a second run creates nothing new. Needs an admin API key.
+
+    XComs: the return value is the list of permission ids, one per requested project, in their order
+    (existing and new alike); ``permissions`` maps each project to its permission id.
+
+    :param checkpoint: the fine-tuned model checkpoint (templated), e.g. ``ft:gpt-4o-mini:org:sfx:abc:ckpt-step-10``.
+    :param project_ids: the projects to share it with (templated); one id or a list.
+    :param finetune_conn_id: the connection.
+    """
+
+    template_fields: Sequence[str] = ("checkpoint", "project_ids")
+    ui_color = "#e8f0fe"
+
+    def __init__(
+        self,
+        *,
+        checkpoint: str,
+        project_ids: list[str] | str,
+        finetune_conn_id: str = "finetune_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(finetune_conn_id=finetune_conn_id, **kwargs)
+        self.checkpoint = checkpoint
+        self.project_ids = project_ids
+
+    def execute(self, context: Context) -> list[str]:
+        """Create the missing permissions; return every requested project's permission id."""
+        from airflow_provider_finetune.exceptions import FineTuningError
+        from airflow_provider_finetune.models import CreateCheckpointPermissionRequest, build_request
+
+        checkpoint = _checkpoint_name(self.checkpoint)
+        projects = _ids(self.project_ids, "project_ids")
+        build_request(CreateCheckpointPermissionRequest, project_ids=projects)  # refuse bad ids before I/O
+        permissions: dict[str, str] = {}
+        for existing in self.hook.iter_checkpoint_permissions(checkpoint, limit=100):
+            if existing.project_id in projects:
+                permissions.setdefault(existing.project_id, existing.id)
+        missing = [project for project in projects if project not in permissions]
+        if permissions:
+            self.log.info("%s is already shared with %s", checkpoint, ", ".join(sorted(permissions)))
+        if missing:
+            made = self.hook.create_checkpoint_permissions(checkpoint, missing)
+            for created in made.data:
+                if created.project_id in missing:
+                    permissions.setdefault(created.project_id, created.id)
+            self.log.info("Shared %s with %s", checkpoint, ", ".join(missing))
+        absent = [project for project in projects if project not in permissions]
+        if absent:
+            raise FineTuningError(f"The service made no permission of {checkpoint} for {', '.join(absent)}")
+        context["ti"].xcom_push(key="permissions", value={p: permissions[p] for p in projects})
+        return [permissions[project] for project in projects]
+
+
+class FineTuningCheckpointPermissionRevokeOperator(_FineTuningOperator):
+    """Revoke permissions of a fine-tuned model checkpoint, by project or by permission id.
+
+    Idempotent: revoking a permission that does not exist (or no longer does) is fine. Needs an admin
+    API key. The return value is the list of the permission ids deleted by this run.
+
+    :param checkpoint: the fine-tuned model checkpoint (templated).
+    :param project_ids: revoke the permissions of these projects (templated).
+    :param permission_ids: revoke these permissions (templated), e.g. what
+        :class:`FineTuningCheckpointPermissionOperator` returned.
+    :param finetune_conn_id: the connection.
+    """
+
+    template_fields: Sequence[str] = ("checkpoint", "project_ids", "permission_ids")
+    ui_color = "#e8f0fe"
+
+    def __init__(
+        self,
+        *,
+        checkpoint: str,
+        project_ids: list[str] | str | None = None,
+        permission_ids: list[str] | str | None = None,
+        finetune_conn_id: str = "finetune_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(finetune_conn_id=finetune_conn_id, **kwargs)
+        if project_ids is None and permission_ids is None:
+            from airflow_provider_finetune.exceptions import InvalidRequestError
+
+            raise InvalidRequestError("give project_ids or permission_ids to revoke", field="project_ids")
+        self.checkpoint = checkpoint
+        self.project_ids = project_ids
+        self.permission_ids = permission_ids
+
+    def execute(self, context: Context) -> list[str]:
+        """Delete the matching permissions that exist; return the ids deleted."""
+        from airflow_provider_finetune.exceptions import NotFoundError
+
+        checkpoint = _checkpoint_name(self.checkpoint)
+        projects = set(_ids(self.project_ids, "project_ids")) if self.project_ids is not None else set()
+        wanted = set(_ids(self.permission_ids, "permission_ids")) if self.permission_ids is not None else set()
+        matching = [
+            permission
+            for permission in self.hook.iter_checkpoint_permissions(checkpoint, limit=100)
+            if permission.id in wanted or permission.project_id in projects
+        ]
+        deleted: list[str] = []
+        for permission in matching:
+            try:
+                self.hook.delete_checkpoint_permission(checkpoint, permission.id)
+            except NotFoundError:
+                self.log.info("Permission %s of %s is already gone", permission.id, checkpoint)
+                continue
+            deleted.append(permission.id)
+            self.log.info("Revoked permission %s (%s) of %s", permission.id, permission.project_id, checkpoint)
+        seen = {p.id for p in matching} | {p.project_id for p in matching}
+        absent = sorted((projects | wanted) - seen)
+        if absent:
+            self.log.info("Nothing to revoke for %s: no such permission of %s", ", ".join(absent), checkpoint)
+        return deleted
+
+
+# -- graders -------------------------------------------------------------------------------------------------
+
+# A grader's own placeholders (``{{sample.output_text}}``, ``{{ item.label }}``) look like Jinja; they are
+# kept as they are when the grader is rendered, instead of failing as undefined Jinja variables.
+_GRADER_PLACEHOLDER = re.compile(r"\{\{\s*(?:sample|item)\b[^{}]*\}\}")
+
+
+class _GraderOperator(_FineTuningOperator):
+    """Renders graders without mistaking their placeholders for Jinja, and validates them locally."""
+
+    grader: dict[str, Any] | str
+
+    def render_template(
+        self,
+        content: Any,
+        context: Context,
+        jinja_env: Any = None,
+        seen_oids: set[int] | None = None,
+    ) -> Any:
+        """Render templated fields, leaving grader placeholders and python graders' source untouched."""
+        if isinstance(content, str):
+            content = _GRADER_PLACEHOLDER.sub(lambda m: "{% raw %}" + m.group(0) + "{% endraw %}", content)
+        elif isinstance(content, dict) and content.get("type") == "python" and isinstance(content.get("source"), str):
+            # Python source may hold "{{" of its own (f-strings); it is code, never a template.
+            rest = {key: value for key, value in content.items() if key != "source"}
+            return {**self.render_template(rest, context, jinja_env, seen_oids), "source": content["source"]}
+        return super().render_template(content, context, jinja_env, seen_oids)
+
+    def _grader(self) -> dict[str, Any]:
+        """The grader checked by the models, as the body sends it; a bad one raises before any request."""
+        import json
+
+        from airflow_provider_finetune.exceptions import InvalidRequestError
+        from airflow_provider_finetune.models import ValidateGraderRequest, build_request
+
+        grader: Any = self.grader
+        if isinstance(grader, str):
+            try:
+                grader = json.loads(grader)
+            except ValueError as err:
+                raise InvalidRequestError(f"grader is not a JSON object: {err}", field="grader") from None
+        body: dict[str, Any] = build_request(ValidateGraderRequest, grader=grader).to_body()["grader"]
+        return body
+
+
+class FineTuningGraderValidateOperator(_GraderOperator):
+    """Check a grader: first locally against the models, then with the service; return it as validated.
+
+    A grader that breaks a rule fails the task with a message naming the field, and nothing is sent. The
+    grader's own placeholders (``{{sample.output_text}}``, ``{{item.label}}``) and a python grader's
+    ``source`` are left as they are when the field is rendered.
+
+    :param grader: the grader (templated): a dict, or its JSON text.
+    :param finetune_conn_id: the connection.
+    """
+
+    template_fields: Sequence[str] = ("grader",)
+    template_fields_renderers = {"grader": "json"}
+    ui_color = "#e8f0fe"
+
+    def __init__(
+        self, *, grader: dict[str, Any] | str, finetune_conn_id: str = "finetune_default", **kwargs: Any
+    ) -> None:
+        super().__init__(finetune_conn_id=finetune_conn_id, **kwargs)
+        self.grader = grader
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Validate the grader locally, then with the service; return the grader as a dict."""
+        body = self._grader()
+        validated = self.hook.validate_grader(body).grader
+        self.log.info("Grader %s (%s) is valid", body.get("name"), body.get("type"))
+        if validated is None:
+            return body
+        if isinstance(validated, dict):
+            return validated
+        result: dict[str, Any] = validated.to_body()
+        return result
+
+
+class FineTuningGraderRunOperator(_GraderOperator):
+    """Run a grader on samples and return the mean reward; fail on a grader error or a low mean.
+
+    The grader and every sample are checked before the first run; the runs stop at the first sample whose
+    run reports an error (a parse error, a python grader's runtime error...), since such errors usually
+    repeat and model graders cost money.
+
+    XComs: the return value is the mean reward; ``rewards`` (one per sample, in order) and
+    ``mean_reward`` are pushed too, also when the mean is below ``min_mean_reward``.
+
+    :param grader: the grader (templated): a dict, or its JSON text.
+    :param samples: the samples (templated): ``[{"model_sample": "...", "item": {...}}, ...]``; ``item`` is
+        optional.
+    :param min_mean_reward: fail the task when the mean reward is below this.
+    :param finetune_conn_id: the connection.
+    """
+
+    template_fields: Sequence[str] = ("grader", "samples")
+    template_fields_renderers = {"grader": "json", "samples": "json"}
+    ui_color = "#e8f0fe"
+
+    def __init__(
+        self,
+        *,
+        grader: dict[str, Any] | str,
+        samples: list[dict[str, Any]],
+        min_mean_reward: float | None = None,
+        finetune_conn_id: str = "finetune_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(finetune_conn_id=finetune_conn_id, **kwargs)
+        self.grader = grader
+        self.samples = samples
+        self.min_mean_reward = min_mean_reward
+
+    def execute(self, context: Context) -> float:
+        """Run the grader on each sample, push the rewards; return their mean."""
+        from airflow_provider_finetune.exceptions import FineTuningError
+
+        grader = self._grader()
+        samples = self._samples(grader)
+        rewards: list[float] = []
+        for index, (model_sample, item) in enumerate(samples):
+            result = self.hook.run_grader(grader, model_sample, item)
+            errors = result.metadata.errors if result.metadata else None
+            failed = errors.failed() if errors else []
+            if errors is not None and failed:
+                details = [
+                    f"{name}: {value}"
+                    for name, value in {**errors.__dict__, **(errors.model_extra or {})}.items()
+                    if isinstance(value, str) and value
+                ]
+                raise FineTuningError(
+                    f"Grader {grader.get('name')!r} failed on samples[{index}]: {', '.join(failed)}"
+                    + (f" ({'; '.join(details)})" if details else "")
+                )
+            if result.reward is None:
+                raise FineTuningError(f"Grader {grader.get('name')!r} gave no reward for samples[{index}]")
+            rewards.append(result.reward)
+            self.log.info("samples[%d]: reward %s", index, result.reward)
+        mean = sum(rewards) / len(rewards)
+        ti = context["ti"]
+        ti.xcom_push(key="rewards", value=rewards)
+        ti.xcom_push(key="mean_reward", value=mean)
+        self.log.info("Mean reward of grader %r over %d samples: %s", grader.get("name"), len(rewards), mean)
+        if self.min_mean_reward is not None and mean < float(self.min_mean_reward):
+            raise FineTuningError(
+                f"The mean reward {mean:.4f} of grader {grader.get('name')!r} over {len(rewards)} samples is "
+                f"below min_mean_reward {float(self.min_mean_reward)}"
+            )
+        return mean
+
+    def _samples(self, grader: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
+        """The samples, each checked as a run request; the message names the sample."""
+        from airflow_provider_finetune.exceptions import InvalidRequestError
+        from airflow_provider_finetune.models import RunGraderRequest, build_request
+
+        samples = self.samples
+        if not isinstance(samples, list | tuple) or not samples:
+            raise InvalidRequestError(f"samples must be a non-empty list, got {samples!r}"[:200], field="samples")
+        checked = []
+        for index, sample in enumerate(samples):
+            where = f"samples[{index}]"
+            if not isinstance(sample, Mapping):
+                raise InvalidRequestError(f"{where} must be a mapping, got {type(sample).__name__}", field=where)
+            unknown = sorted(set(sample) - {"model_sample", "item"})
+            if unknown:
+                raise InvalidRequestError(
+                    f"{where} has unknown keys {', '.join(map(str, unknown))}; a sample has model_sample and item",
+                    field=where,
+                )
+            try:
+                request = build_request(
+                    RunGraderRequest, grader=grader, model_sample=sample.get("model_sample"), item=sample.get("item")
+                )
+            except InvalidRequestError as err:
+                field = f"{where}.{err.field}" if err.field else where
+                raise InvalidRequestError(f"{where}: {err.message}", field=field) from None
+            checked.append((request.model_sample, request.item))
+        return checked

@@ -40,9 +40,7 @@ class FakeAPI:
                 return reply
             return httpx.Response(200, json=reply)
 
-        return self.router.route(method=method, url__regex=rf"^{BASE_URL}/{path}(\?.*)?$").mock(
-            side_effect=answer
-        )
+        return self.router.route(method=method, url__regex=rf"^{BASE_URL}/{path}(\?.*)?$").mock(side_effect=answer)
 
     def sent(self, method: str | None = None) -> list[httpx.Request]:
         return [r for r in self.requests if method is None or r.method == method]
@@ -140,9 +138,7 @@ def file_obj(file_id: str = "file-1", name: str = "train.jsonl", size: int = 10)
     }
 
 
-def upload(
-    upload_id: str = "upload_1", status: str = "pending", file: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def upload(upload_id: str = "upload_1", status: str = "pending", file: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "object": "upload",
         "id": upload_id,

@@ -296,9 +296,7 @@ async def test_create_job_body_is_what_the_user_asked(hook: FineTuningHook, api:
 
 async def test_invalid_request_sends_nothing(hook: FineTuningHook, api: FakeAPI, mode: str) -> None:
     with pytest.raises(InvalidRequestError) as info:
-        await call(
-            hook, mode, "create_job", {"model": "gpt-4o-mini", "training_file": "file-abc", "seed": -1}
-        )
+        await call(hook, mode, "create_job", {"model": "gpt-4o-mini", "training_file": "file-abc", "seed": -1})
     assert info.value.field == "seed"
     with pytest.raises(InvalidRequestError) as info:
         await call(hook, mode, "get_job", "  ")
@@ -412,9 +410,7 @@ async def test_retries_are_bounded_by_the_connection(hook: FineTuningHook, api: 
     assert len(api.requests) == 4  # max_retries 3 in the connection
 
 
-async def test_create_is_not_resent_after_an_ambiguous_failure(
-    hook: FineTuningHook, api: FakeAPI, mode: str
-) -> None:
+async def test_create_is_not_resent_after_an_ambiguous_failure(hook: FineTuningHook, api: FakeAPI, mode: str) -> None:
     api.on("POST", "fine_tuning/jobs", httpx.Response(502), job())
     with pytest.raises(UnsafeToRetryError):
         await call(hook, mode, "create_job", {"model": "gpt-4o-mini", "training_file": "file-abc"})
@@ -484,9 +480,7 @@ async def test_ensure_job_creates_with_the_tag(hook: FineTuningHook, api: FakeAP
     assert body["metadata"] == {"team": "ml", TASK_TAG_KEY: "t-1"}
 
 
-async def test_ensure_job_after_ambiguous_failure_finds_the_job(
-    hook: FineTuningHook, api: FakeAPI, mode: str
-) -> None:
+async def test_ensure_job_after_ambiguous_failure_finds_the_job(hook: FineTuningHook, api: FakeAPI, mode: str) -> None:
     api.on("GET", "fine_tuning/jobs", page([]), page([job("ftjob-made")]))
     api.on("POST", "fine_tuning/jobs", httpx.Response(500), job("ftjob-second"))
     result, created = await call(hook, mode, "ensure_job", REQUEST, tag="t-1")
@@ -518,9 +512,7 @@ async def test_ensure_job_refuses_too_much_metadata(hook: FineTuningHook, api: F
 # -- uploads ------------------------------------------------------
 
 
-async def test_small_file_goes_through_files_api(
-    hook: FineTuningHook, api: FakeAPI, mode: str, tmp_path
-) -> None:
+async def test_small_file_goes_through_files_api(hook: FineTuningHook, api: FakeAPI, mode: str, tmp_path) -> None:
     path = tmp_path / "train.jsonl"
     path.write_bytes(b'{"messages": []}\n' * 3)
     api.on("POST", "files", file_obj("file-9", "train.jsonl"))
@@ -532,9 +524,7 @@ async def test_small_file_goes_through_files_api(
     assert b'filename="train.jsonl"' in sent.content
 
 
-async def test_retried_file_upload_sends_the_whole_file_again(
-    hook: FineTuningHook, api: FakeAPI, mode: str
-) -> None:
+async def test_retried_file_upload_sends_the_whole_file_again(hook: FineTuningHook, api: FakeAPI, mode: str) -> None:
     data = b'{"messages": []}\n' * 50
     api.on("POST", "files", httpx.Response(503), file_obj())
     await call(hook, mode, "upload_file", io.BytesIO(data), filename="t.jsonl")
@@ -545,9 +535,7 @@ async def test_retried_file_upload_sends_the_whole_file_again(
 async def test_large_file_goes_through_uploads_api_in_parts(
     connection: dict[str, Any], api: FakeAPI, mode: str, tmp_path
 ) -> None:
-    hook = FineTuningHook(
-        upload_threshold=1000, part_size=400, retry_policy=RetryPolicy(initial_delay=0, jitter=0)
-    )
+    hook = FineTuningHook(upload_threshold=1000, part_size=400, retry_policy=RetryPolicy(initial_delay=0, jitter=0))
     data = bytes(range(256)) * 5  # 1280 bytes: parts of 400, 400, 400, 80
     path = tmp_path / "big.jsonl"
     path.write_bytes(data)
@@ -592,9 +580,7 @@ async def test_large_file_goes_through_uploads_api_in_parts(
 
 
 async def test_failed_upload_is_cancelled(connection: dict[str, Any], api: FakeAPI, mode: str) -> None:
-    hook = FineTuningHook(
-        upload_threshold=10, part_size=10, retry_policy=RetryPolicy(initial_delay=0, jitter=0)
-    )
+    hook = FineTuningHook(upload_threshold=10, part_size=10, retry_policy=RetryPolicy(initial_delay=0, jitter=0))
     api.on("POST", "uploads", upload())
     api.on("POST", "uploads/upload_1/parts", httpx.Response(400, json={"error": {"message": "bad part"}}))
     cancel = api.on("POST", "uploads/upload_1/cancel", upload(status="cancelled"))
@@ -629,9 +615,7 @@ def test_uri_connection(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_json_connection_with_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_FT_MIN", json.dumps({"conn_type": "finetune", "password": "sk-min-secret"})
-    )
+    monkeypatch.setenv("AIRFLOW_CONN_FT_MIN", json.dumps({"conn_type": "finetune", "password": "sk-min-secret"}))
     settings = FineTuningHook("ft_min").settings
     assert settings.base_url == "https://api.openai.com/v1"
     assert settings.api_type == "openai"
@@ -719,9 +703,7 @@ def test_test_connection_unreachable(hook: FineTuningHook, api: FakeAPI) -> None
     assert "Could not reach https://api.test/v1" in message
 
 
-def test_key_never_in_repr_or_logs(
-    hook: FineTuningHook, api: FakeAPI, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_key_never_in_repr_or_logs(hook: FineTuningHook, api: FakeAPI, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     api.on("GET", "fine_tuning/jobs/ftjob-1", httpx.Response(500), job())
     hook.get_job("ftjob-1")
