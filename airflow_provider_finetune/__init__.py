@@ -33,6 +33,25 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_finetune.hooks.finetune"],
             }
         ],
+        "operators": [
+            {
+                "integration-name": "Fine-tuning",
+                "python-modules": ["airflow_provider_finetune.operators.finetune"],
+            }
+        ],
+        "sensors": [
+            {
+                "integration-name": "Fine-tuning",
+                "python-modules": ["airflow_provider_finetune.sensors.finetune"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "Fine-tuning",
+                "python-modules": ["airflow_provider_finetune.triggers.finetune"],
+            }
+        ],
+        "extra-links": ["airflow_provider_finetune.links.finetune.FineTuningJobLink"],
         "connection-types": [
             {
                 "hook-class-name": "airflow_provider_finetune.hooks.finetune.FineTuningHook",

@@ -13,8 +13,8 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from functools import cached_property
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from pathlib import Path, PurePath
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from airflow.sdk import BaseOperator
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
     from airflow_provider_finetune.models import CreateFineTuningJobRequest, FineTuningJob
+    from airflow_provider_finetune.training_data import Method
     from airflow_provider_finetune.waiting import Outcome
 
 __all__ = [
@@ -93,6 +94,31 @@ def _method(method: Any) -> Any:
     return fixed
 
 
+# A grader's own placeholders (``{{sample.output_text}}``, ``{{ item.label }}``) look like Jinja; they are
+# kept as they are when the grader is rendered, instead of failing as undefined Jinja variables.
+_GRADER_PLACEHOLDER = re.compile(r"\{\{\s*(?:sample|item)\b[^{}]*\}\}")
+
+
+class _GraderTemplates(BaseOperator):
+    """Renders templated fields that may hold graders without mistaking their placeholders for Jinja."""
+
+    def render_template(
+        self,
+        content: Any,
+        context: Context,
+        jinja_env: Any = None,
+        seen_oids: set[int] | None = None,
+    ) -> Any:
+        """Render templated fields, leaving grader placeholders and python graders' source untouched."""
+        if isinstance(content, str):
+            content = _GRADER_PLACEHOLDER.sub(lambda m: "{% raw %}" + m.group(0) + "{% endraw %}", content)
+        elif isinstance(content, dict) and content.get("type") == "python" and isinstance(content.get("source"), str):
+            # Python source may hold "{{" of its own (f-strings); it is code, never a template.
+            rest = {key: value for key, value in content.items() if key != "source"}
+            return {**self.render_template(rest, context, jinja_env, seen_oids), "source": content["source"]}
+        return super().render_template(content, context, jinja_env, seen_oids)
+
+
 class _FineTuningOperator(BaseOperator):
     """What every operator of this provider shares: the connection and a hook made on first use."""
 
@@ -118,7 +144,7 @@ class _FineTuningOperator(BaseOperator):
             ti.xcom_push(key=FineTuningJobLink.key, value=url)
 
 
-class FineTuningJobOperator(_FineTuningOperator):
+class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
     """Create a fine-tuning job, wait for it (on the worker or deferred), and return its model.
 
     Exactly one job per task instance, whatever crashes or retries: the job carries a metadata tag made
@@ -525,17 +551,40 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
         self.min_examples = min_examples
         self.filename = filename
 
+    def render_template(
+        self,
+        content: Any,
+        context: Context,
+        jinja_env: Any = None,
+        seen_oids: set[int] | None = None,
+    ) -> Any:
+        """Render templated fields; a local ``pathlib`` path is kept as it is.
+
+        Airflow 3.1 "renders" any object with a ``resolve`` method by calling it, which for a path means
+        ``Path.resolve(strict=True)``: a missing file would fail the rendering and a symlink would be
+        replaced by its target (and its name).
+        """
+        if isinstance(content, PurePath):
+            return content
+        return super().render_template(content, context, jinja_env, seen_oids)
+
     def execute(self, context: Context) -> str:
         """Check the file, upload it, push what it holds; return the file id."""
-        from airflow_provider_finetune.training_data import validate_file
+        from airflow_provider_finetune.exceptions import InvalidRequestError
+        from airflow_provider_finetune.training_data import METHODS, validate_file
 
+        if self.method not in METHODS:
+            raise InvalidRequestError(
+                f"method must be one of {', '.join(METHODS)}, got {self.method!r}", field="method"
+            )
+        method = cast("Method", self.method)
         stream, name = self._open()
         try:
             start = stream.tell()
             examples: int | None = None
             tokens: int | None = None
             if self.validate and self.purpose == "fine-tune":
-                report = validate_file(stream, method=self.method, min_examples=self.min_examples, name=name)
+                report = validate_file(stream, method=method, min_examples=self.min_examples, name=name)
                 examples, tokens = report.examples, report.tokens
                 self.log.info(
                     "%s is valid %s training data (%s format): %d examples, about %d tokens per epoch "
@@ -737,31 +786,11 @@ class FineTuningCheckpointPermissionRevokeOperator(_FineTuningOperator):
 
 # -- graders -------------------------------------------------------------------------------------------------
 
-# A grader's own placeholders (``{{sample.output_text}}``, ``{{ item.label }}``) look like Jinja; they are
-# kept as they are when the grader is rendered, instead of failing as undefined Jinja variables.
-_GRADER_PLACEHOLDER = re.compile(r"\{\{\s*(?:sample|item)\b[^{}]*\}\}")
 
-
-class _GraderOperator(_FineTuningOperator):
+class _GraderOperator(_GraderTemplates, _FineTuningOperator):
     """Renders graders without mistaking their placeholders for Jinja, and validates them locally."""
 
     grader: dict[str, Any] | str
-
-    def render_template(
-        self,
-        content: Any,
-        context: Context,
-        jinja_env: Any = None,
-        seen_oids: set[int] | None = None,
-    ) -> Any:
-        """Render templated fields, leaving grader placeholders and python graders' source untouched."""
-        if isinstance(content, str):
-            content = _GRADER_PLACEHOLDER.sub(lambda m: "{% raw %}" + m.group(0) + "{% endraw %}", content)
-        elif isinstance(content, dict) and content.get("type") == "python" and isinstance(content.get("source"), str):
-            # Python source may hold "{{" of its own (f-strings); it is code, never a template.
-            rest = {key: value for key, value in content.items() if key != "source"}
-            return {**self.render_template(rest, context, jinja_env, seen_oids), "source": content["source"]}
-        return super().render_template(content, context, jinja_env, seen_oids)
 
     def _grader(self) -> dict[str, Any]:
         """The grader checked by the models, as the body sends it; a bad one raises before any request."""

@@ -185,7 +185,10 @@ class FineTuningCheckpointTrigger(BaseTrigger):
         errors = 0
         while True:
             try:
+                # The job first: checkpoints read after it include every one it made before it ended.
+                job = await hook.aget_job(self.job_id)
                 checkpoints = [c async for c in hook.aiter_checkpoints(self.job_id, limit=100)]
+                errors = 0
                 chosen = condition.choose(checkpoints)
                 if chosen is not None:
                     yield TriggerEvent(
@@ -197,16 +200,9 @@ class FineTuningCheckpointTrigger(BaseTrigger):
                         }
                     )
                     return
-                job = await hook.aget_job(self.job_id)
-                errors = 0
                 if job.status.value in TERMINAL:
-                    yield TriggerEvent(
-                        {
-                            "status": "job_ended",
-                            "job_id": self.job_id,
-                            "message": f"Job {self.job_id} is {job.status.value} and no checkpoint meets {condition}",
-                        }
-                    )
+                    message = f"Job {self.job_id} is {job.status.value} and no checkpoint meets {condition}"
+                    yield TriggerEvent({"status": "job_ended", "job_id": self.job_id, "message": message})
                     return
             except FineTuningError as err:
                 errors += 1

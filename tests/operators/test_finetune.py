@@ -332,3 +332,20 @@ def test_pause_fails_when_the_job_ends_instead(context: dict[str, Any], api: Fak
     op = FineTuningJobPauseOperator(task_id="pause", job_id="ftjob-1", wait_for_completion=True, poll_interval=0.0)
     with pytest.raises(FineTuningError, match="became failed"):
         op.execute(context)
+
+
+def test_reinforcement_grader_placeholders_survive_templating(context: dict[str, Any]) -> None:
+    grader = {
+        "type": "string_check",
+        "name": "exact",
+        "input": "{{ sample.output_text }}",
+        "reference": "{{item.label}}",
+        "operation": "eq",
+    }
+    op = operator(
+        suffix="rft-{{ ds_nodash }}",
+        method={"type": "reinforcement", "reinforcement": {"grader": grader}},
+    )
+    op.render_template_fields({**context, "ds_nodash": "20261116"})  # type: ignore[arg-type]
+    assert op.suffix == "rft-20261116"
+    assert op.method["reinforcement"]["grader"] == grader

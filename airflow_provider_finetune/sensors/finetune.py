@@ -1,0 +1,397 @@
+"""Sensors that wait for a fine-tuning job's status, or for a checkpoint good enough to use.
+
+Both sensors poke on the worker (``mode="poke"`` or ``"reschedule"``) or defer to the triggerer
+(``deferrable=True``). A sensor only watches: it never cancels a job, which belongs to whoever created it.
+
+Importing this module is cheap (DAG files are parsed every 30 s): the hook, the models and the triggers are
+only imported when a task runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping, Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
+
+from airflow_provider_finetune._compat import conf
+from airflow_provider_finetune.checkpoints import CheckpointCondition
+from airflow_provider_finetune.exceptions import FineTuningError, InvalidRequestError
+from airflow_provider_finetune.waiting import TERMINAL, WAIT_ERROR, WAIT_TIMEOUT
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_finetune.hooks.finetune import FineTuningHook
+    from airflow_provider_finetune.models import FineTuningJob, FineTuningJobCheckpoint
+
+__all__ = ["FineTuningCheckpointSensor", "FineTuningJobSensor"]
+
+
+def _statuses(value: str | Collection[str], name: str) -> frozenset[str]:
+    """A status or a collection of statuses, as a set of strings."""
+    items = [value] if isinstance(value, str) else list(value)
+    if not all(isinstance(item, str) and item for item in items):
+        raise InvalidRequestError(f"{name} must be status names, got {value!r}", field=name)
+    return frozenset(items)
+
+
+def _sensor_timeout(message: str) -> Exception:
+    """The error that fails a sensor for good when its wait times out (no retry), from where it lives."""
+    try:  # Airflow 3.2+
+        from airflow.sdk.exceptions import AirflowSensorTimeout
+    except ImportError:  # Airflow 3.1
+        from airflow.exceptions import AirflowSensorTimeout  # type: ignore[no-redef]
+    return AirflowSensorTimeout(message)
+
+
+def _event(event: Any, job_id: str, allowed: Collection[str]) -> Mapping[str, Any]:
+    """A trigger event, checked against the statuses that may end the wait; anything else is refused."""
+    if (
+        not isinstance(event, Mapping)
+        or not isinstance(event.get("status"), str)
+        or event["status"] not in allowed
+        or str(event.get("job_id") or "") != job_id
+    ):
+        raise FineTuningError(f"Unexpected trigger event for job {job_id}: {event!r}")
+    return event
+
+
+class _FineTuningSensor(BaseSensorOperator):
+    """What both sensors share: the connection, a hook made on first use, and the deferrable switch."""
+
+    template_fields: Sequence[str] = ("job_id",)
+    ui_color = "#e8f0fe"
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        finetune_conn_id: str = "finetune_default",
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.job_id = job_id
+        self.finetune_conn_id = finetune_conn_id
+        self.deferrable = deferrable
+
+    @cached_property
+    def hook(self) -> FineTuningHook:
+        """The hook, made when the task runs."""
+        from airflow_provider_finetune.hooks.finetune import FineTuningHook
+
+        return FineTuningHook(self.finetune_conn_id)
+
+    def _deadline(self) -> float:
+        """The sensor's ``timeout`` as an absolute time, so that a triggerer restart does not reset it."""
+        return time.time() + float(self.timeout)
+
+    def _defer_timeout(self) -> timedelta:
+        """Airflow's own limit on the deferral, for when no triggerer runs the trigger.
+
+        A little longer than the trigger's deadline, so that a running trigger reports the timeout itself.
+        """
+        return timedelta(seconds=float(self.timeout) + float(self.poke_interval) + 60)
+
+    def _transient(self, err: FineTuningError) -> bool:
+        """Whether a failed read may go away by itself; the sensor then keeps waiting (until its timeout)."""
+        from airflow_provider_finetune.waiting import TRANSIENT
+
+        if isinstance(err, TRANSIENT):
+            self.log.warning("Could not read fine-tuning job %s, will try again: %s", self.job_id, err)
+            return True
+        return False
+
+
+class FineTuningJobSensor(_FineTuningSensor):
+    """Wait until a fine-tuning job reaches a status (by default ``succeeded``).
+
+    The sensor's return value (XCom) is the job's ``fine_tuned_model`` when the status reached is
+    ``succeeded``, else the status itself (e.g. ``"running"`` for ``target_statuses=("running",)``); the
+    status is also pushed under the key ``status``.
+
+    A status in ``failure_statuses`` fails the task with the job's error code, message and param. So does
+    a terminal status (succeeded, failed, cancelled) that is not a target, since the job never leaves it.
+    Any other status (``paused``, ``queued``, a status the service adds later) keeps the sensor waiting,
+    and so does a transient failure to read the job (rate limit, 5xx, dropped connection): only the
+    sensor's ``timeout`` ends such a wait.
+
+    The sensor never cancels the job, not even when it is killed or times out.
+
+    :param job_id: the job (templated).
+    :param target_statuses: the statuses to wait for.
+    :param failure_statuses: the statuses that fail the task at once.
+    :param finetune_conn_id: the connection.
+    :param deferrable: wait in the triggerer instead of on the worker; ``poke_interval`` is then the
+        trigger's poll interval and ``timeout`` an absolute deadline from the start of the try.
+    :param poke_interval: seconds (or a timedelta) between reads of the job.
+    :param timeout: how long to wait before failing with ``AirflowSensorTimeout``.
+    :param mode: ``poke`` (hold the worker slot) or ``reschedule`` (free it between pokes).
+    """
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        target_statuses: str | Collection[str] = ("succeeded",),
+        failure_statuses: str | Collection[str] = ("failed", "cancelled"),
+        finetune_conn_id: str = "finetune_default",
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(job_id=job_id, finetune_conn_id=finetune_conn_id, deferrable=deferrable, **kwargs)
+        self.target_statuses = _statuses(target_statuses, "target_statuses")
+        self.failure_statuses = _statuses(failure_statuses, "failure_statuses")
+        if not self.target_statuses:
+            raise InvalidRequestError("target_statuses must name at least one status", field="target_statuses")
+        overlap = self.target_statuses & self.failure_statuses
+        if overlap:
+            raise InvalidRequestError(
+                f"{', '.join(sorted(overlap))} cannot be both a target and a failure status",
+                field="failure_statuses",
+            )
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        """Read the job once: done on a target status, fail on a failure status, else keep waiting."""
+        try:
+            job = self.hook.get_job(self.job_id)
+        except FineTuningError as err:
+            if self._transient(err):
+                return PokeReturnValue(is_done=False)
+            raise
+        status = job.status.value
+        if status in self.target_statuses:
+            return PokeReturnValue(is_done=True, xcom_value=self._done(context, job))
+        self._fail_if_ended(job)
+        self.log.info("Fine-tuning job %s is %s; waiting for %s", job.id, status, _either(self.target_statuses))
+        return PokeReturnValue(is_done=False)
+
+    def execute(self, context: Context) -> Any:
+        """Poke on the worker, or defer at once to the triggerer when ``deferrable``."""
+        if not self.deferrable:
+            return super().execute(context)
+        from airflow_provider_finetune.triggers.finetune import FineTuningJobTrigger
+
+        self.defer(
+            trigger=FineTuningJobTrigger(
+                self.job_id,
+                finetune_conn_id=self.finetune_conn_id,
+                # The trigger also stops on the failure statuses that are not terminal (e.g. "paused").
+                target_statuses=sorted(self.target_statuses | self.failure_statuses),
+                poll_interval=self.poke_interval,
+                deadline=self._deadline(),
+                cancel_on_kill=False,  # the job is not the sensor's to cancel
+            ),
+            method_name="execute_complete",
+            timeout=self._defer_timeout(),
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        """Resume after the trigger fired: check the event against what it may say, then finish."""
+        allowed = self.target_statuses | self.failure_statuses | TERMINAL | {WAIT_TIMEOUT, WAIT_ERROR}
+        status = _event(event, self.job_id, allowed)["status"]
+        message = str(event.get("message") or "")
+        if status == WAIT_TIMEOUT:
+            raise _sensor_timeout(message or f"Fine-tuning job {self.job_id} did not reach the status in time")
+        if status == WAIT_ERROR:
+            raise FineTuningError(message or f"Could not read fine-tuning job {self.job_id}")
+        # Re-read the job for what the event does not carry: the model, or the job's error.
+        job = self.hook.get_job(self.job_id)
+        if status in self.target_statuses:
+            return self._done(context, job, status)
+        self._fail_if_ended(job, status)
+        raise FineTuningError(f"Unexpected trigger event for job {self.job_id}: {event!r}")  # unreachable
+
+    def _done(self, context: Context, job: FineTuningJob, status: str | None = None) -> str | None:
+        status = status or job.status.value
+        context["ti"].xcom_push(key="status", value=status)
+        self.log.info("Fine-tuning job %s is %s", job.id, status)
+        return job.fine_tuned_model if status == "succeeded" else status
+
+    def _fail_if_ended(self, job: FineTuningJob, status: str | None = None) -> None:
+        """Fail on a failure status, or a terminal status that is not a target."""
+        from airflow_provider_finetune.exceptions import FineTuningJobFailed
+
+        status = status or job.status.value
+        if status not in self.failure_statuses and status not in TERMINAL:
+            return
+        text = f"Fine-tuning job {job.id} is {status}"
+        if status not in self.failure_statuses:
+            text += f" and can no longer become {_either(self.target_statuses)}"
+        error = job.error
+        if error is not None:
+            text += f": [{error.code}] {error.message}" + (f" (param: {error.param})" if error.param else "")
+        raise FineTuningJobFailed(
+            job.id,
+            status,
+            text,
+            code=error.code if error else None,
+            param=error.param if error else None,
+        )
+
+
+class FineTuningCheckpointSensor(_FineTuningSensor):
+    """Wait until a job has enough checkpoints, or one whose metric meets a threshold.
+
+    With ``metric`` and ``threshold``, a checkpoint qualifies when its metric is at most (``metric_mode=
+    "min"``, for losses) or at least (``"max"``, for accuracies) the threshold, and the best qualifying one
+    is chosen. With ``metric`` alone, the best checkpoint by the metric; with neither, the latest one.
+
+    The return value (XCom) is the chosen checkpoint's ``fine_tuned_model_checkpoint`` (a model name usable
+    for inference); the key ``checkpoint`` holds its ``id``, ``step_number``,
+    ``fine_tuned_model_checkpoint`` and ``metrics``. When the job has ended and no checkpoint meets the
+    condition, the task fails at once: waiting longer cannot help.
+
+    :param job_id: the job (templated).
+    :param min_checkpoints: how many checkpoints the job must have at least.
+    :param metric: a checkpoint metric (``valid_loss``, ``full_valid_mean_token_accuracy``...).
+    :param threshold: with ``metric``, the value a checkpoint's metric must reach.
+    :param metric_mode: ``min`` when lower is better, ``max`` when higher is better (named so because
+        ``mode`` is the sensor's poke or reschedule mode).
+    :param finetune_conn_id: the connection.
+    :param deferrable: wait in the triggerer instead of on the worker.
+    :param poke_interval: seconds (or a timedelta) between reads of the checkpoints.
+    :param timeout: how long to wait before failing with ``AirflowSensorTimeout``.
+    :param mode: ``poke`` or ``reschedule``.
+    """
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        min_checkpoints: int = 1,
+        metric: str | None = None,
+        threshold: float | None = None,
+        metric_mode: str = "min",
+        finetune_conn_id: str = "finetune_default",
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(job_id=job_id, finetune_conn_id=finetune_conn_id, deferrable=deferrable, **kwargs)
+        self.min_checkpoints = min_checkpoints
+        self.metric = metric
+        self.threshold = threshold
+        self.metric_mode = metric_mode
+        # Checked now, when the DAG is parsed: these arguments are not templated.
+        self.condition = CheckpointCondition(min_checkpoints, metric, threshold, metric_mode)
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        """Read the job, then its checkpoints: done when one meets the condition; fail if the job ended."""
+        try:
+            # The job first: if it had ended, the checkpoints read next are all it will ever have.
+            job = self.hook.get_job(self.job_id)
+            checkpoints = list(self.hook.iter_checkpoints(self.job_id, limit=100))
+        except FineTuningError as err:
+            if self._transient(err):
+                return PokeReturnValue(is_done=False)
+            raise
+        chosen = self.condition.choose(checkpoints)
+        if chosen is not None:
+            return PokeReturnValue(is_done=True, xcom_value=self._found(context, chosen))
+        if job.status.is_terminal():
+            self._fail_ended(job, len(checkpoints))
+        self.log.info(
+            "Job %s (%s) has %d checkpoint(s); waiting for %s",
+            job.id,
+            job.status,
+            len(checkpoints),
+            self.condition,
+        )
+        return PokeReturnValue(is_done=False)
+
+    def execute(self, context: Context) -> Any:
+        """Poke on the worker, or defer at once to the triggerer when ``deferrable``."""
+        if not self.deferrable:
+            return super().execute(context)
+        from airflow_provider_finetune.triggers.finetune import FineTuningCheckpointTrigger
+
+        self.defer(
+            trigger=FineTuningCheckpointTrigger(
+                self.job_id,
+                finetune_conn_id=self.finetune_conn_id,
+                min_checkpoints=self.min_checkpoints,
+                metric=self.metric,
+                threshold=self.threshold,
+                mode=self.metric_mode,
+                poll_interval=self.poke_interval,
+                deadline=self._deadline(),
+            ),
+            method_name="execute_complete",
+            timeout=self._defer_timeout(),
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        """Resume after the trigger fired: check the event against what it may say, then finish."""
+        from airflow_provider_finetune.models import FineTuningJobCheckpoint
+
+        status = _event(event, self.job_id, {"found", "job_ended", WAIT_TIMEOUT, WAIT_ERROR})["status"]
+        message = str(event.get("message") or "")
+        if status == WAIT_TIMEOUT:
+            raise _sensor_timeout(message or f"No checkpoint of job {self.job_id} met {self.condition} in time")
+        if status == WAIT_ERROR:
+            raise FineTuningError(message or f"Could not read the checkpoints of job {self.job_id}")
+        if status == "found":
+            try:
+                found = FineTuningJobCheckpoint.model_validate(event.get("checkpoint"))
+            except ValueError:  # pydantic's ValidationError is one
+                raise FineTuningError(f"Unexpected trigger event for job {self.job_id}: {event!r}") from None
+            return self._found(context, found)
+        # job_ended: the trigger read the checkpoints before the job, so a last checkpoint written as the
+        # job ended may be missing from what it saw. One more look settles it.
+        job = self.hook.get_job(self.job_id)
+        checkpoints = list(self.hook.iter_checkpoints(self.job_id, limit=100))
+        chosen = self.condition.choose(checkpoints)
+        if chosen is not None:
+            return self._found(context, chosen)
+        self._fail_ended(job, len(checkpoints))
+        raise FineTuningError(message)  # unreachable: the job has ended
+
+    def _found(self, context: Context, chosen: FineTuningJobCheckpoint) -> str | None:
+        metrics = chosen.metrics.model_dump(mode="json", exclude_none=True) if chosen.metrics else {}
+        context["ti"].xcom_push(
+            key="checkpoint",
+            value={
+                "id": chosen.id,
+                "step_number": chosen.step_number,
+                "fine_tuned_model_checkpoint": chosen.fine_tuned_model_checkpoint,
+                "metrics": metrics,
+            },
+        )
+        self.log.info(
+            "Checkpoint %s (step %s) of job %s meets %s: %s",
+            chosen.fine_tuned_model_checkpoint,
+            chosen.step_number,
+            self.job_id,
+            self.condition,
+            metrics,
+        )
+        return chosen.fine_tuned_model_checkpoint
+
+    def _fail_ended(self, job: FineTuningJob, count: int) -> None:
+        """Fail because the job has ended and none of its checkpoints meets the condition."""
+        from airflow_provider_finetune.exceptions import FineTuningJobFailed
+
+        status = job.status.value
+        if not job.status.is_terminal():
+            return
+        text = (
+            f"Fine-tuning job {job.id} is {status} with {count} checkpoint(s), and none meets "
+            f"{self.condition}; it will have no more"
+        )
+        if job.error is not None:
+            text += f" ([{job.error.code}] {job.error.message})"
+        raise FineTuningJobFailed(
+            job.id,
+            status,
+            text,
+            code=job.error.code if job.error else None,
+            param=job.error.param if job.error else None,
+        )
+
+
+def _either(statuses: Collection[str]) -> str:
+    return " or ".join(sorted(statuses))
