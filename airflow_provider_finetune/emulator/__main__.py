@@ -1,0 +1,117 @@
+"""``finetune-emulator``: serve the local fine-tuning API emulator (``python -m airflow_provider_finetune.emulator``).
+
+Examples::
+
+    finetune-emulator --port 8089                          # the demo: a small job takes about a minute
+    finetune-emulator --port 8089 --speed 50 --db emu.db   # fast, and kept across restarts
+    finetune-emulator --error-rate 0.1 --rate-limit-rate 0.05 --fault-seed 7   # a fault drill
+
+The API key comes from ``--api-key`` or the ``FINETUNE_EMULATOR_API_KEY`` environment variable
+(default ``sk-emulator``); it is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from airflow_provider_finetune.emulator.app import create_app
+from airflow_provider_finetune.emulator.config import EmulatorConfig, FaultConfig
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+API_KEY_ENV = "FINETUNE_EMULATOR_API_KEY"
+ADMIN_KEY_ENV = "FINETUNE_EMULATOR_ADMIN_KEY"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``finetune-emulator``."""
+    parser = argparse.ArgumentParser(
+        prog="finetune-emulator",
+        description="Serve a local emulator of the OpenAI fine-tuning API (files, uploads, jobs, graders).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8089, help="port to listen on (default: %(default)s)")
+    parser.add_argument("--speed", type=float, default=1.0, help="simulated time per second (default: %(default)s)")
+    parser.add_argument("--db", metavar="PATH", help="SQLite file that keeps state across restarts")
+    parser.add_argument("--seed", type=int, default=0, help="seed of ids, metrics and answers (default: %(default)s)")
+    parser.add_argument("--api-key", help=f"the key clients must send (default: ${API_KEY_ENV} or sk-emulator)")
+    parser.add_argument(
+        "--admin-key", help=f"the key checkpoint permissions need (default: ${ADMIN_KEY_ENV}, or the API key)"
+    )
+    parser.add_argument("--organization", default="org-emulator", help="organization id (default: %(default)s)")
+    parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    faults = parser.add_argument_group("fault injection (seeded, per /v1 request)")
+    faults.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws (default: %(default)s)")
+    faults.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered 500/502/503")
+    faults.add_argument("--rate-limit-rate", type=float, default=0.0, help="share of requests answered 429")
+    faults.add_argument("--retry-after", type=float, default=1.0, help="retry-after of a 429, in seconds")
+    faults.add_argument("--drop-rate", type=float, default=0.0, help="share of requests whose connection is dropped")
+    faults.add_argument("--latency", type=float, default=0.0, help="seconds added to each request")
+    faults.add_argument("--latency-jitter", type=float, default=0.0, help="up to this many more seconds per request")
+    faults.add_argument("--fault-match", help="regex on 'METHOD /v1/path' choosing the requests that get faults")
+    faults.add_argument(
+        "--fault-after-processing",
+        action="store_true",
+        help="handle a faulted request first, then lose its answer (a retry would repeat it)",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
+    """Turn parsed arguments into an :class:`EmulatorConfig`."""
+    faults = FaultConfig(
+        seed=args.fault_seed,
+        error_rate=args.error_rate,
+        rate_limit_rate=args.rate_limit_rate,
+        retry_after=args.retry_after,
+        drop_rate=args.drop_rate,
+        latency=args.latency,
+        latency_jitter=args.latency_jitter,
+        match=args.fault_match,
+        after_processing=args.fault_after_processing,
+    )
+    return EmulatorConfig(
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or "sk-emulator",
+        admin_key=args.admin_key or os.environ.get(ADMIN_KEY_ENV) or None,
+        organization=args.organization,
+        speed=args.speed,
+        seed=args.seed,
+        db_path=args.db,
+        faults=faults,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the emulator until interrupted; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(config)
+    where = f"http://{args.host}:{args.port}/v1"
+    stored = f", state in {config.db_path}" if config.db_path else ", state in memory"
+    print(f"finetune-emulator: serving {where} at speed {config.speed:g}{stored}", file=sys.stderr, flush=True)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        lifespan="on",
+        ws="none",
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

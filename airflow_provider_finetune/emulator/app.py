@@ -1,0 +1,463 @@
+"""The emulator's ASGI app: the API under ``/v1`` and a few admin endpoints under ``/_emulator``.
+
+The API is the fine-tuning, files and uploads API of the spec, plus ``/v1/models`` and
+``/v1/chat/completions``.
+
+Every answer carries ``x-request-id``; every error has the API's shape
+``{"error": {"message", "type", "param", "code"}}``. Requests authenticate with
+``Authorization: Bearer <key>`` or ``api-key: <key>``; the checkpoint permission endpoints need the admin
+key when one is configured.
+
+Admin endpoints (not part of the API; same authentication as the API, except ``health``):
+
+* ``GET /_emulator/health``: ``{"status": "ok"}``, without authentication, for readiness checks;
+* ``GET /_emulator/counters``: requests served by route template, answers by status, jobs and files
+  created, faults injected;
+* ``POST /_emulator/reset``: sets the counters back to zero;
+* ``GET /_emulator/faults`` and ``POST /_emulator/faults``: read or change the fault settings (a JSON
+  object of :class:`~airflow_provider_finetune.emulator.config.FaultConfig` fields; the fault generator
+  restarts from the seed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from airflow_provider_finetune.emulator.config import EmulatorConfig
+from airflow_provider_finetune.emulator.counters import Counters
+from airflow_provider_finetune.emulator.errors import APIError, error_body, invalid_request
+from airflow_provider_finetune.emulator.faults import RAW_SEND_KEY, FaultMiddleware
+from airflow_provider_finetune.emulator.files import FileService
+from airflow_provider_finetune.emulator.graders import run_grader, validate_grader
+from airflow_provider_finetune.emulator.inference import InferenceService
+from airflow_provider_finetune.emulator.jobs import JobService
+from airflow_provider_finetune.emulator.params import parse_body
+from airflow_provider_finetune.emulator.permissions import PermissionService
+from airflow_provider_finetune.emulator.store import Store
+from airflow_provider_finetune.models import CreateFileRequest
+
+__all__ = ["Emulator", "EmulatorApp", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+_Handler = Callable[[Request], Awaitable[Any]]
+_ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+class Emulator:
+    """The emulator's state: its config, store, counters and services.
+
+    :param config: the settings.
+    """
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.store = Store(config.db_path, seed=config.seed)
+        self.counters = Counters()
+        self.files = FileService(self.store, config.clock, self.counters)
+        self.jobs = JobService(self.store, self.files, config, self.counters)
+        self.permissions = PermissionService(self.store, self.jobs, config.clock)
+        self.inference = InferenceService(self.jobs, self.files, config.clock, self.store.seed)
+        self.faults: FaultMiddleware | None = None
+
+    def authenticate(self, headers: Mapping[str, str], *, admin: bool = False) -> None:
+        """Check the request's key; raise 401 for a missing or wrong key, 403 for a non-admin key."""
+        key = _presented_key(headers)
+        if key is None:
+            raise APIError(
+                401,
+                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY' "
+                "(or as the 'api-key' header).",
+                code="invalid_api_key",
+            )
+        api_key, admin_key = self.config.api_key, self.config.admin_key
+        is_admin = admin_key is not None and hmac.compare_digest(key.encode(), admin_key.encode())
+        is_user = api_key is None or hmac.compare_digest(key.encode(), api_key.encode())
+        if not (is_user or is_admin):
+            # The key is never echoed, not even in part.
+            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+        if admin and admin_key is not None and not is_admin:
+            raise APIError(
+                403,
+                "You have insufficient permissions for this operation: checkpoint permissions need an admin API key.",
+                code="insufficient_permissions",
+            )
+
+    def close(self) -> None:
+        """Close the store."""
+        self.store.close()
+
+
+class EmulatorApp:
+    """The ASGI app :func:`create_app` returns.
+
+    It stamps ``x-request-id`` on every answer, counts ``/v1`` answers by status, then hands the request
+    to the fault injector and the routes.
+
+    :param app: the app behind (fault injection and routes).
+    :param emulator: the state, reachable as :attr:`emulator` (tests look at it).
+    """
+
+    def __init__(self, app: _ASGIApp, emulator: Emulator) -> None:
+        self.app = app
+        self.emulator = emulator
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Serve one ASGI connection."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = b"req_" + secrets.token_hex(16).encode()
+        statuses = self.emulator.counters.statuses if scope["path"].startswith("/v1/") else None
+        scope[RAW_SEND_KEY] = send
+
+        async def stamped_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
+                if statuses is not None:
+                    statuses[str(message["status"])] += 1
+            await send(message)
+
+        await self.app(scope, receive, stamped_send)
+
+
+def create_app(config: EmulatorConfig | None = None) -> EmulatorApp:
+    """Build the emulator's ASGI app (serve it with uvicorn, or with :class:`EmulatorServer`).
+
+    :param config: the settings; the defaults when ``None``.
+    """
+    config = config or EmulatorConfig()
+    emulator = Emulator(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        emulator.close()
+
+    routes = _api_routes(emulator) + _admin_routes(emulator)
+    router = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
+    router.state.emulator = emulator
+    faults = FaultMiddleware(router, config.faults, emulator.counters)
+    emulator.faults = faults
+    return EmulatorApp(faults, emulator)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plumbing
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _presented_key(headers: Mapping[str, str]) -> str | None:
+    authorization = headers.get("authorization")
+    if authorization:
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    api_key = headers.get("api-key")
+    return api_key.strip() if api_key and api_key.strip() else None
+
+
+def _json(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    content = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return Response(content, status_code=status, media_type="application/json", headers=dict(headers or {}))
+
+
+def _error(exc: APIError) -> Response:
+    return _json(exc.body(), exc.status, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 500)
+    if status == 404:
+        message = f"Invalid URL ({request.method} {request.url.path})"
+    elif status == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(getattr(exc, "detail", "")) or "Error"
+    return _json(error_body(message, "invalid_request_error"), status)
+
+
+def _endpoint(emulator: Emulator, key: str, handler: _Handler, *, admin: bool, counted: bool) -> _Handler:
+    """Wrap a handler: count the route, authenticate, and turn its result or error into an answer."""
+
+    async def endpoint(request: Request) -> Response:
+        if counted:
+            emulator.counters.requests[key] += 1
+        try:
+            emulator.authenticate(request.headers, admin=admin)
+            result = await handler(request)
+        except APIError as exc:
+            return _error(exc)
+        except Exception:
+            logger.exception("Error while handling %s", key)
+            return _error(APIError(500, "The emulator failed to handle the request.", error_type="server_error"))
+        return result if isinstance(result, Response) else _json(result)
+
+    return endpoint
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise invalid_request(
+            "We could not parse the JSON body of your request. Send a JSON object with "
+            "'Content-Type: application/json'."
+        ) from None
+
+
+def _query(request: Request, name: str) -> str | None:
+    value = request.query_params.get(name)
+    return value if value not in (None, "") else None
+
+
+async def _form(request: Request) -> Any:
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise invalid_request("This endpoint takes a multipart/form-data body")
+    try:
+        return await request.form(max_part_size=1024 * 1024)
+    except Exception as exc:  # python-multipart's errors have no common base across versions
+        raise invalid_request(f"The multipart body could not be read: {exc}") from None
+
+
+async def _form_file(form: Any, name: str) -> tuple[str, bytes]:
+    item = form.get(name)
+    if item is None:
+        raise invalid_request(f"Missing required parameter: '{name}'", param=name)
+    if isinstance(item, UploadFile) or hasattr(item, "read"):
+        return str(getattr(item, "filename", None) or name), await item.read()
+    return name, str(item).encode()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# API routes
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _api_routes(emulator: Emulator) -> list[Route]:
+    files, jobs, permissions, inference = emulator.files, emulator.jobs, emulator.permissions, emulator.inference
+
+    async def create_file(request: Request) -> Any:
+        form = await _form(request)
+        try:
+            filename, data = await _form_file(form, "file")
+            fields: dict[str, Any] = {}
+            if form.get("purpose") is not None:
+                fields["purpose"] = form.get("purpose")
+            else:
+                raise invalid_request("Missing required parameter: 'purpose'", param="purpose")
+            seconds = form.get("expires_after[seconds]")
+            if seconds is not None or form.get("expires_after[anchor]") is not None:
+                fields["expires_after"] = {
+                    "anchor": form.get("expires_after[anchor]"),
+                    "seconds": int(seconds) if isinstance(seconds, str) and seconds.isdigit() else seconds,
+                }
+            request_model = parse_body(CreateFileRequest, fields)
+        finally:
+            await form.close()
+        record = files.create(
+            filename=filename,
+            purpose=request_model.purpose,
+            data=data,
+            expires_after=request_model.expires_after.seconds if request_model.expires_after else None,
+        )
+        return files.render(record)
+
+    async def list_files(request: Request) -> Any:
+        return files.list(
+            purpose=_query(request, "purpose"),
+            limit=_query(request, "limit"),
+            order=_query(request, "order"),
+            after=_query(request, "after"),
+        )
+
+    async def retrieve_file(request: Request) -> Any:
+        return files.render(files.get(request.path_params["file_id"]))
+
+    async def delete_file(request: Request) -> Any:
+        return files.delete(request.path_params["file_id"])
+
+    async def file_content(request: Request) -> Any:
+        return Response(files.content(request.path_params["file_id"]), media_type="application/octet-stream")
+
+    async def create_upload(request: Request) -> Any:
+        return files.create_upload(await _body(request))
+
+    async def add_upload_part(request: Request) -> Any:
+        form = await _form(request)
+        try:
+            _, data = await _form_file(form, "data")
+        finally:
+            await form.close()
+        return files.add_part(request.path_params["upload_id"], data)
+
+    async def complete_upload(request: Request) -> Any:
+        return files.complete_upload(request.path_params["upload_id"], await _body(request))
+
+    async def cancel_upload(request: Request) -> Any:
+        return files.cancel_upload(request.path_params["upload_id"])
+
+    async def create_job(request: Request) -> Any:
+        return jobs.create(await _body(request))
+
+    async def list_jobs(request: Request) -> Any:
+        metadata: dict[str, str] | None = None
+        for name, value in request.query_params.multi_items():
+            if name.startswith("metadata[") and name.endswith("]"):
+                metadata = metadata or {}
+                metadata[name[len("metadata[") : -1]] = value
+            elif name == "metadata" and value == "null":
+                metadata = metadata or {}
+        return jobs.list(after=_query(request, "after"), limit=_query(request, "limit"), metadata=metadata)
+
+    async def retrieve_job(request: Request) -> Any:
+        return jobs.retrieve(request.path_params["fine_tuning_job_id"])
+
+    async def cancel_job(request: Request) -> Any:
+        return jobs.cancel(request.path_params["fine_tuning_job_id"])
+
+    async def pause_job(request: Request) -> Any:
+        return jobs.pause(request.path_params["fine_tuning_job_id"])
+
+    async def resume_job(request: Request) -> Any:
+        return jobs.resume(request.path_params["fine_tuning_job_id"])
+
+    async def list_events(request: Request) -> Any:
+        return jobs.events(
+            request.path_params["fine_tuning_job_id"], after=_query(request, "after"), limit=_query(request, "limit")
+        )
+
+    async def list_checkpoints(request: Request) -> Any:
+        return jobs.checkpoints(
+            request.path_params["fine_tuning_job_id"], after=_query(request, "after"), limit=_query(request, "limit")
+        )
+
+    async def list_permissions(request: Request) -> Any:
+        return permissions.list(
+            request.path_params["fine_tuned_model_checkpoint"],
+            project_id=_query(request, "project_id"),
+            after=_query(request, "after"),
+            limit=_query(request, "limit"),
+            order=_query(request, "order"),
+        )
+
+    async def create_permissions(request: Request) -> Any:
+        return permissions.create(request.path_params["fine_tuned_model_checkpoint"], await _body(request))
+
+    async def delete_permission(request: Request) -> Any:
+        return permissions.delete(
+            request.path_params["fine_tuned_model_checkpoint"], request.path_params["permission_id"]
+        )
+
+    async def run_grader_endpoint(request: Request) -> Any:
+        return run_grader(await _body(request), seed=emulator.store.seed)
+
+    async def validate_grader_endpoint(request: Request) -> Any:
+        return validate_grader(await _body(request))
+
+    async def list_models(request: Request) -> Any:
+        return inference.list_models()
+
+    async def retrieve_model(request: Request) -> Any:
+        return inference.retrieve_model(request.path_params["model"])
+
+    async def chat_completion(request: Request) -> Any:
+        return inference.chat_completion(await _body(request))
+
+    job = "/fine_tuning/jobs/{fine_tuning_job_id}"
+    permissions_path = "/fine_tuning/checkpoints/{fine_tuned_model_checkpoint}/permissions"
+    table: list[tuple[str, str, _Handler, bool]] = [
+        ("POST", "/files", create_file, False),
+        ("GET", "/files", list_files, False),
+        ("GET", "/files/{file_id}", retrieve_file, False),
+        ("DELETE", "/files/{file_id}", delete_file, False),
+        ("GET", "/files/{file_id}/content", file_content, False),
+        ("POST", "/uploads", create_upload, False),
+        ("POST", "/uploads/{upload_id}/parts", add_upload_part, False),
+        ("POST", "/uploads/{upload_id}/complete", complete_upload, False),
+        ("POST", "/uploads/{upload_id}/cancel", cancel_upload, False),
+        ("POST", "/fine_tuning/jobs", create_job, False),
+        ("GET", "/fine_tuning/jobs", list_jobs, False),
+        ("GET", job, retrieve_job, False),
+        ("POST", job + "/cancel", cancel_job, False),
+        ("POST", job + "/pause", pause_job, False),
+        ("POST", job + "/resume", resume_job, False),
+        ("GET", job + "/events", list_events, False),
+        ("GET", job + "/checkpoints", list_checkpoints, False),
+        ("GET", permissions_path, list_permissions, True),
+        ("POST", permissions_path, create_permissions, True),
+        ("DELETE", permissions_path + "/{permission_id}", delete_permission, True),
+        ("POST", "/fine_tuning/alpha/graders/run", run_grader_endpoint, False),
+        ("POST", "/fine_tuning/alpha/graders/validate", validate_grader_endpoint, False),
+        ("GET", "/models", list_models, False),
+        ("GET", "/models/{model}", retrieve_model, False),
+        ("POST", "/chat/completions", chat_completion, False),
+    ]
+    return [
+        Route(
+            "/v1" + path,
+            _endpoint(emulator, f"{method} /v1{path}", handler, admin=admin, counted=True),
+            methods=[method],
+        )
+        for method, path, handler, admin in table
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Admin routes
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _admin_routes(emulator: Emulator) -> list[Route]:
+    async def health(request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def counters(request: Request) -> Any:
+        return emulator.counters.as_dict()
+
+    async def reset(request: Request) -> Any:
+        emulator.counters.reset()
+        return emulator.counters.as_dict()
+
+    async def get_faults(request: Request) -> Any:
+        assert emulator.faults is not None
+        return emulator.faults.config.as_dict()
+
+    async def set_faults(request: Request) -> Any:
+        assert emulator.faults is not None
+        body = await _body(request)
+        if not isinstance(body, dict):
+            raise invalid_request("The request body must be a JSON object of fault settings")
+        try:
+            config = emulator.faults.config.updated(body)
+        except (ValueError, TypeError) as exc:
+            raise invalid_request(str(exc)) from None
+        emulator.faults.configure(config)
+        return config.as_dict()
+
+    def admin(key: str, handler: _Handler) -> _Handler:
+        return _endpoint(emulator, key, handler, admin=False, counted=False)
+
+    return [
+        Route("/_emulator/health", health, methods=["GET"]),
+        Route("/_emulator/counters", admin("counters", counters), methods=["GET"]),
+        Route("/_emulator/reset", admin("reset", reset), methods=["POST"]),
+        Route("/_emulator/faults", admin("faults", get_faults), methods=["GET"]),
+        Route("/_emulator/faults", admin("faults", set_faults), methods=["POST"]),
+    ]

@@ -1,0 +1,166 @@
+"""Fault injection: a pure ASGI middleware that makes some ``/v1`` requests fail, drawn from a seed.
+
+A selected request is answered 500/502/503 or 429 (with ``retry-after``), has its connection dropped, or
+is slowed down.
+
+Every selected request makes the same three draws in arrival order (kind, status, latency), so the same
+seed and the same requests give the same faults. The admin endpoints (``/_emulator/...``) never get faults.
+
+A dropped connection closes the socket without an answer: the client sees the server disconnect
+(httpx: ``RemoteProtocolError``), the case where it cannot know whether the request was handled. With
+``after_processing`` the request is handled first and its answer is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+import re
+from typing import Any
+
+from airflow_provider_finetune.emulator.config import FaultConfig
+from airflow_provider_finetune.emulator.counters import Counters
+from airflow_provider_finetune.emulator.errors import error_body
+
+__all__ = ["RAW_SEND_KEY", "FaultMiddleware"]
+
+#: Scope key under which the outermost middleware leaves the server's own ``send`` (to reach the socket).
+RAW_SEND_KEY = "finetune_emulator.raw_send"
+
+_ASGIApp = Any
+_SERVER_ERRORS = (
+    (500, "The server had an error while processing your request. Sorry about that!"),
+    (502, "Bad gateway."),
+    (503, "The server is overloaded or not ready yet."),
+)
+
+logger = logging.getLogger(__name__)
+
+
+class _DroppedConnection(Exception):
+    """Raised after the response started, when the socket cannot be reached: the server closes it."""
+
+
+class _QuietDrops(logging.Filter):
+    """Keeps uvicorn from logging an injected drop as an application error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], _DroppedConnection))
+
+
+_uvicorn_logger = logging.getLogger("uvicorn.error")
+if not any(isinstance(item, _QuietDrops) for item in _uvicorn_logger.filters):
+    _uvicorn_logger.addFilter(_QuietDrops())
+
+
+class FaultMiddleware:
+    """Injects faults into ``/v1`` requests.
+
+    :param app: the ASGI app behind.
+    :param config: what to inject; change it at run time with :meth:`configure`.
+    :param counters: counts the faults injected, by kind.
+    """
+
+    def __init__(self, app: _ASGIApp, config: FaultConfig, counters: Counters) -> None:
+        self.app = app
+        self._counters = counters
+        self.config = config
+        self._random = random.Random(config.seed)
+        self._match: re.Pattern[str] | None = None
+        self.configure(config)
+
+    def configure(self, config: FaultConfig) -> None:
+        """Use new settings; the generator restarts from their seed."""
+        self._match = re.compile(config.match) if config.match else None
+        self._random = random.Random(config.seed)
+        self.config = config
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Serve one ASGI connection, perhaps with a fault."""
+        config = self.config
+        if scope["type"] != "http" or not config.active or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        if self._match is not None and not self._match.search(f"{scope['method']} {scope['path']}"):
+            await self.app(scope, receive, send)
+            return
+        kind_draw, status_draw, latency_draw = self._random.random(), self._random.random(), self._random.random()
+        delay = config.latency + config.latency_jitter * latency_draw
+        if delay > 0:
+            self._counters.faults["latency"] += 1
+            await asyncio.sleep(delay)
+        fault = _choose(config, kind_draw)
+        if fault is None:
+            await self.app(scope, receive, send)
+            return
+        if config.after_processing:
+            await self.app(scope, receive, _discard)
+        if fault == "drop":
+            self._counters.faults["drop"] += 1
+            await _drop(scope, send)
+            return
+        if fault == "429":
+            self._counters.faults["429"] += 1
+            await _rate_limited(send, config.retry_after)
+            return
+        status, message = _SERVER_ERRORS[min(2, int(status_draw * 3))]
+        self._counters.faults[str(status)] += 1
+        await _answer(send, status, error_body(message, "server_error"), {})
+
+
+def _choose(config: FaultConfig, draw: float) -> str | None:
+    if draw < config.drop_rate:
+        return "drop"
+    if draw < config.drop_rate + config.error_rate:
+        return "5xx"
+    if draw < config.drop_rate + config.error_rate + config.rate_limit_rate:
+        return "429"
+    return None
+
+
+async def _discard(message: dict[str, Any]) -> None:
+    """A ``send`` that loses the answer of a request handled before its fault."""
+
+
+async def _rate_limited(send: Any, retry_after: float) -> None:
+    seconds = max(0, math.ceil(retry_after))
+    headers = {
+        "retry-after": str(seconds),
+        "retry-after-ms": str(int(retry_after * 1000)),
+        "x-ratelimit-limit-requests": "500",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": f"{retry_after:g}s",
+    }
+    body = error_body(
+        f"Rate limit reached for requests (emulated). Please try again in {retry_after:g}s.",
+        "requests",
+        code="rate_limit_exceeded",
+    )
+    await _answer(send, 429, body, headers)
+
+
+async def _answer(send: Any, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+    content = json.dumps(body).encode()
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
+    raw_headers += [(name.encode(), value.encode()) for name, value in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": content})
+
+
+async def _drop(scope: dict[str, Any], send: Any) -> None:
+    """Close the connection without answering."""
+    raw_send = scope.get(RAW_SEND_KEY, send)
+    # uvicorn's send is a method of the request cycle, which holds the connection's transport.
+    transport = getattr(getattr(raw_send, "__self__", None), "transport", None)
+    if transport is not None and hasattr(transport, "close"):
+        transport.close()
+        # Let the server see the connection lost, so that it neither answers nor logs.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return
+    # Another server: start an answer and fail, which makes the server close the connection mid-answer.
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1")]})
+    raise _DroppedConnection("connection dropped by fault injection")
