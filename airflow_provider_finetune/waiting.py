@@ -184,6 +184,9 @@ def describe_event(job: FineTuningJob, event: FineTuningJobEvent) -> str:
             if isinstance(data.get(name), int | float)
         ]
         line = " ".join([f"[{job.id}]", step, *numbers])
+    elif data.get("fine_tuned_model_checkpoint"):
+        # Checkpoints announce themselves as events: logged from here, with no extra request per poll.
+        line = f"[{job.id}] checkpoint at step {data.get('step', '?')}: {data['fine_tuned_model_checkpoint']}"
     else:
         level = "" if event.level == "info" else f"{event.level.upper()} "
         line = f"[{job.id}] {level}{event.message}"

@@ -149,3 +149,15 @@ def test_failure_outcome_names_the_error() -> None:
     outcome, _, _ = run([failed])
     assert outcome.status == "failed"
     assert "[invalid_training_file] line 3: not JSON (param: training_file)" in outcome.message
+
+
+def test_checkpoint_event_becomes_a_checkpoint_line() -> None:
+    the_job = FineTuningJob.model_validate(job(status="running"))
+    created = FineTuningJobEvent.model_validate(
+        event(
+            "ev-5",
+            "Checkpoint created at step 30",
+            data={"step": 30, "fine_tuned_model_checkpoint": "ft:m:o::x:ckpt-step-30"},
+        )
+    )
+    assert describe_event(the_job, created) == "[ftjob-1] checkpoint at step 30: ft:m:o::x:ckpt-step-30"

@@ -139,9 +139,8 @@ class _FineTuningOperator(BaseOperator):
 
         ti = context["ti"]
         ti.xcom_push(key="job_id", value=job.id)
-        url = job_url(self.hook.settings.base_url, job.id)
-        if url:
-            ti.xcom_push(key=FineTuningJobLink.key, value=url)
+        # Pushed even when empty (a service with no job page), so that the link finds a value, not a 404.
+        ti.xcom_push(key=FineTuningJobLink.key, value=job_url(self.hook.settings.base_url, job.id))
 
 
 class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):

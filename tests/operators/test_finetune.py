@@ -82,7 +82,7 @@ def test_runs_to_success_on_the_worker(context: dict[str, Any], api: FakeAPI) ->
     body = json.loads(create.calls[0].request.content)
     assert body["metadata"] == {"team": "ml", TASK_TAG_KEY: task_tag(context)}
     assert body["suffix"] == "weekly"
-    assert "job_url" not in xcoms  # this service has no job page
+    assert xcoms["job_url"] is None  # this service has no job page
 
 
 def test_job_url_for_the_openai_dashboard(context: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
