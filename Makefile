@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-airflow-$(AIRFLOW)
 
-.PHONY: venv test lint typecheck pytest test-oldest demo emulator clean
+.PHONY: venv test lint typecheck pytest test-oldest demo emulator bench-emulator clean
 
 venv: $(STAMP)
 
@@ -38,8 +38,12 @@ test-oldest:
 emulator: venv
 	$(BIN)/finetune-emulator --host 127.0.0.1 --port 8089
 
+# Not part of the test suite: prints figures (requests/s, latency, RSS) for 1,000 concurrent jobs.
+bench-emulator: venv
+	$(BIN)/python tests/benchmarks/bench_emulator.py --jobs 1000 --seconds 30
+
 demo: venv
-	$(BIN)/python -m airflow_provider_finetune.demo
+	$(BIN)/python scripts/demo.py
 
 clean:
 	rm -rf .venv .venv-airflow-* .pytest_cache .mypy_cache .ruff_cache
