@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Collection, Generator, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from airflow_provider_finetune.exceptions import (
 if TYPE_CHECKING:
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
     from airflow_provider_finetune.models import FineTuningJob, FineTuningJobEvent
+    from airflow_provider_finetune.triggers.poller import JobPoller
 
 __all__ = [
     "TERMINAL",
@@ -112,6 +114,7 @@ def watch(
     last_event_id: str | None = None,
     log: logging.Logger | logging.LoggerAdapter[Any] | Any = None,
     clock: Callable[[], float] = time.time,
+    rng: Callable[[], float] = random.random,
 ) -> Watch:
     """Poll a job until it reaches one of ``targets`` or a terminal status, the deadline, or too many errors.
 
@@ -127,6 +130,7 @@ def watch(
     :param last_event_id: the newest event already logged.
     :param log: where progress lines go.
     :param clock: the time source.
+    :param rng: the source of jitter, in [0, 1).
     """
     logger = log or logging.getLogger(__name__)
     ends = frozenset(targets) | TERMINAL
@@ -158,8 +162,31 @@ def watch(
         now = clock()
         if deadline is not None and now >= deadline:
             return Outcome(WAIT_TIMEOUT, job_id, f"Job {job_id} did not finish before the deadline", last_event_id)
-        wait = poll_interval if deadline is None else min(poll_interval, max(deadline - now, 0.0))
-        yield Pause(wait)
+        wait = next_pause(seen.job if isinstance(seen, Observation) else None, poll_interval, now, rng())
+        yield Pause(wait if deadline is None else min(wait, max(deadline - now, 0.0)))
+
+
+#: How much faster than ``poll_interval`` a wait polls in the last stretch before ``estimated_finish``.
+NEAR_FINISH_SPEEDUP = 4
+#: Share of a pause drawn at random, so that many waits do not poll in step.
+JITTER = 0.15
+
+
+def next_pause(job: FineTuningJob | None, poll_interval: float, now: float, draw: float = 0.0) -> float:
+    """Seconds until the next poll: ``poll_interval`` at most, less near the job's estimated finish.
+
+    ``poll_interval`` is the notice latency a wait promises, so no pause is longer. A job that is queued,
+    validating, paused, or running far from its ``estimated_finish`` is polled at that pace; in the last
+    ``poll_interval`` before the estimate, up to :data:`NEAR_FINISH_SPEEDUP` times faster, to see the end
+    soon after it comes. Every pause is shortened by up to :data:`JITTER` of itself: by ``draw`` (a
+    random number in [0, 1)) times that.
+    """
+    pause = poll_interval
+    if job is not None and job.status.value == "running" and job.estimated_finish:
+        left = job.estimated_finish - now
+        if left < poll_interval:
+            pause = max(poll_interval / NEAR_FINISH_SPEEDUP, left, 0.0)
+    return pause * (1.0 - JITTER * draw)
 
 
 def _ended(job: FineTuningJob) -> str:
@@ -255,16 +282,33 @@ def wait_sync(
             return done.value
 
 
-async def wait_async(hook: FineTuningHook, job_id: str, steps: Watch) -> Outcome:
-    """Carry out :func:`watch` in the triggerer's event loop."""
+async def wait_async(
+    hook: FineTuningHook,
+    job_id: str,
+    steps: Watch,
+    *,
+    poller: JobPoller | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Outcome:
+    """Carry out :func:`watch` in the triggerer's event loop.
+
+    With a ``poller`` the reads are coalesced with those of the other triggers of the connection: a pause
+    becomes the time by which the next read is due, and the poller may serve it up to half a pause early.
+    """
     step = next(steps)
+    due, window = clock(), 0.0
     while True:
         reply: Observation | FineTuningError | None = None
         if isinstance(step, Pause):
-            await asyncio.sleep(step.seconds)
+            if poller is None:
+                await asyncio.sleep(step.seconds)
+            due, window = clock() + step.seconds, step.seconds / 2
         else:
             try:
-                reply = await aobserve(hook, job_id, step.after_event)
+                if poller is None:
+                    reply = await aobserve(hook, job_id, step.after_event)
+                else:
+                    reply = await poller.observe(job_id, step.after_event, due=due, window=window)
             except FineTuningError as err:
                 reply = err
         try:

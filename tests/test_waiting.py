@@ -44,6 +44,7 @@ class Clock:
 def run(replies: list, clock: Clock | None = None, **kwargs):
     """Feed replies to the watcher; return (outcome, polls, pauses)."""
     clock = clock or Clock()
+    kwargs.setdefault("rng", lambda: 0.0)
     steps = watch("ftjob-1", clock=clock, log=logging.getLogger("test.wait"), **kwargs)
     polls: list[Poll] = []
     pauses: list[float] = []
@@ -161,3 +162,18 @@ def test_checkpoint_event_becomes_a_checkpoint_line() -> None:
         )
     )
     assert describe_event(the_job, created) == "[ftjob-1] checkpoint at step 30: ft:m:o::x:ckpt-step-30"
+
+
+def test_pauses_are_jittered_and_never_longer_than_the_interval() -> None:
+    draws = iter([0.0, 0.5, 0.99])
+    _, _, pauses = run([seen("running")] * 3 + [seen("succeeded")], poll_interval=100, rng=lambda: next(draws))
+    assert pauses == [100.0, 92.5, pytest.approx(85.15)]
+
+
+def test_polls_faster_near_the_estimated_finish() -> None:
+    clock = Clock()
+    near = seen("running", estimated_finish=int(clock.now) + 20)
+    far = seen("running", estimated_finish=int(clock.now) + 10_000)
+    _, _, pauses = run([far, near, seen("succeeded")], clock=clock, poll_interval=60)
+    assert pauses[0] == 60
+    assert pauses[1] == 15  # a quarter of the interval, the estimate (in 20 s - 60 s = past) being near

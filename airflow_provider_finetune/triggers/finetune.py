@@ -15,6 +15,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_finetune.exceptions import FineTuningError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
+from airflow_provider_finetune.triggers.poller import shared_poller
 from airflow_provider_finetune.waiting import (
     TERMINAL,
     TRANSIENT,
@@ -98,8 +99,9 @@ class FineTuningJobTrigger(BaseTrigger):
             last_event_id=self.last_event_id,
             log=self.log,
         )
+        hook = self._hook()
         try:
-            outcome = await wait_async(self._hook(), self.job_id, steps)
+            outcome = await wait_async(hook, self.job_id, steps, poller=await shared_poller(hook))
         except FineTuningError as err:  # the connection itself is unusable (e.g. bad extras)
             outcome = Outcome(WAIT_ERROR, self.job_id, str(err), self.last_event_id)
         yield TriggerEvent(outcome.payload())
@@ -114,7 +116,7 @@ class FineTuningJobTrigger(BaseTrigger):
             if job.status.value not in TERMINAL:
                 await asyncio.wait_for(hook.acancel_job(self.job_id), timeout=30)
                 self.log.info("Cancelled fine-tuning job %s because its task was killed", self.job_id)
-        except (FineTuningError, TimeoutError) as err:
+        except (FineTuningError, asyncio.TimeoutError) as err:
             self.log.warning("Could not cancel fine-tuning job %s: %s", self.job_id, err)
 
 

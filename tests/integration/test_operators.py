@@ -233,3 +233,32 @@ async def test_checkpoint_sensor_fires_on_a_threshold(emulator: Emulator, traini
     assert name == event["checkpoint"]["fine_tuned_model_checkpoint"]
     assert name.startswith("ft:gpt-4o-mini-2024-07-18:emulator::")
     await close_shared_async_clients()
+
+
+async def test_triggers_of_one_connection_share_their_polls(emulator: Emulator, training_file: str) -> None:
+    """Sixty waits, one poller: after the first read of each job, one list call serves them all."""
+    hook = FineTuningHook()
+    jobs = [
+        await hook.acreate_job({"model": "gpt-4o-mini-2024-07-18", "training_file": training_file}) for _ in range(60)
+    ]
+    emulator.reset()
+    triggers = [FineTuningJobTrigger(job.id, poll_interval=0.5) for job in jobs]
+
+    async def one(trigger: FineTuningJobTrigger) -> list[dict[str, Any]]:
+        return [event.payload async for event in trigger.run()]
+
+    results = await asyncio.gather(*(one(t) for t in triggers))
+    assert [[e["status"] for e in r] for r in results] == [["succeeded"]] * 60
+    counters = emulator.counters()["requests"]
+    per_job_reads = counters.get("GET /v1/fine_tuning/jobs/{fine_tuning_job_id}", 0)
+    list_reads = counters.get("GET /v1/fine_tuning/jobs", 0)
+    event_reads = counters.get("GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/events", 0)
+    assert per_job_reads == 60  # each job read once by id, to learn when it was made; then lists cover it
+    assert list_reads >= 1
+    # Events: once per job at its end, plus two (1/40 of 60, rounded up) per round; the first round reads
+    # the jobs by id, every later one lists them.
+    rounds = list_reads + 1
+    assert event_reads <= 60 + 2 * rounds
+    # Without sharing, every poll of every trigger reads the job and its events: 2 x 60 per round.
+    assert per_job_reads + list_reads + event_reads < (2 * 60 * rounds) / 4
+    await close_shared_async_clients()

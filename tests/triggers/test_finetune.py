@@ -40,7 +40,8 @@ def test_serialize_is_json_primitives_without_secrets(connection: dict[str, Any]
 
 
 async def test_job_trigger_fires_once_on_success(connection: dict[str, Any], api: FakeAPI) -> None:
-    api.on("GET", "fine_tuning/jobs/ftjob-1", job(status="running"), job(status="succeeded", fine_tuned_model="ft:x"))
+    api.on("GET", "fine_tuning/jobs/ftjob-1", job(status="running"))
+    api.on("GET", "fine_tuning/jobs", page([job(status="succeeded", fine_tuned_model="ft:x")]))
     api.on("GET", "fine_tuning/jobs/ftjob-1/events", page([event("ev-1", "Job started")]))
     trigger = FineTuningJobTrigger("ftjob-1", poll_interval=0.01)
     (payload,) = await events_of(trigger)
@@ -52,6 +53,7 @@ async def test_job_trigger_fires_once_on_success(connection: dict[str, Any], api
 
 async def test_job_trigger_paused_keeps_waiting_until_deadline(connection: dict[str, Any], api: FakeAPI) -> None:
     api.on("GET", "fine_tuning/jobs/ftjob-1", job(status="paused"))
+    api.on("GET", "fine_tuning/jobs", page([job(status="paused")]))
     api.on("GET", "fine_tuning/jobs/ftjob-1/events", page([]))
     trigger = FineTuningJobTrigger("ftjob-1", poll_interval=0.05, deadline=time.time() + 0.3)
     (payload,) = await events_of(trigger)
@@ -79,11 +81,12 @@ async def test_job_trigger_reports_a_missing_job_at_once(connection: dict[str, A
 async def test_job_trigger_does_not_block_the_event_loop(
     connection: dict[str, Any], api: FakeAPI, caplog: pytest.LogCaptureFixture
 ) -> None:
+    api.on("GET", "fine_tuning/jobs/ftjob-1", job(status="running"))
     api.on(
         "GET",
-        "fine_tuning/jobs/ftjob-1",
-        *[job(status="running")] * 5,
-        job(status="succeeded", fine_tuned_model="ft:x"),
+        "fine_tuning/jobs",
+        *[page([job(status="running")])] * 5,
+        page([job(status="succeeded", fine_tuned_model="ft:x")]),
     )
     api.on("GET", "fine_tuning/jobs/ftjob-1/events", page([event("ev-1")]))
     # A first run imports what the connection lookup needs, as a triggerer has long done by then.
