@@ -1,0 +1,165 @@
+"""Weekly retraining of a customer-support assistant, published as an Airflow Asset.
+
+What this DAG shows:
+
+* checking training data before anything is billed, then uploading it (``FineTuningFileUploadOperator``);
+* fine-tuning without holding a worker slot for the hours a job takes (``deferrable=True``); a retry or a
+  crash never starts a second job for the same run;
+* choosing the best checkpoint by its validation loss from the operator's ``checkpoints`` XCom, with
+  ``airflow_provider_finetune.checkpoints.best_checkpoint``;
+* evaluating the fine-tuned model on held-out prompts through chat completions, with the hook's client,
+  and refusing to publish a model that scores below ``min_score``;
+* publishing the model as an event of the ``FINE_TUNED_MODEL_ASSET`` Asset, its name and metrics in the
+  event's ``extra``, so that downstream DAGs (``example_finetune_deploy``) are scheduled by it.
+
+Waits poll every ``FINETUNE_EXAMPLE_POLL_INTERVAL`` seconds (60 by default; the tests and the demo set it
+lower). The data is the Brightwave Home support set of ``data/`` (see ``data/generate.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pendulum
+from airflow.sdk import DAG, Asset, Param, XComArg, task
+
+from airflow_provider_finetune.operators.finetune import FineTuningFileUploadOperator, FineTuningJobOperator
+
+DATA = Path(__file__).parent / "data"
+POLL_INTERVAL = float(os.environ.get("FINETUNE_EXAMPLE_POLL_INTERVAL", "60"))
+BASE_MODEL = "gpt-4o-mini-2024-07-18"
+CONN_ID = "finetune_default"
+log = logging.getLogger(__name__)
+
+# The same Asset (same name and URI) is declared by the DAGs it schedules, e.g. example_finetune_deploy.
+FINE_TUNED_MODEL_ASSET = Asset(name="finetune_support_assistant", uri="finetune://brightwave/support-assistant")
+
+with DAG(
+    dag_id="example_finetune_retraining",
+    schedule="@weekly",
+    start_date=pendulum.datetime(2026, 1, 4, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    params={
+        "min_score": Param(
+            0.7,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Share of held-out prompts the new model must answer right to be published.",
+        ),
+    },
+    tags=["example", "finetune", "retraining", "asset"],
+    doc_md=__doc__,
+) as dag:
+    upload_train = FineTuningFileUploadOperator(
+        task_id="upload_train",
+        source=DATA / "support_train.jsonl",
+        method="supervised",
+        finetune_conn_id=CONN_ID,
+    )
+    upload_valid = FineTuningFileUploadOperator(
+        task_id="upload_valid",
+        source=DATA / "support_valid.jsonl",
+        method="supervised",
+        finetune_conn_id=CONN_ID,
+    )
+
+    fine_tune = FineTuningJobOperator(
+        task_id="fine_tune",
+        model=BASE_MODEL,
+        training_file=upload_train.output,
+        validation_file=upload_valid.output,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}},
+        # run_after, unlike ds, exists in every run, manual runs without a logical date included.
+        suffix="support-{{ dag_run.run_after | ds_nodash }}",
+        metadata={"dag_id": "{{ dag.dag_id }}", "run_id": "{{ run_id }}"},
+        finetune_conn_id=CONN_ID,
+        deferrable=True,
+        poll_interval=POLL_INTERVAL,
+        timeout=timedelta(hours=12),
+    )
+
+    @task
+    def pick_checkpoint(checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
+        """The checkpoint with the lowest validation loss (the operator pushes every checkpoint's metrics)."""
+        from airflow_provider_finetune.checkpoints import best_checkpoint
+        from airflow_provider_finetune.models import FineTuningJobCheckpoint
+
+        for c in checkpoints:
+            log.info("Checkpoint at step %s: %s %s", c["step_number"], c["fine_tuned_model_checkpoint"], c["metrics"])
+        best = best_checkpoint([FineTuningJobCheckpoint.model_validate(c) for c in checkpoints], "valid_loss")
+        if best is None:
+            raise ValueError("No checkpoint reports a valid_loss: was the job given a validation file?")
+        log.info(
+            "Best checkpoint by valid_loss: %s (step %s, valid_loss %.4f)",
+            best.fine_tuned_model_checkpoint,
+            best.step_number,
+            best.metrics.valid_loss,
+        )
+        metrics = best.metrics.model_dump(exclude_none=True, exclude={"step"})
+        return {**metrics, "checkpoint": best.fine_tuned_model_checkpoint, "step": best.step_number}
+
+    @task
+    def evaluate(model: str, params: Any = None) -> dict[str, Any]:
+        """Ask the new model the held-out prompts; the score is the share of answers holding the expected phrase.
+
+        The base model answers the same prompts, as the baseline the fine-tuning has to beat.
+        """
+        from airflow_provider_finetune.hooks.finetune import FineTuningHook
+
+        client = FineTuningHook(CONN_ID).client  # carries the base URL and the API key
+        rows = [json.loads(line) for line in (DATA / "support_eval.jsonl").read_text().splitlines() if line]
+
+        def score(name: str) -> float:
+            hits = 0
+            for row in rows:
+                body = {"model": name, "messages": row["messages"], "temperature": 0, "max_completion_tokens": 200}
+                response = client.post("chat/completions", json=body)
+                response.raise_for_status()
+                answer = response.json()["choices"][0]["message"]["content"]
+                hit = row["expected"].lower() in answer.lower()
+                hits += hit
+                log.info(
+                    "[%s] %s %s: expected %r, got %r",
+                    name,
+                    row["id"],
+                    "PASS" if hit else "MISS",
+                    row["expected"],
+                    answer,
+                )
+            return hits / len(rows)
+
+        result = {"model": model, "score": score(model), "baseline_score": score(BASE_MODEL), "prompts": len(rows)}
+        log.info("Evaluation of %s: score %.2f (base model %.2f)", model, result["score"], result["baseline_score"])
+        min_score = float(params["min_score"])
+        if result["score"] < min_score:
+            raise ValueError(f"{model} scored {result['score']:.2f}, below min_score {min_score}: not published")
+        return result
+
+    @task(outlets=[FINE_TUNED_MODEL_ASSET])
+    def publish(
+        model: str, job_id: str, best: dict[str, Any], evaluation: dict[str, Any], outlet_events: Any = None
+    ) -> dict[str, Any]:
+        """Record an event of the asset; its extra tells the DAGs it schedules what to deploy."""
+        extra = {
+            "fine_tuned_model": model,
+            "job_id": job_id,
+            "base_model": BASE_MODEL,
+            "checkpoint": best["checkpoint"],
+            "valid_loss": best["valid_loss"],
+            "score": evaluation["score"],
+            "baseline_score": evaluation["baseline_score"],
+        }
+        outlet_events[FINE_TUNED_MODEL_ASSET].extra = extra
+        log.info("Published fine-tuned model %s to asset %s: %s", model, FINE_TUNED_MODEL_ASSET.name, extra)
+        return extra
+
+    best = pick_checkpoint(XComArg(fine_tune, key="checkpoints"))
+    evaluation = evaluate(fine_tune.output)
+    publish(fine_tune.output, XComArg(fine_tune, key="job_id"), best, evaluation)

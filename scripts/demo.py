@@ -1,0 +1,149 @@
+"""``make demo``: the periodic-retraining example DAG, end to end, against the local emulator.
+
+No API key and no bill: the demo starts the emulator on a free loopback port, points the
+``finetune_default`` connection at it, prepares a throw-away Airflow home (metadata database, DAGs
+serialized), runs ``example_finetune_retraining`` with ``dag.test()`` (the create task defers and the
+trigger runs), shows the interesting lines as they come, then prints the fine-tuned model and the
+checkpoint metrics, and stops the emulator. The whole Airflow log is kept in ``demo.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DAG_ID = "example_finetune_retraining"
+API_KEY = "sk-demo-local-emulator"
+SUMMARY = "DEMO-SUMMARY "
+# Lines of the Airflow log worth showing: what the provider and the example tasks say, and the deferral.
+SHOW = re.compile(
+    r"FineTuning\w+(Operator|Trigger|Sensor)|example_finetune|Pausing task as DEFERRED|running trigger in line"
+    r"|Trigger completed|\[DAG TEST\] end task"
+)
+MESSAGE = re.compile(r"^\S+ \[\s*\w+\s*\] (?P<message>.*?)\s+\[(?P<logger>[^\]\s]+)\](?: [^\[\]]*)?$")
+STEP = re.compile(r"\] step (\d+)/(\d+)")
+
+
+def main() -> int:
+    """Run the demo; returns the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--speed", type=float, default=4.0, help="emulator speed (1.0: a job takes about a minute)")
+    parser.add_argument("--log", default="demo.log", help="where the whole Airflow log goes")
+    parser.add_argument("--run-dag", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run_dag:
+        return _run_dag()
+    return _demo(args.speed, Path(args.log))
+
+
+def _demo(speed: float, log_path: Path) -> int:
+    from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
+
+    home = Path(tempfile.mkdtemp(prefix="finetune-demo-home-"))
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "example_dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "FINETUNE_EXAMPLE_POLL_INTERVAL": "1",
+    }
+    airflow = str(Path(sys.executable).parent / "airflow")
+    started = time.monotonic()
+    print(f"Starting the fine-tuning API emulator (speed {speed:g}) ...", flush=True)
+    with EmulatorServer(EmulatorConfig(api_key=API_KEY, speed=speed)) as server:
+        print(f"  emulator at {server.base_url}", flush=True)
+        env["AIRFLOW_CONN_FINETUNE_DEFAULT"] = json.dumps(
+            {"conn_type": "finetune", "host": server.base_url, "password": API_KEY}
+        )
+        print(f"Preparing an Airflow home in {home} (metadata database, DAGs) ...", flush=True)
+        for command in (["db", "migrate"], ["dags", "reserialize"]):
+            done = subprocess.run([airflow, *command], env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(done.stdout[-3000:], done.stderr[-3000:], sep="\n", file=sys.stderr)
+                return done.returncode
+        print(f"Running {DAG_ID} with dag.test() ...\n", flush=True)
+        summary = _follow([sys.executable, __file__, "--run-dag"], env, log_path)
+    print(f"\nEmulator stopped. The whole Airflow log is in {log_path}.")
+    if summary is None or summary.get("state") != "success":
+        print(f"The DAG run did not succeed: {summary}", file=sys.stderr)
+        return 1
+    _print_summary(summary, time.monotonic() - started)
+    return 0
+
+
+def _follow(command: list[str], env: dict[str, str], log_path: Path) -> dict[str, Any] | None:
+    """Run the DAG in a child process, echo the interesting lines, and return its summary."""
+    summary: dict[str, Any] | None = None
+    with (
+        log_path.open("w") as log,
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as child,
+    ):
+        assert child.stdout is not None
+        for line in child.stdout:
+            log.write(line)
+            if line.startswith(SUMMARY):
+                summary = json.loads(line[len(SUMMARY) :])
+            elif SHOW.search(line) and (shown := _shown(line)):
+                print(shown, flush=True)
+    return summary
+
+
+def _shown(line: str) -> str | None:
+    match = MESSAGE.match(line)
+    text = match.group("message") if match else line.strip()
+    step = STEP.search(text)
+    if step and int(step.group(1)) % 10 and step.group(1) != step.group(2):
+        return None  # every tenth training step is enough to watch it learn
+    return f"  {text[:200]}"
+
+
+def _run_dag() -> int:
+    """In the child: run the DAG with dag.test() and print a one-line JSON summary."""
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 3.1
+        from airflow.models.dagbag import DagBag  # type: ignore[no-redef]
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    dag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).get_dag(DAG_ID)
+    run = dag.test()
+    with create_session() as session:
+        rows = session.query(XComModel).filter_by(dag_id=DAG_ID, run_id=run.run_id).all()
+        values = {(row.task_id, row.key): XComModel.deserialize_value(row) for row in rows}
+    summary = {"state": str(run.state), "run_id": run.run_id, "xcoms": [[t, k, v] for (t, k), v in values.items()]}
+    print(SUMMARY + json.dumps(summary, default=str), flush=True)
+    return 0 if str(run.state) == "success" else 1
+
+
+def _print_summary(summary: dict[str, Any], seconds: float) -> None:
+    by_key: dict[str, Any] = {}
+    for _task, key, value in summary["xcoms"]:
+        by_key.setdefault(key, value)
+    model = next((v for t, k, v in summary["xcoms"] if k == "fine_tuned_model"), None)
+    checkpoints = by_key.get("checkpoints") or []
+    print("\n" + "=" * 78)
+    print(f"DAG run {summary['run_id']}: {summary['state']} in {seconds:.0f} s")
+    print(f"Fine-tuned model: {model}")
+    print("Checkpoints:")
+    for checkpoint in checkpoints:
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(checkpoint["metrics"].items()) if k != "step")
+        print(f"  step {checkpoint['step_number']:>4}  {checkpoint['fine_tuned_model_checkpoint']}")
+        print(f"             {metrics}")
+    for task_id, key, value in summary["xcoms"]:
+        if key == "return_value" and task_id not in ("fine_tune",) and isinstance(value, dict | str | float):
+            print(f"{task_id}: {json.dumps(value, default=str)[:200]}")
+    print("=" * 78)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
