@@ -314,19 +314,23 @@ def _api_error(response: httpx.Response, settings: ConnectionSettings) -> FineTu
             message = detail
     if not message:
         message = response.reason_phrase or "error"
-    message = settings.redact(message)
     if isinstance(body, dict | list):
         body = json.loads(settings.redact(json.dumps(body)))
     cls = api_error_for_status(response.status_code)
+    # Every text that comes from the answer is shown to people, so none of it may carry a secret back.
     return cls(
         response.status_code,
-        message,
-        code=code,
-        param=param,
-        error_type=error_type,
-        request_id=response.headers.get("x-request-id"),
+        settings.redact(message),
+        code=_redacted(code, settings),
+        param=_redacted(param, settings),
+        error_type=_redacted(error_type, settings),
+        request_id=_redacted(response.headers.get("x-request-id"), settings),
         body=body,
     )
+
+
+def _redacted(text: str | None, settings: ConnectionSettings) -> str | None:
+    return None if text is None else settings.redact(text)
 
 
 def _opt_str(value: Any) -> str | None:

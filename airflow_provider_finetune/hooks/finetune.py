@@ -13,6 +13,7 @@ import io
 import json
 import mimetypes
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -48,6 +49,7 @@ from airflow_provider_finetune.exceptions import (
     UnsafeToRetryError,
 )
 from airflow_provider_finetune.models import (
+    _MAX_METADATA_KEYS,
     CheckpointPermission,
     CompleteUploadRequest,
     CreateCheckpointPermissionRequest,
@@ -376,7 +378,8 @@ class FineTuningHook(BaseHook):
         The tag goes into the job's metadata under :data:`TASK_TAG_KEY`. The newest job carrying it is
         reattached to when it is in progress or succeeded; after a failed or cancelled one a new job is
         created (it carries the same tag and, being newer, is the one found next time). When the create
-        call's outcome is unknown, the tag is looked up again before anything is re-sent.
+        call's outcome is unknown, the tag is looked up again before anything is re-sent, as often as the
+        retry policy allows.
 
         :return: the job, and whether this call created it.
         """
@@ -384,15 +387,22 @@ class FineTuningHook(BaseHook):
         existing = self.find_job_by_tag(tag)
         if _reusable(existing):
             return existing, False
-        try:
-            return self.create_job(tagged), True
-        except UnsafeToRetryError as unknown:
-            self.log.warning("Creating the job may or may not have worked (%s); looking it up", unknown.cause)
-            found = self.find_job_by_tag(tag)
-            if found is not None and found.id != getattr(existing, "id", None):
-                return found, False
-            # The lookup answered and no job carries the tag: the first request created nothing.
-            return self.create_job(tagged), True
+        retry = 0
+        while True:
+            try:
+                return self.create_job(tagged), True
+            except UnsafeToRetryError as unknown:
+                self.log.warning("Creating the job may or may not have worked (%s); looking it up", unknown.cause)
+                found = self.find_job_by_tag(tag)
+                if found is not None and found.id != getattr(existing, "id", None):
+                    return found, False
+                # The lookup answered and no job carries the tag: the request created nothing. An unknown
+                # outcome is transient trouble like any other: sent again, with backoff, as often as the
+                # policy allows, so that it does not fail the task on its own.
+                if retry >= self.retry_policy.max_retries:
+                    raise
+            time.sleep(self.retry_policy.backoff(retry))
+            retry += 1
 
     async def aensure_job(
         self, request: CreateFineTuningJobRequest | Mapping[str, Any], *, tag: str
@@ -402,14 +412,19 @@ class FineTuningHook(BaseHook):
         existing = await self.afind_job_by_tag(tag)
         if _reusable(existing):
             return existing, False
-        try:
-            return await self.acreate_job(tagged), True
-        except UnsafeToRetryError as unknown:
-            self.log.warning("Creating the job may or may not have worked (%s); looking it up", unknown.cause)
-            found = await self.afind_job_by_tag(tag)
-            if found is not None and found.id != getattr(existing, "id", None):
-                return found, False
-            return await self.acreate_job(tagged), True
+        retry = 0
+        while True:
+            try:
+                return await self.acreate_job(tagged), True
+            except UnsafeToRetryError as unknown:
+                self.log.warning("Creating the job may or may not have worked (%s); looking it up", unknown.cause)
+                found = await self.afind_job_by_tag(tag)
+                if found is not None and found.id != getattr(existing, "id", None):
+                    return found, False
+                if retry >= self.retry_policy.max_retries:
+                    raise
+            await asyncio.sleep(self.retry_policy.backoff(retry))
+            retry += 1
 
     def find_job_by_tag(self, tag: str) -> FineTuningJob | None:
         """Return the newest job whose metadata carries ``tag``, or ``None``."""
@@ -793,8 +808,21 @@ def _tagged(request: CreateFineTuningJobRequest | Mapping[str, Any], tag: str) -
     if not tag or len(tag) > 512:
         raise InvalidRequestError("tag must be 1 to 512 characters", field="tag")
     body = _request(CreateFineTuningJobRequest, request).to_body()
-    body["metadata"] = {**(body.get("metadata") or {}), TASK_TAG_KEY: tag}
+    metadata = room_for_tag(body.get("metadata"))
+    body["metadata"] = {**metadata, TASK_TAG_KEY: tag}
     return build_request(CreateFineTuningJobRequest, body)
+
+
+def room_for_tag(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The metadata without a tag, refused when it leaves the tag no place (said in the user's terms)."""
+    kept = {key: value for key, value in (metadata or {}).items() if key != TASK_TAG_KEY}
+    if len(kept) >= _MAX_METADATA_KEYS:
+        raise InvalidRequestError(
+            f"Invalid fine-tuning request: metadata: {len(kept)} keys given, at most {_MAX_METADATA_KEYS - 1} "
+            f"are allowed (the {_MAX_METADATA_KEYS}th is the task's tag, {TASK_TAG_KEY})",
+            field="metadata",
+        )
+    return kept
 
 
 def _list_jobs(after: str | None, limit: int | None, metadata: Mapping[str, str] | None) -> Call[Page[FineTuningJob]]:

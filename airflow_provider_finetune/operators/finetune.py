@@ -239,8 +239,11 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
     def build_request(self) -> CreateFineTuningJobRequest:
         """Validate the rendered arguments into a request; a bad one raises before anything is sent."""
+        from airflow_provider_finetune.hooks.finetune import room_for_tag
         from airflow_provider_finetune.models import CreateFineTuningJobRequest, build_request
 
+        if isinstance(self.metadata, Mapping):
+            room_for_tag(self.metadata)  # the task's tag takes one of the service's places
         fields = {
             "model": self.model,
             "training_file": self.training_file,
@@ -430,7 +433,7 @@ class _JobActionOperator(_FineTuningOperator):
 
     def execute(self, context: Context) -> str:
         """Apply the action unless the job is already where it leads; return the job's status."""
-        from airflow_provider_finetune.exceptions import FineTuningError
+        from airflow_provider_finetune.exceptions import ConflictError, FineTuningError
         from airflow_provider_finetune.waiting import WAIT_ERROR, WAIT_TIMEOUT, wait_sync, watch
 
         job = self.hook.get_job(self.job_id)
@@ -438,8 +441,17 @@ class _JobActionOperator(_FineTuningOperator):
         if job.status.value in self.done_statuses:
             self.log.info("Job %s is already %s: nothing to do", job.id, job.status)
         else:
-            job = getattr(self.hook, self.action)(job.id)
-            self.log.info("Job %s: %s -> %s", job.id, self.action, job.status)
+            try:
+                job = getattr(self.hook, self.action)(job.id)
+            except ConflictError:
+                # The job moved on between the read and the action: it ended, or another request (or an
+                # attempt of this one whose answer was lost) got there first. Done if it is where it leads.
+                job = self.hook.get_job(job.id)
+                if job.status.value not in self.done_statuses:
+                    raise
+                self.log.info("Job %s is already %s: nothing to do", job.id, job.status)
+            else:
+                self.log.info("Job %s: %s -> %s", job.id, self.action, job.status)
         status = job.status.value
         if self.wait_for_completion and status not in self.target_statuses:
             deadline = None if self.timeout is None else time.time() + self.timeout

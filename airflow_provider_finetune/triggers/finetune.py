@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from airflow.exceptions import AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_finetune.exceptions import FineTuningError
@@ -101,8 +102,14 @@ class FineTuningJobTrigger(BaseTrigger):
         )
         hook = self._hook()
         try:
-            outcome = await wait_async(hook, self.job_id, steps, poller=await shared_poller(hook))
-        except FineTuningError as err:  # the connection itself is unusable (e.g. bad extras)
+            poller = await shared_poller(hook)
+        except (FineTuningError, AirflowNotFoundException) as err:  # no such connection, or unusable extras
+            message = f"Connection {self.finetune_conn_id!r} cannot be used: {err}"
+            yield TriggerEvent(Outcome(WAIT_ERROR, self.job_id, message, self.last_event_id).payload())
+            return
+        try:
+            outcome = await wait_async(hook, self.job_id, steps, poller=poller)
+        except FineTuningError as err:
             outcome = Outcome(WAIT_ERROR, self.job_id, str(err), self.last_event_id)
         yield TriggerEvent(outcome.payload())
 

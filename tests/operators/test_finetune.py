@@ -230,14 +230,18 @@ def test_ambiguous_create_never_makes_a_second_job(context: dict[str, Any], api:
     assert context["ti"].xcoms["job_id"] == "ftjob-made"
 
 
-def test_create_failing_ambiguously_twice_fails_the_try_without_a_second_job(
-    context: dict[str, Any], api: FakeAPI
+def test_create_failing_ambiguously_every_time_fails_the_try_without_a_second_job(
+    context: dict[str, Any], api: FakeAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    api.on("GET", JOBS, page([]))
+    monkeypatch.setattr("airflow_provider_finetune.hooks.finetune.time.sleep", lambda seconds: None)
+    lookup = api.on("GET", JOBS, page([]))
     create = api.on("POST", JOBS, httpx.Response(500))
     with pytest.raises(UnsafeToRetryError):
         operator(deferrable=True).execute(context)
-    assert create.call_count == 2  # the second only after a lookup proved the first made nothing
+    # Each create after the first only after a lookup proved the one before made nothing, as often as the
+    # connection's max_retries (3) allow.
+    assert create.call_count == 4
+    assert lookup.call_count == 5
 
 
 @pytest.mark.parametrize(
