@@ -163,7 +163,8 @@ class ConnectionSettings:
             params=self.default_params(),
             timeout=self.timeouts(),
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+            # Idle connections outlive a poll interval, so that a triggerer's polls reuse them.
+            limits=httpx.Limits(max_connections=20, max_keepalive_connections=20, keepalive_expiry=120.0),
         )
 
 

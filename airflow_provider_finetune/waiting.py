@@ -136,7 +136,7 @@ def watch(
     ends = frozenset(targets) | TERMINAL
     errors = 0
     while True:
-        seen = yield Poll(last_event_id)
+        seen: Observation | FineTuningError | None = yield Poll(last_event_id)
         if isinstance(seen, Observation):
             errors = 0
             for event in seen.events:
@@ -163,6 +163,7 @@ def watch(
         if deadline is not None and now >= deadline:
             return Outcome(WAIT_TIMEOUT, job_id, f"Job {job_id} did not finish before the deadline", last_event_id)
         wait = next_pause(seen.job if isinstance(seen, Observation) else None, poll_interval, now, rng())
+        seen = None  # a waiting trigger keeps no copy of the job through its pause (memory per trigger)
         yield Pause(wait if deadline is None else min(wait, max(deadline - now, 0.0)))
 
 

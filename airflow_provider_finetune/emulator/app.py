@@ -12,7 +12,7 @@ Admin endpoints (not part of the API; same authentication as the API, except ``h
 
 * ``GET /_emulator/health``: ``{"status": "ok"}``, without authentication, for readiness checks;
 * ``GET /_emulator/counters``: requests served by route template, answers by status, jobs and files
-  created, faults injected;
+  created, faults injected, distinct client connections (``(host, port)`` pairs) of ``/v1`` requests;
 * ``POST /_emulator/reset``: sets the counters back to zero;
 * ``GET /_emulator/faults`` and ``POST /_emulator/faults``: read or change the fault settings (a JSON
   object of :class:`~airflow_provider_finetune.emulator.config.FaultConfig` fields; the fault generator
@@ -104,8 +104,8 @@ class Emulator:
 class EmulatorApp:
     """The ASGI app :func:`create_app` returns.
 
-    It stamps ``x-request-id`` on every answer, counts ``/v1`` answers by status, then hands the request
-    to the fault injector and the routes.
+    It stamps ``x-request-id`` on every answer, counts ``/v1`` answers by status and the connections
+    ``/v1`` requests come over, then hands the request to the fault injector and the routes.
 
     :param app: the app behind (fault injection and routes).
     :param emulator: the state, reachable as :attr:`emulator` (tests look at it).
@@ -121,7 +121,10 @@ class EmulatorApp:
             await self.app(scope, receive, send)
             return
         request_id = b"req_" + secrets.token_hex(16).encode()
-        statuses = self.emulator.counters.statuses if scope["path"].startswith("/v1/") else None
+        api = scope["path"].startswith("/v1/")
+        statuses = self.emulator.counters.statuses if api else None
+        if api:
+            self.emulator.counters.connection(scope.get("client"))
         scope[RAW_SEND_KEY] = send
 
         async def stamped_send(message: dict[str, Any]) -> None:

@@ -40,7 +40,7 @@ EVENTS_SHARE = 1 / 40
 CONCURRENCY = 8
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a round takes its batch out of the queue in one pass
 class _Request:
     job_id: str
     after_event: str | None
@@ -112,8 +112,11 @@ class JobPoller:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=first - now)
                 continue
-            batch = [r for r in self.pending if r.due - r.window <= now]
-            self.pending = [r for r in self.pending if r not in batch]
+            batch: list[_Request] = []
+            later: list[_Request] = []
+            for request in self.pending:
+                (batch if request.due - request.window <= now else later).append(request)
+            self.pending = later
             try:
                 await self._round(batch)
             except Exception as err:  # a bug or an unexpected answer: every waiting trigger hears of it

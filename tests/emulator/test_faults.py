@@ -167,3 +167,32 @@ def test_the_hook_makes_one_job_when_the_create_answer_is_lost(
     assert counters["jobs_created"] == 1
     assert counters["faults"]["drop"] == 1
     assert not created  # found by its tag after the lost answer, not created a second time
+
+
+def test_counters_count_distinct_client_connections(server: EmulatorServer) -> None:
+    # One client keeps its connection alive: three requests, one connection.
+    with httpx.Client(base_url=server.base_url, headers=AUTH) as http:
+        for _ in range(3):
+            assert http.get("/fine_tuning/jobs").status_code == 200
+    # A client per request: two more connections.
+    for _ in range(2):
+        with httpx.Client(base_url=server.base_url, headers=AUTH) as http:
+            assert http.get("/files").status_code == 200
+    with httpx.Client(base_url=server.url, headers=AUTH) as admin:
+        # The admin endpoints' own connection is not counted: only /v1 requests are.
+        counters = admin.get("/_emulator/counters").json()
+        assert counters["total_requests"] == 5
+        assert counters["connections"] == 3
+        assert admin.post("/_emulator/reset").json()["connections"] == 0
+    assert server.emulator.counters.as_dict()["connections"] == 0
+
+
+def test_the_connection_counter_keeps_distinct_host_port_pairs() -> None:
+    from airflow_provider_finetune.emulator.counters import Counters
+
+    counters = Counters()
+    for client in [("127.0.0.1", 5000), ("127.0.0.1", 5000), ("127.0.0.1", 5001), ("::1", 5000), None]:
+        counters.connection(client)
+    assert counters.as_dict()["connections"] == 3
+    counters.reset()
+    assert counters.as_dict()["connections"] == 0
