@@ -48,6 +48,8 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 WAIT_TIMEOUT = "timeout"
 #: Outcome status when the job could not be read (a refused key, an unknown job, too many failed polls).
 WAIT_ERROR = "error"
+#: Progress lines one poll logs at most (the newest events); the others are counted in one line.
+MAX_LINES_PER_POLL = 20
 #: How many of the newest events one poll reads at most.
 EVENTS_PER_POLL = 50
 
@@ -139,7 +141,10 @@ def watch(
         seen: Observation | FineTuningError | None = yield Poll(last_event_id)
         if isinstance(seen, Observation):
             errors = 0
-            for event in seen.events:
+            shown = seen.events[-MAX_LINES_PER_POLL:]
+            if len(seen.events) > len(shown):
+                logger.info("[%s] %d earlier events not shown", job_id, len(seen.events) - len(shown))
+            for event in shown:
                 logger.info("%s", describe_event(seen.job, event))
             if seen.events:
                 last_event_id = seen.events[-1].id
@@ -294,7 +299,7 @@ async def wait_async(
     """Carry out :func:`watch` in the triggerer's event loop.
 
     With a ``poller`` the reads are coalesced with those of the other triggers of the connection: a pause
-    becomes the time by which the next read is due, and the poller may serve it up to half a pause early.
+    becomes the time by which the next read is due, and the poller may serve it up to most of a pause early.
     """
     step = next(steps)
     due, window = clock(), 0.0
@@ -303,7 +308,8 @@ async def wait_async(
         if isinstance(step, Pause):
             if poller is None:
                 await asyncio.sleep(step.seconds)
-            due, window = clock() + step.seconds, step.seconds / 2
+            # Served up to most of a pause early: about one shared round per interval, never a late one.
+            due, window = clock() + step.seconds, step.seconds * 0.9
         else:
             try:
                 if poller is None:

@@ -35,9 +35,11 @@ __all__ = ["JobPoller", "shared_poller"]
 #: Jobs per page of the list call (the service's largest page).
 LIST_PAGE_SIZE = 100
 #: Share of the jobs in a round whose events may be read, besides those that ended.
-EVENTS_SHARE = 1 / 40
+EVENTS_SHARE = 1 / 80
+#: Waiting triggers woken at a time by a round, so that their progress lines do not stall the loop.
+SETTLE_CHUNK = 50
 #: Concurrent per-job requests of one round.
-CONCURRENCY = 8
+CONCURRENCY = 32
 
 
 @dataclass(eq=False)  # compared by identity: a round takes its batch out of the queue in one pass
@@ -140,7 +142,9 @@ class JobPoller:
             else:
                 jobs[job_id] = got
         events = await self._read_events(batch, jobs)
-        for request in batch:
+        for i, request in enumerate(batch):
+            if i and not i % SETTLE_CHUNK:
+                await asyncio.sleep(0)  # let the woken triggers run (and log) before waking more
             if request.job_id in errors:
                 _settle(request, error=errors[request.job_id])
                 continue
@@ -151,15 +155,18 @@ class JobPoller:
             _settle(request, Observation(job, _newer(got, request.after_event)))
 
     async def _read_jobs(self, wanted: set[str]) -> dict[str, FineTuningJob]:
-        """List jobs, newest first, until every wanted job is seen or the list is older than they are."""
+        """List jobs, newest first, until every wanted job is seen or the list is older than they all are.
+
+        Jobs a trigger waits on are usually recent, so the newest pages cover them, first sight included.
+        The pages read are bounded by the jobs this poller knows of; a job they do not show (an old one,
+        or one the service lists elsewhere) is read by id.
+        """
         found: dict[str, FineTuningJob] = {}
-        oldest_wanted = min(
-            (m.created_at for j in wanted if (m := self.memory.get(j)) and m.created_at is not None), default=None
-        )
-        if oldest_wanted is None:
-            return found  # nothing known about these jobs yet: a per-job read tells when they were made
+        known = [m.created_at for j in wanted if (m := self.memory.get(j)) and m.created_at is not None]
+        # Only when every wanted job's age is known can the listing stop at the oldest of them.
+        oldest_wanted = min(known) if len(known) == len(wanted) else None
         after: str | None = None
-        for _ in range(math.ceil(len(wanted) / LIST_PAGE_SIZE) + 2):
+        for _ in range(math.ceil(max(len(wanted), len(self.memory)) / LIST_PAGE_SIZE) + 1):
             page = await self.hook.alist_jobs(after=after, limit=LIST_PAGE_SIZE)
             for job in page.data:
                 if job.id in wanted:
@@ -169,7 +176,7 @@ class JobPoller:
                 len(found) == len(wanted)
                 or not page.has_more
                 or last is None
-                or (last.created_at is not None and last.created_at < oldest_wanted)
+                or (oldest_wanted is not None and last.created_at is not None and last.created_at < oldest_wanted)
             ):
                 break
             after = page.next_after

@@ -781,7 +781,8 @@ def test_a_deferred_wait_on_an_unknown_job_ends_at_once_with_the_404(
         + REQUEST_ID,
         text,
     ), text
-    assert emulator.counters()["requests"] == {GET_JOB: 1}  # no retry, no second poll
+    # One listing (the job is not among the newest), one read by id: no retry, no second poll.
+    assert emulator.counters()["requests"] == {"GET /v1/fine_tuning/jobs": 1, GET_JOB: 1}
 
 
 @pytest.mark.integration

@@ -62,7 +62,7 @@ async def test_job_trigger_paused_keeps_waiting_until_deadline(connection: dict[
 
 
 async def test_job_trigger_retries_transient_errors_then_gives_up(connection: dict[str, Any], api: FakeAPI) -> None:
-    api.on("GET", "fine_tuning/jobs/ftjob-1", httpx.Response(503, headers={"retry-after": "0"}))
+    api.on("GET", "fine_tuning/jobs", httpx.Response(503, headers={"retry-after": "0"}))
     trigger = FineTuningJobTrigger("ftjob-1", poll_interval=0.0, max_consecutive_errors=2)
     (payload,) = await events_of(trigger)
     assert payload["status"] == "error"
@@ -71,11 +71,12 @@ async def test_job_trigger_retries_transient_errors_then_gives_up(connection: di
 
 
 async def test_job_trigger_reports_a_missing_job_at_once(connection: dict[str, Any], api: FakeAPI) -> None:
-    api.on("GET", "fine_tuning/jobs/ftjob-1", httpx.Response(404, json={"error": {"message": "No such job"}}))
+    api.on("GET", "fine_tuning/jobs", page([job("ftjob-other")]))
+    read = api.on("GET", "fine_tuning/jobs/ftjob-1", httpx.Response(404, json={"error": {"message": "No such job"}}))
     (payload,) = await events_of(FineTuningJobTrigger("ftjob-1", poll_interval=0.0))
     assert payload["status"] == "error"
     assert "No such job" in payload["message"]
-    assert len(api.sent()) == 1
+    assert read.call_count == 1  # the list did not show it; read by id once, not retried
 
 
 async def test_job_trigger_does_not_block_the_event_loop(
