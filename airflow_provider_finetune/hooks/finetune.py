@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any, Generic, TypeGuard, TypeVar, cast
 
 import httpx
+from airflow.exceptions import AirflowNotFoundException
 from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 from pydantic import BaseModel
@@ -259,7 +260,10 @@ class FineTuningHook(BaseHook):
             except ImportError:
                 # Airflow 3.1.0 looks for the task supervisor before the secrets backends, so the async
                 # lookup fails outside a task or triggerer process; the sync lookup does not.
-                conn = await asyncio.to_thread(self.get_connection, self.finetune_conn_id)
+                try:
+                    conn = await asyncio.to_thread(self.get_connection, self.finetune_conn_id)
+                except ImportError as err:  # no backend had it, and there is no supervisor to ask
+                    raise AirflowNotFoundException(f"The conn_id `{self.finetune_conn_id}` isn't defined") from err
             self.__dict__["settings"] = self._apply_overrides(self.settings_from_connection(conn))
         return self.settings
 
