@@ -329,8 +329,11 @@ class Deployment:
         return RunWatch(run_id)
 
     def poll(self, watch: RunWatch) -> None:
-        run = self.get(f"/dags/{DAG_ID}/dagRuns/{watch.run_id}")
-        watch.state = run["state"]
+        response = self.api.get(f"/dags/{DAG_ID}/dagRuns/{watch.run_id}")
+        if response.status_code == 404:
+            return  # a busy SQLite database may show a just-triggered run a moment later
+        assert response.status_code == 200, f"GET run {watch.run_id}: {response.status_code} {response.text}"
+        watch.state = response.json()["state"]
         for ti in self.get(f"/dags/{DAG_ID}/dagRuns/{watch.run_id}/taskInstances")["task_instances"]:
             watch.saw(ti["task_id"], ti["state"])
 
