@@ -212,6 +212,11 @@ class JobError(APIObject):
     message: str | None = None
     param: str | None = None
 
+    def describe(self) -> str:
+        """The error as people read it: ``[code] message (param: training_file)``."""
+        text = f"[{self.code}] {self.message}"
+        return text + (f" (param: {self.param})" if self.param else "")
+
 
 class Hyperparameters(APIObject):
     """Hyperparameters of a job as the service reports them (any method; no range checks on this side).

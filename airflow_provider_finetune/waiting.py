@@ -200,9 +200,7 @@ def _ended(job: FineTuningJob) -> str:
     if job.fine_tuned_model:
         text += f": {job.fine_tuned_model}"
     if job.error is not None:
-        text += f": [{job.error.code}] {job.error.message}" + (
-            f" (param: {job.error.param})" if job.error.param else ""
-        )
+        text += f": {job.error.describe()}"
     return text
 
 

@@ -15,7 +15,7 @@ import mimetypes
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import IO, Any, Generic, TypeGuard, TypeVar, cast
@@ -275,15 +275,11 @@ class FineTuningHook(BaseHook):
             changes["timeout"] = self._timeout
         if not changes:
             return settings
-        from dataclasses import replace
-
         return replace(settings, **changes)
 
     @property
     def retry_policy(self) -> RetryPolicy:
         """The retry policy in force: the one given, with the connection's ``max_retries``."""
-        from dataclasses import replace
-
         policy = self._retry_policy or RetryPolicy()
         return replace(policy, max_retries=self.settings.max_retries)
 

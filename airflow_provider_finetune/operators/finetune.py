@@ -384,9 +384,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 def _failure_message(job: FineTuningJob) -> str:
     text = f"Fine-tuning job {job.id} ended {job.status.value}"
     if job.error is not None:
-        text += f": [{job.error.code}] {job.error.message}"
-        if job.error.param:
-            text += f" (param: {job.error.param})"
+        text += f": {job.error.describe()}"
     return text
 
 

@@ -224,7 +224,7 @@ class FineTuningJobSensor(_FineTuningSensor):
             text += f" and can no longer become {_either(self.target_statuses)}"
         error = job.error
         if error is not None:
-            text += f": [{error.code}] {error.message}" + (f" (param: {error.param})" if error.param else "")
+            text += f": {error.describe()}"
         raise FineTuningJobFailed(
             job.id,
             status,
