@@ -292,12 +292,14 @@ async def wait_async(
     steps: Watch,
     *,
     poller: JobPoller | None = None,
+    poll_interval: float = 60.0,
     clock: Callable[[], float] = time.time,
 ) -> Outcome:
     """Carry out :func:`watch` in the triggerer's event loop.
 
     With a ``poller`` the reads are coalesced with those of the other triggers of the connection: a pause
     becomes the time by which the next read is due, and the poller may serve it up to most of a pause early.
+    ``poll_interval`` tells the poller how often this wait reads (its budget of event reads is per interval).
     """
     step = next(steps)
     due, window = clock(), 0.0
@@ -313,7 +315,9 @@ async def wait_async(
                 if poller is None:
                     reply = await aobserve(hook, job_id, step.after_event)
                 else:
-                    reply = await poller.observe(job_id, step.after_event, due=due, window=window)
+                    reply = await poller.observe(
+                        job_id, step.after_event, due=due, window=window, interval=poll_interval
+                    )
             except FineTuningError as err:
                 reply = err
         try:

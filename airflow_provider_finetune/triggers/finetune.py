@@ -108,7 +108,7 @@ class FineTuningJobTrigger(BaseTrigger):
             yield TriggerEvent(Outcome(WAIT_ERROR, self.job_id, message, self.last_event_id).payload())
             return
         try:
-            outcome = await wait_async(hook, self.job_id, steps, poller=poller)
+            outcome = await wait_async(hook, self.job_id, steps, poller=poller, poll_interval=self.poll_interval)
         except FineTuningError as err:
             outcome = Outcome(WAIT_ERROR, self.job_id, str(err), self.last_event_id)
         yield TriggerEvent(outcome.payload())

@@ -1,15 +1,24 @@
 """Coalesced polling: the job triggers of one connection in one triggerer share their status polls.
 
 Each trigger still runs its own wait (its own deadline, its own single event); only the reading is shared.
-When a trigger wants to see its job, it asks the :class:`JobPoller` of its connection and event loop. The
-poller serves every request that falls due within the coalescing window in one *round*: one paginated
-``GET /fine_tuning/jobs`` covers the jobs it lists, a per-job ``GET`` only those it does not show, and events
-are read for the jobs whose status changed and, within a small budget, for the others in turn. A round never
-answers a request later than it was due, so sharing never costs notice latency.
+When a trigger wants to see its job, it asks the :class:`JobPoller` of its connection and event loop, saying
+by when it wants the answer and how early it may be read. The poller serves every request whose window is
+open in one *round*:
+
+* one paginated ``GET /fine_tuning/jobs``, newest first, covers the jobs it lists; each page's jobs are
+  answered as soon as that page arrives;
+* a per-job ``GET`` only for the jobs that are due and that the list did not show (a job not yet due that
+  the pages read did not show simply waits for a later round);
+* events feed progress lines only, so they are read within a budget per poll interval (a share of the jobs
+  watched, at least a few): jobs that just ended first, then those whose status changed, then those whose
+  events were read longest ago.
+
+A round never answers a request later than it was due, so sharing never costs notice latency, and the
+requests a poll interval costs grow with the pages of the list, not with the jobs.
 
 A poller holds no state that a trigger needs: a trigger re-created on another triggerer simply asks that
-triggerer's poller. What a poller remembers (when each job was created, its last status, when its events
-were last read) only saves requests.
+triggerer's poller. What a poller remembers (when each job was created, the status whose events it read,
+when) only saves requests, and it forgets the jobs nobody asks about any more.
 """
 
 from __future__ import annotations
@@ -19,27 +28,32 @@ import contextlib
 import math
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from airflow_provider_finetune.exceptions import FineTuningError
 from airflow_provider_finetune.waiting import EVENTS_PER_POLL, TERMINAL, Observation, _newer
 
 if TYPE_CHECKING:
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
-    from airflow_provider_finetune.models import FineTuningJob, FineTuningJobEvent
+    from airflow_provider_finetune.models import FineTuningJob, Page
 
 __all__ = ["JobPoller", "shared_poller"]
 
 #: Jobs per page of the list call (the service's largest page).
 LIST_PAGE_SIZE = 100
-#: Share of the jobs in a round whose events may be read, besides those that ended.
-EVENTS_SHARE = 1 / 80
-#: Waiting triggers woken at a time by a round, so that their progress lines do not stall the loop.
-SETTLE_CHUNK = 50
-#: Concurrent per-job requests of one round.
-CONCURRENCY = 32
+#: Event reads per poll interval, as a share of the jobs watched ...
+EVENTS_SHARE = 1 / 100
+#: ... and at least this many (or one per job, when fewer are watched).
+MIN_EVENT_READS = 4
+#: Concurrent per-job requests (reads by id and events) of one poller: with the list call, the
+#: connections a poller keeps open.
+CONCURRENCY = 8
+#: A trigger's first read waits this long for others starting at the same time, so that they share a list.
+FIRST_SIGHT_GATHER = 0.2
+#: Seconds a job nobody asks about stays in the poller's memory.
+FORGET_AFTER = 600.0
 
 
 @dataclass(eq=False)  # compared by identity: a round takes its batch out of the queue in one pass
@@ -48,14 +62,18 @@ class _Request:
     after_event: str | None
     due: float
     window: float
+    interval: float
     reply: asyncio.Future[Observation]
 
 
 @dataclass
 class _Memory:
     created_at: int | None = None
-    status: str | None = None
+    logged_status: str | None = None  # the status whose events were last read
     events_read: float = 0.0
+    asked: float = 0.0
+    listed: bool = False  # seen in the list, on the page read with ``after=page``
+    page: str | None = None
 
 
 @dataclass
@@ -71,19 +89,31 @@ class JobPoller:
     pending: list[_Request] = field(default_factory=list)
     memory: dict[str, _Memory] = field(default_factory=dict)
     rounds: int = 0
+    tokens: float = 0.0
+    _refilled: float | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CONCURRENCY))
     _task: asyncio.Task[None] | None = None
 
-    async def observe(self, job_id: str, after_event: str | None, *, due: float, window: float) -> Observation:
+    async def observe(
+        self, job_id: str, after_event: str | None, *, due: float, window: float, interval: float
+    ) -> Observation:
         """Return the job and its events newer than ``after_event``, read no later than ``due``.
+
+        The events are the newest ones when the poller's budget allows reading them, else none (the next
+        answers bring them).
 
         :param job_id: the job.
         :param after_event: the newest event the caller has seen.
         :param due: the time by which the caller wants the answer (the end of its pause).
-        :param window: how early it may be read: requests due within the window of a round share it.
+        :param window: how early it may be read: requests whose window is open share a round.
+        :param interval: the caller's poll interval (the budget of event reads is per interval).
         """
+        if job_id not in self.memory:  # first sight: wait a moment for the others starting now
+            due = max(due, self.clock() + FIRST_SIGHT_GATHER)
+            window = max(window, FIRST_SIGHT_GATHER)
         reply: asyncio.Future[Observation] = asyncio.get_running_loop().create_future()
-        self.pending.append(_Request(job_id, after_event, due, window, reply))
+        self.pending.append(_Request(job_id, after_event, due, window, max(interval, 1e-3), reply))
         self._ensure_running()
         self._wake.set()
         try:
@@ -120,113 +150,166 @@ class JobPoller:
                 (batch if request.due - request.window <= now else later).append(request)
             self.pending = later
             try:
-                await self._round(batch)
+                await self._round(batch, now)
             except Exception as err:  # a bug or an unexpected answer: every waiting trigger hears of it
                 for request in batch:
                     _settle(request, error=err)
 
-    async def _round(self, batch: list[_Request]) -> None:
+    async def _round(self, batch: list[_Request], now: float) -> None:
         self.rounds += 1
-        wanted = {r.job_id for r in batch}
+        self._remember(batch, now)
+        asks: dict[str, list[_Request]] = {}
+        for request in batch:
+            asks.setdefault(request.job_id, []).append(request)
+        due = {r.job_id for r in batch if r.due <= now}
+        reads: list[asyncio.Task[None]] = []
         try:
-            jobs = await self._read_jobs(wanted)
+            async for jobs in self._pages(set(asks)):
+                reads += self._serve(jobs, asks, now)
         except FineTuningError as err:
-            for request in batch:
-                _settle(request, error=err)
-            return
-        missing = [job_id for job_id in wanted if job_id not in jobs]
-        errors: dict[str, FineTuningError] = {}
-        for job_id, got in zip(missing, await self._each(self.hook.aget_job, missing), strict=True):
-            if isinstance(got, FineTuningError):
-                errors[job_id] = got
-            else:
-                jobs[job_id] = got
-        events = await self._read_events(batch, jobs)
-        for i, request in enumerate(batch):
-            if i and not i % SETTLE_CHUNK:
-                await asyncio.sleep(0)  # let the woken triggers run (and log) before waking more
-            if request.job_id in errors:
-                _settle(request, error=errors[request.job_id])
-                continue
-            job = jobs[request.job_id]
-            got = events.get(request.job_id, [])
-            if isinstance(got, FineTuningError):
-                got = []  # the job's state is known; its progress lines wait for the next round
-            _settle(request, Observation(job, _newer(got, request.after_event)))
+            for requests in asks.values():
+                for request in requests:
+                    _settle(request, error=err)
+            asks.clear()
+        # Not listed: due ones are read by id; the others wait for a later round.
+        missing = [job_id for job_id in asks if job_id in due]
+        for job_id in [j for j in asks if j not in due]:
+            self.pending.extend(asks.pop(job_id))
+        reads += [asyncio.ensure_future(self._read_by_id(job_id, asks, now)) for job_id in missing]
+        await asyncio.gather(*reads)
 
-    async def _read_jobs(self, wanted: set[str]) -> dict[str, FineTuningJob]:
-        """List jobs, newest first, until every wanted job is seen or the list is older than they all are.
+    def _remember(self, batch: list[_Request], now: float) -> None:
+        """Note who asks; forget jobs nobody has asked about for a while."""
+        for request in batch:
+            self.memory.setdefault(request.job_id, _Memory()).asked = now
+        for request in self.pending:
+            self.memory.setdefault(request.job_id, _Memory()).asked = now
+        stale = [job_id for job_id, m in self.memory.items() if m.asked < now - FORGET_AFTER]
+        for job_id in stale:
+            del self.memory[job_id]
+        # The budget of event reads: a share of the jobs watched per (harmonic mean) poll interval.
+        intervals = {r.job_id: r.interval for r in (*batch, *self.pending)}
+        watched = len(intervals)
+        per_interval = max(EVENTS_SHARE * watched, min(MIN_EVENT_READS, watched))
+        rate = per_interval * sum(1 / i for i in intervals.values()) / watched  # reads per second
+        if self._refilled is None:
+            self.tokens = per_interval
+        else:
+            self.tokens = min(per_interval, self.tokens + (now - self._refilled) * rate)
+        self._refilled = now
 
-        Jobs a trigger waits on are usually recent, so the newest pages cover them, first sight included.
-        The pages read are bounded by the jobs this poller knows of; a job they do not show (an old one,
-        or one the service lists elsewhere) is read by id.
+    async def _pages(self, wanted: set[str]) -> AsyncIterator[list[FineTuningJob]]:
+        """Pages of the list, newest first, each as the wanted jobs it shows, until every one is seen.
+
+        A page is named by its cursor (the ``after`` it was read with), and the poller remembers on which
+        page it last saw each job. Jobs listed in an earlier round are looked for on those pages, read
+        concurrently (a cursor names a fixed place in the list, so the page still holds them). Jobs not
+        found so (seen for the first time, or moved) are looked for by walking the list from the top,
+        reusing the pages already read; jobs a trigger waits on are usually recent, so the newest pages
+        cover them. The walk is bounded by the jobs this poller knows of and stops once the list is older
+        than every wanted job; jobs seen for the first time may take a few pages more, fewer than the reads
+        by id they save. A job not seen by then (an old one, or one the service lists elsewhere) is read by
+        id when it is due.
         """
-        found: dict[str, FineTuningJob] = {}
-        known = [m.created_at for j in wanted if (m := self.memory.get(j)) and m.created_at is not None]
-        # Only when every wanted job's age is known can the listing stop at the oldest of them.
-        oldest_wanted = min(known) if len(known) == len(wanted) else None
+        read: dict[str | None, Page[FineTuningJob]] = {}
+        known = {m.page for j in wanted if (m := self.memory.get(j)) is not None and m.listed}
+        if known:
+            tasks = [asyncio.ensure_future(self._list(cursor)) for cursor in known]
+            try:
+                for next_done in asyncio.as_completed(tasks):
+                    cursor, page = await next_done
+                    read[cursor] = page
+                    yield self._shown(page, cursor, wanted)
+            finally:
+                for task in tasks:
+                    task.cancel()
+        ages = [m.created_at for j in wanted if (m := self.memory.get(j)) and m.created_at is not None]
+        oldest = min(ages) if ages and len(ages) == len(wanted) else None
+        bound = math.ceil(max(len(wanted), len(self.memory)) / LIST_PAGE_SIZE) + 1
         after: str | None = None
-        for _ in range(math.ceil(max(len(wanted), len(self.memory)) / LIST_PAGE_SIZE) + 1):
-            page = await self.hook.alist_jobs(after=after, limit=LIST_PAGE_SIZE)
-            for job in page.data:
-                if job.id in wanted:
-                    found[job.id] = job
+        walked = 0
+        while wanted:
+            cached = read.get(after)
+            if cached is None:
+                page = read[after] = (await self._list(after))[1]
+                yield self._shown(page, after, wanted)
+            else:
+                page = cached
+            walked += 1
             last = page.data[-1] if page.data else None
             if (
-                len(found) == len(wanted)
-                or not page.has_more
+                not page.has_more
                 or last is None
-                or (oldest_wanted is not None and last.created_at is not None and last.created_at < oldest_wanted)
+                or (oldest is not None and last.created_at is not None and last.created_at < oldest)
+                or (walked >= bound and walked - bound >= self._unknown(wanted) // 2)
             ):
-                break
+                return
             after = page.next_after
-        return found
 
-    async def _read_events(
-        self, batch: list[_Request], jobs: dict[str, FineTuningJob]
-    ) -> dict[str, list[FineTuningJobEvent] | FineTuningError]:
-        """Events of the jobs that just ended, and of a few others: changed first, then longest unread.
+    async def _list(self, after: str | None) -> tuple[str | None, Page[FineTuningJob]]:
+        async with self._gate:
+            return after, await self.hook.alist_jobs(after=after, limit=LIST_PAGE_SIZE)
 
-        Events only feed progress lines: the state of a wait is read from the job. So beyond the jobs that
-        ended (read once each, for their last lines) a round reads the events of at most one job in
-        :data:`EVENTS_SHARE` of its batch, and a large sweep costs a bounded number of requests per round.
-        """
-        now = self.clock()
-        ended, changed, others = [], [], []
-        for job_id in {r.job_id for r in batch if r.job_id in jobs}:
-            job = jobs[job_id]
-            memory = self.memory.setdefault(job_id, _Memory())
-            memory.created_at = job.created_at
-            status = job.status.value
-            if status in TERMINAL:
-                ended.append(job_id)
-            elif status != memory.status:
-                changed.append(job_id)
+    def _shown(self, page: Page[FineTuningJob], cursor: str | None, wanted: set[str]) -> list[FineTuningJob]:
+        """The wanted jobs the page shows (no longer wanted), noting the page as where each one is listed."""
+        shown = [job for job in page.data if job.id in wanted]
+        for job in shown:
+            wanted.discard(job.id)
+            memory = self.memory.setdefault(job.id, _Memory())
+            memory.listed, memory.page, memory.created_at = True, cursor, job.created_at
+        return shown
+
+    def _unknown(self, job_ids: set[str]) -> int:
+        return sum(1 for j in job_ids if (m := self.memory.get(j)) is None or m.created_at is None)
+
+    def _serve(
+        self, jobs: list[FineTuningJob], asks: dict[str, list[_Request]], now: float
+    ) -> list[asyncio.Task[None]]:
+        """Answer the requests of these jobs: at once, or after reading their events when the budget allows."""
+        reads = []
+        for job in sorted(jobs, key=lambda j: self._priority(j)):
+            requests = asks.pop(job.id)
+            memory = self.memory.setdefault(job.id, _Memory(asked=now))
+            if self.tokens >= 1:
+                self.tokens -= 1
+                memory.logged_status, memory.events_read = job.status.value, now
+                reads.append(asyncio.ensure_future(self._read_events(job, requests)))
             else:
-                others.append(job_id)
-            memory.status = status
-        others.sort(key=lambda j: self.memory[j].events_read)
-        budget = max(1, math.ceil(len(batch) * EVENTS_SHARE))
-        chosen = ended + (changed + others)[:budget]
-        pages = await self._each(lambda j: self.hook.alist_events(j, limit=EVENTS_PER_POLL), chosen)
-        result: dict[str, list[FineTuningJobEvent] | FineTuningError] = {}
-        for job_id, page in zip(chosen, pages, strict=True):
-            self.memory[job_id].events_read = now
-            result[job_id] = page if isinstance(page, FineTuningError) else page.data
-        return result
+                for request in requests:
+                    _settle(request, Observation(job))
+        return reads
 
-    async def _each(self, call: Callable[[str], Any], job_ids: list[str]) -> list[Any]:
-        """Run ``call`` for each job, a few at a time; failures come back as values."""
-        limit = asyncio.Semaphore(CONCURRENCY)
+    def _priority(self, job: FineTuningJob) -> tuple[int, float]:
+        memory = self.memory.get(job.id)
+        status = job.status.value
+        if status in TERMINAL:
+            return (0, 0.0)
+        if memory is None or status != memory.logged_status:
+            return (1, 0.0)
+        return (2, memory.events_read)
 
-        async def one(job_id: str) -> object:
-            async with limit:
-                try:
-                    return await call(job_id)
-                except FineTuningError as err:
-                    return err
+    async def _read_events(self, job: FineTuningJob, requests: list[_Request]) -> None:
+        try:
+            async with self._gate:
+                page = await self.hook.alist_events(job.id, limit=EVENTS_PER_POLL)
+            events = page.data
+        except FineTuningError:
+            events = []  # the job's state is known; its progress lines wait for a later read
+        for request in requests:
+            _settle(request, Observation(job, _newer(events, request.after_event)))
 
-        return list(await asyncio.gather(*(one(j) for j in job_ids)))
+    async def _read_by_id(self, job_id: str, asks: dict[str, list[_Request]], now: float) -> None:
+        requests = asks.pop(job_id)
+        try:
+            async with self._gate:
+                job = await self.hook.aget_job(job_id)
+        except FineTuningError as err:
+            for request in requests:
+                _settle(request, error=err)
+            return
+        self.memory.setdefault(job_id, _Memory(asked=now)).created_at = job.created_at
+        asks[job_id] = requests
+        await asyncio.gather(*self._serve([job], asks, now))
 
 
 def _settle(request: _Request, observation: Observation | None = None, *, error: BaseException | None = None) -> None:

@@ -341,10 +341,10 @@ async def worker_main(args: argparse.Namespace, channel: IO[str]) -> dict[str, A
 
         original_round = poller_module.JobPoller._round
 
-        async def timed_round(self: Any, batch: list[Any]) -> None:
+        async def timed_round(self: Any, batch: list[Any], *args: Any) -> None:
             begun = time.perf_counter()
             try:
-                await original_round(self, batch)
+                await original_round(self, batch, *args)
             finally:
                 rounds.append((time.perf_counter() - begun, len(batch)))
 
