@@ -70,6 +70,7 @@ __all__ = [
     "Hyperparameters",
     "IntegrationRequest",
     "JobError",
+    "JobState",
     "LabelModelGrader",
     "MethodRequest",
     "MultiGrader",
@@ -216,6 +217,13 @@ class JobError(APIObject):
         """The error as people read it: ``[code] message (param: training_file)``."""
         text = f"[{self.code}] {self.message}"
         return text + (f" (param: {self.param})" if self.param else "")
+
+
+def _real_error(value: JobError | None) -> JobError | None:
+    """``None`` for the empty error (``{}`` or all fields null) that a job which has not failed carries."""
+    if value is not None and not value.code and not value.message:
+        return None
+    return value
 
 
 class Hyperparameters(APIObject):
@@ -511,9 +519,7 @@ class FineTuningJob(APIObject):
     @field_validator("error")
     @classmethod
     def _empty_error_is_none(cls, value: JobError | None) -> JobError | None:
-        if value is not None and not value.code and not value.message:
-            return None
-        return value
+        return _real_error(value)
 
     @property
     def method_type(self) -> str:
@@ -692,6 +698,28 @@ class GraderValidation(APIObject):
     """The answer of ``POST /fine_tuning/alpha/graders/validate``: the grader as the service read it."""
 
     grader: ResponseGrader | None = None
+
+
+class JobState(BaseModel):
+    """What a wait needs of a job: its status, its estimate, and how it ended; nothing else is read.
+
+    The triggerer's shared poller parses pages of many jobs into this lean form straight from the JSON,
+    so that watching a thousand jobs does not build a thousand full :class:`FineTuningJob` objects a poll.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    status: FineTuningJobStatus
+    created_at: int | None = None
+    estimated_finish: int | None = None
+    fine_tuned_model: str | None = None
+    error: JobError | None = None
+
+    @field_validator("error")
+    @classmethod
+    def _empty_error_is_none(cls, value: JobError | None) -> JobError | None:
+        return _real_error(value)
 
 
 _ItemT = TypeVar("_ItemT")

@@ -26,7 +26,7 @@ from airflow_provider_finetune.exceptions import (
 
 if TYPE_CHECKING:
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
-    from airflow_provider_finetune.models import FineTuningJob, FineTuningJobEvent
+    from airflow_provider_finetune.models import FineTuningJob, FineTuningJobEvent, JobState
     from airflow_provider_finetune.triggers.poller import JobPoller
 
 __all__ = [
@@ -69,11 +69,11 @@ class Pause(NamedTuple):
     seconds: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Observation:
-    """What one poll saw: the job, and its events newer than the last one seen, oldest first."""
+    """What one poll saw: the job (whole, or its state only), and its events newer than the last one seen."""
 
-    job: FineTuningJob
+    job: FineTuningJob | JobState
     events: list[FineTuningJobEvent] = field(default_factory=list)
 
 
@@ -178,7 +178,7 @@ NEAR_FINISH_SPEEDUP = 4
 JITTER = 0.15
 
 
-def next_pause(job: FineTuningJob | None, poll_interval: float, now: float, draw: float = 0.0) -> float:
+def next_pause(job: FineTuningJob | JobState | None, poll_interval: float, now: float, draw: float = 0.0) -> float:
     """Seconds until the next poll: ``poll_interval`` at most, less near the job's estimated finish.
 
     ``poll_interval`` is the notice latency a wait promises, so no pause is longer. A job that is queued,
@@ -195,7 +195,7 @@ def next_pause(job: FineTuningJob | None, poll_interval: float, now: float, draw
     return pause * (1.0 - JITTER * draw)
 
 
-def _ended(job: FineTuningJob) -> str:
+def _ended(job: FineTuningJob | JobState) -> str:
     text = f"Job {job.id} is {job.status.value}"
     if job.fine_tuned_model:
         text += f": {job.fine_tuned_model}"
@@ -204,7 +204,7 @@ def _ended(job: FineTuningJob) -> str:
     return text
 
 
-def describe_event(job: FineTuningJob, event: FineTuningJobEvent) -> str:
+def describe_event(job: FineTuningJob | JobState, event: FineTuningJobEvent) -> str:
     """One readable progress line for an event: metrics as step, losses, accuracy and ETA."""
     data = event.data or {}
     if event.type == "metrics" and "step" in data:

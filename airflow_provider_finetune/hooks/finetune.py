@@ -14,6 +14,7 @@ import json
 import mimetypes
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -65,6 +66,7 @@ from airflow_provider_finetune.models import (
     FineTuningJobStatus,
     GraderRunResult,
     GraderValidation,
+    JobState,
     Page,
     RunGraderRequest,
     Upload,
@@ -74,6 +76,11 @@ from airflow_provider_finetune.models import (
 )
 
 __all__ = ["TASK_TAG_KEY", "Call", "FineTuningHook"]
+
+#: Shared connection lookups per event loop: conn_id -> (expires at, the lookup).
+_SHARED_LOOKUPS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Future[ConnectionSettings]]]
+] = weakref.WeakKeyDictionary()
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -133,6 +140,15 @@ def _query_value(value: Any) -> Any:
 def _model(cls: type[M]) -> Callable[[httpx.Response], M]:
     def parse(response: httpx.Response) -> M:
         return cls.model_validate(response.json())
+
+    return parse
+
+
+def _json_model(cls: type[M]) -> Callable[[httpx.Response], M]:
+    """Parse straight from the JSON bytes: fields the model ignores are never built as Python objects."""
+
+    def parse(response: httpx.Response) -> M:
+        return cls.model_validate_json(response.content)
 
     return parse
 
@@ -265,6 +281,24 @@ class FineTuningHook(BaseHook):
                 except ImportError as err:  # no backend had it, and there is no supervisor to ask
                     raise AirflowNotFoundException(f"The conn_id `{self.finetune_conn_id}` isn't defined") from err
             self.__dict__["settings"] = self._apply_overrides(self.settings_from_connection(conn))
+        return self.settings
+
+    async def ashared_settings(self, *, max_age: float = 60.0) -> ConnectionSettings:
+        """:meth:`asettings`, looked up once for every hook of the connection asking this way in this event loop.
+
+        A triggerer starting a thousand triggers of one connection looks it up once (a secrets backend is
+        asked once, not a thousand times); a lookup older than ``max_age`` seconds is made again, so that a
+        changed connection is seen.
+        """
+        if "settings" not in self.__dict__:
+            lookups = _SHARED_LOOKUPS.setdefault(asyncio.get_running_loop(), {})
+            now = time.monotonic()
+            entry = lookups.get(self.finetune_conn_id)
+            if entry is None or entry[0] <= now or _failed(entry[1]):
+                lookup = FineTuningHook(self.finetune_conn_id)
+                entry = lookups[self.finetune_conn_id] = (now + max_age, asyncio.ensure_future(lookup.asettings()))
+            settings = await asyncio.shield(entry[1])
+            self.__dict__["settings"] = self._apply_overrides(settings)
         return self.settings
 
     def _apply_overrides(self, settings: ConnectionSettings) -> ConnectionSettings:
@@ -459,6 +493,14 @@ class FineTuningHook(BaseHook):
     ) -> AsyncIterator[FineTuningJob]:
         """Async :meth:`iter_jobs`."""
         return self._apaginate(_list_jobs(after, limit, metadata))
+
+    def list_job_states(self, *, after: str | None = None, limit: int | None = None) -> Page[JobState]:
+        """List one page of jobs, newest first, as their states only (lean: for watching many jobs)."""
+        return self._call(_list_job_states(after, limit))
+
+    async def alist_job_states(self, *, after: str | None = None, limit: int | None = None) -> Page[JobState]:
+        """Async :meth:`list_job_states`."""
+        return await self._acall(_list_job_states(after, limit))
 
     def get_job(self, job_id: str) -> FineTuningJob:
         """Retrieve a job."""
@@ -832,6 +874,10 @@ def _list_jobs(after: str | None, limit: int | None, metadata: Mapping[str, str]
     return Call("GET", "fine_tuning/jobs", _model(Page[FineTuningJob]), params=params)
 
 
+def _list_job_states(after: str | None, limit: int | None) -> Call[Page[JobState]]:
+    return Call("GET", "fine_tuning/jobs", _json_model(Page[JobState]), params={"after": after, "limit": _limit(limit)})
+
+
 def _job_call(method: str, job_id: str, action: str | None = None) -> Call[FineTuningJob]:
     path = f"fine_tuning/jobs/{path_param('job_id', job_id)}" + (f"/{action}" if action else "")
     return Call(method, path, _model(FineTuningJob))
@@ -1008,3 +1054,7 @@ def _number(raw: Any, default: float, name: str) -> float:
         return float(raw)
     except (TypeError, ValueError) as err:
         raise InvalidRequestError(f"{name} must be a number, got {raw!r}", field=name) from err
+
+
+def _failed(lookup: asyncio.Future[Any]) -> bool:
+    return lookup.done() and (lookup.cancelled() or lookup.exception() is not None)

@@ -28,16 +28,16 @@ import contextlib
 import math
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from airflow_provider_finetune.exceptions import FineTuningError
 from airflow_provider_finetune.waiting import EVENTS_PER_POLL, TERMINAL, Observation, _newer
 
 if TYPE_CHECKING:
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
-    from airflow_provider_finetune.models import FineTuningJob, Page
+    from airflow_provider_finetune.models import FineTuningJob, JobState, Page
 
 __all__ = ["JobPoller", "shared_poller"]
 
@@ -56,7 +56,8 @@ FIRST_SIGHT_GATHER = 0.2
 FORGET_AFTER = 600.0
 
 
-@dataclass(eq=False)  # compared by identity: a round takes its batch out of the queue in one pass
+# Compared by identity: a round takes its batch out of the queue in one pass. Slots: one object per poll.
+@dataclass(eq=False, slots=True)
 class _Request:
     job_id: str
     after_event: str | None
@@ -66,7 +67,21 @@ class _Request:
     reply: asyncio.Future[Observation]
 
 
-@dataclass
+class _PageEnd(NamedTuple):
+    """Where a page of the list ends: the cursor of the next page (``None`` at the end), and its age."""
+
+    next_after: str | None
+    oldest: int | None
+
+    @classmethod
+    def of(cls, page: Page[JobState]) -> _PageEnd:
+        last = page.data[-1] if page.data else None
+        return cls(
+            page.next_after if page.has_more and last is not None else None, None if last is None else last.created_at
+        )
+
+
+@dataclass(slots=True)
 class _Memory:
     created_at: int | None = None
     logged_status: str | None = None  # the status whose events were last read
@@ -152,8 +167,10 @@ class JobPoller:
             try:
                 await self._round(batch, now)
             except Exception as err:  # a bug or an unexpected answer: every waiting trigger hears of it
-                for request in batch:
-                    _settle(request, error=err)
+                await _settle_all(batch, err)
+            # Let the answers go: kept through the next pause, they would outlive young collections and
+            # make the collector sweep the whole heap sooner.
+            del batch, later
 
     async def _round(self, batch: list[_Request], now: float) -> None:
         self.rounds += 1
@@ -166,10 +183,10 @@ class JobPoller:
         try:
             async for jobs in self._pages(set(asks)):
                 reads += self._serve(jobs, asks, now)
+                # Let the triggers just answered run (and log) before the next page wakes more of them.
+                await asyncio.sleep(0)
         except FineTuningError as err:
-            for requests in asks.values():
-                for request in requests:
-                    _settle(request, error=err)
+            await _settle_all([r for requests in asks.values() for r in requests], err)
             asks.clear()
         # Not listed: due ones are read by id; the others wait for a later round.
         missing = [job_id for job_id in asks if job_id in due]
@@ -198,7 +215,7 @@ class JobPoller:
             self.tokens = min(per_interval, self.tokens + (now - self._refilled) * rate)
         self._refilled = now
 
-    async def _pages(self, wanted: set[str]) -> AsyncIterator[list[FineTuningJob]]:
+    async def _pages(self, wanted: set[str]) -> AsyncIterator[list[JobState]]:
         """Pages of the list, newest first, each as the wanted jobs it shows, until every one is seen.
 
         A page is named by its cursor (the ``after`` it was read with), and the poller remembers on which
@@ -211,14 +228,15 @@ class JobPoller:
         by id they save. A job not seen by then (an old one, or one the service lists elsewhere) is read by
         id when it is due.
         """
-        read: dict[str | None, Page[FineTuningJob]] = {}
+        # What the walk needs of each page read (not its jobs, which go to their triggers and are let go).
+        read: dict[str | None, _PageEnd] = {}
         known = {m.page for j in wanted if (m := self.memory.get(j)) is not None and m.listed}
         if known:
             tasks = [asyncio.ensure_future(self._list(cursor)) for cursor in known]
             try:
                 for next_done in asyncio.as_completed(tasks):
                     cursor, page = await next_done
-                    read[cursor] = page
+                    read[cursor] = _PageEnd.of(page)
                     yield self._shown(page, cursor, wanted)
             finally:
                 for task in tasks:
@@ -229,28 +247,26 @@ class JobPoller:
         after: str | None = None
         walked = 0
         while wanted:
-            cached = read.get(after)
-            if cached is None:
-                page = read[after] = (await self._list(after))[1]
+            end = read.get(after)
+            if end is None:
+                page = (await self._list(after))[1]
+                end = read[after] = _PageEnd.of(page)
                 yield self._shown(page, after, wanted)
-            else:
-                page = cached
+                del page
             walked += 1
-            last = page.data[-1] if page.data else None
             if (
-                not page.has_more
-                or last is None
-                or (oldest is not None and last.created_at is not None and last.created_at < oldest)
+                end.next_after is None
+                or (oldest is not None and end.oldest is not None and end.oldest < oldest)
                 or (walked >= bound and walked - bound >= self._unknown(wanted) // 2)
             ):
                 return
-            after = page.next_after
+            after = end.next_after
 
-    async def _list(self, after: str | None) -> tuple[str | None, Page[FineTuningJob]]:
+    async def _list(self, after: str | None) -> tuple[str | None, Page[JobState]]:
         async with self._gate:
-            return after, await self.hook.alist_jobs(after=after, limit=LIST_PAGE_SIZE)
+            return after, await self.hook.alist_job_states(after=after, limit=LIST_PAGE_SIZE)
 
-    def _shown(self, page: Page[FineTuningJob], cursor: str | None, wanted: set[str]) -> list[FineTuningJob]:
+    def _shown(self, page: Page[JobState], cursor: str | None, wanted: set[str]) -> list[JobState]:
         """The wanted jobs the page shows (no longer wanted), noting the page as where each one is listed."""
         shown = [job for job in page.data if job.id in wanted]
         for job in shown:
@@ -263,7 +279,7 @@ class JobPoller:
         return sum(1 for j in job_ids if (m := self.memory.get(j)) is None or m.created_at is None)
 
     def _serve(
-        self, jobs: list[FineTuningJob], asks: dict[str, list[_Request]], now: float
+        self, jobs: Sequence[JobState | FineTuningJob], asks: dict[str, list[_Request]], now: float
     ) -> list[asyncio.Task[None]]:
         """Answer the requests of these jobs: at once, or after reading their events when the budget allows."""
         reads = []
@@ -279,7 +295,7 @@ class JobPoller:
                     _settle(request, Observation(job))
         return reads
 
-    def _priority(self, job: FineTuningJob) -> tuple[int, float]:
+    def _priority(self, job: JobState | FineTuningJob) -> tuple[int, float]:
         memory = self.memory.get(job.id)
         status = job.status.value
         if status in TERMINAL:
@@ -288,7 +304,7 @@ class JobPoller:
             return (1, 0.0)
         return (2, memory.events_read)
 
-    async def _read_events(self, job: FineTuningJob, requests: list[_Request]) -> None:
+    async def _read_events(self, job: JobState | FineTuningJob, requests: list[_Request]) -> None:
         try:
             async with self._gate:
                 page = await self.hook.alist_events(job.id, limit=EVENTS_PER_POLL)
@@ -321,12 +337,20 @@ def _settle(request: _Request, observation: Observation | None = None, *, error:
         request.reply.set_result(observation)  # type: ignore[arg-type]
 
 
+async def _settle_all(requests: list[_Request], error: BaseException) -> None:
+    """Fail many requests, a page's worth at a time, so that the woken triggers do not stall the loop."""
+    for i, request in enumerate(requests):
+        if i and not i % LIST_PAGE_SIZE:
+            await asyncio.sleep(0)
+        _settle(request, error=error)
+
+
 _POLLERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, JobPoller]] = weakref.WeakKeyDictionary()
 
 
 async def shared_poller(hook: FineTuningHook) -> JobPoller:
     """The poller of the hook's connection on the running event loop, made on first use."""
-    settings = await hook.asettings()
+    settings = await hook.ashared_settings()
     pollers = _POLLERS.setdefault(asyncio.get_running_loop(), {})
     key = settings.fingerprint()
     poller = pollers.get(key)

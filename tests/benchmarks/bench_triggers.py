@@ -408,7 +408,7 @@ async def worker_main(args: argparse.Namespace, channel: IO[str]) -> dict[str, A
                 all_done.set()
 
     cpu_before, process_before = cpu_seconds(), time.process_time()
-    started = time.time()
+    started, begun_perf = time.time(), time.perf_counter()
     gc.callbacks.append(on_gc)
     helpers = [asyncio.create_task(monitor()), asyncio.create_task(sampler())]
     tasks: list[asyncio.Task[None]] = []
@@ -478,6 +478,8 @@ async def worker_main(args: argparse.Namespace, channel: IO[str]) -> dict[str, A
             "over_50ms": sum(1 for s in stalls if s >= 0.050),
             "samples": len(stalls),
             "max_ms_without_gc": max(without_gc) * 1000,
+            # When it came, seconds from the first trigger's start (creating N triggers comes first).
+            "max_without_gc_at_s": ticks[without_gc.index(max(without_gc))][0] - begun_perf,
             "p99_ms_without_gc": percentile(without_gc, 0.99) * 1000,
         },
         "gc": {
