@@ -77,7 +77,7 @@ from airflow_provider_finetune.models import (
 
 __all__ = ["TASK_TAG_KEY", "Call", "FineTuningHook"]
 
-#: Shared connection lookups per event loop: conn_id -> (expires at, the lookup).
+#: Shared connection lookups per event loop: conn_id -> (when it was started, the lookup).
 _SHARED_LOOKUPS: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Future[ConnectionSettings]]]
 ] = weakref.WeakKeyDictionary()
@@ -294,9 +294,9 @@ class FineTuningHook(BaseHook):
             lookups = _SHARED_LOOKUPS.setdefault(asyncio.get_running_loop(), {})
             now = time.monotonic()
             entry = lookups.get(self.finetune_conn_id)
-            if entry is None or entry[0] <= now or _failed(entry[1]):
+            if entry is None or now - entry[0] >= max_age or _failed(entry[1]):
                 lookup = FineTuningHook(self.finetune_conn_id)
-                entry = lookups[self.finetune_conn_id] = (now + max_age, asyncio.ensure_future(lookup.asettings()))
+                entry = lookups[self.finetune_conn_id] = (now, asyncio.ensure_future(lookup.asettings()))
             settings = await asyncio.shield(entry[1])
             self.__dict__["settings"] = self._apply_overrides(settings)
         return self.settings

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import math
 import time
 import weakref
@@ -179,15 +180,22 @@ class JobPoller:
         for request in batch:
             asks.setdefault(request.job_id, []).append(request)
         due = {r.job_id for r in batch if r.due <= now}
-        reads: list[asyncio.Task[None]] = []
+        # The jobs whose lines were read longest ago may have what the budget leaves once every job that
+        # ended or changed has been served; they alone are held until the list is read.
+        stalest = heapq.nsmallest(int(self.tokens), asks, key=lambda j: self.memory[j].events_read)
+        held: dict[str, JobState | FineTuningJob | None] = dict.fromkeys(stalest)
+        reads: list[asyncio.Future[None]] = []
         try:
             async for jobs in self._pages(set(asks)):
-                reads += self._serve(jobs, asks, now)
+                reads += self._serve(jobs, asks, now, held)
                 # Let the triggers just answered run (and log) before the next page wakes more of them.
                 await asyncio.sleep(0)
         except FineTuningError as err:
             await _settle_all([r for requests in asks.values() for r in requests], err)
             asks.clear()
+            held.clear()
+        for job in sorted((j for j in held.values() if j is not None), key=lambda j: self._priority(j)):
+            reads += self._answer(job, asks.pop(job.id), now, read_events=self.tokens >= 1)
         # Not listed: due ones are read by id; the others wait for a later round.
         missing = [job_id for job_id in asks if job_id in due]
         for job_id in [j for j in asks if j not in due]:
@@ -279,28 +287,45 @@ class JobPoller:
         return sum(1 for j in job_ids if (m := self.memory.get(j)) is None or m.created_at is None)
 
     def _serve(
-        self, jobs: Sequence[JobState | FineTuningJob], asks: dict[str, list[_Request]], now: float
-    ) -> list[asyncio.Task[None]]:
-        """Answer the requests of these jobs: at once, or after reading their events when the budget allows."""
+        self,
+        jobs: Sequence[JobState | FineTuningJob],
+        asks: dict[str, list[_Request]],
+        now: float,
+        held: dict[str, JobState | FineTuningJob | None] | None = None,
+    ) -> list[asyncio.Future[None]]:
+        """Answer the requests of these jobs; jobs that ended or changed have their events read first.
+
+        A job in ``held`` (one of the stalest) is kept there, to be answered once the list is read.
+        """
         reads = []
         for job in sorted(jobs, key=lambda j: self._priority(j)):
-            requests = asks.pop(job.id)
-            memory = self.memory.setdefault(job.id, _Memory(asked=now))
-            if self.tokens >= 1:
-                self.tokens -= 1
-                memory.logged_status, memory.events_read = job.status.value, now
-                reads.append(asyncio.ensure_future(self._read_events(job, requests)))
-            else:
-                for request in requests:
-                    _settle(request, Observation(job))
+            urgent = self._priority(job)[0] < 2
+            if not urgent and held is not None and job.id in held:
+                held[job.id] = job
+                continue
+            reads += self._answer(job, asks.pop(job.id), now, read_events=self.tokens >= 1 and (urgent or not held))
         return reads
+
+    def _answer(
+        self, job: JobState | FineTuningJob, requests: list[_Request], now: float, *, read_events: bool
+    ) -> list[asyncio.Future[None]]:
+        if not read_events:
+            for request in requests:
+                _settle(request, Observation(job))
+            return []
+        self.tokens -= 1
+        memory = self.memory.setdefault(job.id, _Memory(asked=now))
+        memory.logged_status, memory.events_read = job.status.value, now
+        return [asyncio.ensure_future(self._read_events(job, requests))]
 
     def _priority(self, job: JobState | FineTuningJob) -> tuple[int, float]:
         memory = self.memory.get(job.id)
         status = job.status.value
         if status in TERMINAL:
             return (0, 0.0)
-        if memory is None or status != memory.logged_status:
+        if memory is None or memory.logged_status is None:
+            return (2, 0.0)  # never read: first among the others
+        if status != memory.logged_status:
             return (1, 0.0)
         return (2, memory.events_read)
 

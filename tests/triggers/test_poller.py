@@ -1,0 +1,270 @@
+"""The shared poller against a scripted service: what it reads, how often, and what each wait is told."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+from airflow_provider_finetune.exceptions import FineTuningConnectionError, NotFoundError
+from airflow_provider_finetune.hooks.finetune import FineTuningHook
+from airflow_provider_finetune.models import FineTuningJob, FineTuningJobEvent, JobState, Page
+from airflow_provider_finetune.triggers import poller as poller_module
+from airflow_provider_finetune.triggers.poller import FORGET_AFTER, LIST_PAGE_SIZE, JobPoller
+from tests.hooks.conftest import event, job
+
+
+class FakeService:
+    """Jobs newest first, answered the way the hook's async calls answer; every call is recorded."""
+
+    def __init__(self, count: int, *, status: str = "running", unlisted: tuple[str, ...] = ()) -> None:
+        self.jobs = [job(f"ftjob-{i:05d}", status, created_at=1_700_000_000 + i) for i in reversed(range(count))]
+        self.unlisted = {j: job(j, status, created_at=1_600_000_000) for j in unlisted}
+        self.calls: list[tuple[str, str | None]] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.fail_lists: Exception | None = None
+
+    def set_status(self, job_id: str, status: str) -> None:
+        for item in [*self.jobs, *self.unlisted.values()]:
+            if item["id"] == job_id:
+                item["status"] = status
+
+    async def _io(self) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await asyncio.sleep(0.002)
+        self.in_flight -= 1
+
+    async def alist_job_states(self, *, after: str | None = None, limit: int | None = None) -> Page[JobState]:
+        self.calls.append(("list", after))
+        await self._io()
+        if self.fail_lists is not None:
+            raise self.fail_lists
+        ids = [j["id"] for j in self.jobs]
+        start = ids.index(after) + 1 if after else 0
+        chunk = self.jobs[start : start + (limit or 20)]
+        more = start + len(chunk) < len(self.jobs)
+        return Page[JobState].model_validate_json(json.dumps({"object": "list", "data": chunk, "has_more": more}))
+
+    async def aget_job(self, job_id: str) -> FineTuningJob:
+        self.calls.append(("get", job_id))
+        await self._io()
+        found = self.unlisted.get(job_id) or next((j for j in self.jobs if j["id"] == job_id), None)
+        if found is None:
+            raise NotFoundError(404, "No such job")
+        return FineTuningJob.model_validate(found)
+
+    async def alist_events(self, job_id: str, *, limit: int | None = None) -> Page[FineTuningJobEvent]:
+        self.calls.append(("events", job_id))
+        await self._io()
+        return Page[FineTuningJobEvent].model_validate({"data": [event(f"{job_id}-ev-2"), event(f"{job_id}-ev-1")]})
+
+    def count(self, kind: str) -> int:
+        return sum(1 for k, _ in self.calls if k == kind)
+
+
+def make_poller(service: FakeService) -> JobPoller:
+    return JobPoller(service)  # type: ignore[arg-type]
+
+
+async def ask(poller: JobPoller, job_ids: list[str], *, interval: float = 60.0, due: float | None = None) -> list[Any]:
+    when = time.time() if due is None else due
+    return await asyncio.gather(
+        *(poller.observe(j, None, due=when, window=0.0, interval=interval) for j in job_ids), return_exceptions=True
+    )
+
+
+async def test_one_list_serves_every_wait_it_shows() -> None:
+    service = FakeService(250)
+    poller = make_poller(service)
+    ids = [j["id"] for j in service.jobs]
+    seen = await ask(poller, ids)
+    assert [o.job.id for o in seen] == ids
+    assert all(o.job.status.value == "running" for o in seen)
+    assert poller.rounds == 1  # the waits starting together were gathered into one round
+    assert service.count("list") == 3  # 250 jobs: three pages of 100, and nothing read by id
+    assert service.count("get") == 0
+
+
+async def test_later_rounds_read_the_remembered_pages_together() -> None:
+    service = FakeService(450)
+    poller = make_poller(service)
+    ids = [j["id"] for j in service.jobs]
+    await ask(poller, ids)
+    first_walk = [after for kind, after in service.calls if kind == "list"]
+    assert first_walk[0] is None  # walked page by page from the top, each cursor from the page before
+    assert len(first_walk) == 5
+    service.calls.clear()
+    service.most_in_flight = 0
+    await ask(poller, ids)
+    assert sorted(after or "" for kind, after in service.calls if kind == "list") == sorted(a or "" for a in first_walk)
+    assert service.most_in_flight > 1  # the five pages were read at once, not one after another
+
+
+async def test_a_job_the_list_does_not_show_is_read_by_id_only_when_due() -> None:
+    service = FakeService(30, unlisted=("ftjob-old",))
+    poller = make_poller(service)
+    seen = await ask(poller, ["ftjob-00003", "ftjob-old"])
+    assert [o.job.id for o in seen] == ["ftjob-00003", "ftjob-old"]
+    assert service.count("get") == 1
+    # Not due yet (its window is open, so it shares the round of a due wait): the list does not show it,
+    # so it is not read by id now; it is answered by a later round, by its due time.
+    service.calls.clear()
+    now = time.time()
+    early = asyncio.ensure_future(poller.observe("ftjob-old", None, due=now + 0.3, window=0.3, interval=60))
+    (due_now,) = await ask(poller, ["ftjob-00001"])
+    assert due_now.job.id == "ftjob-00001"
+    assert not early.done()
+    assert service.count("get") == 0
+    answer = await early
+    assert answer.job.id == "ftjob-old"
+    assert time.time() <= now + 0.3 + 0.1
+    assert service.count("get") == 1
+
+
+async def test_a_job_no_one_has_is_an_error_for_its_wait_only() -> None:
+    service = FakeService(5)
+    poller = make_poller(service)
+    missing, present = await ask(poller, ["ftjob-nope", "ftjob-00002"])
+    assert isinstance(missing, NotFoundError)
+    assert present.job.id == "ftjob-00002"
+
+
+async def test_event_reads_keep_to_a_share_of_the_jobs_per_interval() -> None:
+    service = FakeService(1000)
+    poller = make_poller(service)
+    ids = [j["id"] for j in service.jobs]
+    interval = 0.2
+    for _ in range(5):
+        await ask(poller, ids, interval=interval)
+        await asyncio.sleep(interval)
+    # Over about 5 intervals (plus the rounds' own time): at most 10 event reads an interval, and a full
+    # bucket to start with; never one per job.
+    elapsed_intervals = 5 + 1
+    assert 10 <= service.count("events") <= 10 * (elapsed_intervals + 1)
+    assert service.count("list") == 5 * 10
+
+
+async def test_ended_and_changed_jobs_get_their_events_first() -> None:
+    service = FakeService(1000)
+    poller = make_poller(service)
+    ids = [j["id"] for j in service.jobs]
+    await ask(poller, ids, interval=60)
+    for memory in poller.memory.values():  # as if every job's lines had been read while it was running
+        memory.logged_status, memory.events_read = "running", time.time()
+    service.set_status("ftjob-00500", "succeeded")
+    service.set_status("ftjob-00007", "validating_files")
+    service.calls.clear()
+    poller.tokens, poller._refilled = 2.0, time.time()  # two reads left this interval
+    seen = {o.job.id: o for o in await ask(poller, ids, interval=60)}
+    assert sorted(j for kind, j in service.calls if kind == "events") == ["ftjob-00007", "ftjob-00500"]
+    assert [e.id for e in seen["ftjob-00500"].events] == ["ftjob-00500-ev-1", "ftjob-00500-ev-2"]
+    assert seen["ftjob-00500"].job.status.value == "succeeded"
+    assert seen["ftjob-00001"].events == []  # no budget left: its state now, its lines later
+
+
+async def test_a_single_wait_reads_its_events_every_poll() -> None:
+    service = FakeService(3)
+    poller = make_poller(service)
+    for _ in range(4):
+        (seen,) = await ask(poller, ["ftjob-00001"], interval=0.05)
+        assert [e.id for e in seen.events] == ["ftjob-00001-ev-1", "ftjob-00001-ev-2"]
+        await asyncio.sleep(0.05)
+    assert service.count("events") == 4
+
+
+async def test_a_failed_list_reaches_every_wait_of_the_round() -> None:
+    service = FakeService(300)
+    service.fail_lists = FineTuningConnectionError("Connection refused")
+    poller = make_poller(service)
+    answers = await ask(poller, [j["id"] for j in service.jobs])
+    assert all(isinstance(a, FineTuningConnectionError) for a in answers)
+    service.fail_lists = None
+    answers = await ask(poller, ["ftjob-00001"])
+    assert answers[0].job.id == "ftjob-00001"  # the poller goes on
+
+
+async def test_a_cancelled_wait_does_not_disturb_the_others() -> None:
+    service = FakeService(10)
+    poller = make_poller(service)
+    now = time.time()
+    gone = asyncio.ensure_future(poller.observe("ftjob-00001", None, due=now + 0.2, window=0.0, interval=60))
+    kept = asyncio.ensure_future(poller.observe("ftjob-00002", None, due=now + 0.2, window=0.0, interval=60))
+    await asyncio.sleep(0.05)
+    gone.cancel()
+    assert (await kept).job.id == "ftjob-00002"
+    assert gone.cancelled()
+
+
+async def test_the_poller_forgets_jobs_nobody_asks_about(monkeypatch: pytest.MonkeyPatch) -> None:
+    service = FakeService(20)
+    poller = make_poller(service)
+    await ask(poller, ["ftjob-00001", "ftjob-00002"])
+    assert set(poller.memory) == {"ftjob-00001", "ftjob-00002"}
+    poller.clock = lambda: time.time() + FORGET_AFTER + 1
+    await ask(poller, ["ftjob-00003"], due=poller.clock())
+    assert set(poller.memory) == {"ftjob-00003"}
+
+
+async def test_first_reads_of_a_big_sweep_walk_the_list_rather_than_read_each_job() -> None:
+    """A thousand jobs seen for the first time, asked for a few at a time: pages, not a thousand reads by id."""
+    service = FakeService(1000)
+    poller = make_poller(service)
+    ids = [j["id"] for j in reversed(service.jobs)]  # oldest first: the last pages of the list
+    waits = []
+    for i in range(0, 1000, 50):
+        waits += [
+            asyncio.ensure_future(poller.observe(j, None, due=time.time(), window=0.0, interval=60))
+            for j in ids[i : i + 50]
+        ]
+        await asyncio.sleep(0.05)
+    answers = await asyncio.gather(*waits)
+    assert {a.job.id for a in answers} == set(ids)
+    assert poller.rounds > 1
+    assert service.count("get") == 0
+    assert service.count("list") <= 6 * (1000 // LIST_PAGE_SIZE)
+
+
+async def test_one_connection_lookup_for_the_triggers_starting_together(
+    monkeypatch: pytest.MonkeyPatch, connection: dict[str, Any]
+) -> None:
+    lookups = 0
+    original = FineTuningHook.asettings
+
+    async def counted(self: FineTuningHook) -> Any:
+        nonlocal lookups
+        lookups += 1
+        return await original(self)
+
+    monkeypatch.setattr(FineTuningHook, "asettings", counted)
+    hooks = [FineTuningHook() for _ in range(200)]
+    settings = await asyncio.gather(*(h.ashared_settings() for h in hooks))
+    assert lookups == 1
+    assert len({s.fingerprint() for s in settings}) == 1
+    assert all(h.settings is s for h, s in zip(hooks, settings, strict=True))
+    await FineTuningHook().ashared_settings(max_age=0.0)  # too old: looked up again
+    assert lookups == 2
+    pollers = {id(await poller_module.shared_poller(h)) for h in hooks[:5]}
+    assert len(pollers) == 1
+
+
+async def test_a_failed_connection_lookup_is_not_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_FINETUNE_FLAKY", json.dumps({"conn_type": "finetune", "password": "sk-x"}))
+    calls = 0
+    original = FineTuningHook.asettings
+
+    async def flaky(self: FineTuningHook) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise FineTuningConnectionError("secrets backend unreachable")
+        return await original(self)
+
+    monkeypatch.setattr(FineTuningHook, "asettings", flaky)
+    with pytest.raises(FineTuningConnectionError):
+        await FineTuningHook("finetune_flaky").ashared_settings()
+    assert (await FineTuningHook("finetune_flaky").ashared_settings()).api_key == "sk-x"
