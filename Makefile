@@ -42,13 +42,16 @@ emulator: venv
 bench-emulator: venv
 	$(BIN)/python tests/benchmarks/bench_emulator.py --jobs 1000 --seconds 30
 
+# The openai provider is only installed for the import comparison, pinned.
+OPENAI_PROVIDER := apache-airflow-providers-openai==2.2.0
+
 # Not part of the test suite: 100, 1,000 and 5,000 job triggers in one event loop against the emulator (0 and
-# 100 ms latency), beside two baselines; prints stalls, notice latency, requests, connections, RSS, CPU (~10 min).
+# 100 ms latency), beside two baselines; prints stalls, notice latency, requests, connections, RSS, CPU; then
+# the import cost of the operators module beside the openai provider's (~11 min).
 bench-triggers: venv
 	$(BIN)/python tests/benchmarks/bench_triggers.py --n 100 1000 5000 --latency 0 0.1 --poll-interval 2
-
-# The openai provider is only installed for this comparison, pinned.
-OPENAI_PROVIDER := apache-airflow-providers-openai==2.2.0
+	$(BIN)/uv pip install --quiet --python $(BIN)/python "$(OPENAI_PROVIDER)"
+	$(BIN)/python tests/benchmarks/bench_imports.py --runs 5
 
 # Not part of the test suite: import cost of the operators and sensors modules beside the openai provider's.
 bench-imports: venv
