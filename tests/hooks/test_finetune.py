@@ -65,6 +65,7 @@ ENDPOINTS: list[tuple[str, tuple[Any, ...], dict[str, Any], str, str, Any, type]
         FineTuningJob,
     ),
     ("list_jobs", (), {"limit": 2}, "GET", "fine_tuning/jobs", page([job()]), Page),
+    ("list_job_states", (), {"limit": 100}, "GET", "fine_tuning/jobs", page([job()]), Page),
     ("get_job", ("ftjob-1",), {}, "GET", "fine_tuning/jobs/ftjob-1", job(status="running"), FineTuningJob),
     (
         "cancel_job",
@@ -725,3 +726,17 @@ def test_authentication_error_not_retried(hook: FineTuningHook, api: FakeAPI) ->
     with pytest.raises(AuthenticationError):
         hook.get_job("ftjob-1")
     assert len(api.requests) == 1
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_job_states_are_lean_and_parsed_from_the_json(hook: FineTuningHook, api: FakeAPI, mode: str) -> None:
+    failed = job("ftjob-2", "failed", error={"code": "invalid_training_file", "message": "Line 3", "param": "x"})
+    api.on("GET", "fine_tuning/jobs", page([job("ftjob-1", "running", estimated_finish=1721768400, error={}), failed]))
+    states = (await call(hook, mode, "list_job_states", after="ftjob-0", limit=100)).data
+    assert [(s.id, s.status.value, s.estimated_finish, s.error) for s in states[:1]] == [
+        ("ftjob-1", "running", 1721768400, None)  # an empty error is no error
+    ]
+    assert states[1].error is not None
+    assert states[1].error.describe() == "[invalid_training_file] Line 3 (param: x)"
+    assert not hasattr(states[0], "hyperparameters")  # nothing but the state is built
+    assert api.sent()[0].url.params["after"] == "ftjob-0"
