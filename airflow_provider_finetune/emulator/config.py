@@ -166,6 +166,8 @@ class EmulatorConfig:
     :param timings: phase durations at speed 1.0.
     :param faults: faults injected into requests (none by default).
     :param clock: the time source; tests inject a :class:`ManualClock`.
+    :param ignore_metadata_filter: when true, ``GET /v1/fine_tuning/jobs`` ignores its ``metadata[...]``
+        filter and lists every job, as some gateways and older API versions do.
     """
 
     api_key: str | None = field(default="sk-emulator", repr=False)
@@ -177,6 +179,7 @@ class EmulatorConfig:
     timings: Timings = field(default_factory=Timings)
     faults: FaultConfig = field(default_factory=FaultConfig)
     clock: Clock = field(default=time.time, repr=False, compare=False)
+    ignore_metadata_filter: bool = False
 
     def __post_init__(self) -> None:
         if not self.speed > 0:
