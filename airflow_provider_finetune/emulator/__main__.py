@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--organization", default="org-emulator", help="organization id (default: %(default)s)")
     parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument(
+        "--ignore-metadata-filter",
+        action="store_true",
+        help="list every job whatever the metadata[...] filter of GET /v1/fine_tuning/jobs (as some gateways do)",
+    )
     faults = parser.add_argument_group("fault injection (seeded, per /v1 request)")
     faults.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws (default: %(default)s)")
     faults.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered 500/502/503")
@@ -84,6 +89,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         seed=args.seed,
         db_path=args.db,
         faults=faults,
+        ignore_metadata_filter=args.ignore_metadata_filter,
     )
 
 
