@@ -1,7 +1,19 @@
-"""The emulator's ASGI app: the API under ``/v1`` and a few admin endpoints under ``/_emulator``.
+"""The emulator's ASGI app: the API under ``/v1``, Azure's dialects under ``/openai``, admin under ``/_emulator``.
 
 The API is the fine-tuning, files and uploads API of the spec, plus ``/v1/models`` and
-``/v1/chat/completions``.
+``/v1/chat/completions``. With ``EmulatorConfig.ignore_metadata_filter`` the jobs list ignores its
+``metadata[...]`` filter, as some gateways and older API versions do.
+
+The same trainer, files and jobs are also served in Azure OpenAI's dialects (``../shared/azure-spec``;
+details in :mod:`airflow_provider_finetune.emulator.azure`), with the server's root as the Azure endpoint:
+
+* authoring: ``{endpoint}/openai/fine_tuning/jobs...``, ``{endpoint}/openai/files...``,
+  ``{endpoint}/openai/uploads...`` with ``?api-version=2024-10-21`` or ``?api-version=2025-04-01-preview``
+  (required) and the ``api-key`` header (the preview also takes ``Authorization: Bearer <API key>``);
+* v1: ``{endpoint}/openai/v1/fine_tuning/jobs...``, ``{endpoint}/openai/v1/files...`` with an optional
+  ``api-version`` (``v1`` or ``preview``) and the ``api-key`` header or ``Authorization: Bearer``.
+
+Their answers carry ``apim-request-id`` and their errors have Azure's shapes.
 
 Every answer carries ``x-request-id``; every error has the API's shape
 ``{"error": {"message", "type", "param", "code"}}``. Requests authenticate with
@@ -11,8 +23,9 @@ key when one is configured.
 Admin endpoints (not part of the API; same authentication as the API, except ``health``):
 
 * ``GET /_emulator/health``: ``{"status": "ok"}``, without authentication, for readiness checks;
-* ``GET /_emulator/counters``: requests served by route template, answers by status, jobs and files
-  created, faults injected, distinct client connections (``(host, port)`` pairs) of ``/v1`` requests;
+* ``GET /_emulator/counters``: requests served by route template (``"POST /openai/fine_tuning/jobs"``...),
+  answers by status, jobs and files created, faults injected, distinct client connections
+  (``(host, port)`` pairs) of ``/v1`` and ``/openai`` requests;
 * ``POST /_emulator/reset``: sets the counters back to zero;
 * ``GET /_emulator/faults`` and ``POST /_emulator/faults``: read or change the fault settings (a JSON
   object of :class:`~airflow_provider_finetune.emulator.config.FaultConfig` fields; the fault generator
@@ -36,9 +49,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from airflow_provider_finetune.emulator.azure import azure_error, azure_routes, surface_of
 from airflow_provider_finetune.emulator.config import EmulatorConfig
 from airflow_provider_finetune.emulator.counters import Counters
-from airflow_provider_finetune.emulator.errors import APIError, error_body, invalid_request
+from airflow_provider_finetune.emulator.errors import APIError, error_body_for_path, invalid_request
 from airflow_provider_finetune.emulator.faults import RAW_SEND_KEY, FaultMiddleware
 from airflow_provider_finetune.emulator.files import FileService
 from airflow_provider_finetune.emulator.graders import run_grader, validate_grader
@@ -104,8 +118,9 @@ class Emulator:
 class EmulatorApp:
     """The ASGI app :func:`create_app` returns.
 
-    It stamps ``x-request-id`` on every answer, counts ``/v1`` answers by status and the connections
-    ``/v1`` requests come over, then hands the request to the fault injector and the routes.
+    It stamps ``x-request-id`` on every answer (and ``apim-request-id`` on those under ``/openai``), counts
+    API answers (``/v1`` and ``/openai``) by status and the connections API requests come over, then hands
+    the request to the fault injector and the routes.
 
     :param app: the app behind (fault injection and routes).
     :param emulator: the state, reachable as :attr:`emulator` (tests look at it).
@@ -121,7 +136,8 @@ class EmulatorApp:
             await self.app(scope, receive, send)
             return
         request_id = b"req_" + secrets.token_hex(16).encode()
-        api = scope["path"].startswith("/v1/")
+        api = scope["path"].startswith(("/v1/", "/openai/"))
+        azure = surface_of(scope["path"]) is not None
         statuses = self.emulator.counters.statuses if api else None
         if api:
             self.emulator.counters.connection(scope.get("client"))
@@ -129,7 +145,10 @@ class EmulatorApp:
 
         async def stamped_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
+                headers = [*message.get("headers", []), (b"x-request-id", request_id)]
+                if azure:
+                    headers.append((b"apim-request-id", request_id[len(b"req_") :]))
+                message = {**message, "headers": headers}
                 if statuses is not None:
                     statuses[str(message["status"])] += 1
             await send(message)
@@ -150,7 +169,7 @@ def create_app(config: EmulatorConfig | None = None) -> EmulatorApp:
         yield
         emulator.close()
 
-    routes = _api_routes(emulator) + _admin_routes(emulator)
+    routes = _api_routes(emulator) + _azure_routes(emulator) + _admin_routes(emulator)
     router = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     router.state.emulator = emulator
     faults = FaultMiddleware(router, config.faults, emulator.counters)
@@ -190,7 +209,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message = f"Method {request.method} is not allowed on {request.url.path}"
     else:
         message = str(getattr(exc, "detail", "")) or "Error"
-    return _json(error_body(message, "invalid_request_error"), status)
+    code = "unauthorized" if status == 401 else None
+    return _json(error_body_for_path(request.url.path, status, message, "invalid_request_error", code), status)
 
 
 def _endpoint(emulator: Emulator, key: str, handler: _Handler, *, admin: bool, counted: bool) -> _Handler:
@@ -321,7 +341,9 @@ def _api_routes(emulator: Emulator) -> list[Route]:
 
     async def list_jobs(request: Request) -> Any:
         metadata: dict[str, str] | None = None
-        for name, value in request.query_params.multi_items():
+        # Some gateways and older API versions drop the filter: the emulator can be told to do the same.
+        ignored = emulator.config.ignore_metadata_filter
+        for name, value in [] if ignored else request.query_params.multi_items():
             if name.startswith("metadata[") and name.endswith("]"):
                 metadata = metadata or {}
                 metadata[name[len("metadata[") : -1]] = value
@@ -420,6 +442,33 @@ def _api_routes(emulator: Emulator) -> list[Route]:
         )
         for method, path, handler, admin in table
     ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Azure routes
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _azure_routes(emulator: Emulator) -> list[Route]:
+    """The Azure surfaces' routes: each handler authenticates and checks ``api-version`` itself."""
+
+    def wrap(key: str, handler: _Handler) -> _Handler:
+        async def endpoint(request: Request) -> Response:
+            emulator.counters.requests[key] += 1
+            try:
+                result = await handler(request)
+            except APIError as exc:
+                return _json(azure_error(request.url.path, exc), exc.status, exc.headers)
+            except Exception:
+                logger.exception("Error while handling %s", key)
+                failure = APIError(500, "The emulator failed to handle the request.", error_type="server_error")
+                return _json(azure_error(request.url.path, failure), 500)
+            return result if isinstance(result, Response) else _json(result)
+
+        return endpoint
+
+    helpers = {"body": _body, "query": _query, "form": _form, "form_file": _form_file}
+    return azure_routes(emulator, wrap, _json, helpers)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,11 +1,25 @@
-"""Errors the emulator answers, in the API's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+"""Errors the emulator answers, in the API's shape: ``{"error": {"message", "type", "param", "code"}}``.
+
+On the Azure paths (``/openai/...``) the same errors are rendered in Azure's shapes by
+:func:`azure_error_body`: the authoring surface's ``{"error": {"code", "message", "target", "details",
+"innererror"}}`` with a camelCase code, and v1's ``{"error": {"code", "message", "param", "type": "error",
+"inner_error"}}``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["APIError", "conflict", "error_body", "invalid_request", "not_found"]
+__all__ = [
+    "APIError",
+    "azure_error_body",
+    "conflict",
+    "error_body",
+    "error_body_for_path",
+    "invalid_request",
+    "not_found",
+]
 
 
 class APIError(Exception):
@@ -64,3 +78,66 @@ def conflict(message: str, *, code: str = "invalid_job_state") -> APIError:
     provider's hook) must not retry a request that can never succeed.
     """
     return APIError(409, message, code=code, headers={"x-should-retry": "false"})
+
+
+# Azure authoring's ErrorCode enum has no code per OpenAI code: the HTTP status picks it.
+_AUTHORING_CODES = {
+    400: "invalidPayload",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "notFound",
+    405: "notFound",
+    409: "conflict",
+    413: "invalidPayload",
+    429: "tooManyRequests",
+    500: "internalFailure",
+    502: "serviceUnavailable",
+    503: "serviceUnavailable",
+}
+
+
+def azure_error_body(
+    surface: str,
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    error_type: str = "invalid_request_error",
+) -> dict[str, Any]:
+    """Return an error envelope in the shape of an Azure surface.
+
+    :param surface: ``"authoring"`` (``{"code" (camelCase enum), "message", "target", "details",
+        "innererror"}``) or ``"v1"`` (``{"code", "message", "param", "type": "error", "inner_error"}``).
+    :param status: the HTTP status; on the authoring surface it picks the code.
+    :param message: the message.
+    :param code: the OpenAI-style code, if any (v1 keeps it; a state conflict is ``unexpectedEntityState``
+        on the authoring surface).
+    :param param: the request parameter at fault (``target`` on the authoring surface).
+    :param error_type: the OpenAI-style error type; v1's code when there is no code.
+    """
+    if surface == "v1":
+        v1: dict[str, Any] = {"code": code or error_type, "message": message, "type": "error", "inner_error": None}
+        if param is not None:
+            v1["param"] = param
+        return {"error": v1}
+    azure_code = _AUTHORING_CODES.get(status, "internalFailure" if status >= 500 else "invalidPayload")
+    if status == 409 and code == "invalid_job_state":
+        azure_code = "unexpectedEntityState"
+    error: dict[str, Any] = {"code": azure_code, "message": message or azure_code, "details": []}
+    if param is not None:
+        error["target"] = param
+    # InnerErrorCode's only value is invalidPayload: an inner error says more only for a bad request.
+    error["innererror"] = {"code": "invalidPayload"} if azure_code == "invalidPayload" else {}
+    return {"error": error}
+
+
+def error_body_for_path(
+    path: str, status: int, message: str, error_type: str, code: str | None = None
+) -> dict[str, Any]:
+    """The error envelope an answer on ``path`` has: Azure's shapes under ``/openai``, the API's elsewhere."""
+    if path == "/openai/v1" or path.startswith("/openai/v1/"):
+        return azure_error_body("v1", status, message, code=code, error_type=error_type)
+    if path == "/openai" or path.startswith("/openai/"):
+        return azure_error_body("authoring", status, message, code=code, error_type=error_type)
+    return error_body(message, error_type, code=code)

@@ -1,4 +1,7 @@
-"""Fault injection: a pure ASGI middleware that makes some ``/v1`` requests fail, drawn from a seed.
+"""Fault injection: a pure ASGI middleware that makes some API requests fail, drawn from a seed.
+
+API requests are those under ``/v1`` and under ``/openai`` (the Azure dialects, whose fault answers have
+Azure's error shapes).
 
 A selected request is answered 500/502/503 or 429 (with ``retry-after``), has its connection dropped, or
 is slowed down.
@@ -23,7 +26,7 @@ from typing import Any
 
 from airflow_provider_finetune.emulator.config import FaultConfig
 from airflow_provider_finetune.emulator.counters import Counters
-from airflow_provider_finetune.emulator.errors import error_body
+from airflow_provider_finetune.emulator.errors import error_body_for_path
 
 __all__ = ["RAW_SEND_KEY", "FaultMiddleware"]
 
@@ -57,7 +60,7 @@ if not any(isinstance(item, _QuietDrops) for item in _uvicorn_logger.filters):
 
 
 class FaultMiddleware:
-    """Injects faults into ``/v1`` requests.
+    """Injects faults into API requests (``/v1`` and ``/openai``).
 
     :param app: the ASGI app behind.
     :param config: what to inject; change it at run time with :meth:`configure`.
@@ -81,7 +84,7 @@ class FaultMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Serve one ASGI connection, perhaps with a fault."""
         config = self.config
-        if scope["type"] != "http" or not config.active or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or not config.active or not scope["path"].startswith(("/v1/", "/openai/")):
             await self.app(scope, receive, send)
             return
         if self._match is not None and not self._match.search(f"{scope['method']} {scope['path']}"):
@@ -104,11 +107,11 @@ class FaultMiddleware:
             return
         if fault == "429":
             self._counters.faults["429"] += 1
-            await _rate_limited(send, config.retry_after)
+            await _rate_limited(send, config.retry_after, scope["path"])
             return
         status, message = _SERVER_ERRORS[min(2, int(status_draw * 3))]
         self._counters.faults[str(status)] += 1
-        await _answer(send, status, error_body(message, "server_error"), {})
+        await _answer(send, status, error_body_for_path(scope["path"], status, message, "server_error"), {})
 
 
 def _choose(config: FaultConfig, draw: float) -> str | None:
@@ -125,7 +128,7 @@ async def _discard(message: dict[str, Any]) -> None:
     """A ``send`` that loses the answer of a request handled before its fault."""
 
 
-async def _rate_limited(send: Any, retry_after: float) -> None:
+async def _rate_limited(send: Any, retry_after: float, path: str) -> None:
     seconds = max(0, math.ceil(retry_after))
     headers = {
         "retry-after": str(seconds),
@@ -134,7 +137,9 @@ async def _rate_limited(send: Any, retry_after: float) -> None:
         "x-ratelimit-remaining-requests": "0",
         "x-ratelimit-reset-requests": f"{retry_after:g}s",
     }
-    body = error_body(
+    body = error_body_for_path(
+        path,
+        429,
         f"Rate limit reached for requests (emulated). Please try again in {retry_after:g}s.",
         "requests",
         code="rate_limit_exceeded",

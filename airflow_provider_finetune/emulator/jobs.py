@@ -1,6 +1,7 @@
 """Fine-tuning jobs over the simulated trainer.
 
-Create, list (after, limit, metadata filter), retrieve, pause, resume, cancel, events and checkpoints.
+Create, list (after, limit, metadata filter), retrieve, pause, resume, cancel, events and checkpoints; and
+delete, which only Azure's authoring surface has.
 
 Creating a job checks the request the way the service does at once (the body against the request model,
 the base model and method, the files' existence and purpose) and reads the files' contents then, but
@@ -18,13 +19,14 @@ from typing import Any
 from airflow_provider_finetune.emulator.catalog import BaseModelInfo, find_base_model
 from airflow_provider_finetune.emulator.config import EmulatorConfig
 from airflow_provider_finetune.emulator.counters import Counters
-from airflow_provider_finetune.emulator.errors import invalid_request, not_found
+from airflow_provider_finetune.emulator.errors import conflict, invalid_request, not_found
 from airflow_provider_finetune.emulator.files import FileService
 from airflow_provider_finetune.emulator.graders import check_grader
 from airflow_provider_finetune.emulator.params import newest_first_page, parse_body, parse_limit
 from airflow_provider_finetune.emulator.store import Record, Store, token
 from airflow_provider_finetune.emulator.trainer import (
     FORCE_FAILURE_KEY,
+    TERMINAL,
     SimJob,
     durations,
     plan_training,
@@ -296,7 +298,10 @@ class JobService:
         data: list[dict[str, Any]] = []
         has_more = False
         for index in range(end - 1, -1, -1):
-            job = self._jobs[self._order[positions[index]]]
+            found = self._jobs.get(self._order[positions[index]])
+            if found is None:  # deleted: its id stays in the order as a tombstone
+                continue
+            job = found
             job_metadata = job.record.get("metadata") or {}
             if any(job_metadata.get(key) != value for key, value in others):
                 continue
@@ -305,6 +310,23 @@ class JobService:
                 break
             data.append(self.render(job, now))
         return {"object": "list", "data": data, "has_more": has_more}
+
+    def delete(self, job_id: str) -> None:
+        """Delete a job that has ended (``DELETE /fine_tuning/jobs/{id}``, Azure authoring only).
+
+        A job that has not ended is a conflict: the emulator asks for a cancel first rather than stopping a
+        job as a side effect of a delete. Its models (fine-tuned and checkpoints) go with it.
+        """
+        job = self.get(job_id)
+        status = job.snapshot(self._clock()).status
+        if status not in TERMINAL:
+            raise conflict(f"Job {job_id} cannot be deleted: its status is {status!r}; cancel it first")
+        del self._jobs[job_id]
+        # Its id stays in `_order` (positions of later jobs and the metadata index stay valid); listing skips it.
+        self._positions.pop(job_id, None)
+        for name in [name for name, (owner, _) in self._models.items() if owner == job_id]:
+            del self._models[name]
+        self._store.delete("job", job_id)
 
     # -- transitions -------------------------------------------------------------------------------------
 
