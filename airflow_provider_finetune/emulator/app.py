@@ -209,8 +209,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message = f"Method {request.method} is not allowed on {request.url.path}"
     else:
         message = str(getattr(exc, "detail", "")) or "Error"
-    code = "unauthorized" if status == 401 else None
-    return _json(error_body_for_path(request.url.path, status, message, "invalid_request_error", code), status)
+    return _json(error_body_for_path(request.url.path, status, message, "invalid_request_error"), status)
 
 
 def _endpoint(emulator: Emulator, key: str, handler: _Handler, *, admin: bool, counted: bool) -> _Handler:
