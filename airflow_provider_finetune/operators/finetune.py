@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 from airflow.sdk import BaseOperator
 
 from airflow_provider_finetune._compat import conf
+from airflow_provider_finetune._templating import number as _number
 from airflow_provider_finetune.links.finetune import FineTuningJobLink
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ __all__ = [
     "task_tag",
 ]
 
-_NUMBER = re.compile(r"^-?\d+(\.\d+)?([eE]-?\d+)?$")
 _HYPERPARAMETERS = frozenset(
     {
         "n_epochs",
@@ -67,14 +67,6 @@ def _seconds(value: float | timedelta | None) -> float | None:
     if value is None:
         return None
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
-
-
-def _number(value: Any) -> Any:
-    """A number rendered by a template as text (``"3"``) back to a number; anything else as it is."""
-    if isinstance(value, str) and _NUMBER.match(value.strip()):
-        text = value.strip()
-        return int(text) if re.fullmatch(r"-?\d+", text) else float(text)
-    return value
 
 
 def _hyperparameters(block: Any) -> Any:
@@ -409,8 +401,12 @@ class _JobActionOperator(_FineTuningOperator):
     operator_extra_links = (FineTuningJobLink(),)
     #: The hook method that applies the action.
     action: str = ""
+    #: The action in words, for messages.
+    verb: str = ""
     #: Statuses in which the action has nothing left to do.
     done_statuses: frozenset[str] = frozenset()
+    #: Statuses in which the action can no longer be applied: refused before any request is sent.
+    refused_statuses: frozenset[str] = frozenset()
     #: Statuses the action leads to, that ``wait_for_completion`` waits for.
     target_statuses: frozenset[str] = frozenset()
 
@@ -418,12 +414,13 @@ class _JobActionOperator(_FineTuningOperator):
         self,
         *,
         job_id: str,
+        finetune_conn_id: str = "finetune_default",
         wait_for_completion: bool = False,
         poll_interval: float = 10.0,
         timeout: float | timedelta | None = 600,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(finetune_conn_id=finetune_conn_id, **kwargs)
         self.job_id = job_id
         self.wait_for_completion = wait_for_completion
         self.poll_interval = poll_interval
@@ -436,6 +433,11 @@ class _JobActionOperator(_FineTuningOperator):
 
         job = self.hook.get_job(self.job_id)
         self._push_job(context, job)
+        if job.status.value in self.refused_statuses:
+            # Said here, in the job's own words, rather than as the service's 409 to the action.
+            raise FineTuningError(
+                f"Cannot {self.verb} fine-tuning job {job.id}: it has already ended ({job.status.value})"
+            )
         if job.status.value in self.done_statuses:
             self.log.info("Job %s is already %s: nothing to do", job.id, job.status)
         else:
@@ -467,45 +469,64 @@ class _JobActionOperator(_FineTuningOperator):
 
 
 class FineTuningJobCancelOperator(_JobActionOperator):
-    """Cancel a fine-tuning job; a job that has already ended is left as it is.
+    """Cancel a fine-tuning job; a job that has already ended (succeeded, failed, cancelled) is left as it is.
+
+    The return value (and the XCom ``status``) is the job's status: ``cancelled``, or the status it had
+    already ended with.
 
     :param job_id: the job (templated).
-    :param wait_for_completion: wait until the job is cancelled.
+    :param finetune_conn_id: the connection.
+    :param wait_for_completion: wait until the job has ended (``cancelled``, or another end it reached first).
     :param poll_interval: seconds between polls while waiting.
     :param timeout: how long to wait.
     """
 
     action = "cancel_job"
+    verb = "cancel"
     done_statuses = frozenset({"succeeded", "failed", "cancelled"})
-    target_statuses = frozenset({"cancelled"})
+    # A job that ended while being cancelled has nothing left to cancel either.
+    target_statuses = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class FineTuningJobPauseOperator(_JobActionOperator):
     """Pause a fine-tuning job; pausing a paused (or pausing) job is fine.
 
+    A job that has ended (succeeded, failed, cancelled) cannot be paused: the task fails with a message
+    naming the job and its status, and no pause request is sent.
+
     :param job_id: the job (templated).
-    :param wait_for_completion: wait until the job is ``paused``.
+    :param finetune_conn_id: the connection.
+    :param wait_for_completion: wait until the job is ``paused``; a job that ends instead fails the task.
     :param poll_interval: seconds between polls while waiting.
     :param timeout: how long to wait.
     """
 
     action = "pause_job"
+    verb = "pause"
     done_statuses = frozenset({"paused", "pausing"})
+    refused_statuses = frozenset({"succeeded", "failed", "cancelled"})
     target_statuses = frozenset({"paused"})
 
 
 class FineTuningJobResumeOperator(_JobActionOperator):
-    """Resume a paused fine-tuning job; resuming a job that is not paused is fine.
+    """Resume a paused fine-tuning job; resuming a job that is validating, queued or running is fine.
+
+    A job that has ended (succeeded, failed, cancelled) cannot be resumed: the task fails with a message
+    naming the job and its status, and no resume request is sent.
 
     :param job_id: the job (templated).
-    :param wait_for_completion: wait until the job is running again.
+    :param finetune_conn_id: the connection.
+    :param wait_for_completion: wait until the job runs (``running``) or ends; ``queued`` is still waited
+        through. The task returns ``running`` or ``succeeded``; a job that ends failed or cancelled fails it.
     :param poll_interval: seconds between polls while waiting.
-    :param timeout: how long to wait.
+    :param timeout: how long to wait; a job still queued when it passes fails the task.
     """
 
     action = "resume_job"
+    verb = "resume"
     done_statuses = frozenset({"validating_files", "queued", "running"})
-    target_statuses = frozenset({"queued", "running", "succeeded"})
+    refused_statuses = frozenset({"succeeded", "failed", "cancelled"})
+    target_statuses = frozenset({"running", "succeeded"})
 
 
 # -- files ---------------------------------------------------------------------------------------------------

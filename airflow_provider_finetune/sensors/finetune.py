@@ -18,17 +18,22 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_finetune._compat import conf
+from airflow_provider_finetune._templating import is_template, number
 from airflow_provider_finetune.checkpoints import CheckpointCondition
 from airflow_provider_finetune.exceptions import FineTuningError, InvalidRequestError
 from airflow_provider_finetune.waiting import TERMINAL, WAIT_ERROR, WAIT_TIMEOUT
 
 if TYPE_CHECKING:
+    import jinja2
     from airflow.sdk import Context
 
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
     from airflow_provider_finetune.models import FineTuningJob, FineTuningJobCheckpoint
 
 __all__ = ["FineTuningCheckpointSensor", "FineTuningJobSensor"]
+
+#: What fails a job sensor when no failure statuses are given, less the statuses it waits for.
+DEFAULT_FAILURE_STATUSES = frozenset({"failed", "cancelled"})
 
 
 def _statuses(value: str | Collection[str], name: str) -> frozenset[str]:
@@ -86,6 +91,42 @@ class _FineTuningSensor(BaseSensorOperator):
 
         return FineTuningHook(self.finetune_conn_id)
 
+    def _mode_templated(self) -> bool:
+        """Whether ``mode`` is a template, known only once rendered on the worker."""
+        return "mode" in self.template_fields and is_template(self.mode)
+
+    def _validate_input_values(self) -> None:
+        """Airflow's checks of the arguments, made in ``__init__``; a templated ``mode`` is checked once rendered."""
+        if not self._mode_templated():
+            super()._validate_input_values()
+            return
+        mode = self.mode
+        self.mode = "poke"  # a stand-in, so that Airflow checks everything else
+        try:
+            super()._validate_input_values()
+        finally:
+            self.mode = mode
+
+    @property
+    def reschedule(self) -> bool:
+        """Whether the sensor frees its worker slot between pokes (``mode="reschedule"``).
+
+        Airflow serializes this when the DAG is parsed, and the scheduler reads it to decide whether a
+        reschedule date holds the task back. A templated mode may still render to ``reschedule``, so it
+        counts as one until rendered: the scheduler then looks for a reschedule request (as it does for
+        mapped sensors, whose mode it cannot know either) and finds none for a sensor that pokes. Else
+        Airflow 3.1 would run a rescheduled sensor again at once, ignoring ``poke_interval``.
+        """
+        return self.mode == "reschedule" or self._mode_templated()
+
+    def render_template_fields(self, context: Context, jinja_env: jinja2.Environment | None = None) -> None:
+        """Render the templated fields, then check what only rendering made known."""
+        super().render_template_fields(context, jinja_env)
+        if isinstance(self.mode, str):
+            self.mode = self.mode.strip()
+        if self.mode not in self.valid_modes:
+            raise InvalidRequestError(f"mode must be {' or '.join(self.valid_modes)}, got {self.mode!r}", field="mode")
+
     def _deadline(self) -> float:
         """The sensor's ``timeout`` as an absolute time, so that a triggerer restart does not reset it."""
         return time.time() + float(self.timeout)
@@ -114,7 +155,9 @@ class FineTuningJobSensor(_FineTuningSensor):
     ``succeeded``, else the status itself (e.g. ``"running"`` for ``target_statuses=("running",)``); the
     status is also pushed under the key ``status``.
 
-    A status in ``failure_statuses`` fails the task with the job's error code, message and param. So does
+    A status in ``failure_statuses`` fails the task with the job's error code, message and param; by
+    default these are ``failed`` and ``cancelled``, less the target statuses (so ``target_statuses=
+    ["cancelled"]`` waits for a cancel and still fails on ``failed``). So does
     a terminal status (succeeded, failed, cancelled) that is not a target, since the job never leaves it.
     Any other status (``paused``, ``queued``, a status the service adds later) keeps the sensor waiting,
     and so does a transient failure to read the job (rate limit, 5xx, dropped connection): only the
@@ -124,7 +167,8 @@ class FineTuningJobSensor(_FineTuningSensor):
 
     :param job_id: the job (templated).
     :param target_statuses: the statuses to wait for.
-    :param failure_statuses: the statuses that fail the task at once.
+    :param failure_statuses: the statuses that fail the task at once; by default ``failed`` and ``cancelled``
+        that are not targets. A status given here and in ``target_statuses`` too is refused.
     :param finetune_conn_id: the connection.
     :param deferrable: wait in the triggerer instead of on the worker; ``poke_interval`` is then the
         trigger's poll interval and ``timeout`` an absolute deadline from the start of the try.
@@ -138,16 +182,20 @@ class FineTuningJobSensor(_FineTuningSensor):
         *,
         job_id: str,
         target_statuses: str | Collection[str] = ("succeeded",),
-        failure_statuses: str | Collection[str] = ("failed", "cancelled"),
+        failure_statuses: str | Collection[str] | None = None,
         finetune_conn_id: str = "finetune_default",
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
         super().__init__(job_id=job_id, finetune_conn_id=finetune_conn_id, deferrable=deferrable, **kwargs)
         self.target_statuses = _statuses(target_statuses, "target_statuses")
-        self.failure_statuses = _statuses(failure_statuses, "failure_statuses")
         if not self.target_statuses:
             raise InvalidRequestError("target_statuses must name at least one status", field="target_statuses")
+        if failure_statuses is None:
+            # A status waited for is no failure: only what the user states twice is a contradiction.
+            self.failure_statuses = DEFAULT_FAILURE_STATUSES - self.target_statuses
+            return
+        self.failure_statuses = _statuses(failure_statuses, "failure_statuses")
         overlap = self.target_statuses & self.failure_statuses
         if overlap:
             raise InvalidRequestError(
@@ -246,38 +294,89 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
     ``fine_tuned_model_checkpoint`` and ``metrics``. When the job has ended and no checkpoint meets the
     condition, the task fails at once: waiting longer cannot help.
 
+    The condition and ``mode`` may be templates (``"{{ params.threshold }}"``) or an upstream task's
+    output; numbers rendered as text come back as numbers. Plain values are checked when the DAG file is
+    parsed, templated ones as soon as they are rendered, before any request.
+
     :param job_id: the job (templated).
-    :param min_checkpoints: how many checkpoints the job must have at least.
-    :param metric: a checkpoint metric (``valid_loss``, ``full_valid_mean_token_accuracy``...).
-    :param threshold: with ``metric``, the value a checkpoint's metric must reach.
-    :param metric_mode: ``min`` when lower is better, ``max`` when higher is better (named so because
-        ``mode`` is the sensor's poke or reschedule mode).
+    :param min_checkpoints: how many checkpoints the job must have at least (templated).
+    :param metric: a checkpoint metric (templated): ``valid_loss``, ``full_valid_mean_token_accuracy``...
+    :param threshold: with ``metric``, the value a checkpoint's metric must reach (templated).
+    :param metric_mode: ``min`` when lower is better, ``max`` when higher is better (templated; named so
+        because ``mode`` is the sensor's poke or reschedule mode).
     :param finetune_conn_id: the connection.
     :param deferrable: wait in the triggerer instead of on the worker.
     :param poke_interval: seconds (or a timedelta) between reads of the checkpoints.
     :param timeout: how long to wait before failing with ``AirflowSensorTimeout``.
-    :param mode: ``poke`` or ``reschedule``.
+    :param mode: ``poke`` or ``reschedule`` (templated). A templated mode takes effect when the task runs;
+        until then the scheduler treats the sensor as one that may reschedule (see :attr:`reschedule`).
     """
+
+    template_fields: Sequence[str] = ("job_id", "min_checkpoints", "metric", "threshold", "metric_mode", "mode")
 
     def __init__(
         self,
         *,
         job_id: str,
-        min_checkpoints: int = 1,
+        min_checkpoints: int | str = 1,
         metric: str | None = None,
-        threshold: float | None = None,
+        threshold: float | str | None = None,
         metric_mode: str = "min",
         finetune_conn_id: str = "finetune_default",
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
         super().__init__(job_id=job_id, finetune_conn_id=finetune_conn_id, deferrable=deferrable, **kwargs)
-        self.min_checkpoints = min_checkpoints
-        self.metric = metric
-        self.threshold = threshold
-        self.metric_mode = metric_mode
-        # Checked now, when the DAG is parsed: these arguments are not templated.
-        self.condition = CheckpointCondition(min_checkpoints, metric, threshold, metric_mode)
+        self.min_checkpoints: Any = min_checkpoints
+        self.metric: Any = metric
+        self.threshold: Any = threshold
+        self.metric_mode: Any = metric_mode
+        self._condition: CheckpointCondition | None = None
+        if not any(is_template(value) for value in (min_checkpoints, metric, threshold, metric_mode)):
+            self._condition = self._make_condition()  # checked now, when the DAG file is parsed
+
+    @property
+    def condition(self) -> CheckpointCondition:
+        """What the sensor waits for, from the (rendered) arguments."""
+        if self._condition is None:
+            self._condition = self._make_condition()
+        return self._condition
+
+    def render_template_fields(self, context: Context, jinja_env: jinja2.Environment | None = None) -> None:
+        """Render the templated fields, then check the condition they make, before any request."""
+        super().render_template_fields(context, jinja_env)
+        self._condition = self._make_condition()
+
+    def _make_condition(self) -> CheckpointCondition:
+        """Check the arguments into a condition; numbers rendered as text become numbers again."""
+        min_checkpoints = number(self.min_checkpoints)
+        if isinstance(min_checkpoints, bool) or not isinstance(min_checkpoints, int):
+            raise InvalidRequestError(
+                f"min_checkpoints must be a whole number, got {self.min_checkpoints!r}", field="min_checkpoints"
+            )
+        threshold = number(self.threshold)
+        if threshold is not None and threshold != "":
+            if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+                raise InvalidRequestError(f"threshold must be a number, got {self.threshold!r}", field="threshold")
+            threshold = float(threshold)
+        else:
+            threshold = None  # rendered from an empty or missing value
+        metric = self.metric.strip() if isinstance(self.metric, str) else self.metric
+        if metric is not None and not isinstance(metric, str):
+            raise InvalidRequestError(f"metric must be a metric's name, got {self.metric!r}", field="metric")
+        metric_mode = self.metric_mode.strip() if isinstance(self.metric_mode, str) else self.metric_mode
+        if metric_mode not in ("min", "max"):
+            raise InvalidRequestError(
+                f"metric_mode must be 'min' or 'max', got {self.metric_mode!r}", field="metric_mode"
+            )
+        condition = CheckpointCondition(min_checkpoints, metric or None, threshold, metric_mode)
+        self.min_checkpoints, self.metric, self.threshold, self.metric_mode = (
+            condition.min_checkpoints,
+            condition.metric,
+            condition.threshold,
+            condition.mode,
+        )
+        return condition
 
     def poke(self, context: Context) -> PokeReturnValue:
         """Read the job, then its checkpoints: done when one meets the condition; fail if the job ended."""
@@ -313,10 +412,10 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
             trigger=FineTuningCheckpointTrigger(
                 self.job_id,
                 finetune_conn_id=self.finetune_conn_id,
-                min_checkpoints=self.min_checkpoints,
-                metric=self.metric,
-                threshold=self.threshold,
-                mode=self.metric_mode,
+                min_checkpoints=self.condition.min_checkpoints,
+                metric=self.condition.metric,
+                threshold=self.condition.threshold,
+                mode=self.condition.mode,
                 poll_interval=self.poke_interval,
                 deadline=self._deadline(),
             ),

@@ -197,12 +197,72 @@ def test_job_sensor_reschedule_mode_frees_the_worker(
 
 
 def test_job_sensor_refuses_bad_arguments_when_the_dag_is_parsed() -> None:
-    with pytest.raises(InvalidRequestError, match="both a target and a failure status"):
-        job_sensor(target_statuses=("succeeded", "failed"))
+    with pytest.raises(InvalidRequestError, match="failed cannot be both a target and a failure status"):
+        job_sensor(target_statuses=("succeeded", "failed"), failure_statuses=("failed", "cancelled"))
     with pytest.raises(InvalidRequestError, match="at least one status"):
         job_sensor(target_statuses=())
     assert job_sensor(target_statuses="running").target_statuses == {"running"}
     assert FineTuningJobSensor.template_fields == ("job_id",)
+
+
+@pytest.mark.parametrize(
+    ("targets", "failures"),
+    [
+        (["cancelled"], {"failed"}),
+        (("succeeded", "failed"), {"cancelled"}),
+        (("failed", "cancelled"), set()),
+        ("running", {"failed", "cancelled"}),
+    ],
+)
+def test_job_sensor_target_statuses_leave_the_default_failure_statuses(targets: Any, failures: set[str]) -> None:
+    sensor = job_sensor(target_statuses=targets)
+
+    assert sensor.failure_statuses == failures
+
+
+def test_job_sensor_waits_for_cancelled(api: FakeAPI, connection: dict[str, Any], context: dict[str, Any]) -> None:
+    api.on("GET", JOB, job(status="running"), job(status="cancelled"))
+
+    assert job_sensor(target_statuses=["cancelled"]).execute(context) == "cancelled"
+    assert len(api.requests) == 2
+
+
+def test_job_sensor_waiting_for_cancelled_still_fails_on_failed(
+    api: FakeAPI, connection: dict[str, Any], context: dict[str, Any]
+) -> None:
+    api.on("GET", JOB, FAILED)
+
+    with pytest.raises(FineTuningJobFailed, match="is failed"):
+        job_sensor(target_statuses=["cancelled"]).poke(context)
+
+
+@pytest.mark.parametrize(
+    ("targets", "failures", "both"),
+    [
+        (["cancelled"], ["cancelled"], "cancelled"),
+        (("succeeded", "failed"), ("failed", "cancelled"), "failed"),
+        (("running", "paused"), ("paused", "running"), "paused, running"),
+        ("cancelled", "cancelled", "cancelled"),
+    ],
+)
+def test_job_sensor_refuses_a_status_stated_as_both_target_and_failure(targets: Any, failures: Any, both: str) -> None:
+    with pytest.raises(InvalidRequestError, match=f"^{both} cannot be both a target and a failure status$") as info:
+        job_sensor(target_statuses=targets, failure_statuses=failures)
+
+    assert info.value.field == "failure_statuses"
+
+
+def test_job_sensor_deferred_with_cancelled_as_target(
+    api: FakeAPI, connection: dict[str, Any], context: dict[str, Any]
+) -> None:
+    sensor = job_sensor(deferrable=True, target_statuses=["cancelled"])
+
+    with pytest.raises(TaskDeferred) as info:
+        sensor.execute(context)
+    api.on("GET", JOB, job(status="cancelled"))
+
+    assert info.value.trigger.serialize()[1]["target_statuses"] == ["cancelled", "failed"]
+    assert sensor.execute_complete(context, event("cancelled")) == "cancelled"
 
 
 # -- FineTuningJobSensor: deferrable ---------------------------------------------------------------------------
