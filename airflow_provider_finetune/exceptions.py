@@ -3,13 +3,19 @@
 ``FineTuningAPIError`` answers "the service said no" and carries what the service said (status, code,
 param, message, request id); ``FineTuningConnectionError`` and ``FineTuningTimeoutError`` answer "we never
 heard back". ``InvalidRequestError`` is raised before anything is sent.
+
+Inside Airflow every error here is an ``AirflowException``, which Airflow handles as its own (a deferrable
+sensor's ``soft_fail`` skips on it, for one). This module does not import Airflow to get it, though: the
+emulator and the models use these errors and must start without Airflow's import (seconds). The base is
+``AirflowException`` when Airflow is already loaded, as it is in every Airflow process (task, triggerer, DAG
+processor, scheduler) before a provider module; a process that imports the models or the emulator with no
+Airflow loaded gets plain ``Exception`` subclasses, with the same attributes and messages.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from airflow.exceptions import AirflowException
+import sys
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "AuthenticationError",
@@ -31,7 +37,24 @@ __all__ = [
 ]
 
 
-class FineTuningError(AirflowException):
+def _airflow_or_plain_base() -> type[Exception]:
+    """``AirflowException`` if Airflow is already loaded, else ``Exception`` (loading it costs seconds)."""
+    if "airflow" not in sys.modules:
+        return Exception
+    try:
+        from airflow.exceptions import AirflowException
+    except ImportError:  # a module of that name that is not Airflow
+        return Exception
+    return AirflowException
+
+
+if TYPE_CHECKING:
+    from airflow.exceptions import AirflowException as _Base
+else:
+    _Base = _airflow_or_plain_base()
+
+
+class FineTuningError(_Base):
     """Base class of every error this provider raises."""
 
 
