@@ -4,7 +4,12 @@ No API key and no bill: the demo starts the emulator on a free loopback port, po
 ``finetune_default`` connection at it, prepares a throw-away Airflow home (metadata database, DAGs
 serialized), runs ``example_finetune_retraining`` with ``dag.test()`` (the create task defers and the
 trigger runs), shows the interesting lines as they come, then prints the fine-tuned model and the
-checkpoint metrics, and stops the emulator. The whole Airflow log is kept in ``demo.log``.
+checkpoint metrics, and stops the emulator. The whole Airflow log is kept in ``.demo/demo.log`` (ignored by
+git).
+
+The demo's Airflow is its own, whatever Airflow the caller's shell points at: every inherited Airflow
+setting (``AIRFLOW_HOME``, ``AIRFLOW_CONFIG``, ``AIRFLOW__*``, ``AIRFLOW_CONN_*``...) is dropped before anything
+starts, so the caller's metadata database, DAGs and connections are neither read nor written.
 """
 
 from __future__ import annotations
@@ -17,10 +22,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# Under a folder that git ignores, so that a demo leaves the work tree clean.
+DEFAULT_LOG = REPO / ".demo" / "demo.log"
+# The longest line the demo prints (the log keeps every line whole).
+WIDTH = 200
 DAG_ID = "example_finetune_retraining"
 API_KEY = "sk-demo-local-emulator"
 SUMMARY = "DEMO-SUMMARY "
@@ -37,12 +47,21 @@ def main() -> int:
     """Run the demo; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed", type=float, default=4.0, help="emulator speed (1.0: a job takes about a minute)")
-    parser.add_argument("--log", default="demo.log", help="where the whole Airflow log goes")
+    parser.add_argument(
+        "--log", default=str(DEFAULT_LOG), help="where the whole Airflow log goes (default: %(default)s)"
+    )
     parser.add_argument("--run-dag", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_dag:
         return _run_dag()
+    _forget_callers_airflow(os.environ)
     return _demo(args.speed, Path(args.log))
+
+
+def _forget_callers_airflow(environ: MutableMapping[str, str]) -> None:
+    """Drop every Airflow setting inherited from the caller: the demo's Airflow is its own."""
+    for name in [name for name in environ if name.startswith(("AIRFLOW_", "_AIRFLOW"))]:
+        del environ[name]
 
 
 def _demo(speed: float, log_path: Path) -> int:
@@ -52,6 +71,7 @@ def _demo(speed: float, log_path: Path) -> int:
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "example_dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "FINETUNE_EXAMPLE_POLL_INTERVAL": "1",
@@ -83,6 +103,7 @@ def _demo(speed: float, log_path: Path) -> int:
 def _follow(command: list[str], env: dict[str, str], log_path: Path) -> dict[str, Any] | None:
     """Run the DAG in a child process, echo the interesting lines, and return its summary."""
     summary: dict[str, Any] | None = None
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with (
         log_path.open("w") as log,
         subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as child,
@@ -103,7 +124,22 @@ def _shown(line: str) -> str | None:
     step = STEP.search(text)
     if step and int(step.group(1)) % 10 and step.group(1) != step.group(2):
         return None  # every tenth training step is enough to watch it learn
-    return f"  {text[:200]}"
+    return f"  {shorten(text)}"
+
+
+def shorten(text: str, width: int = WIDTH) -> str:
+    """``text`` if it fits in ``width`` characters, else cut at the last word that fits, with `` …`` after it.
+
+    A single word too long to cut between words (a long token or JSON) is cut inside, still marked.
+    """
+    if len(text) <= width:
+        return text
+    room = width - 2  # for " …"
+    cut = text.rfind(" ", 0, room + 1)
+    # A cut that would keep less than half the room loses too much: cut the long word instead.
+    if cut < room // 2:
+        return text[: width - 1] + "…"
+    return text[:cut].rstrip() + " …"
 
 
 def _run_dag() -> int:
@@ -141,7 +177,7 @@ def _print_summary(summary: dict[str, Any], seconds: float) -> None:
         print(f"             {metrics}")
     for task_id, key, value in summary["xcoms"]:
         if key == "return_value" and task_id not in ("fine_tune",) and isinstance(value, dict | str | float):
-            print(f"{task_id}: {json.dumps(value, default=str)[:200]}")
+            print(shorten(f"{task_id}: {json.dumps(value, default=str)}"))
     print("=" * 78)
 
 
