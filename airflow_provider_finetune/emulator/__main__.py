@@ -8,6 +8,8 @@ Examples::
 
 The API key comes from ``--api-key`` or the ``FINETUNE_EMULATOR_API_KEY`` environment variable
 (default ``sk-emulator``); it is never printed.
+
+The emulator imports no Airflow: it starts in well under a second, and runs where Airflow is not installed.
 """
 
 from __future__ import annotations
@@ -17,16 +19,35 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 
 import uvicorn
 
 from airflow_provider_finetune.emulator.app import create_app
-from airflow_provider_finetune.emulator.config import EmulatorConfig, FaultConfig
+from airflow_provider_finetune.emulator.config import EmulatorConfig, FaultConfig, Timings
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
 API_KEY_ENV = "FINETUNE_EMULATOR_API_KEY"
 ADMIN_KEY_ENV = "FINETUNE_EMULATOR_ADMIN_KEY"
+_TIMINGS = Timings()
+
+EPILOG = f"""\
+admin endpoints (beside the API under /v1; health needs no key, the others take the API key (--api-key)
+or the admin key, as 'Authorization: Bearer <key>' or 'api-key: <key>'):
+  GET  /_emulator/health     readiness: {{"status": "ok"}}
+  GET  /_emulator/counters   requests by route, answers by status, jobs and files created, faults injected
+  POST /_emulator/reset      set the counters back to zero
+  GET  /_emulator/faults     the fault settings
+  POST /_emulator/faults     change them (the draws restart from the seed) with a JSON object of
+                             {", ".join(f.name for f in fields(FaultConfig))}
+
+simulated time: a job validates ({_TIMINGS.validating:g} s), queues ({_TIMINGS.queued:g} s), then trains \
+{_TIMINGS.step:g} s per step,
+at least {_TIMINGS.min_running:g} s and at most {_TIMINGS.max_running:g} s (--max-training-seconds) whatever the \
+data size: a large
+training file trains faster per step, not longer. Every duration is divided by --speed.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,10 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finetune-emulator",
         description="Serve a local emulator of the OpenAI fine-tuning API (files, uploads, jobs, graders).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8089, help="port to listen on (default: %(default)s)")
     parser.add_argument("--speed", type=float, default=1.0, help="simulated time per second (default: %(default)s)")
+    parser.add_argument(
+        "--max-training-seconds",
+        type=float,
+        default=_TIMINGS.max_running,
+        metavar="SECONDS",
+        help="cap on a job's training time whatever the data size, in simulated seconds (default: %(default)g)",
+    )
     parser.add_argument("--db", metavar="PATH", help="SQLite file that keeps state across restarts")
     parser.add_argument("--seed", type=int, default=0, help="seed of ids, metrics and answers (default: %(default)s)")
     parser.add_argument("--api-key", help=f"the key clients must send (default: ${API_KEY_ENV} or sk-emulator)")
@@ -81,6 +111,9 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         match=args.fault_match,
         after_processing=args.fault_after_processing,
     )
+    cap = args.max_training_seconds
+    # A cap below the shortest training time lowers that too: the cap is what the user asked for.
+    timings = Timings(max_running=cap, min_running=min(_TIMINGS.min_running, max(cap, 0.0)))
     return EmulatorConfig(
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or "sk-emulator",
         admin_key=args.admin_key or os.environ.get(ADMIN_KEY_ENV) or None,
@@ -88,6 +121,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         speed=args.speed,
         seed=args.seed,
         db_path=args.db,
+        timings=timings,
         faults=faults,
         ignore_metadata_filter=args.ignore_metadata_filter,
     )

@@ -58,7 +58,8 @@ class Timings:
     :param queued: time in ``queued`` before training starts.
     :param step: time per training step.
     :param min_running: shortest training time, whatever the step count.
-    :param max_running: longest training time: large datasets train faster per step instead of longer.
+    :param max_running: longest training time, whatever the data size: large datasets train faster per step
+        instead of longer (``finetune-emulator --max-training-seconds``).
     :param requeue: time in ``queued`` after a resume, before training goes on.
     """
 
@@ -68,6 +69,13 @@ class Timings:
     min_running: float = 30.0
     max_running: float = 120.0
     requeue: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.max_running > 0:
+            raise ValueError(f"max_running must be greater than 0, got {self.max_running}")
+        negative = [item.name for item in fields(self) if getattr(self, item.name) < 0]
+        if negative:
+            raise ValueError(f"{', '.join(negative)} must not be negative")
 
 
 @dataclass(frozen=True)

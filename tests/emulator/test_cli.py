@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from airflow_provider_finetune.emulator.__main__ import build_parser, config_from_args
+from airflow_provider_finetune.emulator.trainer import durations
 
 
 def test_arguments_become_a_config(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,3 +100,49 @@ def test_the_command_serves_until_interrupted() -> None:
     assert process.returncode == 0
     assert f"serving http://127.0.0.1:{port}/v1" in err
     assert key not in out + err
+
+
+def test_help_names_the_admin_endpoints_their_key_and_the_training_cap() -> None:
+    # The command, as a user runs it (the console script's module), not the parser object.
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_finetune.emulator", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    text = " ".join(done.stdout.split())
+    for endpoint in (
+        "GET /_emulator/health",
+        "GET /_emulator/counters",
+        "POST /_emulator/reset",
+        "GET /_emulator/faults",
+        "POST /_emulator/faults",
+    ):
+        assert endpoint in text
+    assert "health needs no key" in text
+    assert "the API key (--api-key)" in text
+    assert "--max-training-seconds" in text
+    assert "120 s" in text
+    assert "whatever the data size" in text
+
+
+def test_the_training_cap_is_a_flag() -> None:
+    assert config_from_args(build_parser().parse_args([])).timings.max_running == 120.0
+    config = config_from_args(build_parser().parse_args(["--max-training-seconds", "30", "--speed", "10"]))
+    assert config.timings.max_running == 30.0
+    assert config.timings.min_running == 30.0  # the floor never exceeds the cap
+    # A job of 10,000 steps trains for the cap (in simulated seconds), scaled by the speed.
+    assert durations(config.timings, config.speed, 10_000)["running"] == 3.0
+    short = config_from_args(build_parser().parse_args(["--max-training-seconds", "10"]))
+    assert short.timings.min_running == 10.0
+    assert durations(short.timings, short.speed, 10_000)["running"] == 10.0
+
+
+def test_a_training_cap_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    from airflow_provider_finetune.emulator.__main__ import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--max-training-seconds", "0"])
+    assert exited.value.code == 2
+    assert "max_running must be greater than 0" in capsys.readouterr().err
