@@ -2,8 +2,11 @@
 
 :func:`watch` decides everything (when to poll, what to log, when the wait is over, how many failed polls
 in a row end it) without doing I/O; :func:`wait_sync` and :func:`wait_async` carry out its steps with the
-hook's sync and async calls. So a deferred wait and a wait on the worker end the same way, with the same
-progress lines.
+hook's sync and async calls, and the triggerer's shared poller
+(:meth:`airflow_provider_finetune.triggers.poller.JobPoller.wait`) carries them out with coalesced reads. So a
+deferred wait and a wait on the worker end the same way, with the same progress lines.
+
+This module knows nothing of the poller: the poller builds on the rules here, never the other way round.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from airflow_provider_finetune.exceptions import (
 if TYPE_CHECKING:
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
     from airflow_provider_finetune.models import FineTuningJob, FineTuningJobEvent, JobState
-    from airflow_provider_finetune.triggers.poller import JobPoller
 
 __all__ = [
     "TERMINAL",
@@ -38,6 +40,7 @@ __all__ = [
     "Pause",
     "Poll",
     "describe_event",
+    "newer_events",
     "wait_async",
     "wait_sync",
     "watch",
@@ -237,7 +240,7 @@ def _duration(seconds: int) -> str:
     return f"{secs}s"
 
 
-def _newer(events_newest_first: Iterable[FineTuningJobEvent], after: str | None) -> list[FineTuningJobEvent]:
+def newer_events(events_newest_first: Iterable[FineTuningJobEvent], after: str | None) -> list[FineTuningJobEvent]:
     """The events newer than ``after``, oldest first.
 
     One page of the newest events is read per poll: should more than a page arrive between two polls,
@@ -256,14 +259,14 @@ def observe(hook: FineTuningHook, job_id: str, after_event: str | None) -> Obser
     """Read a job and its new events with the sync client."""
     job = hook.get_job(job_id)
     page = hook.list_events(job_id, limit=EVENTS_PER_POLL)
-    return Observation(job, _newer(page.data, after_event))
+    return Observation(job, newer_events(page.data, after_event))
 
 
 async def aobserve(hook: FineTuningHook, job_id: str, after_event: str | None) -> Observation:
     """Read a job and its new events with the async client."""
     job = await hook.aget_job(job_id)
     page = await hook.alist_events(job_id, limit=EVENTS_PER_POLL)
-    return Observation(job, _newer(page.data, after_event))
+    return Observation(job, newer_events(page.data, after_event))
 
 
 def wait_sync(
@@ -286,38 +289,16 @@ def wait_sync(
             return done.value
 
 
-async def wait_async(
-    hook: FineTuningHook,
-    job_id: str,
-    steps: Watch,
-    *,
-    poller: JobPoller | None = None,
-    poll_interval: float = 60.0,
-    clock: Callable[[], float] = time.time,
-) -> Outcome:
-    """Carry out :func:`watch` in the triggerer's event loop.
-
-    With a ``poller`` the reads are coalesced with those of the other triggers of the connection: a pause
-    becomes the time by which the next read is due, and the poller may serve it up to most of a pause early.
-    ``poll_interval`` tells the poller how often this wait reads (its budget of event reads is per interval).
-    """
+async def wait_async(hook: FineTuningHook, job_id: str, steps: Watch) -> Outcome:
+    """Carry out :func:`watch` in an event loop, with the hook's own async reads (no shared poller)."""
     step = next(steps)
-    due, window = clock(), 0.0
     while True:
         reply: Observation | FineTuningError | None = None
         if isinstance(step, Pause):
-            if poller is None:
-                await asyncio.sleep(step.seconds)
-            # Served up to most of a pause early: about one shared round per interval, never a late one.
-            due, window = clock() + step.seconds, step.seconds * 0.9
+            await asyncio.sleep(step.seconds)
         else:
             try:
-                if poller is None:
-                    reply = await aobserve(hook, job_id, step.after_event)
-                else:
-                    reply = await poller.observe(
-                        job_id, step.after_event, due=due, window=window, interval=poll_interval
-                    )
+                reply = await aobserve(hook, job_id, step.after_event)
             except FineTuningError as err:
                 reply = err
         try:

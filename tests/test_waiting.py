@@ -19,8 +19,8 @@ from airflow_provider_finetune.waiting import (
     Observation,
     Pause,
     Poll,
-    _newer,
     describe_event,
+    newer_events,
     watch,
 )
 from tests.hooks.conftest import event, job
@@ -123,8 +123,8 @@ def test_events_are_logged_once_each(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_newer_events_stop_at_the_last_seen() -> None:
     events = [FineTuningJobEvent.model_validate(event(f"ev-{i}")) for i in (5, 4, 3, 2)]
-    assert [e.id for e in _newer(events, "ev-3")] == ["ev-4", "ev-5"]
-    assert [e.id for e in _newer(events, None)] == ["ev-2", "ev-3", "ev-4", "ev-5"]
+    assert [e.id for e in newer_events(events, "ev-3")] == ["ev-4", "ev-5"]
+    assert [e.id for e in newer_events(events, None)] == ["ev-2", "ev-3", "ev-4", "ev-5"]
 
 
 def test_metrics_event_becomes_a_progress_line() -> None:
@@ -177,3 +177,16 @@ def test_polls_faster_near_the_estimated_finish() -> None:
     _, _, pauses = run([far, near, seen("succeeded")], clock=clock, poll_interval=60)
     assert pauses[0] == 60
     assert pauses[1] == 15  # a quarter of the interval, the estimate (in 20 s - 60 s = past) being near
+
+
+def test_the_wait_rules_do_not_depend_on_the_poller() -> None:
+    """The poller builds on the wait rules; the rules import nothing of the triggers, not even for typing."""
+    import ast
+    import inspect
+
+    from airflow_provider_finetune import waiting
+
+    tree = ast.parse(inspect.getsource(waiting))
+    imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert not [name for name in imported if name.startswith("airflow_provider_finetune.triggers")]

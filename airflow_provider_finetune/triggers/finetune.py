@@ -23,7 +23,6 @@ from airflow_provider_finetune.waiting import (
     WAIT_ERROR,
     WAIT_TIMEOUT,
     Outcome,
-    wait_async,
     watch,
 )
 
@@ -108,7 +107,7 @@ class FineTuningJobTrigger(BaseTrigger):
             yield TriggerEvent(Outcome(WAIT_ERROR, self.job_id, message, self.last_event_id).payload())
             return
         try:
-            outcome = await wait_async(hook, self.job_id, steps, poller=poller, poll_interval=self.poll_interval)
+            outcome = await poller.wait(self.job_id, steps, poll_interval=self.poll_interval)
         except FineTuningError as err:
             outcome = Outcome(WAIT_ERROR, self.job_id, str(err), self.last_event_id)
         yield TriggerEvent(outcome.payload())

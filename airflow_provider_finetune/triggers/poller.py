@@ -34,7 +34,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 from airflow_provider_finetune.exceptions import FineTuningError
-from airflow_provider_finetune.waiting import EVENTS_PER_POLL, TERMINAL, Observation, _newer
+from airflow_provider_finetune.waiting import (
+    EVENTS_PER_POLL,
+    TERMINAL,
+    Observation,
+    Outcome,
+    Pause,
+    Watch,
+    newer_events,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
@@ -110,6 +118,33 @@ class JobPoller:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CONCURRENCY))
     _task: asyncio.Task[None] | None = None
+
+    async def wait(self, job_id: str, steps: Watch, *, poll_interval: float) -> Outcome:
+        """Carry out :func:`~airflow_provider_finetune.waiting.watch` with reads shared through this poller.
+
+        A pause becomes the time by which the next read is due, and the poller may serve it up to most of a
+        pause early.
+
+        :param job_id: the job.
+        :param steps: the wait's rules.
+        :param poll_interval: how often this wait reads (the budget of event reads is per interval).
+        """
+        step = next(steps)
+        due, window = self.clock(), 0.0
+        while True:
+            reply: Observation | FineTuningError | None = None
+            if isinstance(step, Pause):
+                # Served up to most of a pause early: about one shared round per interval, never a late one.
+                due, window = self.clock() + step.seconds, step.seconds * 0.9
+            else:
+                try:
+                    reply = await self.observe(job_id, step.after_event, due=due, window=window, interval=poll_interval)
+                except FineTuningError as err:
+                    reply = err
+            try:
+                step = steps.send(reply)  # type: ignore[arg-type]
+            except StopIteration as done:
+                return done.value
 
     async def observe(
         self, job_id: str, after_event: str | None, *, due: float, window: float, interval: float
@@ -337,7 +372,7 @@ class JobPoller:
         except FineTuningError:
             events = []  # the job's state is known; its progress lines wait for a later read
         for request in requests:
-            _settle(request, Observation(job, _newer(events, request.after_event)))
+            _settle(request, Observation(job, newer_events(events, request.after_event)))
 
     async def _read_by_id(self, job_id: str, asks: dict[str, list[_Request]], now: float) -> None:
         requests = asks.pop(job_id)
