@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-airflow-$(AIRFLOW)
 
-.PHONY: venv test lint typecheck pytest test-oldest demo emulator bench-emulator bench-triggers bench-imports clean
+.PHONY: venv test lint typecheck pytest test-oldest dist demo emulator bench-emulator bench-triggers bench-imports clean
 
 venv: $(STAMP)
 
@@ -61,5 +61,9 @@ bench-imports: venv
 demo: venv
 	$(BIN)/python scripts/demo.py
 
+# The sdist and the wheel a deployment installs (README: Installing into an Airflow deployment).
+dist: venv
+	$(BIN)/uv build --out-dir dist .
+
 clean:
-	rm -rf .venv .venv-airflow-* .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .venv-airflow-* .pytest_cache .mypy_cache .ruff_cache dist .demo
