@@ -10,6 +10,7 @@ lose a retry rule or an error mapping that the sync path has.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -17,7 +18,7 @@ import random
 import time
 import weakref
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 from urllib.parse import quote
 
@@ -53,6 +54,8 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RETRIES = 5
 
 ApiType = Literal["openai", "azure"]
+#: The services a connection may name; each is one backend (:mod:`airflow_provider_finetune.backends`).
+SERVICES = ("openai", "azure", "bedrock", "fireworks", "together", "openai-compatible")
 
 # Statuses that say "try again": the request timed out, conflicted with a concurrent change, was rate
 # limited, or the service failed.
@@ -69,8 +72,13 @@ class ConnectionSettings:
     :param api_key: the secret key.
     :param organization: OpenAI organization id, sent as ``OpenAI-Organization``.
     :param project: OpenAI project id, sent as ``OpenAI-Project``.
-    :param api_type: ``openai`` (Bearer token) or ``azure`` (``api-key`` header).
+    :param service: the service, one of :data:`SERVICES`; it picks the backend that speaks its dialect.
+    :param preset: for ``openai-compatible``, the gateway whose rules apply (``litellm``, ``portkey``,
+        ``bedrock-mantle``), if any.
+    :param api_type: the older spelling of the service: ``azure`` means ``service="azure"``.
     :param api_version: ``api-version`` query parameter sent with every request (Azure), if set.
+    :param auth: how to authenticate where a service offers more than one way (Azure: ``key`` or
+        ``entra``); empty for the service's default.
     :param extra_headers: more headers for every request (gateways such as Portkey or LiteLLM).
     :param timeout: seconds to wait for the service (connecting takes at most 10 of them).
     :param max_retries: how often a transient failure is retried before it is raised.
@@ -80,8 +88,11 @@ class ConnectionSettings:
     api_key: str = field(default="", repr=False)
     organization: str | None = None
     project: str | None = None
+    service: str = "openai"
+    preset: str | None = None
     api_type: ApiType = "openai"
     api_version: str | None = None
+    auth: str | None = None
     extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
@@ -93,6 +104,12 @@ class ConnectionSettings:
             )
         if self.api_type not in ("openai", "azure"):
             raise InvalidRequestError(f"api_type must be 'openai' or 'azure', got {self.api_type!r}", field="api_type")
+        if self.api_type == "azure" and self.service == "openai":
+            object.__setattr__(self, "service", "azure")
+        if self.service not in SERVICES:
+            raise InvalidRequestError(
+                f"service must be one of {', '.join(SERVICES)}, got {self.service!r}", field="service"
+            )
         if self.timeout <= 0:
             raise InvalidRequestError(f"timeout must be positive, got {self.timeout}", field="timeout")
         if self.max_retries < 0:
@@ -100,13 +117,8 @@ class ConnectionSettings:
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
 
     def headers(self) -> dict[str, str]:
-        """Return the headers every request carries, authentication included."""
+        """Return the headers every request carries; authentication is the backend's (an ``httpx.Auth``)."""
         headers = {"User-Agent": f"airflow-provider-finetune/{__version__}", "Accept": "application/json"}
-        if self.api_key:
-            if self.api_type == "azure":
-                headers["api-key"] = self.api_key
-            else:
-                headers["Authorization"] = f"Bearer {self.api_key}"
         if self.organization:
             headers["OpenAI-Organization"] = self.organization
         if self.project:
@@ -130,8 +142,10 @@ class ConnectionSettings:
                 self.api_key,
                 self.organization,
                 self.project,
-                self.api_type,
+                self.service,
+                self.preset,
                 self.api_version,
+                self.auth,
                 sorted(self.extra_headers.items()),
                 self.timeout,
             ]
@@ -145,24 +159,26 @@ class ConnectionSettings:
                 text = text.replace(secret, "***")
         return text
 
-    def make_client(self) -> httpx.Client:
-        """Create a sync client for these settings."""
+    def make_client(self, auth: httpx.Auth | None = None) -> httpx.Client:
+        """Create a sync client for these settings, authenticating each request with ``auth``."""
         return httpx.Client(
             base_url=self.base_url + "/",
             headers=self.headers(),
             params=self.default_params(),
             timeout=self.timeouts(),
             follow_redirects=False,
+            auth=auth,
         )
 
-    def make_async_client(self) -> httpx.AsyncClient:
-        """Create an async client for these settings."""
+    def make_async_client(self, auth: httpx.Auth | None = None) -> httpx.AsyncClient:
+        """Create an async client for these settings, authenticating each request with ``auth``."""
         return httpx.AsyncClient(
             base_url=self.base_url + "/",
             headers=self.headers(),
             params=self.default_params(),
             timeout=self.timeouts(),
             follow_redirects=False,
+            auth=auth,
             # Idle connections outlive a poll interval, so that a triggerer's polls reuse them.
             limits=httpx.Limits(max_connections=20, max_keepalive_connections=20, keepalive_expiry=120.0),
         )
@@ -246,6 +262,7 @@ def exchange(
     settings: ConnectionSettings,
     policy: RetryPolicy,
     idempotent: bool = True,
+    read_error: ErrorReader | None = None,
 ) -> Exchange:
     """Drive one API call to a successful response, or raise the typed error that ends it.
 
@@ -255,6 +272,7 @@ def exchange(
     :param idempotent: ``False`` for calls that create something (``POST /fine_tuning/jobs``): when such
         a call may have reached the service (timeout while waiting, dropped connection, 408 or 5xx) it
         is not sent again; :class:`UnsafeToRetryError` is raised so that the caller looks the object up.
+    :param read_error: reads the service's error answer (its backend's dialect); OpenAI's shape by default.
     """
     retry = 0
     while True:
@@ -264,7 +282,7 @@ def exchange(
         if isinstance(outcome, httpx.Response):
             if outcome.is_success:
                 return outcome
-            error = _api_error(outcome, settings)
+            error = _api_error(outcome, settings, read_error or read_openai_error)
             should = _should_retry_status(outcome)
             ambiguous = outcome.status_code == 408 or outcome.status_code >= 500
             cause: BaseException = error
@@ -296,23 +314,54 @@ def _should_retry_status(response: httpx.Response) -> bool:
     return response.status_code in RETRYABLE_STATUSES or response.status_code >= 500
 
 
-def _api_error(response: httpx.Response, settings: ConnectionSettings) -> FineTuningAPIError:
-    body: Any = None
-    message = ""
-    code = param = error_type = None
-    try:
-        body = response.json()
-    except ValueError:
-        message = response.text[:500]
+@dataclass(frozen=True)
+class ErrorFields:
+    """What an error answer says, read from a service's own error shape.
+
+    :param message: the human-readable message.
+    :param code: the service's error code.
+    :param param: the request field at fault (Azure calls it ``target``).
+    :param error_type: the error's type or category.
+    :param request_id: the id the service gave the request, for its support.
+    """
+
+    message: str = ""
+    code: str | None = None
+    param: str | None = None
+    error_type: str | None = None
+    request_id: str | None = None
+
+
+#: Reads an error answer (its JSON body, or ``None`` when it had none) into :class:`ErrorFields`.
+ErrorReader = Callable[[httpx.Response, Any], ErrorFields]
+
+
+def read_openai_error(response: httpx.Response, body: Any) -> ErrorFields:
+    """Read OpenAI's ``{"error": {"message", "type", "param", "code"}}`` (or a bare message)."""
+    fields = ErrorFields(request_id=response.headers.get("x-request-id"))
     if isinstance(body, dict):
         detail = body.get("error", body)
         if isinstance(detail, dict):
-            message = str(detail.get("message") or "")
-            code = _opt_str(detail.get("code"))
-            param = _opt_str(detail.get("param"))
-            error_type = _opt_str(detail.get("type"))
-        elif isinstance(detail, str):
-            message = detail
+            return replace(
+                fields,
+                message=str(detail.get("message") or ""),
+                code=_opt_str(detail.get("code")),
+                param=_opt_str(detail.get("param")),
+                error_type=_opt_str(detail.get("type")),
+            )
+        if isinstance(detail, str):
+            return replace(fields, message=detail)
+    return fields
+
+
+def _api_error(response: httpx.Response, settings: ConnectionSettings, read_error: ErrorReader) -> FineTuningAPIError:
+    body: Any = None
+    with contextlib.suppress(ValueError):
+        body = response.json()
+    fields = read_error(response, body)
+    message = fields.message
+    if not message and body is None:
+        message = response.text[:500]
     if not message:
         message = response.reason_phrase or "error"
     if isinstance(body, dict | list):
@@ -322,10 +371,10 @@ def _api_error(response: httpx.Response, settings: ConnectionSettings) -> FineTu
     return cls(
         response.status_code,
         settings.redact(message),
-        code=_redacted(code, settings),
-        param=_redacted(param, settings),
-        error_type=_redacted(error_type, settings),
-        request_id=_redacted(response.headers.get("x-request-id"), settings),
+        code=_redacted(fields.code, settings),
+        param=_redacted(fields.param, settings),
+        error_type=_redacted(fields.error_type, settings),
+        request_id=_redacted(fields.request_id, settings),
         body=body,
     )
 
@@ -398,14 +447,20 @@ _SHARED_ASYNC: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, ht
 )
 
 
-def shared_async_client(settings: ConnectionSettings) -> httpx.AsyncClient:
-    """Return the process-wide async client for these settings on the running event loop."""
+def shared_async_client(
+    settings: ConnectionSettings, make: Callable[[], httpx.AsyncClient] | None = None
+) -> httpx.AsyncClient:
+    """Return the process-wide async client for these settings on the running event loop.
+
+    :param make: makes the client when there is none yet (the backend's, with its auth); a plain client
+        of the settings by default.
+    """
     loop = asyncio.get_running_loop()
     clients = _SHARED_ASYNC.setdefault(loop, {})
     key = settings.fingerprint()
     client = clients.get(key)
     if client is None or client.is_closed:
-        client = clients[key] = settings.make_async_client()
+        client = clients[key] = make() if make is not None else settings.make_async_client()
     return client
 
 

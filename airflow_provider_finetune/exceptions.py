@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
+    "ChangedRequestError",
     "ConflictError",
     "FineTuningAPIError",
     "FineTuningConnectionError",
@@ -33,6 +34,7 @@ __all__ = [
     "RateLimitError",
     "UnprocessableEntityError",
     "UnsafeToRetryError",
+    "UnsupportedCapabilityError",
     "api_error_for_status",
 ]
 
@@ -250,3 +252,25 @@ def api_error_for_status(status_code: int) -> type[FineTuningAPIError]:
     if status_code >= 500:
         return InternalServerError
     return _BY_STATUS.get(status_code, FineTuningAPIError)
+
+
+class UnsupportedCapabilityError(InvalidRequestError):
+    """The service cannot do what was asked (pause, checkpoints, graders...): refused before any request.
+
+    :param message: one line naming the service and what it lacks.
+    :param service: the service (``azure``, ``bedrock``...).
+    :param capability: the capability it lacks (a field of the backend's capabilities).
+    """
+
+    def __init__(self, message: str, *, service: str, capability: str) -> None:
+        super().__init__(message, field=capability)
+        self.service = service
+        self.capability = capability
+
+
+class ChangedRequestError(FineTuningError):
+    """The job this task instance made before was made from another request (the DAG or its data changed).
+
+    Raised when ``on_changed_request="fail"``; with ``"cancel_and_create"`` the old job is cancelled and a
+    new one is made instead.
+    """

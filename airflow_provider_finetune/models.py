@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from enum import Enum
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeAlias, TypeVar
 
 from pydantic import (
@@ -37,6 +36,7 @@ from pydantic import (
 )
 
 from airflow_provider_finetune.exceptions import InvalidRequestError
+from airflow_provider_finetune.statuses import TERMINAL_STATUSES, FineTuningJobStatus
 
 __all__ = [
     "MAX_UPLOAD_BYTES",
@@ -145,60 +145,6 @@ class APIObject(BaseModel):
     """Base of every object the service returns: unknown fields are kept, not refused."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, protected_namespaces=())
-
-
-class FineTuningJobStatus(str, Enum):
-    """Status of a fine-tuning job.
-
-    The spec lists six values; the service also answers ``pausing`` and ``paused``, Azure OpenAI answers
-    ``created`` and ``pending``. A value not listed here still parses, as a pseudo-member whose
-    :attr:`value` is the string the service sent, and it is not terminal.
-    """
-
-    VALIDATING_FILES = "validating_files"
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    PAUSING = "pausing"
-    PAUSED = "paused"
-    CREATED = "created"
-    PENDING = "pending"
-
-    #: The statuses a job never leaves: succeeded, failed and cancelled (set below the class).
-    TERMINAL: ClassVar[frozenset[FineTuningJobStatus]]
-
-    @classmethod
-    def _missing_(cls, value: object) -> FineTuningJobStatus | None:
-        if not isinstance(value, str):
-            return None
-        # A pseudo-member: not listed by iteration, but a real instance (a str equal to the value).
-        member = str.__new__(cls, value)
-        member._name_ = value.upper()
-        member._value_ = value
-        return member
-
-    def __str__(self) -> str:
-        return str(self.value)
-
-    def is_terminal(self) -> bool:
-        """Whether the job has ended for good (succeeded, failed or cancelled).
-
-        ``paused`` is not terminal: a paused job can be resumed.
-        """
-        return self in TERMINAL_STATUSES
-
-    def is_known(self) -> bool:
-        """Whether this provider knows the status, as opposed to a value the service added since."""
-        return self.value in FineTuningJobStatus._value2member_map_
-
-
-#: The statuses a job never leaves.
-TERMINAL_STATUSES: frozenset[FineTuningJobStatus] = frozenset(
-    {FineTuningJobStatus.SUCCEEDED, FineTuningJobStatus.FAILED, FineTuningJobStatus.CANCELLED}
-)
-FineTuningJobStatus.TERMINAL = TERMINAL_STATUSES
 
 
 class JobError(APIObject):

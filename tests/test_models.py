@@ -649,8 +649,8 @@ KNOWN_STATUSES = [
     ("cancelled", True),
     ("pausing", False),
     ("paused", False),
-    ("created", False),
-    ("pending", False),
+    ("resuming", False),
+    ("cancelling", False),
 ]
 
 

@@ -63,6 +63,13 @@ def task_tag(context: Context) -> str:
     return "ti-" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
+def _run_start(context: Context) -> float | None:
+    """When the DAG run started: no job of one of its task instances can be older (a search stops there)."""
+    dag_run = context.get("dag_run")
+    start = getattr(dag_run, "start_date", None) or getattr(dag_run, "queued_at", None)
+    return start.timestamp() if start is not None else None
+
+
 def _seconds(value: float | timedelta | None) -> float | None:
     if value is None:
         return None
@@ -127,21 +134,22 @@ class _FineTuningOperator(BaseOperator):
 
     def _push_job(self, context: Context, job: FineTuningJob) -> None:
         """Push the job id and its page at once, before any wait, so that they survive a crash."""
-        from airflow_provider_finetune.links.finetune import job_url
-
         ti = context["ti"]
         ti.xcom_push(key="job_id", value=job.id)
         # Pushed even when empty (a service with no job page), so that the link finds a value, not a 404.
-        ti.xcom_push(key=FineTuningJobLink.key, value=job_url(self.hook.settings.base_url, job.id))
+        ti.xcom_push(key=FineTuningJobLink.key, value=self.hook.job_url(job.id))
 
 
 class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
     """Create a fine-tuning job, wait for it (on the worker or deferred), and return its model.
 
-    Exactly one job per task instance, whatever crashes or retries: the job carries a metadata tag made
-    of the DAG, task, run and map index, and before creating one the operator looks the tag up. A job
-    in progress is reattached to, a succeeded one is returned, and after a failed or cancelled one a new
-    job is created. On Airflow 3.3 the job id is also kept in the task's state store.
+    Exactly one job per task instance, whatever crashes or retries, on every service: the job carries a
+    metadata tag made of the DAG, task, run and map index and a fingerprint of its request (where the
+    service keeps no metadata, an intent record in the task's state store stands in), and before creating
+    one the operator looks for it, adopting only a job whose own fields say it is this task instance's. A
+    job in progress is reattached to, a succeeded one is returned, and after a failed or cancelled one a
+    new job is created. On Airflow 3.3 the job id is also kept in the task's state store. A job found from
+    another request (the DAG or its data changed between tries) meets ``on_changed_request``.
 
     XComs: the return value is ``fine_tuned_model``; ``job_id`` is pushed as soon as the job exists, and
     on success ``status``, ``trained_tokens``, ``result_files``, ``checkpoints`` (with their metrics)
@@ -154,7 +162,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
     :param hyperparameters: deprecated top-level hyperparameters; mapped onto a supervised ``method``.
     :param suffix: up to 64 characters added to the fine-tuned model's name.
     :param seed: the job's seed.
-    :param metadata: up to 15 key-value pairs (the 16th is the task tag).
+    :param metadata: up to 14 key-value pairs (the other two are the task's tag and the request's fingerprint).
     :param integrations: e.g. ``[{"type": "wandb", "wandb": {"project": "..."}}]``.
     :param finetune_conn_id: the connection.
     :param wait_for_completion: wait for the job to end (the default); otherwise return once it exists.
@@ -166,6 +174,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         succeeded.
     :param cancel_on_timeout: cancel the job when the wait times out, so that it stops costing money.
     :param max_consecutive_errors: failed polls in a row (after the hook's retries) that fail the wait.
+    :param on_changed_request: what to do when this task instance's job was made from another request:
+        ``cancel_and_create`` (cancel it if it still runs, then create anew) or ``fail``.
     """
 
     template_fields: Sequence[str] = (
@@ -208,9 +218,13 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         cancel_on_kill: bool = True,
         cancel_on_timeout: bool = True,
         max_consecutive_errors: int = 10,
+        on_changed_request: str = "cancel_and_create",
         **kwargs: Any,
     ) -> None:
         super().__init__(finetune_conn_id=finetune_conn_id, **kwargs)
+        if on_changed_request not in ("cancel_and_create", "fail"):
+            raise ValueError(f"on_changed_request must be 'cancel_and_create' or 'fail', got {on_changed_request!r}")
+        self.on_changed_request = on_changed_request
         self.model = model
         self.training_file = training_file
         self.validation_file = validation_file
@@ -231,11 +245,11 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
     def build_request(self) -> CreateFineTuningJobRequest:
         """Validate the rendered arguments into a request; a bad one raises before anything is sent."""
-        from airflow_provider_finetune.hooks.finetune import room_for_tag
         from airflow_provider_finetune.models import CreateFineTuningJobRequest, build_request
+        from airflow_provider_finetune.once import room_for_tags
 
         if isinstance(self.metadata, Mapping):
-            room_for_tag(self.metadata)  # the task's tag takes one of the service's places
+            room_for_tags(self.metadata)  # the task's tags take two of the service's places
         fields = {
             "model": self.model,
             "training_file": self.training_file,
@@ -251,17 +265,20 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
     def execute(self, context: Context) -> str | None:
         """Create (or reattach to) the job, then wait for it unless told not to."""
+        from airflow_provider_finetune.once import JobIdentity
+
         request = self.build_request()
         started = time.time()
-        job = self._stored_job(context)
-        if job is None:
-            job, created = self.hook.ensure_job(request, tag=task_tag(context))
-            self.log.info("%s fine-tuning job %s (%s)", "Created" if created else "Reattached to", job.id, job.status)
+        identity = JobIdentity(task_tag(context), since=_run_start(context))
+        job, created = self.hook.ensure_job(
+            request,
+            identity=identity,
+            on_changed_request=self.on_changed_request,  # type: ignore[arg-type]
+            state=context.get("task_state_store"),
+        )
+        self.log.info("%s fine-tuning job %s (%s)", "Created" if created else "Reattached to", job.id, job.status)
         self.job_id = job.id
         self._push_job(context, job)
-        store = context.get("task_state_store")
-        if store is not None:
-            store.set("job_id", job.id)
         if not self.wait_for_completion:
             return None
         if job.status.is_terminal():
@@ -298,18 +315,6 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         from airflow_provider_finetune.waiting import Outcome
 
         return self._complete(context, _outcome(event, Outcome))
-
-    def _stored_job(self, context: Context) -> FineTuningJob | None:
-        """The job this task instance made before, from the task state store (Airflow 3.3+)."""
-        store = context.get("task_state_store")
-        job_id = store.get("job_id") if store is not None else None
-        if not job_id:
-            return None
-        job = self.hook.get_job(str(job_id))
-        if job.status.value in ("failed", "cancelled"):
-            return None
-        self.log.info("Reattached to fine-tuning job %s (%s) from the task state store", job.id, job.status)
-        return job
 
     def _complete(self, context: Context, outcome: Outcome) -> str | None:
         from airflow_provider_finetune.exceptions import FineTuningError, FineTuningJobFailed

@@ -12,9 +12,11 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from airflow_provider_finetune.backends.base import request_fingerprint
 from airflow_provider_finetune.client import RetryPolicy
 from airflow_provider_finetune.exceptions import (
     AuthenticationError,
+    ChangedRequestError,
     FineTuningConnectionError,
     InvalidRequestError,
     NotFoundError,
@@ -36,6 +38,7 @@ from airflow_provider_finetune.models import (
     Upload,
     UploadPart,
 )
+from airflow_provider_finetune.once import REQUEST_KEY
 from tests.conformance import operation_ids
 from tests.hooks.conftest import (
     GRADER,
@@ -444,10 +447,12 @@ async def test_errors_are_typed_with_request_id(hook: FineTuningHook, api: FakeA
 # -- at most one job per tag ------------------------------------------------------
 
 REQUEST = {"model": "gpt-4o-mini", "training_file": "file-abc", "metadata": {"team": "ml"}}
+FINGERPRINT = request_fingerprint(REQUEST, ignore_metadata=frozenset({TASK_TAG_KEY, REQUEST_KEY}))
+TAGGED = {"team": "ml", TASK_TAG_KEY: "t-1", REQUEST_KEY: FINGERPRINT}
 
 
 async def test_ensure_job_reattaches_to_a_tagged_job(hook: FineTuningHook, api: FakeAPI, mode: str) -> None:
-    api.on("GET", "fine_tuning/jobs", page([job("ftjob-old", status="running")]))
+    api.on("GET", "fine_tuning/jobs", page([job("ftjob-old", status="running", metadata=TAGGED)]))
     result, created = await call(hook, mode, "ensure_job", REQUEST, tag="t-1")
     assert (result.id, created) == ("ftjob-old", False)
     assert api.sent("POST") == []
@@ -458,7 +463,7 @@ async def test_ensure_job_reattaches_to_a_tagged_job(hook: FineTuningHook, api: 
 async def test_ensure_job_creates_anew_after_a_failed_or_cancelled_job(
     hook: FineTuningHook, api: FakeAPI, mode: str, status: str
 ) -> None:
-    api.on("GET", "fine_tuning/jobs", page([job("ftjob-old", status=status)]))
+    api.on("GET", "fine_tuning/jobs", page([job("ftjob-old", status=status, metadata=TAGGED)]))
     api.on("POST", "fine_tuning/jobs", job("ftjob-new"))
     result, created = await call(hook, mode, "ensure_job", REQUEST, tag="t-1")
     assert (result.id, created) == ("ftjob-new", True)
@@ -466,7 +471,7 @@ async def test_ensure_job_creates_anew_after_a_failed_or_cancelled_job(
 
 
 async def test_ensure_job_returns_a_succeeded_job(hook: FineTuningHook, api: FakeAPI, mode: str) -> None:
-    api.on("GET", "fine_tuning/jobs", page([job("ftjob-done", status="succeeded")]))
+    api.on("GET", "fine_tuning/jobs", page([job("ftjob-done", status="succeeded", metadata=TAGGED)]))
     result, created = await call(hook, mode, "ensure_job", REQUEST, tag="t-1")
     assert (result.id, created) == ("ftjob-done", False)
     assert api.sent("POST") == []
@@ -478,11 +483,11 @@ async def test_ensure_job_creates_with_the_tag(hook: FineTuningHook, api: FakeAP
     result, created = await call(hook, mode, "ensure_job", REQUEST, tag="t-1")
     assert (result.id, created) == ("ftjob-new", True)
     body = json.loads(api.sent("POST")[0].content)
-    assert body["metadata"] == {"team": "ml", TASK_TAG_KEY: "t-1"}
+    assert body["metadata"] == {"team": "ml", TASK_TAG_KEY: "t-1", REQUEST_KEY: FINGERPRINT}
 
 
 async def test_ensure_job_after_ambiguous_failure_finds_the_job(hook: FineTuningHook, api: FakeAPI, mode: str) -> None:
-    api.on("GET", "fine_tuning/jobs", page([]), page([job("ftjob-made")]))
+    api.on("GET", "fine_tuning/jobs", page([]), page([job("ftjob-made", metadata=TAGGED)]))
     api.on("POST", "fine_tuning/jobs", httpx.Response(500), job("ftjob-second"))
     result, created = await call(hook, mode, "ensure_job", REQUEST, tag="t-1")
     assert (result.id, created) == ("ftjob-made", False)
@@ -500,8 +505,52 @@ async def test_ensure_job_after_ambiguous_failure_with_no_job_sends_once_more(
     assert len(api.sent("GET")) == 2
 
 
+async def test_ensure_job_never_adopts_a_listed_job_without_its_tag(
+    hook: FineTuningHook, api: FakeAPI, mode: str
+) -> None:
+    # A service that ignores the metadata filter answers with its newest jobs: another team's among them.
+    theirs = job("ftjob-theirs", status="running", metadata={"team": "other"})
+    untagged = job("ftjob-untagged", status="succeeded")
+    api.on("GET", "fine_tuning/jobs", page([theirs, untagged]))
+    api.on("POST", "fine_tuning/jobs", job("ftjob-new", metadata=TAGGED))
+    result, created = await call(hook, mode, "ensure_job", REQUEST, tag="t-1")
+    assert (result.id, created) == ("ftjob-new", True)
+    assert len(api.sent("POST")) == 1
+
+
+async def test_ensure_job_finds_its_tag_beyond_the_first_listed_job(
+    hook: FineTuningHook, api: FakeAPI, mode: str
+) -> None:
+    theirs = job("ftjob-theirs", status="running", metadata={"team": "other"})
+    api.on("GET", "fine_tuning/jobs", page([theirs, job("ftjob-mine", status="running", metadata=TAGGED)]))
+    result, created = await call(hook, mode, "ensure_job", REQUEST, tag="t-1")
+    assert (result.id, created) == ("ftjob-mine", False)
+    assert api.sent("POST") == []
+
+
+async def test_changed_request_cancels_and_creates_by_default(hook: FineTuningHook, api: FakeAPI, mode: str) -> None:
+    old = job("ftjob-old", status="running", metadata={TASK_TAG_KEY: "t-1", REQUEST_KEY: "rq-other"})
+    api.on("GET", "fine_tuning/jobs", page([old]))
+    api.on("POST", "fine_tuning/jobs/ftjob-old/cancel", job("ftjob-old", status="cancelled"))
+    api.on("POST", "fine_tuning/jobs", job("ftjob-new", metadata=TAGGED))
+    result, created = await call(hook, mode, "ensure_job", REQUEST, tag="t-1")
+    assert (result.id, created) == ("ftjob-new", True)
+    assert [urlsplit(str(r.url)).path for r in api.sent("POST")] == [
+        "/v1/fine_tuning/jobs/ftjob-old/cancel",
+        "/v1/fine_tuning/jobs",
+    ]
+
+
+async def test_changed_request_fails_when_asked(hook: FineTuningHook, api: FakeAPI, mode: str) -> None:
+    old = job("ftjob-old", status="succeeded", metadata={TASK_TAG_KEY: "t-1", REQUEST_KEY: "rq-other"})
+    api.on("GET", "fine_tuning/jobs", page([old]))
+    with pytest.raises(ChangedRequestError, match="ftjob-old"):
+        await call(hook, mode, "ensure_job", REQUEST, tag="t-1", on_changed_request="fail")
+    assert api.sent("POST") == []
+
+
 async def test_ensure_job_refuses_too_much_metadata(hook: FineTuningHook, api: FakeAPI, mode: str) -> None:
-    crowded = {**REQUEST, "metadata": {f"k{i}": "v" for i in range(16)}}
+    crowded = {**REQUEST, "metadata": {f"k{i}": "v" for i in range(15)}}
     api.on("GET", "fine_tuning/jobs", page([]))
     with pytest.raises(InvalidRequestError) as info:
         await call(hook, mode, "ensure_job", crowded, tag="t-1")
@@ -620,26 +669,6 @@ def test_json_connection_with_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = FineTuningHook("ft_min").settings
     assert settings.base_url == "https://api.openai.com/v1"
     assert settings.api_type == "openai"
-
-
-def test_azure_connection(monkeypatch: pytest.MonkeyPatch, api: FakeAPI) -> None:
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_FT_AZURE",
-        json.dumps(
-            {
-                "conn_type": "finetune",
-                "host": "https://api.test/v1",
-                "password": "azure-secret-key",
-                "extra": {"api_type": "azure", "api_version": "2025-04-01-preview"},
-            }
-        ),
-    )
-    api.on("GET", "fine_tuning/jobs/ftjob-1", job())
-    FineTuningHook("ft_azure").get_job("ftjob-1")
-    sent = api.requests[0]
-    assert sent.headers["api-key"] == "azure-secret-key"
-    assert "authorization" not in sent.headers
-    assert sent.url.params["api-version"] == "2025-04-01-preview"
 
 
 def test_gateway_extra_headers(monkeypatch: pytest.MonkeyPatch, api: FakeAPI) -> None:

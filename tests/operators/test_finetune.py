@@ -21,6 +21,7 @@ from airflow_provider_finetune.exceptions import (
     UnsafeToRetryError,
 )
 from airflow_provider_finetune.hooks.finetune import TASK_TAG_KEY
+from airflow_provider_finetune.once import REQUEST_KEY
 from airflow_provider_finetune.operators.finetune import (
     FineTuningJobCancelOperator,
     FineTuningJobOperator,
@@ -80,7 +81,12 @@ def test_runs_to_success_on_the_worker(context: dict[str, Any], api: FakeAPI) ->
     assert xcoms["checkpoints"][0]["fine_tuned_model_checkpoint"].endswith("ckpt-step-10")
     assert xcoms["checkpoints"][0]["metrics"]["valid_loss"] == 0.7
     body = json.loads(create.calls[0].request.content)
-    assert body["metadata"] == {"team": "ml", TASK_TAG_KEY: task_tag(context)}
+    assert body["metadata"] == {
+        "team": "ml",
+        TASK_TAG_KEY: task_tag(context),
+        REQUEST_KEY: body["metadata"][REQUEST_KEY],
+    }
+    assert body["metadata"][REQUEST_KEY].startswith("rq-")
     assert body["suffix"] == "weekly"
     assert xcoms["job_url"] is None  # this service has no job page
 
@@ -174,8 +180,13 @@ def test_error_event_fails_the_task(context: dict[str, Any], api: FakeAPI) -> No
     assert api.requests == []
 
 
+def ours(context: dict[str, Any], job_: dict[str, Any]) -> dict[str, Any]:
+    """A job as the service lists it, carrying this task instance's tag."""
+    return {**job_, "metadata": {TASK_TAG_KEY: task_tag(context)}}  # type: ignore[arg-type]
+
+
 def test_wait_on_worker_times_out(context: dict[str, Any], api: FakeAPI) -> None:
-    api.on("GET", JOBS, page([job(status="running")]))
+    api.on("GET", JOBS, page([ours(context, job(status="running"))]))
     api.on("GET", f"{JOBS}/ftjob-1", job(status="running"))
     api.on("GET", f"{JOBS}/ftjob-1/events", page([]))
     cancel = api.on("POST", f"{JOBS}/ftjob-1/cancel", job(status="cancelled"))
@@ -185,7 +196,7 @@ def test_wait_on_worker_times_out(context: dict[str, Any], api: FakeAPI) -> None
 
 
 def test_reattaches_instead_of_creating(context: dict[str, Any], api: FakeAPI) -> None:
-    lookup = api.on("GET", JOBS, page([job(status="running")]))
+    lookup = api.on("GET", JOBS, page([ours(context, job(status="running"))]))
     create = api.on("POST", JOBS, job("ftjob-2"))
     api.on("GET", f"{JOBS}/ftjob-1", done())
     api.on("GET", f"{JOBS}/ftjob-1/events", page([]))
@@ -197,7 +208,7 @@ def test_reattaches_instead_of_creating(context: dict[str, Any], api: FakeAPI) -
 
 
 def test_succeeded_job_is_returned_without_waiting(context: dict[str, Any], api: FakeAPI) -> None:
-    api.on("GET", JOBS, page([done()]))
+    api.on("GET", JOBS, page([ours(context, done())]))
     api.on("GET", f"{JOBS}/ftjob-1/checkpoints", page([]))
     assert operator(deferrable=True).execute(context) == "ft:gpt-4o-mini:org::abc"
     assert api.sent("POST") == []
@@ -218,11 +229,12 @@ def test_task_state_store_keeps_the_new_job(context: dict[str, Any], api: FakeAP
     api.on("POST", JOBS, job("ftjob-9"))
     with pytest.raises(TaskDeferred):
         operator(deferrable=True).execute(context)
-    assert store.values == {"job_id": "ftjob-9"}
+    assert store.values["job_id"] == "ftjob-9"
+    assert store.values["intent"]["fingerprint"].startswith("rq-")
 
 
 def test_ambiguous_create_never_makes_a_second_job(context: dict[str, Any], api: FakeAPI) -> None:
-    api.on("GET", JOBS, page([]), page([job("ftjob-made", status="queued")]))
+    api.on("GET", JOBS, page([]), page([ours(context, job("ftjob-made", status="queued"))]))
     create = api.on("POST", JOBS, httpx.Response(502), job("ftjob-second"))
     with pytest.raises(TaskDeferred):
         operator(deferrable=True).execute(context)

@@ -1,0 +1,273 @@
+"""What a backend is: one service's dialect, under the hook and above the one request core.
+
+A backend turns the provider's canonical, OpenAI-shaped calls into its service's requests (:class:`Call`
+descriptions: method, path, query, body, how to read the answer back into the canonical models), and says
+what the service can do (:class:`Capabilities`), how requests authenticate (an ``httpx.Auth``), how its
+error answers read, how its statuses map onto :class:`~airflow_provider_finetune.statuses.FineTuningJobStatus`,
+how its lists page, what a job's training data is referenced by, where a job's page is, its request limits,
+and how it makes a create once-only. It never sends anything: :mod:`airflow_provider_finetune.client`
+classifies every answer and decides every retry, for every service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from airflow_provider_finetune.client import ErrorFields, read_openai_error
+from airflow_provider_finetune.exceptions import UnsupportedCapabilityError
+
+if TYPE_CHECKING:
+    from airflow_provider_finetune.client import ConnectionSettings
+
+__all__ = [
+    "CAPABILITY_NAMES",
+    "Backend",
+    "Call",
+    "Capabilities",
+    "HeaderAuth",
+    "Limits",
+    "OnceOnly",
+    "json_model",
+    "model",
+    "request_fingerprint",
+]
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+#: How a backend makes a create once-only: a tag in the job's metadata (verified on the job itself), a job id
+#: the client chooses, an idempotency token the service honours, or an intent record kept by the caller.
+OnceOnly = Literal["metadata", "client_job_id", "idempotency_token", "intent"]
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One API call, described without doing it.
+
+    :param method: HTTP method.
+    :param path: path relative to the base URL, already quoted.
+    :param parse: turns the successful response into the result.
+    :param params: query parameters (``None`` values are left out).
+    :param json: JSON body.
+    :param multipart: makes ``(data, files)`` for a multipart body; called once per attempt so that a
+        retried upload starts from the first byte again.
+    :param idempotent: ``False`` for calls that create something billable and must not be re-sent when
+        their outcome is unknown.
+    """
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: Mapping[str, Any] | None = None
+    json: Any = None
+    multipart: Callable[[], tuple[dict[str, str], dict[str, Any]]] | None = None
+    idempotent: bool = True
+
+    def build(self, client: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+        """Build the request with the client's base URL, headers and default query."""
+        params = {k: _query_value(v) for k, v in (self.params or {}).items() if v is not None}
+        if self.multipart is not None:
+            data, files = self.multipart()
+            return client.build_request(self.method, self.path, params=params, data=data, files=files)
+        return client.build_request(self.method, self.path, params=params, json=self.json)
+
+
+def _query_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+def model(cls: type[M], translate: Callable[[Any], Any] | None = None) -> Callable[[httpx.Response], M]:
+    """Parse an answer into ``cls``, after ``translate`` turned the service's JSON into the canonical shape."""
+
+    def parse(response: httpx.Response) -> M:
+        data = response.json()
+        return cls.model_validate(translate(data) if translate is not None else data)
+
+    return parse
+
+
+def json_model(cls: type[M]) -> Callable[[httpx.Response], M]:
+    """Parse straight from the JSON bytes: fields the model ignores are never built as Python objects."""
+
+    def parse(response: httpx.Response) -> M:
+        return cls.model_validate_json(response.content)
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a service can do. Asking for what it lacks is refused before any request is sent.
+
+    :param events: the job's event log (a wait without events logs status changes instead).
+    :param checkpoints: the job's checkpoints.
+    :param pause_resume: pausing and resuming a job.
+    :param cancel: cancelling a job.
+    :param checkpoint_permissions: sharing a checkpoint with other projects.
+    :param graders: running and validating graders.
+    :param uploads: the multipart Uploads API for large files.
+    :param suffix: a suffix for the fine-tuned model's name.
+    :param job_metadata: jobs carry metadata given at create time.
+    :param metadata_filter: the job list filters by metadata (still verified on each job).
+    :param client_job_id: the client may choose the job's id.
+    :param idempotency_token: the service honours an idempotency token on create.
+    """
+
+    events: bool = True
+    checkpoints: bool = True
+    pause_resume: bool = True
+    cancel: bool = True
+    checkpoint_permissions: bool = True
+    graders: bool = True
+    uploads: bool = True
+    suffix: bool = True
+    job_metadata: bool = True
+    metadata_filter: bool = True
+    client_job_id: bool = False
+    idempotency_token: bool = False
+
+    def names(self) -> list[str]:
+        """The names of the capabilities the service has."""
+        return [f.name for f in fields(self) if getattr(self, f.name)]
+
+
+#: The capabilities in people's words, for the line that refuses one.
+CAPABILITY_NAMES = {
+    "events": "job events",
+    "checkpoints": "checkpoints",
+    "pause_resume": "pausing and resuming jobs",
+    "cancel": "cancelling jobs",
+    "checkpoint_permissions": "checkpoint permissions",
+    "graders": "graders",
+    "uploads": "the Uploads API (files larger than a single upload)",
+    "suffix": "a suffix for the fine-tuned model's name",
+    "job_metadata": "job metadata",
+    "metadata_filter": "filtering jobs by metadata",
+    "client_job_id": "job ids chosen by the client",
+    "idempotency_token": "idempotency tokens",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The service's request limits that are checked before anything is sent.
+
+    :param max_suffix_length: longest suffix.
+    :param max_metadata_keys: most metadata keys a job may carry (the provider's own tags count).
+    :param hyperparameters_auto: whether ``"auto"`` is a value the service takes for a hyperparameter.
+    :param methods: the fine-tuning methods the service takes.
+    """
+
+    max_suffix_length: int = 64
+    max_metadata_keys: int = 16
+    hyperparameters_auto: bool = True
+    methods: frozenset[str] = frozenset({"supervised", "dpo", "reinforcement"})
+
+
+class HeaderAuth(httpx.Auth):
+    """Put a secret into one header of every request (``Authorization: Bearer ...``, ``api-key: ...``)."""
+
+    def __init__(self, name: str, value: str) -> None:
+        self._name = name
+        self._value = value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._name!r})"
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        """Set the header and send."""
+        request.headers[self._name] = self._value
+        yield request
+
+
+def request_fingerprint(body: Mapping[str, Any], *, ignore_metadata: frozenset[str] = frozenset()) -> str:
+    """A digest of a create request: the same request gives the same digest, whatever the key order.
+
+    :param body: the request body, as sent.
+    :param ignore_metadata: metadata keys left out (the provider's own tags).
+    """
+    kept = dict(body)
+    metadata = {k: v for k, v in (kept.pop("metadata", None) or {}).items() if k not in ignore_metadata}
+    if metadata:
+        kept["metadata"] = metadata
+    blob = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+    return "rq-" + hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+class Backend:
+    """One service's dialect. Subclasses describe the calls; this base holds what every backend shares.
+
+    :param settings: the connection's settings.
+    """
+
+    #: The service's name in a connection (``service`` extra).
+    service: ClassVar[str] = ""
+    #: The service's name in messages.
+    label: ClassVar[str] = ""
+    #: What a job's training and validation data are referenced by.
+    file_reference: ClassVar[Literal["file_id", "s3_uri", "dataset"]] = "file_id"
+    #: How a create is made once-only.
+    once_only: ClassVar[OnceOnly] = "metadata"
+
+    capabilities: Capabilities = Capabilities()
+    limits: Limits = Limits()
+
+    def __init__(self, settings: ConnectionSettings) -> None:
+        self.settings = settings
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.settings.base_url!r})"
+
+    # -- what the service can do ---------------------------------------------------------------------------
+
+    def supports(self, capability: str) -> bool:
+        """Whether the service has ``capability`` (a field name of :class:`Capabilities`)."""
+        return bool(getattr(self.capabilities, capability))
+
+    def require(self, capability: str, *, job_id: str | None = None) -> None:
+        """Refuse, before any request, what the service cannot do: one line naming the service and the lack.
+
+        :raises UnsupportedCapabilityError: when the service lacks ``capability``.
+        """
+        if not hasattr(self.capabilities, capability):  # a typo here would silently allow everything
+            raise ValueError(f"unknown capability {capability!r}")
+        if not self.supports(capability):
+            what = CAPABILITY_NAMES.get(capability, capability)
+            where = f" (job {job_id})" if job_id else ""
+            raise UnsupportedCapabilityError(
+                f"{self.label} does not support {what}{where}: {self.settings.base_url} cannot be asked for it",
+                service=self.service,
+                capability=capability,
+            )
+
+    # -- how requests authenticate and read ----------------------------------------------------------------
+
+    def auth(self) -> httpx.Auth | None:
+        """The ``httpx.Auth`` that authenticates each request (per-request signing fits here)."""
+        key = self.settings.api_key
+        return HeaderAuth("Authorization", f"Bearer {key}") if key else None
+
+    def read_error(self, response: httpx.Response, body: Any) -> ErrorFields:
+        """Read an error answer of this service."""
+        return read_openai_error(response, body)
+
+    def make_client(self) -> httpx.Client:
+        """A sync client for this service."""
+        return self.settings.make_client(auth=self.auth())
+
+    def make_async_client(self) -> httpx.AsyncClient:
+        """An async client for this service."""
+        return self.settings.make_async_client(auth=self.auth())
+
+    def job_url(self, job_id: str) -> str | None:
+        """The job's page on the service's dashboard, or ``None`` where there is none (no broken links)."""
+        return None

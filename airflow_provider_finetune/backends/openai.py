@@ -1,0 +1,383 @@
+"""The OpenAI fine-tuning API, and the OpenAI-compatible services and gateways that speak it.
+
+Each endpoint is one :class:`~airflow_provider_finetune.backends.base.Call` made by one method; the other
+dialects (:mod:`.azure`) inherit these and change only what their service does differently.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import IO, Any, ClassVar, TypeVar, cast
+
+import httpx
+from pydantic import BaseModel
+
+from airflow_provider_finetune.backends.base import Backend, Call, Capabilities, HeaderAuth, Limits, json_model, model
+from airflow_provider_finetune.client import path_param
+from airflow_provider_finetune.exceptions import InvalidRequestError
+from airflow_provider_finetune.models import (
+    CheckpointPermission,
+    CompleteUploadRequest,
+    CreateCheckpointPermissionRequest,
+    CreateFineTuningJobRequest,
+    CreateUploadRequest,
+    DeletedCheckpointPermission,
+    DeletedFile,
+    FileObject,
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobEvent,
+    GraderRunResult,
+    GraderValidation,
+    JobState,
+    Page,
+    RunGraderRequest,
+    Upload,
+    UploadPart,
+    ValidateGraderRequest,
+    build_request,
+)
+
+__all__ = ["PRESETS", "OpenAIBackend", "OpenAICompatibleBackend"]
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+MB = 1024 * 1024
+#: The Uploads API takes parts of at most 64 MB.
+MAX_PART_SIZE = 64 * MB
+
+
+def _limit(limit: int | None) -> int | None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InvalidRequestError(f"limit must be a positive integer, got {limit!r}", field="limit")
+    return limit
+
+
+def _request(model_cls: type[M], request: M | Mapping[str, Any]) -> M:
+    return request if isinstance(request, model_cls) else build_request(model_cls, cast(Mapping[str, Any], request))
+
+
+def mime_type(name: str) -> str:
+    """The content type of an uploaded file, by its name."""
+    if name.endswith(".jsonl"):
+        return "application/jsonl"
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+class OpenAIBackend(Backend):
+    """The OpenAI fine-tuning API as published (``../openai-spec``): every capability, Bearer keys."""
+
+    service: ClassVar[str] = "openai"
+    label: ClassVar[str] = "OpenAI"
+
+    capabilities = Capabilities()
+    limits = Limits()
+
+    # -- translation hooks: the canonical shape is OpenAI's, so these are identities here --------------------
+
+    def job_from(self, data: Any) -> Any:
+        """Turn the service's job JSON into the canonical job shape."""
+        return data
+
+    def event_from(self, data: Any) -> Any:
+        """Turn the service's event JSON into the canonical event shape."""
+        return data
+
+    def page_of(self, item: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """Translate each item of a list answer with ``item``."""
+
+        def translate(data: Any) -> Any:
+            if isinstance(data, dict) and isinstance(data.get("data"), list):
+                return {**data, "data": [item(x) for x in data["data"]]}
+            return data
+
+        return translate
+
+    def job_body(self, request: CreateFineTuningJobRequest) -> dict[str, Any]:
+        """The create body this service takes for a canonical request; refuses what cannot be translated."""
+        self._check_request(request)
+        return request.to_body()
+
+    def _check_request(self, request: CreateFineTuningJobRequest) -> None:
+        if request.suffix is not None:
+            if not self.capabilities.suffix:
+                self.require("suffix")
+            if len(request.suffix) > self.limits.max_suffix_length:
+                raise InvalidRequestError(
+                    f"Invalid fine-tuning request: suffix: {len(request.suffix)} characters given, {self.label} "
+                    f"takes at most {self.limits.max_suffix_length}",
+                    field="suffix",
+                )
+        method = request.method.type if request.method is not None else "supervised"
+        if method not in self.limits.methods:
+            raise InvalidRequestError(
+                f"Invalid fine-tuning request: method.type: {self.label} does not fine-tune with {method!r} "
+                f"(it takes {', '.join(sorted(self.limits.methods))})",
+                field="method.type",
+            )
+        if request.metadata and not self.capabilities.job_metadata:
+            raise InvalidRequestError(
+                f"Invalid fine-tuning request: metadata: {self.label} jobs carry no metadata", field="metadata"
+            )
+
+    def job_url(self, job_id: str) -> str | None:
+        """The job's page on the OpenAI dashboard; none for other hosts."""
+        from airflow_provider_finetune.links.finetune import job_url
+
+        return job_url(self.settings.base_url, job_id)
+
+    # -- jobs ----------------------------------------------------------------------------------------------
+
+    def _job(self) -> Callable[[httpx.Response], FineTuningJob]:
+        return model(FineTuningJob, self.job_from)
+
+    def create_job(self, request: CreateFineTuningJobRequest | Mapping[str, Any]) -> Call[FineTuningJob]:
+        """``POST /fine_tuning/jobs``: not re-sent when its outcome is unknown."""
+        return self.create_prepared_job(self.job_body(_request(CreateFineTuningJobRequest, request)))
+
+    def create_prepared_job(self, body: Mapping[str, Any]) -> Call[FineTuningJob]:
+        """``POST /fine_tuning/jobs`` with a body :meth:`job_body` made (and the provider's tags added)."""
+        return Call("POST", "fine_tuning/jobs", self._job(), json=dict(body), idempotent=False)
+
+    def list_jobs(
+        self, after: str | None, limit: int | None, metadata: Mapping[str, str] | None
+    ) -> Call[Page[FineTuningJob]]:
+        """``GET /fine_tuning/jobs``, newest first, filtered by metadata where the service can."""
+        params: dict[str, Any] = {"after": after, "limit": _limit(limit)}
+        if metadata and not self.capabilities.metadata_filter:
+            self.require("metadata_filter")
+        for key, value in (metadata or {}).items():
+            params[f"metadata[{key}]"] = value
+        return Call("GET", "fine_tuning/jobs", model(Page[FineTuningJob], self.page_of(self.job_from)), params=params)
+
+    def list_job_states(self, after: str | None, limit: int | None) -> Call[Page[JobState]]:
+        """The job list read as lean states (the poller watching many jobs)."""
+        params = {"after": after, "limit": _limit(limit)}
+        parse = json_model(Page[JobState]) if type(self).job_from is OpenAIBackend.job_from else None
+        return Call(
+            "GET", "fine_tuning/jobs", parse or model(Page[JobState], self.page_of(self.job_from)), params=params
+        )
+
+    def job_call(self, method: str, job_id: str, action: str | None = None) -> Call[FineTuningJob]:
+        """``GET`` a job, or ``POST`` one of its actions (``cancel``, ``pause``, ``resume``)."""
+        if action in ("pause", "resume"):
+            self.require("pause_resume", job_id=job_id)
+        elif action == "cancel":
+            self.require("cancel", job_id=job_id)
+        path = f"fine_tuning/jobs/{path_param('job_id', job_id)}" + (f"/{action}" if action else "")
+        return Call(method, path, self._job())
+
+    def events(self, job_id: str, after: str | None, limit: int | None) -> Call[Page[FineTuningJobEvent]]:
+        """A page of a job's events, newest first."""
+        self.require("events", job_id=job_id)
+        path = f"fine_tuning/jobs/{path_param('job_id', job_id)}/events"
+        parse = model(Page[FineTuningJobEvent], self.page_of(self.event_from))
+        return Call("GET", path, parse, params={"after": after, "limit": _limit(limit)})
+
+    def checkpoints(self, job_id: str, after: str | None, limit: int | None) -> Call[Page[FineTuningJobCheckpoint]]:
+        """A page of a job's checkpoints, newest first."""
+        self.require("checkpoints", job_id=job_id)
+        path = f"fine_tuning/jobs/{path_param('job_id', job_id)}/checkpoints"
+        return Call("GET", path, model(Page[FineTuningJobCheckpoint]), params={"after": after, "limit": _limit(limit)})
+
+    def next_page(self, call: Call[Page[M]], page: Page[M]) -> Call[Page[M]] | None:
+        """The call for the page after ``page``: the cursor is the last id (``after``)."""
+        cursor = page.next_after
+        if not page.has_more or cursor is None:
+            return None
+        return replace(call, params={**(call.params or {}), "after": cursor})
+
+    # -- checkpoint permissions -----------------------------------------------------------------------------
+
+    def _permissions_path(self, checkpoint: str) -> str:
+        return f"fine_tuning/checkpoints/{path_param('checkpoint', checkpoint)}/permissions"
+
+    def permissions(
+        self, checkpoint: str, project_id: str | None, after: str | None, limit: int | None, order: str | None
+    ) -> Call[Page[CheckpointPermission]]:
+        """A page of a checkpoint's permissions."""
+        self.require("checkpoint_permissions")
+        if order is not None and order not in ("ascending", "descending"):
+            raise InvalidRequestError(f"order must be 'ascending' or 'descending', got {order!r}", field="order")
+        params = {"project_id": project_id, "after": after, "limit": _limit(limit), "order": order}
+        return Call("GET", self._permissions_path(checkpoint), model(Page[CheckpointPermission]), params=params)
+
+    def grant(self, checkpoint: str, project_ids: list[str]) -> Call[Page[CheckpointPermission]]:
+        """Share a checkpoint with projects."""
+        self.require("checkpoint_permissions")
+        body = build_request(CreateCheckpointPermissionRequest, project_ids=project_ids).to_body()
+        return Call("POST", self._permissions_path(checkpoint), model(Page[CheckpointPermission]), json=body)
+
+    def revoke(self, checkpoint: str, permission_id: str) -> Call[DeletedCheckpointPermission]:
+        """Revoke one permission of a checkpoint."""
+        self.require("checkpoint_permissions")
+        path = f"{self._permissions_path(checkpoint)}/{path_param('permission_id', permission_id)}"
+        return Call("DELETE", path, model(DeletedCheckpointPermission))
+
+    # -- graders --------------------------------------------------------------------------------------------
+
+    def run_grader(self, grader: Any, model_sample: str, item: Mapping[str, Any] | None) -> Call[GraderRunResult]:
+        """Run a grader on one sample."""
+        self.require("graders")
+        body = build_request(RunGraderRequest, grader=grader, model_sample=model_sample, item=item).to_body()
+        return Call("POST", "fine_tuning/alpha/graders/run", model(GraderRunResult), json=body)
+
+    def validate_grader(self, grader: Any) -> Call[GraderValidation]:
+        """Have the service validate a grader."""
+        self.require("graders")
+        body = build_request(ValidateGraderRequest, grader=grader).to_body()
+        return Call("POST", "fine_tuning/alpha/graders/validate", model(GraderValidation), json=body)
+
+    # -- files and uploads ----------------------------------------------------------------------------------
+
+    def file_call(self, method: str, file_id: str, parse: Callable[[httpx.Response], T], action: str = "") -> Call[T]:
+        """A call on one file (``GET``, ``DELETE``, ``GET .../content``)."""
+        path = f"files/{path_param('file_id', file_id)}" + (f"/{action}" if action else "")
+        return Call(method, path, parse)
+
+    def get_file(self, file_id: str) -> Call[FileObject]:
+        """Retrieve a file's description."""
+        return self.file_call("GET", file_id, model(FileObject))
+
+    def delete_file(self, file_id: str) -> Call[DeletedFile]:
+        """Delete a file."""
+        return self.file_call("DELETE", file_id, model(DeletedFile))
+
+    def file_content(self, file_id: str) -> Call[bytes]:
+        """Download a file's content."""
+        return self.file_call("GET", file_id, _bytes, "content")
+
+    def list_files(self, purpose: str | None, after: str | None, limit: int | None) -> Call[Page[FileObject]]:
+        """A page of files."""
+        params = {"purpose": purpose, "after": after, "limit": _limit(limit)}
+        return Call("GET", "files", model(Page[FileObject]), params=params)
+
+    def file_form(self, purpose: str) -> dict[str, str]:
+        """The form fields sent beside the file on ``POST /files``."""
+        return {"purpose": purpose}
+
+    def create_file(self, stream: IO[bytes], name: str, purpose: str) -> Call[FileObject]:
+        """``POST /files`` (multipart), re-read from the start on each attempt."""
+        start = stream.tell()
+        form = self.file_form(purpose)
+
+        def multipart() -> tuple[dict[str, str], dict[str, Any]]:
+            stream.seek(start)
+            return form, {"file": (name, stream, mime_type(name))}
+
+        return Call("POST", "files", model(FileObject), multipart=multipart)
+
+    def create_upload(self, name: str, size: int, purpose: str) -> Call[Upload]:
+        """Start an upload of ``size`` bytes (the Uploads API)."""
+        self.require("uploads")
+        body = build_request(
+            CreateUploadRequest, filename=name, bytes=size, purpose=purpose, mime_type=mime_type(name)
+        ).to_body()
+        return Call("POST", "uploads", model(Upload), json=body)
+
+    def add_part(self, upload_id: str, data: bytes) -> Call[UploadPart]:
+        """Add one part to an upload."""
+        self.require("uploads")
+        if len(data) > MAX_PART_SIZE:
+            raise InvalidRequestError(f"an upload part is at most {MAX_PART_SIZE} bytes", field="data")
+
+        def multipart() -> tuple[dict[str, str], dict[str, Any]]:
+            return {}, {"data": ("part", data, "application/octet-stream")}
+
+        path = f"uploads/{path_param('upload_id', upload_id)}/parts"
+        return Call("POST", path, model(UploadPart), multipart=multipart)
+
+    def complete_upload(self, upload_id: str, part_ids: list[str], md5: str | None) -> Call[Upload]:
+        """Complete an upload with its parts in order."""
+        self.require("uploads")
+        body = build_request(CompleteUploadRequest, part_ids=part_ids, md5=md5).to_body()
+        return Call("POST", f"uploads/{path_param('upload_id', upload_id)}/complete", model(Upload), json=body)
+
+    def upload_action(self, upload_id: str, action: str) -> Call[Upload]:
+        """``POST /uploads/{id}/{action}`` (``cancel``)."""
+        self.require("uploads")
+        return Call("POST", f"uploads/{path_param('upload_id', upload_id)}/{action}", model(Upload))
+
+
+def _bytes(response: httpx.Response) -> bytes:
+    return response.content
+
+
+#: Gateways and OpenAI-compatible endpoints with rules of their own: what they lack, how they authenticate.
+PRESETS: dict[str, tuple[str, Capabilities]] = {
+    # Bedrock's OpenAI-compatible ("Mantle") endpoint: no suffix, no pause or resume, Lambda graders only
+    # (run through the customization job, not the graders endpoints), no checkpoint sharing.
+    "bedrock-mantle": (
+        "Bedrock's OpenAI-compatible endpoint",
+        Capabilities(
+            pause_resume=False,
+            suffix=False,
+            checkpoint_permissions=False,
+            graders=False,
+            uploads=False,
+            metadata_filter=False,
+        ),
+    ),
+    # LiteLLM's proxy passes fine-tuning through to the provider behind it; it keeps no metadata filter,
+    # checkpoints or graders of its own.
+    "litellm": (
+        "LiteLLM proxy",
+        Capabilities(
+            pause_resume=False,
+            checkpoints=False,
+            checkpoint_permissions=False,
+            graders=False,
+            uploads=False,
+            metadata_filter=False,
+        ),
+    ),
+    # Portkey routes to the provider named in its headers (x-portkey-provider or a virtual key); its
+    # fine-tuning routes cover jobs, events and checkpoints.
+    "portkey": (
+        "Portkey gateway",
+        Capabilities(
+            pause_resume=False,
+            checkpoint_permissions=False,
+            graders=False,
+            uploads=False,
+            metadata_filter=False,
+        ),
+    ),
+}
+
+
+class OpenAICompatibleBackend(OpenAIBackend):
+    """A service or gateway that speaks OpenAI's dialect, with a preset of what it can do.
+
+    Without a preset nothing is assumed beyond the core: jobs, events and files; the job list is not
+    trusted to filter by metadata (a job is always matched by the tag on the job itself).
+    """
+
+    service: ClassVar[str] = "openai-compatible"
+    label: ClassVar[str] = "OpenAI-compatible service"
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        preset = settings.preset
+        if preset:
+            if preset not in PRESETS:
+                raise InvalidRequestError(
+                    f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}", field="preset"
+                )
+            self.label, self.capabilities = PRESETS[preset]  # type: ignore[misc]
+        else:
+            self.capabilities = Capabilities(
+                pause_resume=False, checkpoint_permissions=False, graders=False, metadata_filter=False
+            )
+
+    def auth(self) -> httpx.Auth | None:
+        """A Bearer key when one is given; a gateway may authenticate by its own extra headers instead."""
+        key = self.settings.api_key
+        if not key:
+            return None
+        if self.settings.preset == "portkey":
+            return HeaderAuth("x-portkey-api-key", key)
+        return HeaderAuth("Authorization", f"Bearer {key}")

@@ -1,0 +1,90 @@
+"""An Airflow connection (type ``finetune``) read into :class:`~airflow_provider_finetune.client.ConnectionSettings`.
+
+The service comes from the ``service`` extra (``openai`` by default); the older ``api_type: azure`` still means
+Azure. The base URL comes from the host: a full URL (``https://example.com/v1``) as is, or a bare host with the
+port, the path from the schema, and ``scheme`` from the extras (``https`` by default), which is what a URI
+such as ``finetune://:sk-emulator@localhost:8089/v1?scheme=http`` gives.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from airflow_provider_finetune.client import (
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    ApiType,
+    ConnectionSettings,
+)
+from airflow_provider_finetune.exceptions import InvalidRequestError
+
+__all__ = ["MIN_MASKED_LENGTH", "settings_from_connection"]
+
+#: Airflow's secrets masker skips (and warns about) values shorter than this; such a value is not asked for.
+MIN_MASKED_LENGTH = 5
+
+
+def settings_from_connection(conn: Any, *, mask: Any = None) -> ConnectionSettings:
+    """Read a ``finetune`` connection into settings.
+
+    :param conn: the Airflow connection.
+    :param mask: called with each secret so that Airflow masks it in logs (``mask_secret``).
+    """
+    extra = conn.extra_dejson or {}
+    base_url = _base_url(conn.host, conn.port, conn.schema, extra.get("scheme"))
+    api_key = conn.password or extra.get("api_key") or ""
+    headers = _headers_extra(extra.get("extra_headers"))
+    if mask is not None:
+        for secret in (api_key, *headers.values()):
+            # Airflow cannot mask a value this short and says so on every task; ours are never logged anyway.
+            if secret and len(secret) >= MIN_MASKED_LENGTH:
+                mask(secret)
+    return ConnectionSettings(
+        base_url=base_url,
+        api_key=api_key,
+        organization=extra.get("organization") or None,
+        project=extra.get("project") or None,
+        service=str(extra.get("service") or "openai").lower(),
+        preset=str(extra["preset"]).lower() if extra.get("preset") else None,
+        api_type=cast(ApiType, str(extra.get("api_type") or "openai").lower()),
+        api_version=extra.get("api_version") or None,
+        auth=str(extra["auth"]).lower() if extra.get("auth") else None,
+        extra_headers=headers,
+        timeout=_number(extra.get("timeout"), DEFAULT_TIMEOUT, "timeout"),
+        max_retries=int(_number(extra.get("max_retries"), DEFAULT_MAX_RETRIES, "max_retries")),
+    )
+
+
+def _base_url(host: str | None, port: int | None, schema: str | None, scheme: str | None) -> str:
+    if not host:
+        return DEFAULT_BASE_URL
+    host = host.strip()
+    if host.startswith(("http://", "https://")):
+        return host.rstrip("/")
+    netloc = f"{host}:{port}" if port else host
+    path = f"/{schema.strip('/')}" if schema else ""
+    return f"{scheme or 'https'}://{netloc}{path}"
+
+
+def _headers_extra(raw: Any) -> dict[str, str]:
+    if raw in (None, ""):
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError as err:
+            raise InvalidRequestError("extra_headers must be a JSON object", field="extra_headers") from err
+    if not isinstance(raw, dict):
+        raise InvalidRequestError("extra_headers must be a JSON object", field="extra_headers")
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+def _number(raw: Any, default: float, name: str) -> float:
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except (TypeError, ValueError) as err:
+        raise InvalidRequestError(f"{name} must be a number, got {raw!r}", field=name) from err

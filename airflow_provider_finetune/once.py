@@ -1,0 +1,302 @@
+"""Once-only job creation that trusts no server: the rules, as a generator that does no I/O.
+
+One task instance creates at most one job, whatever crashes, retries or lost answers. A found job is adopted
+only when its *own* fields say it is ours, never because a list returned it:
+
+* where jobs carry metadata (OpenAI, Azure v1), the job carries the task's tag (:data:`TASK_TAG_KEY`) and a
+  fingerprint of its request (:data:`REQUEST_KEY`); the list is filtered by the tag where the service can,
+  and every job is checked for the tag all the same; where the service ignores the filter, the walk goes
+  through the jobs made since the task instance's first try (with slack for clock skew), never further;
+* where jobs carry no metadata (Azure's authoring API), an intent record is written to the task's state
+  store before the create and the job id after it; only a task instance that recorded an intent looks for
+  a job it may have made, and adopts one whose request fields (model, files, seed) match and that was made
+  after the intent.
+
+A found job whose request differs from this try's (the DAG or its data changed) is handled by
+``on_changed_request``: ``cancel_and_create`` (the default) cancels it when it still runs and creates a new
+one; ``fail`` fails the task and names the job.
+
+:func:`ensure_job` yields the operations below and is told what came back; the hook carries them out with its
+sync or its async client (the vocabulary follows Airflow's ``common.ai`` batch state: identity key, input
+fingerprint, intent record).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+from airflow_provider_finetune.backends.base import request_fingerprint
+from airflow_provider_finetune.client import RetryPolicy, Sleep
+from airflow_provider_finetune.exceptions import ChangedRequestError, InvalidRequestError, UnsafeToRetryError
+from airflow_provider_finetune.models import FineTuningJob, Page
+from airflow_provider_finetune.statuses import FAILURE_STATUSES
+
+__all__ = [
+    "CLOCK_SKEW",
+    "NO_STATE_STORE",
+    "REQUEST_KEY",
+    "TASK_TAG_KEY",
+    "CancelJob",
+    "CreateJob",
+    "GetJob",
+    "JobIdentity",
+    "ListJobs",
+    "OnChangedRequest",
+    "ReadState",
+    "WriteState",
+    "ensure_job",
+    "room_for_tags",
+]
+
+#: Metadata key of the tag that ties a job to the task instance that created it.
+TASK_TAG_KEY = "airflow_task_tag"
+#: Metadata key of the fingerprint of the request a job was created from.
+REQUEST_KEY = "airflow_request"
+#: The provider's own metadata keys.
+OWN_KEYS = frozenset({TASK_TAG_KEY, REQUEST_KEY})
+#: Slack, in seconds, for the clocks of the worker and the service to disagree.
+CLOCK_SKEW = 600.0
+#: The most jobs a search walks through, whatever else bounds it.
+MAX_WALK = 2_000
+#: Page size of a search.
+WALK_PAGE = 100
+
+OnChangedRequest = Literal["cancel_and_create", "fail"]
+ON_CHANGED_REQUEST = ("cancel_and_create", "fail")
+
+
+class _NoStore:
+    def __repr__(self) -> str:
+        return "NO_STATE_STORE"
+
+
+#: What :class:`ReadState` gets back where Airflow has no task state store (before 3.3).
+NO_STATE_STORE: Any = _NoStore()
+
+
+@dataclass(frozen=True)
+class JobIdentity:
+    """Who a job belongs to.
+
+    :param tag: the task instance's tag (DAG, task, run, map index; not the try number).
+    :param since: the earliest moment (Unix seconds) a job of this task instance may have been made: the DAG
+        run's start; ``None`` when unknown, and then only :data:`MAX_WALK` bounds a search.
+    """
+
+    tag: str
+    since: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.tag or len(self.tag) > 512:
+            raise InvalidRequestError("tag must be 1 to 512 characters", field="tag")
+
+
+class ReadState(NamedTuple):
+    """Read a key of the task's state store; :data:`NO_STATE_STORE` where there is none."""
+
+    key: str
+
+
+class WriteState(NamedTuple):
+    """Write a key of the task's state store (nothing where there is none)."""
+
+    key: str
+    value: Any
+
+
+class ListJobs(NamedTuple):
+    """List a page of jobs, newest first, filtered by ``metadata`` if given; answer a ``Page``."""
+
+    after: str | None
+    metadata: Mapping[str, str] | None
+
+
+class GetJob(NamedTuple):
+    """Retrieve a job; answer ``None`` when the service does not know it."""
+
+    job_id: str
+
+
+class CreateJob(NamedTuple):
+    """Create a job from ``body``; answer the job, or the :class:`UnsafeToRetryError` that left it unknown."""
+
+    body: Mapping[str, Any]
+
+
+class CancelJob(NamedTuple):
+    """Cancel a job; answer the job."""
+
+    job_id: str
+
+
+Step = ReadState | WriteState | ListJobs | GetJob | CreateJob | CancelJob | Sleep
+Ensure = Generator[Step, Any, tuple[FineTuningJob, bool]]
+_Find = Generator[Step, Any, FineTuningJob | None]
+
+
+def room_for_tags(metadata: Mapping[str, Any] | None, max_keys: int = 16) -> dict[str, Any]:
+    """The user's metadata without the provider's keys, refused when it leaves the tags no room."""
+    kept = {key: value for key, value in (metadata or {}).items() if key not in OWN_KEYS}
+    room = max_keys - len(OWN_KEYS)
+    if len(kept) > room:
+        raise InvalidRequestError(
+            f"Invalid fine-tuning request: metadata: {len(kept)} keys given, at most {room} are allowed "
+            f"(the other {len(OWN_KEYS)} are the provider's own: {', '.join(sorted(OWN_KEYS))})",
+            field="metadata",
+        )
+    return kept
+
+
+def tagged_body(body: Mapping[str, Any], tag: str, *, job_metadata: bool) -> tuple[dict[str, Any], str]:
+    """The body to send and its fingerprint; the tags go into the metadata where jobs carry it."""
+    fingerprint = request_fingerprint(body, ignore_metadata=OWN_KEYS)
+    sent = dict(body)
+    if job_metadata:
+        sent["metadata"] = {**room_for_tags(body.get("metadata")), TASK_TAG_KEY: tag, REQUEST_KEY: fingerprint}
+    return sent, fingerprint
+
+
+def _same_request_fields(job: FineTuningJob, body: Mapping[str, Any]) -> bool:
+    """Whether a job echoes the fields of a request that every service echoes back."""
+    if job.model != body.get("model") or job.training_file != body.get("training_file"):
+        return False
+    if (job.validation_file or None) != (body.get("validation_file") or None):
+        return False
+    return body.get("seed") is None or job.seed == body.get("seed")
+
+
+def ensure_job(
+    body: Mapping[str, Any],
+    identity: JobIdentity,
+    *,
+    job_metadata: bool,
+    metadata_filter: bool,
+    policy: RetryPolicy,
+    on_changed_request: OnChangedRequest = "cancel_and_create",
+    now: float,
+    log: Any = None,
+) -> Ensure:
+    """Create the job of ``identity`` unless it exists: at most one job per task instance, whatever fails.
+
+    A job in progress or succeeded is reattached to; after a failed or cancelled one a new job is made.
+    When the create's outcome is unknown, the job is looked for again before anything is re-sent, as often
+    as the retry policy allows.
+
+    :param body: the create body, validated for the service (without the provider's tags).
+    :param identity: whose job it is.
+    :param job_metadata: the service's jobs carry metadata (else an intent record is kept).
+    :param metadata_filter: the service can filter its job list by metadata (still verified on each job).
+    :param policy: the retry policy (how often an unknown outcome is looked up and sent again).
+    :param on_changed_request: what to do with a found job made from another request.
+    :param now: the current time (Unix seconds), for the intent record.
+    :param log: a logger for what is decided.
+    :return: the job, and whether this call created it.
+    """
+    if on_changed_request not in ON_CHANGED_REQUEST:
+        raise InvalidRequestError(
+            f"on_changed_request must be one of {', '.join(ON_CHANGED_REQUEST)}, got {on_changed_request!r}",
+            field="on_changed_request",
+        )
+    sent, fingerprint = tagged_body(body, identity.tag, job_metadata=job_metadata)
+    finder = _Finder(sent, identity, fingerprint, job_metadata=job_metadata, metadata_filter=metadata_filter)
+    found = yield from finder.find()
+    previous = found.id if found is not None else None
+    if found is not None and found.status not in FAILURE_STATUSES:
+        if finder.same_request(found):
+            return found, False
+        if on_changed_request == "fail":
+            raise ChangedRequestError(
+                f"Job {found.id} ({found.status}) was made by this task instance from another request (the DAG "
+                "or its data changed since); on_changed_request='fail' leaves it as it is"
+            )
+        if not found.status.is_terminal():
+            if log is not None:
+                log.warning("Job %s was made from another request; cancelling it to create a new one", found.id)
+            yield CancelJob(found.id)
+    yield WriteState("intent", {"fingerprint": fingerprint, "at": now})
+    retry = 0
+    while True:
+        outcome = yield CreateJob(sent)
+        if isinstance(outcome, FineTuningJob):
+            yield WriteState("job_id", outcome.id)
+            return outcome, True
+        if not isinstance(outcome, UnsafeToRetryError):  # pragma: no cover - a driver bug
+            raise TypeError(f"CreateJob answered {outcome!r}")
+        if log is not None:
+            log.warning("Creating the job may or may not have worked (%s); looking it up", outcome.cause)
+        again = yield from finder.find()
+        if again is not None and again.id != previous and finder.same_request(again):
+            yield WriteState("job_id", again.id)
+            return again, False
+        # The lookup answered and no job of ours came of it: the request created nothing. An unknown
+        # outcome is transient trouble like any other: sent again, with backoff, as often as the policy allows.
+        if retry >= policy.max_retries:
+            raise outcome
+        yield Sleep(policy.backoff(retry))
+        retry += 1
+
+
+class _Finder:
+    """Looks for the newest job that is this task instance's own, by the job's own fields."""
+
+    def __init__(
+        self,
+        body: Mapping[str, Any],
+        identity: JobIdentity,
+        fingerprint: str,
+        *,
+        job_metadata: bool,
+        metadata_filter: bool,
+    ) -> None:
+        self.body = body
+        self.identity = identity
+        self.fingerprint = fingerprint
+        self.job_metadata = job_metadata
+        self.metadata_filter = metadata_filter and job_metadata
+
+    def owns(self, job: FineTuningJob, floor: float | None) -> bool:
+        if self.job_metadata:
+            return (job.metadata or {}).get(TASK_TAG_KEY) == self.identity.tag
+        made = job.created_at
+        return _same_request_fields(job, self.body) and (floor is None or (made is not None and made >= floor))
+
+    def same_request(self, job: FineTuningJob) -> bool:
+        if self.job_metadata:
+            theirs = (job.metadata or {}).get(REQUEST_KEY)
+            return theirs is None or theirs == self.fingerprint  # a job tagged before fingerprints existed
+        return _same_request_fields(job, self.body)
+
+    def find(self) -> _Find:
+        stored = yield ReadState("job_id")
+        if stored is not NO_STATE_STORE and stored:
+            # The task's own state store named it, after the service answered its create: it is ours.
+            job = yield GetJob(str(stored))
+            if job is not None:
+                return job
+        floor = None if self.identity.since is None else self.identity.since - CLOCK_SKEW
+        if not self.job_metadata:
+            intent = yield ReadState("intent")
+            if intent is not NO_STATE_STORE:
+                if not intent:
+                    return None  # this task instance never asked for a job: there is nothing to find
+                at = float(intent.get("at", 0)) - CLOCK_SKEW
+                floor = at if floor is None else max(floor, at)
+        metadata = {TASK_TAG_KEY: self.identity.tag} if self.metadata_filter else None
+        after: str | None = None
+        walked = 0
+        while True:
+            page: Page[FineTuningJob] = yield ListJobs(after, metadata)
+            for job in page.data:
+                walked += 1
+                if self.owns(job, floor):
+                    return job
+                # Jobs come newest first: one made before the task instance's first try ends the walk.
+                if floor is not None and job.created_at is not None and job.created_at < floor:
+                    return None
+                if walked >= MAX_WALK:
+                    return None
+            after = page.next_after
+            if not page.has_more or after is None:
+                return None
