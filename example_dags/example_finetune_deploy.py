@@ -71,9 +71,7 @@ with DAG(
             "messages": [{"role": "user", "content": "How do I reset my password?"}],
             "max_completion_tokens": 200,
         }
-        response = FineTuningHook(CONN_ID).client.post("chat/completions", json=body)
-        response.raise_for_status()
-        answer = response.json()["choices"][0]["message"]["content"]
+        answer = FineTuningHook(CONN_ID).chat_completion(body)["choices"][0]["message"]["content"]
         if not answer.strip():
             raise ValueError(f"{model['fine_tuned_model']} gave an empty answer")
         log.info("%s answers: %r", model["fine_tuned_model"], answer)

@@ -78,7 +78,6 @@ with DAG(
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}},
         # run_after, unlike ds, exists in every run, manual runs without a logical date included.
         suffix="support-{{ dag_run.run_after | ds_nodash }}",
-        metadata={"dag_id": "{{ dag.dag_id }}", "run_id": "{{ run_id }}"},
         finetune_conn_id=CONN_ID,
         deferrable=True,
         poll_interval=POLL_INTERVAL,
@@ -113,16 +112,14 @@ with DAG(
         """
         from airflow_provider_finetune.hooks.finetune import FineTuningHook
 
-        client = FineTuningHook(CONN_ID).client  # carries the base URL and the API key
+        hook = FineTuningHook(CONN_ID)
         rows = [json.loads(line) for line in (DATA / "support_eval.jsonl").read_text().splitlines() if line]
 
         def score(name: str) -> float:
             hits = 0
             for row in rows:
                 body = {"model": name, "messages": row["messages"], "temperature": 0, "max_completion_tokens": 200}
-                response = client.post("chat/completions", json=body)
-                response.raise_for_status()
-                answer = response.json()["choices"][0]["message"]["content"]
+                answer = hook.chat_completion(body)["choices"][0]["message"]["content"]
                 hit = row["expected"].lower() in answer.lower()
                 hits += hit
                 log.info(

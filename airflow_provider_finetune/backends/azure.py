@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from airflow_provider_finetune.backends.base import Capabilities, HeaderAuth, Limits
+from airflow_provider_finetune.backends.base import Call, Capabilities, HeaderAuth, Limits
 from airflow_provider_finetune.backends.openai import OpenAIBackend
-from airflow_provider_finetune.client import ConnectionSettings, ErrorFields, read_openai_error
+from airflow_provider_finetune.client import ConnectionSettings, ErrorFields, path_param, read_openai_error
 from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.models import CreateFineTuningJobRequest
 from airflow_provider_finetune.statuses import FineTuningJobStatus
@@ -233,6 +233,15 @@ class AzureAuthoringBackend(_AzureBackend):
             elif hyperparameters:
                 body["hyperparameters"] = hyperparameters
         return body
+
+    def chat_completion(self, body: Mapping[str, Any]) -> Call[dict[str, Any]]:
+        """The authoring API serves a model under a deployment: ``deployments/{model}/chat/completions``."""
+        model_name = body.get("model")
+        if not isinstance(model_name, str) or not model_name:
+            raise InvalidRequestError("model: the deployment to ask must be named", field="model")
+        rest = {k: v for k, v in body.items() if k != "model"}
+        path = f"deployments/{path_param('model', model_name)}/chat/completions"
+        return Call("POST", path, lambda response: response.json(), json=rest)
 
 
 def _numbers_only(block: Any) -> dict[str, Any]:

@@ -190,6 +190,12 @@ class OpenAIBackend(Backend):
             return None
         return replace(call, params={**(call.params or {}), "after": cursor})
 
+    # -- inference ----------------------------------------------------------------------------------------
+
+    def chat_completion(self, body: Mapping[str, Any]) -> Call[dict[str, Any]]:
+        """``POST /chat/completions``: ask a (fine-tuned) model, e.g. to evaluate it."""
+        return Call("POST", "chat/completions", _json, json=dict(body))
+
     # -- checkpoint permissions -----------------------------------------------------------------------------
 
     def _permissions_path(self, checkpoint: str) -> str:
@@ -300,6 +306,10 @@ class OpenAIBackend(Backend):
         """``POST /uploads/{id}/{action}`` (``cancel``)."""
         self.require("uploads")
         return Call("POST", f"uploads/{path_param('upload_id', upload_id)}/{action}", model(Upload))
+
+
+def _json(response: httpx.Response) -> Any:
+    return response.json()
 
 
 def _bytes(response: httpx.Response) -> bytes:

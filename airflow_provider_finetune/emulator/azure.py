@@ -604,6 +604,16 @@ def azure_routes(emulator: Any, wrap: _Wrap, json_response: _Json, helpers: Mapp
 
         return handler
 
+    async def a_chat(request: Request) -> Any:
+        # Azure serves a model under a deployment of it; here every model is deployed under its own name.
+        _authoring_version(request)
+        body = await body_of(request)
+        return emulator.inference.chat_completion({**body, "model": request.path_params["deployment_id"]})
+
+    async def v_chat(request: Request) -> Any:
+        _v1_version(request)
+        return emulator.inference.chat_completion(await body_of(request))
+
     job = "/fine_tuning/jobs/{fine_tuning_job_id}"
     authoring: list[tuple[str, str, Callable[[Request], Awaitable[Any]]]] = [
         ("POST", "/files", a_create_file),
@@ -624,6 +634,7 @@ def azure_routes(emulator: Any, wrap: _Wrap, json_response: _Json, helpers: Mapp
         ("POST", job + "/resume", transition("resume", preview_only=True)),
         ("GET", job + "/events", a_events),
         ("GET", job + "/checkpoints", a_checkpoints),
+        ("POST", "/deployments/{deployment_id}/chat/completions", a_chat),
     ]
     v1: list[tuple[str, str, Callable[[Request], Awaitable[Any]]]] = [
         ("POST", "/files", v_create_file),
@@ -639,6 +650,7 @@ def azure_routes(emulator: Any, wrap: _Wrap, json_response: _Json, helpers: Mapp
         ("POST", job + "/resume", v_job("resume")),
         ("GET", job + "/events", v_job("events")),
         ("GET", job + "/checkpoints", v_job("checkpoints")),
+        ("POST", "/chat/completions", v_chat),
     ]
     routes = []
     # v1 first: its paths would otherwise be taken for authoring paths with an id "v1".

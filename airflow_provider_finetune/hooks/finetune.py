@@ -616,6 +616,16 @@ class FineTuningHook(BaseHook):
         """Async :meth:`iter_checkpoints`."""
         return self._apaginate(self.backend.checkpoints(job_id, after, limit))
 
+    # -- inference -------------------------------------------------------------------------------------
+
+    def chat_completion(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Ask a model (a fine-tuned one, to evaluate it): the service's chat completions, as JSON."""
+        return self._call(self.backend.chat_completion(body))
+
+    async def achat_completion(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Async :meth:`chat_completion`."""
+        return await self._acall(self.backend.chat_completion(body))
+
     # -- checkpoint permissions (admin key) --------------------------------------------------------------
 
     def list_checkpoint_permissions(

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from airflow_provider_finetune.emulator import EmulatorServer
-from airflow_provider_finetune.hooks.finetune import FineTuningHook
+from airflow_provider_finetune.hooks.finetune import TASK_TAG_KEY, FineTuningHook
 from airflow_provider_finetune.training_data import validate_file
 from tests.example_dags.conftest import EXAMPLE_DAGS, Emulator, connection_to, dag_bag
+from tests.integration.conftest import API_KEY
 
 DATA = EXAMPLE_DAGS / "data"
 DAG_IDS = {
@@ -198,8 +199,8 @@ def test_retraining_publishes_the_evaluated_model(retraining_run: Any, emulator:
     model = fine_tune["return_value"]
     assert model.startswith("ft:gpt-4o-mini-2024-07-18:emulator:support-")
     job = FineTuningHook().get_job(fine_tune["job_id"])
-    assert job.metadata["dag_id"] == dag_id
-    assert job.metadata["run_id"] == run_id
+    assert job.metadata is not None
+    assert job.metadata[TASK_TAG_KEY].startswith("ti-")
     assert job.validation_file is not None
 
     best = xcoms(run_id, dag_id, "pick_checkpoint")["return_value"]
@@ -331,3 +332,36 @@ def test_control_dag_pauses_resumes_and_cancels_a_job(
     requests = Emulator(slow_emulator).counters()["requests"]
     for action in ("pause", "resume", "cancel"):
         assert requests[f"POST /v1/fine_tuning/jobs/{{fine_tuning_job_id}}/{action}"] == 1
+
+
+# Last: each run publishes an Asset event, and the tests above read the retraining run's.
+AZURE_CONNECTIONS = {
+    "azure-versioned": {"service": "azure", "api_version": "2024-10-21"},
+    "azure-preview": {"service": "azure", "api_version": "2025-04-01-preview"},
+    "azure-v1": {"service": "azure"},
+}
+
+
+@integration
+@pytest.mark.parametrize("extra", AZURE_CONNECTIONS.values(), ids=list(AZURE_CONNECTIONS))
+def test_retraining_runs_on_azure_with_only_the_connection_changed(
+    serialized_example_dags: Any, emulator_server: EmulatorServer, emulator: Emulator, extra: dict[str, str]
+) -> None:
+    root = emulator_server.base_url.removesuffix("/v1")
+    conn = {"conn_type": "finetune", "host": root, "password": API_KEY, "extra": extra}
+    before = emulator.counters()["requests"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW_CONN_FINETUNE_DEFAULT", json.dumps(conn))
+        dag_run = run(serialized_example_dags, "example_finetune_retraining")
+        job = FineTuningHook().get_job(xcoms(dag_run.run_id, "example_finetune_retraining", "fine_tune")["job_id"])
+    fine_tune = xcoms(dag_run.run_id, "example_finetune_retraining", "fine_tune")
+    assert fine_tune["return_value"].startswith("ft:gpt-4o-mini-2024-07-18:emulator:support-")
+    assert fine_tune["return_value"] == job.fine_tuned_model
+    assert job.status == "succeeded"
+    after = emulator.counters()["requests"]
+    prefix = "/openai/v1/" if extra.get("api_version") is None else "/openai/"
+    sent = {route: after[route] - before.get(route, 0) for route in after if after[route] != before.get(route, 0)}
+    assert sent, "the run sent nothing to the emulator"
+    api_routes = [route for route in sent if " /v1/" in route or " /openai/" in route]
+    assert all(route.split(" ", 1)[1].startswith(prefix) for route in api_routes), api_routes
+    assert sent[f"POST {prefix}fine_tuning/jobs"] == 1
