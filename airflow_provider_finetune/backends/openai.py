@@ -274,7 +274,8 @@ class OpenAIBackend(Backend):
             stream.seek(start)
             return form, {"file": (name, stream, mime_type(name))}
 
-        return Call("POST", "files", model(FileObject), multipart=multipart)
+        # A create: never sent again when the service may have made the file (the caller looks it up).
+        return Call("POST", "files", model(FileObject), multipart=multipart, idempotent=False)
 
     def create_upload(self, name: str, size: int, purpose: str) -> Call[Upload]:
         """Start an upload of ``size`` bytes (the Uploads API)."""
@@ -300,7 +301,8 @@ class OpenAIBackend(Backend):
         """Complete an upload with its parts in order."""
         self.require("uploads")
         body = build_request(CompleteUploadRequest, part_ids=part_ids, md5=md5).to_body()
-        return Call("POST", f"uploads/{path_param('upload_id', upload_id)}/complete", model(Upload), json=body)
+        path = f"uploads/{path_param('upload_id', upload_id)}/complete"
+        return Call("POST", path, model(Upload), json=body, idempotent=False)
 
     def upload_action(self, upload_id: str, action: str) -> Call[Upload]:
         """``POST /uploads/{id}/{action}`` (``cancel``)."""

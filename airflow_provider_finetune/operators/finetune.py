@@ -650,14 +650,6 @@ def _measure(stream: IO[bytes], start: int) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _mime_type(name: str) -> str:
-    import mimetypes
-
-    if name.endswith(".jsonl"):
-        return "application/jsonl"
-    return mimetypes.guess_type(name)[0] or "application/octet-stream"
-
-
 def _timestamp(value: Any) -> float | None:
     """A datetime (or pendulum) as seconds since the epoch; ``None`` when there is none."""
     stamp = getattr(value, "timestamp", None)
@@ -871,11 +863,10 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
         resends = 0
         while True:
             try:
-                if in_parts:
-                    # The hook completes the upload once; a lost complete answer is caught below.
-                    stream.seek(start)
-                    return hook.upload_file(stream, purpose=intent.purpose, filename=intent.filename)
-                return self._post_file(stream, start, intent)
+                # The hook sends POST /files and the Uploads API's complete as creates: never again when
+                # the service may have handled them (UnsafeToRetryError, caught below).
+                stream.seek(start)
+                return hook.upload_file(stream, purpose=intent.purpose, filename=intent.filename)
             except InvalidRequestError:
                 raise
             except FineTuningError as err:
@@ -900,28 +891,6 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
                 resends += 1
                 self.log.info("%s is not on the service; sending it again in %.1f s", intent.filename, delay)
                 time.sleep(delay)
-
-    def _post_file(self, stream: IO[bytes], start: int, intent: _UploadIntent) -> FileObject:
-        """``POST /files`` as a create: retried only when the service surely did not handle it.
-
-        The hook's ``upload_file`` re-sends it after a dropped connection or a 5xx, which leaves a second
-        file when the first one was made; here such an outcome raises ``UnsafeToRetryError`` instead, and
-        the caller looks the file up.
-        """
-        from airflow_provider_finetune.client import exchange, run_sync
-        from airflow_provider_finetune.models import FileObject
-
-        hook = self.hook
-        client = hook.client
-        mime = _mime_type(intent.filename)
-
-        def build() -> Any:
-            stream.seek(start)  # each attempt sends the file from its first byte
-            files = {"file": (intent.filename, stream, mime)}
-            return client.build_request("POST", "files", data={"purpose": intent.purpose}, files=files)
-
-        steps = exchange(build, settings=hook.settings, policy=hook.retry_policy, idempotent=False)
-        return FileObject.model_validate(run_sync(client, steps).json())
 
     def _open(self) -> tuple[IO[bytes], str]:
         """Open the source for reading; the name is the one given, else the source's own."""

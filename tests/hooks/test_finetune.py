@@ -576,10 +576,20 @@ async def test_small_file_goes_through_files_api(hook: FineTuningHook, api: Fake
 
 async def test_retried_file_upload_sends_the_whole_file_again(hook: FineTuningHook, api: FakeAPI, mode: str) -> None:
     data = b'{"messages": []}\n' * 50
-    api.on("POST", "files", httpx.Response(503), file_obj())
+    # A 429 proves the file was not made: sent again, from the first byte.
+    api.on("POST", "files", httpx.Response(429), file_obj())
     await call(hook, mode, "upload_file", io.BytesIO(data), filename="t.jsonl")
     assert len(api.requests) == 2
     assert all(data in r.content for r in api.requests)
+
+
+async def test_file_upload_that_may_have_been_made_is_not_sent_again(
+    hook: FineTuningHook, api: FakeAPI, mode: str
+) -> None:
+    api.on("POST", "files", httpx.Response(503), file_obj())
+    with pytest.raises(UnsafeToRetryError):
+        await call(hook, mode, "upload_file", io.BytesIO(b'{"messages": []}\n'), filename="t.jsonl")
+    assert len(api.requests) == 1
 
 
 async def test_large_file_goes_through_uploads_api_in_parts(
