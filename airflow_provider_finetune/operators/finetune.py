@@ -121,6 +121,14 @@ class _GraderTemplates(BaseOperator):
 class _FineTuningOperator(BaseOperator):
     """What every operator of this provider shares: the connection and a hook made on first use."""
 
+    #: What the service must be able to do for this operator (a capability of the backend), if anything.
+    capability: str | None = None
+
+    def _refuse_if_unsupported(self) -> None:
+        """Fail before any request, in one line, when the connection's service cannot do what is asked."""
+        if self.capability is not None:
+            self.hook.require(self.capability)
+
     def __init__(self, *, finetune_conn_id: str = "finetune_default", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.finetune_conn_id = finetune_conn_id
@@ -354,7 +362,9 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
                 "fine_tuned_model_checkpoint": c.fine_tuned_model_checkpoint,
                 "metrics": c.metrics.model_dump(mode="json", exclude_none=True) if c.metrics else {},
             }
-            for c in self.hook.iter_checkpoints(job.id, limit=100)
+            for c in (
+                self.hook.iter_checkpoints(job.id, limit=100) if self.hook.backend.supports("checkpoints") else ()
+            )
         ]
         ti.xcom_push(key="trained_tokens", value=job.trained_tokens)
         ti.xcom_push(key="result_files", value=list(job.result_files))
@@ -436,6 +446,7 @@ class _JobActionOperator(_FineTuningOperator):
         from airflow_provider_finetune.exceptions import ConflictError, FineTuningError
         from airflow_provider_finetune.waiting import WAIT_ERROR, WAIT_TIMEOUT, wait_sync, watch
 
+        self._refuse_if_unsupported()
         job = self.hook.get_job(self.job_id)
         self._push_job(context, job)
         if job.status.value in self.refused_statuses:
@@ -488,6 +499,7 @@ class FineTuningJobCancelOperator(_JobActionOperator):
 
     action = "cancel_job"
     verb = "cancel"
+    capability = "cancel"
     done_statuses = frozenset({"succeeded", "failed", "cancelled"})
     # A job that ended while being cancelled has nothing left to cancel either.
     target_statuses = frozenset({"succeeded", "failed", "cancelled"})
@@ -508,6 +520,7 @@ class FineTuningJobPauseOperator(_JobActionOperator):
 
     action = "pause_job"
     verb = "pause"
+    capability = "pause_resume"
     done_statuses = frozenset({"paused", "pausing"})
     refused_statuses = frozenset({"succeeded", "failed", "cancelled"})
     target_statuses = frozenset({"paused"})
@@ -529,6 +542,7 @@ class FineTuningJobResumeOperator(_JobActionOperator):
 
     action = "resume_job"
     verb = "resume"
+    capability = "pause_resume"
     done_statuses = frozenset({"validating_files", "queued", "running"})
     refused_statuses = frozenset({"succeeded", "failed", "cancelled"})
     target_statuses = frozenset({"running", "succeeded"})
@@ -763,6 +777,8 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
             size, sha256 = _measure(stream, start)
             if size == 0:
                 raise InvalidRequestError(f"{name} is empty", field="file")
+            if size > self.hook.upload_threshold:
+                self.hook.require("uploads")  # a file this large goes up in parts: refused before any request
             recorded = _digest_filename(name, sha256) if self.digest_in_filename else name
             intent = _UploadIntent(recorded, size, sha256, self.purpose, since=time.time())
             uploaded = self._made_before(context, intent)
@@ -960,6 +976,7 @@ class FineTuningCheckpointPermissionOperator(_FineTuningOperator):
     :param finetune_conn_id: the connection.
     """
 
+    capability = "checkpoint_permissions"
     template_fields: Sequence[str] = ("checkpoint", "project_ids")
     ui_color = "#e8f0fe"
 
@@ -977,6 +994,7 @@ class FineTuningCheckpointPermissionOperator(_FineTuningOperator):
 
     def execute(self, context: Context) -> list[str]:
         """Create the missing permissions; return every requested project's permission id."""
+        self._refuse_if_unsupported()
         from airflow_provider_finetune.exceptions import FineTuningError
         from airflow_provider_finetune.models import CreateCheckpointPermissionRequest, build_request
 
@@ -1016,6 +1034,7 @@ class FineTuningCheckpointPermissionRevokeOperator(_FineTuningOperator):
     :param finetune_conn_id: the connection.
     """
 
+    capability = "checkpoint_permissions"
     template_fields: Sequence[str] = ("checkpoint", "project_ids", "permission_ids")
     ui_color = "#e8f0fe"
 
@@ -1039,6 +1058,7 @@ class FineTuningCheckpointPermissionRevokeOperator(_FineTuningOperator):
 
     def execute(self, context: Context) -> list[str]:
         """Delete the matching permissions that exist; return the ids deleted."""
+        self._refuse_if_unsupported()
         from airflow_provider_finetune.exceptions import NotFoundError
 
         checkpoint = _checkpoint_name(self.checkpoint)
@@ -1070,6 +1090,8 @@ class FineTuningCheckpointPermissionRevokeOperator(_FineTuningOperator):
 
 class _GraderOperator(_GraderTemplates, _FineTuningOperator):
     """Renders graders without mistaking their placeholders for Jinja, and validates them locally."""
+
+    capability = "graders"
 
     grader: dict[str, Any] | str
 
@@ -1113,6 +1135,7 @@ class FineTuningGraderValidateOperator(_GraderOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Validate the grader locally, then with the service; return the grader as a dict."""
+        self._refuse_if_unsupported()
         body = self._grader()
         validated = self.hook.validate_grader(body).grader
         self.log.info("Grader %s (%s) is valid", body.get("name"), body.get("type"))
@@ -1161,6 +1184,7 @@ class FineTuningGraderRunOperator(_GraderOperator):
 
     def execute(self, context: Context) -> float:
         """Run the grader on each sample, push the rewards; return their mean."""
+        self._refuse_if_unsupported()
         from airflow_provider_finetune.exceptions import FineTuningError
 
         grader = self._grader()

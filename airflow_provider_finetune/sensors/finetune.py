@@ -404,6 +404,7 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
 
     def execute(self, context: Context) -> Any:
         """Poke on the worker, or defer at once to the triggerer when ``deferrable``."""
+        self.hook.require("checkpoints")  # a service without checkpoints is refused before any request
         if not self.deferrable:
             return super().execute(context)
         from airflow_provider_finetune.triggers.finetune import FineTuningCheckpointTrigger
