@@ -12,9 +12,16 @@ from enum import Enum
 from typing import ClassVar
 
 __all__ = [
+    "ACTIVE",
     "ACTIVE_STATUSES",
+    "CANCELLING",
+    "FAILURE",
     "FAILURE_STATUSES",
+    "PAUSED",
     "RESUMABLE_STATUSES",
+    "RUNNING",
+    "SUCCEEDED",
+    "TERMINAL",
     "TERMINAL_STATUSES",
     "FineTuningJobStatus",
 ]
@@ -84,3 +91,12 @@ ACTIVE_STATUSES: frozenset[FineTuningJobStatus] = frozenset(
 
 #: Statuses from which a resume makes sense.
 RESUMABLE_STATUSES: frozenset[FineTuningJobStatus] = frozenset({_S.PAUSING, _S.PAUSED})
+
+#: The same groups as plain strings, for code that compares a status's value (and for JSON: trigger events).
+TERMINAL: frozenset[str] = frozenset(s.value for s in TERMINAL_STATUSES)
+FAILURE: frozenset[str] = frozenset(s.value for s in FAILURE_STATUSES)
+ACTIVE: frozenset[str] = frozenset(s.value for s in ACTIVE_STATUSES)
+PAUSED: frozenset[str] = frozenset({_S.PAUSING.value, _S.PAUSED.value})
+SUCCEEDED: str = _S.SUCCEEDED.value
+RUNNING: str = _S.RUNNING.value
+CANCELLING: str = _S.CANCELLING.value

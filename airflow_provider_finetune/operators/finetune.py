@@ -18,6 +18,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_finetune import statuses
 from airflow_provider_finetune._compat import conf
 from airflow_provider_finetune._templating import number as _number
 from airflow_provider_finetune.links.finetune import FineTuningJobLink
@@ -347,7 +348,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
         ti = context["ti"]
         ti.xcom_push(key="status", value=job.status.value)
-        if job.status.value != "succeeded":
+        if job.status.value != statuses.SUCCEEDED:
             raise FineTuningJobFailed(
                 job.id,
                 job.status.value,
@@ -452,7 +453,9 @@ class _JobActionOperator(_FineTuningOperator):
         if job.status.value in self.refused_statuses:
             # Said here, in the job's own words, rather than as the service's 409 to the action.
             raise FineTuningError(
-                f"Cannot {self.verb} fine-tuning job {job.id}: it has already ended ({job.status.value})"
+                f"Cannot {self.verb} fine-tuning job {job.id}: "
+                + ("it has already ended" if job.status.is_terminal() else "it is being cancelled")
+                + f" ({job.status.value})"
             )
         if job.status.value in self.done_statuses:
             self.log.info("Job %s is already %s: nothing to do", job.id, job.status)
@@ -500,9 +503,9 @@ class FineTuningJobCancelOperator(_JobActionOperator):
     action = "cancel_job"
     verb = "cancel"
     capability = "cancel"
-    done_statuses = frozenset({"succeeded", "failed", "cancelled"})
+    done_statuses = statuses.TERMINAL | {statuses.CANCELLING}
     # A job that ended while being cancelled has nothing left to cancel either.
-    target_statuses = frozenset({"succeeded", "failed", "cancelled"})
+    target_statuses = statuses.TERMINAL
 
 
 class FineTuningJobPauseOperator(_JobActionOperator):
@@ -521,9 +524,9 @@ class FineTuningJobPauseOperator(_JobActionOperator):
     action = "pause_job"
     verb = "pause"
     capability = "pause_resume"
-    done_statuses = frozenset({"paused", "pausing"})
-    refused_statuses = frozenset({"succeeded", "failed", "cancelled"})
-    target_statuses = frozenset({"paused"})
+    done_statuses = statuses.PAUSED
+    refused_statuses = statuses.TERMINAL | {statuses.CANCELLING}
+    target_statuses = frozenset({statuses.FineTuningJobStatus.PAUSED.value})
 
 
 class FineTuningJobResumeOperator(_JobActionOperator):
@@ -543,9 +546,9 @@ class FineTuningJobResumeOperator(_JobActionOperator):
     action = "resume_job"
     verb = "resume"
     capability = "pause_resume"
-    done_statuses = frozenset({"validating_files", "queued", "running"})
-    refused_statuses = frozenset({"succeeded", "failed", "cancelled"})
-    target_statuses = frozenset({"running", "succeeded"})
+    done_statuses = statuses.ACTIVE - {statuses.FineTuningJobStatus.PAUSING.value, statuses.CANCELLING}
+    refused_statuses = statuses.TERMINAL | {statuses.CANCELLING}
+    target_statuses = frozenset({statuses.RUNNING, statuses.SUCCEEDED})
 
 
 # -- files ---------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
+from airflow_provider_finetune import statuses
 from airflow_provider_finetune._compat import conf
 from airflow_provider_finetune._templating import is_template, number
 from airflow_provider_finetune.checkpoints import CheckpointCondition
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["FineTuningCheckpointSensor", "FineTuningJobSensor"]
 
 #: What fails a job sensor when no failure statuses are given, less the statuses it waits for.
-DEFAULT_FAILURE_STATUSES = frozenset({"failed", "cancelled"})
+DEFAULT_FAILURE_STATUSES = statuses.FAILURE
 
 
 def _statuses(value: str | Collection[str], name: str) -> frozenset[str]:
@@ -258,7 +259,7 @@ class FineTuningJobSensor(_FineTuningSensor):
         status = status or job.status.value
         context["ti"].xcom_push(key="status", value=status)
         self.log.info("Fine-tuning job %s is %s", job.id, status)
-        return job.fine_tuned_model if status == "succeeded" else status
+        return job.fine_tuned_model if status == statuses.SUCCEEDED else status
 
     def _fail_if_ended(self, job: FineTuningJob, status: str | None = None) -> None:
         """Fail on a failure status, or a terminal status that is not a target."""
