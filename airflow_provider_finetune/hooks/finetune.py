@@ -421,6 +421,26 @@ class FineTuningHook(BaseHook):
             log=self.log,
         )
 
+    def _ensure_call(self, step: ListJobs | GetJob | CreateJob | CancelJob) -> Call[Any]:
+        """The request that carries out one step of :func:`~airflow_provider_finetune.once.ensure_job`."""
+        backend = self.backend
+        if isinstance(step, ListJobs):
+            return backend.list_jobs(step.after, 100, step.metadata)
+        if isinstance(step, GetJob):
+            return backend.job_call("GET", step.job_id)
+        if isinstance(step, CreateJob):
+            return backend.create_prepared_job(step.body)
+        return backend.job_call("POST", step.job_id, "cancel")
+
+    @staticmethod
+    def _ensure_answer(step: Any, error: FineTuningError) -> Any:
+        """What a step answers when its request failed: an unknown job is ``None``, an unknown create the error."""
+        if isinstance(step, GetJob) and isinstance(error, NotFoundError):
+            return None
+        if isinstance(step, CreateJob) and isinstance(error, UnsafeToRetryError):
+            return error
+        raise error
+
     def _drive(self, steps: Ensure, state: Any) -> tuple[FineTuningJob, bool]:
         """Carry out the steps of :func:`~airflow_provider_finetune.once.ensure_job` with the sync client."""
         outcome: Any = None
@@ -435,22 +455,13 @@ class FineTuningHook(BaseHook):
             elif isinstance(step, WriteState):
                 if state is not None:
                     state.set(step.key, step.value)
-            elif isinstance(step, ListJobs):
-                outcome = self._call(self.backend.list_jobs(step.after, 100, step.metadata))
-            elif isinstance(step, GetJob):
-                try:
-                    outcome = self.get_job(step.job_id)
-                except NotFoundError:
-                    outcome = None
-            elif isinstance(step, CreateJob):
-                try:
-                    outcome = self._call(self.backend.create_prepared_job(step.body))
-                except UnsafeToRetryError as unknown:
-                    outcome = unknown
-            elif isinstance(step, CancelJob):
-                outcome = self.cancel_job(step.job_id)
             elif isinstance(step, Sleep):
                 time.sleep(step.seconds)
+            else:
+                try:
+                    outcome = self._call(self._ensure_call(step))
+                except FineTuningError as error:
+                    outcome = self._ensure_answer(step, error)
 
     async def _adrive(self, steps: Ensure, state: Any) -> tuple[FineTuningJob, bool]:
         """Async :meth:`_drive`; the task state store is only read and written through a thread."""
@@ -466,22 +477,13 @@ class FineTuningHook(BaseHook):
             elif isinstance(step, WriteState):
                 if state is not None:
                     await asyncio.to_thread(state.set, step.key, step.value)
-            elif isinstance(step, ListJobs):
-                outcome = await self._acall(self.backend.list_jobs(step.after, 100, step.metadata))
-            elif isinstance(step, GetJob):
-                try:
-                    outcome = await self.aget_job(step.job_id)
-                except NotFoundError:
-                    outcome = None
-            elif isinstance(step, CreateJob):
-                try:
-                    outcome = await self._acall(self.backend.create_prepared_job(step.body))
-                except UnsafeToRetryError as unknown:
-                    outcome = unknown
-            elif isinstance(step, CancelJob):
-                outcome = await self.acancel_job(step.job_id)
             elif isinstance(step, Sleep):
                 await asyncio.sleep(step.seconds)
+            else:
+                try:
+                    outcome = await self._acall(self._ensure_call(step))
+                except FineTuningError as error:
+                    outcome = self._ensure_answer(step, error)
 
     def find_job_by_tag(self, tag: str) -> FineTuningJob | None:
         """Return the newest job whose own metadata carries ``tag``, or ``None`` (never a job without it)."""
