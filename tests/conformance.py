@@ -43,9 +43,11 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 __all__ = [
+    "AZURE_SPECS",
     "EXTRA_JOB_STATUSES",
     "SPEC_DIR_ENV",
     "SPEC_FILENAME",
+    "azure_spec_dir",
     "load_spec",
     "operation_ids",
     "spec_path",
@@ -55,6 +57,14 @@ __all__ = [
 
 SPEC_FILENAME = "openapi_finetuning.yaml"
 SPEC_DIR_ENV = "FINETUNE_OPENAPI_SPEC_DIR"
+#: The Azure OpenAI documents (``../shared/azure-spec``) ``spec=`` may name, beside ``"openai"``: the trimmed
+#: stable and preview authoring files, the trimmed v1 file, and the whole v1 file (its chat completions).
+AZURE_SPECS = {
+    "azure-2024-10-21": "azureopenai-authoring-2024-10-21.finetuning.json",
+    "azure-2025-04-01-preview": "azureopenai-authoring-2025-04-01-preview.finetuning.yaml",
+    "azure-v1": "azureopenai-v1.finetuning.yaml",
+    "azure-v1-full": "azureopenai-v1.yaml",
+}
 #: Job statuses real services answer that the spec's ``FineTuningJob.status`` enum does not list.
 EXTRA_JOB_STATUSES = ("pausing", "paused")
 
@@ -102,23 +112,155 @@ def spec_path() -> Path:
     return Path(__file__).resolve().parents[2] / "shared" / "openai-spec" / SPEC_FILENAME
 
 
+def azure_spec_dir() -> Path:
+    """Return the directory of the Azure OpenAI documents: ``azure-spec`` beside the OpenAI spec's directory."""
+    return spec_path().parent.parent / "azure-spec"
+
+
+def _spec_file(spec: str) -> Path:
+    """The document ``spec`` names: ``"openai"`` or a key of :data:`AZURE_SPECS`."""
+    if spec == "openai":
+        return spec_path()
+    if spec not in AZURE_SPECS:
+        raise AssertionError(f"unknown spec {spec!r}; known: openai, {', '.join(AZURE_SPECS)}")
+    return azure_spec_dir() / AZURE_SPECS[spec]
+
+
 @functools.cache
 def _load(path: Path) -> dict[str, Any]:
     with path.open(encoding="utf-8") as handle:
-        document = yaml.safe_load(handle)
+        # JSON is YAML, but the C-less YAML parser is slow on big JSON files.
+        document = json.load(handle) if path.suffix == ".json" else yaml.safe_load(handle)
     if not isinstance(document, dict) or "paths" not in document:
         raise AssertionError(f"{path} is not an OpenAPI document")
+    if str(document.get("swagger", "")).startswith("2."):
+        document = _swagger2_to_openapi3(document)
     return document
 
 
-def load_spec() -> dict[str, Any]:
-    """Return the parsed OpenAPI document (cached; treat it as read-only)."""
-    return _load(spec_path())
+# Keys of a Swagger 2.0 non-body parameter that belong in an OpenAPI 3 parameter's ``schema``.
+_SWAGGER_SCHEMA_KEYS = (
+    "type",
+    "format",
+    "items",
+    "enum",
+    "default",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "multipleOf",
+)
 
 
-def operation_ids() -> list[str]:
+def _swagger2_refs(node: Any) -> Any:
+    """Point Swagger 2.0 refs at their OpenAPI 3 homes; ``x-nullable`` becomes ``nullable``."""
+    if isinstance(node, list):
+        return [_swagger2_refs(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "$ref" and isinstance(value, str):
+            value = value.replace("#/definitions/", "#/components/schemas/").replace(
+                "#/parameters/", "#/components/parameters/"
+            )
+        elif key == "x-nullable":
+            key = "nullable"
+        out[key] = _swagger2_refs(value)
+    if out.get("type") == "file":  # a file in a schema (formData or response): binary string
+        out["type"], out["format"] = "string", "binary"
+    return out
+
+
+def _swagger2_parameter(param: dict[str, Any]) -> dict[str, Any]:
+    """A query/path/header Swagger 2.0 parameter as an OpenAPI 3 one (its type keywords under ``schema``)."""
+    if "$ref" in param or param.get("in") in ("body", "formData"):
+        return param
+    converted = {k: v for k, v in param.items() if k not in _SWAGGER_SCHEMA_KEYS and k != "collectionFormat"}
+    converted["schema"] = {k: param[k] for k in _SWAGGER_SCHEMA_KEYS if k in param}
+    return converted
+
+
+def _swagger2_to_openapi3(source: dict[str, Any]) -> dict[str, Any]:
+    """Convert what request and response validation read from a Swagger 2.0 document into OpenAPI 3.0 form.
+
+    ``definitions`` become ``components.schemas`` (refs rewritten), global ``parameters`` become
+    ``components.parameters``; in each operation an ``in: body`` parameter becomes the ``requestBody`` (one
+    content entry per ``consumes`` media type), ``in: formData`` parameters become the properties of a
+    ``multipart/form-data`` (or urlencoded) body schema (``type: file`` is a binary string), the other
+    parameters keep their place with their type keywords moved under ``schema``; a response ``schema`` moves
+    under ``content`` for each ``produces`` media type. Everything else (``security``, ``info``...) is kept.
+    """
+    document = _swagger2_refs(source)
+    consumes_default = document.get("consumes") or ["application/json"]
+    produces_default = document.get("produces") or ["application/json"]
+    components: dict[str, Any] = {
+        "schemas": document.pop("definitions", {}),
+        "parameters": {name: _swagger2_parameter(param) for name, param in document.pop("parameters", {}).items()},
+        "securitySchemes": document.pop("securityDefinitions", {}),
+        "responses": document.pop("responses", {}),
+    }
+    document["components"] = components
+    document["openapi"] = "3.0.0"
+    document["x-converted-from"] = f"swagger {document.pop('swagger')}"
+    for item in document["paths"].values():
+        for method in _HTTP_METHODS:
+            operation = item.get(method)
+            if not isinstance(operation, dict):
+                continue
+            consumes = operation.pop("consumes", None) or consumes_default
+            produces = operation.pop("produces", None) or produces_default
+            parameters: list[Any] = []
+            form: dict[str, Any] = {"type": "object", "properties": {}, "required": []}
+            for param in operation.get("parameters", []):
+                where = param.get("in")
+                if where == "body":
+                    operation["requestBody"] = {
+                        "required": bool(param.get("required")),
+                        "content": {media: {"schema": param.get("schema", {})} for media in consumes},
+                    }
+                elif where == "formData":
+                    keys = (*_SWAGGER_SCHEMA_KEYS, "description")
+                    form["properties"][param["name"]] = {k: param[k] for k in keys if k in param}
+                    if param.get("type") == "file":
+                        form["properties"][param["name"]].update(type="string", format="binary")
+                    if param.get("required"):
+                        form["required"].append(param["name"])
+                else:
+                    parameters.append(_swagger2_parameter(param))
+            if form["properties"]:
+                if not form["required"]:
+                    del form["required"]
+                media = (
+                    "application/x-www-form-urlencoded"
+                    if consumes == ["application/x-www-form-urlencoded"]
+                    else ("multipart/form-data")
+                )
+                operation["requestBody"] = {"required": "required" in form, "content": {media: {"schema": form}}}
+            if "parameters" in operation:
+                operation["parameters"] = parameters
+            for response in operation.get("responses", {}).values():
+                if isinstance(response, dict) and "schema" in response:
+                    schema = response.pop("schema")
+                    response["content"] = {media: {"schema": schema} for media in produces}
+    return document
+
+
+def load_spec(spec: str = "openai") -> dict[str, Any]:
+    """Return the parsed OpenAPI document (cached; treat it as read-only); a Swagger 2.0 one comes converted."""
+    return _load(_spec_file(spec))
+
+
+def operation_ids(spec: str = "openai") -> list[str]:
     """Return every operationId the spec declares, in document order."""
-    return [operation.operation_id for operation in _operations(spec_path())]
+    return [operation.operation_id for operation in _operations(_spec_file(spec))]
 
 
 def _openapi30_compat(node: Any) -> Any:
@@ -441,11 +583,16 @@ def _check_path_params(operation: _Operation, values: Mapping[str, str], path: P
 
 
 def _check_query(
-    request: httpx.Request, operation: _Operation, path: Path, extra_query_params: Collection[str]
+    request: httpx.Request,
+    operation: _Operation,
+    path: Path,
+    extra_query_params: Collection[str],
+    *,
+    azure_style: bool = True,
 ) -> list[str]:
     problems: list[str] = []
     document = _compat_spec(path, False)
-    if request.headers.get("api-key"):
+    if azure_style and request.headers.get("api-key"):
         extra_query_params = {*extra_query_params, *_AZURE_QUERY_PARAMS}
     raw_query = request.url.query.decode("ascii")
     try:
@@ -538,6 +685,85 @@ def _check_headers(request: httpx.Request) -> list[str]:
     if not authorizations and not api_keys:
         problems.append("no credentials: send 'Authorization: Bearer <key>' (or 'api-key: <key>' for Azure)")
     return problems
+
+
+def _usable_credential(value: str) -> bool:
+    words = value.split()
+    return bool(words) and words[-1].lower() not in _PLACEHOLDER_TOKENS
+
+
+def _check_security(request: httpx.Request, path: Path, operation: _Operation) -> list[str]:
+    """The credentials against the document's ``security`` requirements (one alternative must be met whole)."""
+    document = _load(path)
+    schemes = document.get("components", {}).get("securitySchemes", {})
+    alternatives = operation.operation.get("security", document.get("security"))
+    if not alternatives:
+        return []
+    problems: list[str] = []
+    header_names = {"authorization"} | {
+        str(scheme["name"]).lower()
+        for scheme in schemes.values()
+        if scheme.get("type") == "apiKey" and scheme.get("in") == "header"
+    }
+    for name in sorted(header_names):
+        values = request.headers.get_list(name)
+        if len(values) > 1:
+            problems.append(f"more than one {name} header")
+        elif values and not _usable_credential(values[0]):
+            problems.append(f"{name} header carries no usable credential ({values[0]!r})")
+    described = []
+    for alternative in alternatives:
+        met, parts = True, []
+        for scheme_name in alternative:
+            scheme = schemes.get(scheme_name, {})
+            kind, where = scheme.get("type"), scheme.get("in")
+            if kind == "apiKey" and where in ("header", "query"):
+                name = str(scheme["name"])
+                parts.append(f"{where} {name!r}")
+                value = request.headers.get(name) if where == "header" else request.url.params.get(name)
+                met = met and value is not None and _usable_credential(value)
+            elif kind in ("oauth2", "openIdConnect") or (kind == "http" and scheme.get("scheme") == "bearer"):
+                parts.append(f"'Authorization: Bearer <token>' ({scheme_name})")
+                auth_scheme, _, token = (request.headers.get("authorization") or "").strip().partition(" ")
+                met = met and auth_scheme.lower() == "bearer" and _usable_credential(token)
+            else:
+                parts.append(f"{scheme_name} (unsupported here)")
+                met = False
+        if met:
+            return problems
+        described.append(" + ".join(parts) or "none")
+    problems.append(f"no credentials this spec accepts: send one of {'; '.join(described)}")
+    return problems
+
+
+def _check_header_params(request: httpx.Request, operation: _Operation, path: Path) -> list[str]:
+    problems: list[str] = []
+    document = _compat_spec(path, False)
+    for param, pointer in zip(operation.parameters, operation.parameter_pointers, strict=True):
+        if param["in"] != "header":
+            continue
+        name = param["name"]
+        value = request.headers.get(name)
+        if value is None:
+            if param.get("required"):
+                problems.append(f"required header {name!r} is missing")
+            continue
+        if "schema" in param:
+            problems += _schema_errors(
+                _validator(path, False, pointer), _coerce(document, param["schema"], value), f"header {name!r}"
+            )
+    return problems
+
+
+def _check_api_version(request: httpx.Request, operation: _Operation, path: Path) -> list[str]:
+    """A dated document describes one ``api-version``: a request naming another does not follow it."""
+    version = str(_load(path).get("info", {}).get("version", ""))
+    for param in operation.parameters:
+        if param["in"] == "query" and param["name"] == "api-version" and "enum" not in param.get("schema", {}):
+            sent = request.url.params.get("api-version")
+            if sent is not None and version and sent != version:
+                return [f"query parameter 'api-version'={sent!r}: this document describes api-version {version!r}"]
+    return []
 
 
 def _check_json_body(body: bytes, path: Path, pointer: str) -> list[str]:
@@ -643,7 +869,11 @@ def _check_body(request: httpx.Request, operation: _Operation, path: Path) -> li
 
 
 def validate_request(
-    request: httpx.Request, *, base_path: str = "/v1", extra_query_params: Collection[str] = ()
+    request: httpx.Request,
+    *,
+    base_path: str = "/v1",
+    extra_query_params: Collection[str] = (),
+    spec: str = "openai",
 ) -> str:
     """Check that ``request`` conforms to the published OpenAPI spec and return the operationId it matched.
 
@@ -660,14 +890,28 @@ def validate_request(
     Schema 2020-12 for ``application/json``; fields, types and enums for ``multipart/form-data``; empty for
     operations that declare no body).
 
+    ``spec`` names the document: ``"openai"`` (the default) or an Azure OpenAI one (:data:`AZURE_SPECS`:
+    ``"azure-2024-10-21"``, ``"azure-2025-04-01-preview"``, ``"azure-v1"``, ``"azure-v1-full"``; the Swagger 2.0
+    file is converted on load). Against an Azure document ``api-version`` is a declared parameter like any
+    other (required on authoring, where its value must be the document's own version; optional on v1, ``v1``
+    or ``preview``), the credentials must meet one of the document's ``security`` alternatives (``api-key``;
+    a bearer token where OAuth2 is declared; v1's ``authorization`` header), and declared header parameters
+    are checked.
+
     Raises:
         AssertionError: with every problem found, one per line.
     """
-    path = spec_path()
+    path = _spec_file(spec)
     operation, values = _match_operation(request, base_path, path)
     problems = _check_path_params(operation, values, path)
-    problems += _check_query(request, operation, path, extra_query_params)
-    problems += _check_headers(request)
+    if spec == "openai":
+        problems += _check_query(request, operation, path, extra_query_params)
+        problems += _check_headers(request)
+    else:
+        problems += _check_query(request, operation, path, extra_query_params, azure_style=False)
+        problems += _check_api_version(request, operation, path)
+        problems += _check_security(request, path, operation)
+        problems += _check_header_params(request, operation, path)
     problems += _check_body(request, operation, path)
     if problems:
         listing = "\n".join(f"  - {problem}" for problem in problems)

@@ -15,16 +15,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import AsyncGenerator, Generator, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
+from pydantic import BaseModel
 
-from airflow_provider_finetune.backends.base import Call, Capabilities, HeaderAuth, Limits
+from airflow_provider_finetune.backends.base import Call, Capabilities, HeaderAuth, Limits, model
 from airflow_provider_finetune.backends.openai import OpenAIBackend
 from airflow_provider_finetune.client import ConnectionSettings, ErrorFields, path_param, read_openai_error
 from airflow_provider_finetune.exceptions import InvalidRequestError
-from airflow_provider_finetune.models import CreateFineTuningJobRequest
+from airflow_provider_finetune.models import CreateFineTuningJobRequest, FileObject, Page
 from airflow_provider_finetune.statuses import FineTuningJobStatus
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "EntraIdAuth",
     "azure_backend",
 ]
+
+M = TypeVar("M", bound=BaseModel)
 
 #: The newest stable authoring version, used when a connection names none.
 STABLE_API_VERSION = "2024-10-21"
@@ -170,6 +173,29 @@ class _AzureBackend(OpenAIBackend):
         headers = response.headers
         return headers.get("apim-request-id") or headers.get("x-ms-request-id") or headers.get("x-request-id")
 
+    #: Whether ``GET /files`` takes ``limit`` and ``after``: only the dated previews declare them.
+    file_list_pages: bool = False
+
+    def list_files(self, purpose: str | None, after: str | None, limit: int | None) -> Call[Page[FileObject]]:
+        """``GET /files``, as far as the surface's list takes it.
+
+        Where the list does not page (it declares ``purpose`` only: stable authoring and v1), the whole list
+        comes in one answer: ``limit`` is not sent and a cursor is refused before any request.
+        """
+        if self.file_list_pages:
+            return super().list_files(purpose, after, limit)
+        if after is not None:
+            raise InvalidRequestError(
+                f"after: {self.label}'s file list does not page (it takes only purpose)", field="after"
+            )
+        return Call("GET", "files", model(Page[FileObject]), params={"purpose": purpose})
+
+    def next_page(self, call: Call[Page[M]], page: Page[M]) -> Call[Page[M]] | None:
+        """No next page of a file list that does not page, whatever its ``has_more`` says."""
+        if call.path == "files" and not self.file_list_pages:
+            return None
+        return super().next_page(call, page)
+
 
 class AzureAuthoringBackend(_AzureBackend):
     """The versioned authoring API: ``{endpoint}/openai/...?api-version=...``."""
@@ -196,6 +222,7 @@ class AzureAuthoringBackend(_AzureBackend):
             methods=frozenset({"supervised", "dpo"}) if preview else frozenset({"supervised"}),
         )
         self.preview = preview
+        self.file_list_pages = preview
 
     def read_error(self, response: httpx.Response, body: Any) -> ErrorFields:
         """``{"error": {"code", "message", "target", "details", "innererror"}}``."""
