@@ -757,9 +757,12 @@ def _check_header_params(request: httpx.Request, operation: _Operation, path: Pa
 
 def _check_api_version(request: httpx.Request, operation: _Operation, path: Path) -> list[str]:
     """A dated document describes one ``api-version``: a request naming another does not follow it."""
-    version = str(_load(path).get("info", {}).get("version", ""))
+    document = _load(path)
+    version = str(document.get("info", {}).get("version", ""))
     for param in operation.parameters:
-        if param["in"] == "query" and param["name"] == "api-version" and "enum" not in param.get("schema", {}):
+        schema = _deref(document, param.get("schema", {}))
+        # An enum (v1: ``v1`` or ``preview``) says itself which versions the document takes.
+        if param["in"] == "query" and param["name"] == "api-version" and "enum" not in schema:
             sent = request.url.params.get("api-version")
             if sent is not None and version and sent != version:
                 return [f"query parameter 'api-version'={sent!r}: this document describes api-version {version!r}"]

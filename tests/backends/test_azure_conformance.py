@@ -17,7 +17,7 @@ from airflow_provider_finetune.exceptions import InvalidRequestError, Unsupporte
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.statuses import FineTuningJobStatus
 from tests.backends.conftest import REACHED, SURFACES, FakeAzure, Surface, file_obj, page
-from tests.conformance import operation_ids
+from tests.conformance import operation_ids, validate_request
 
 MODEL = "gpt-4o-mini-2024-07-18"
 WANDB = [{"type": "wandb", "wandb": {"project": "tuning"}}]
@@ -236,10 +236,16 @@ def test_chat_completion(surface: Surface, fake_azure: FakeAzure, azure_hook: Fi
 # -- coverage -----------------------------------------------------------------------------------------------
 
 
-def test_every_operation_of_each_azure_spec_is_reached_or_explained() -> None:
-    """Runs last in this module: every spec operation is reached by a call above or named in NOT_USED."""
-    if not all(REACHED.values()):
-        pytest.skip("needs the other tests of this module in the same run")
+def test_every_operation_of_each_azure_spec_is_reached_or_explained(request: pytest.FixtureRequest) -> None:
+    """Runs after the calls above (file order): every spec operation is reached by one or named in NOT_USED."""
+    drivers = {
+        name
+        for name, value in globals().items()
+        if name.startswith("test_") and "fake_azure" in getattr(value, "__code__", compile("", "", "exec")).co_varnames
+    }
+    selected = {item.originalname for item in request.session.items if item.module is request.module}
+    if not drivers <= selected or not all(REACHED.values()):
+        pytest.skip("needs every test of this module that drives the fake service in the same run")
     problems = []
     for name, surface in SURFACES.items():
         declared = set(operation_ids(surface.spec))
@@ -253,3 +259,126 @@ def test_every_operation_of_each_azure_spec_is_reached_or_explained() -> None:
         if both:
             problems.append(f"{name}: reached, yet listed as not used: {sorted(both)}")
     assert not problems, "\n".join(problems)
+
+
+# -- the validator itself: it refuses what each document refuses --------------------------------------------
+
+AUTHORING = "https://res.openai.azure.com/openai"
+V1 = "https://res.openai.azure.com/openai/v1"
+
+
+def _refusal(request: Any, spec: str, base_path: str) -> str:
+    with pytest.raises(AssertionError) as info:
+        validate_request(request, base_path=base_path, spec=spec)
+    return str(info.value)
+
+
+def _req(method: str, url: str, **kwargs: Any) -> Any:
+    import httpx
+
+    return httpx.Request(method, url, **kwargs)
+
+
+KEY_HEADER = {"api-key": "k-1"}
+
+
+@pytest.mark.parametrize(
+    ("request_", "spec", "message"),
+    [
+        (
+            _req("GET", f"{AUTHORING}/fine_tuning/jobs", headers=KEY_HEADER),
+            "azure-2024-10-21",
+            "'api-version' is missing",
+        ),
+        (
+            _req("GET", f"{AUTHORING}/fine_tuning/jobs?api-version=2025-04-01-preview", headers=KEY_HEADER),
+            "azure-2024-10-21",
+            "describes api-version '2024-10-21'",
+        ),
+        (
+            _req("GET", f"{AUTHORING}/fine_tuning/jobs?api-version=2024-10-21", headers={"authorization": "Bearer t"}),
+            "azure-2024-10-21",
+            "header 'api-key'",
+        ),
+        (
+            _req("POST", f"{AUTHORING}/fine_tuning/jobs/ft-1/pause?api-version=2024-10-21", headers=KEY_HEADER),
+            "azure-2024-10-21",
+            "no operation in the spec matches",
+        ),
+        (
+            _req(
+                "POST",
+                f"{AUTHORING}/fine_tuning/jobs?api-version=2024-10-21",
+                headers=KEY_HEADER,
+                json={"model": "m", "training_file": "f", "hyperparameters": {"n_epochs": "auto"}},
+            ),
+            "azure-2024-10-21",
+            "$.hyperparameters.n_epochs",
+        ),
+        (
+            _req("POST", f"{AUTHORING}/files?api-version=2024-10-21", headers=KEY_HEADER, files={"file": ("t", b"{}")}),
+            "azure-2024-10-21",
+            "'purpose' is a required property",
+        ),
+        (
+            _req(
+                "POST",
+                f"{AUTHORING}/uploads?api-version=2024-10-21",
+                headers=KEY_HEADER,
+                json={"filename": "t", "bytes": 1, "purpose": "fine-tune"},
+            ),
+            "azure-2024-10-21",
+            "'mime_type' is a required property",
+        ),
+        (
+            _req(
+                "POST", f"{V1}/files", headers=KEY_HEADER, files={"file": ("t", b"{}")}, data={"purpose": "fine-tune"}
+            ),
+            "azure-v1",
+            "'expires_after' is a required property",
+        ),
+        (
+            _req("DELETE", f"{V1}/fine_tuning/jobs/ft-1", headers=KEY_HEADER),
+            "azure-v1",
+            "method DELETE is not declared",
+        ),
+        (_req("GET", f"{V1}/fine_tuning/jobs?api-version=2024-10-21", headers=KEY_HEADER), "azure-v1", "api-version"),
+        (_req("GET", f"{V1}/fine_tuning/jobs"), "azure-v1", "no credentials this spec accepts"),
+        (_req("GET", f"{V1}/fine_tuning/jobs", headers={"api-key": "none"}), "azure-v1", "no usable credential"),
+    ],
+)
+def test_the_validator_refuses_what_the_azure_document_refuses(request_: Any, spec: str, message: str) -> None:
+    base_path = "/openai/v1" if spec.startswith("azure-v1") else "/openai"
+    assert message in _refusal(request_, spec, base_path)
+
+
+@pytest.mark.parametrize(
+    ("request_", "spec", "operation"),
+    [
+        (_req("GET", f"{V1}/fine_tuning/jobs", headers={"authorization": "Bearer tok"}), "azure-v1", None),
+        (_req("GET", f"{V1}/fine_tuning/jobs?api-version=preview", headers=KEY_HEADER), "azure-v1", None),
+        (
+            _req(
+                "GET",
+                f"{AUTHORING}/fine_tuning/jobs?api-version=2025-04-01-preview",
+                headers={"authorization": "Bearer t"},
+            ),
+            "azure-2025-04-01-preview",
+            "FineTuning_List",
+        ),
+        (
+            _req(
+                "POST",
+                f"{AUTHORING}/files?api-version=2025-04-01-preview",
+                headers=KEY_HEADER,
+                files={"file": ("t", b"{}")},
+                data={"purpose": "fine-tune", "expires_after.anchor": "created_at", "expires_after.seconds": "1209600"},
+            ),
+            "azure-2025-04-01-preview",
+            "Files_Upload",
+        ),
+    ],
+)
+def test_the_validator_accepts_what_the_azure_document_allows(request_: Any, spec: str, operation: str | None) -> None:
+    base_path = "/openai/v1" if spec.startswith("azure-v1") else "/openai"
+    assert validate_request(request_, base_path=base_path, spec=spec) == (operation or "listPaginatedFineTuningJobs")
