@@ -10,7 +10,16 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "get_provider_info"]
+__all__ = ["AUTH_CHOICES", "PRESET_CHOICES", "SERVICE_CHOICES", "__version__", "get_provider_info"]
+
+# Spelled out here rather than imported: Airflow reads this module to list providers, and the backends pull in
+# httpx and pydantic. tests/test_provider.py checks these against client.SERVICES and backends.openai.PRESETS.
+#: The services a connection may name (the ``service`` extra).
+SERVICE_CHOICES = ("openai", "azure", "bedrock", "fireworks", "together", "openai-compatible")
+#: The presets of an ``openai-compatible`` service (the ``preset`` extra).
+PRESET_CHOICES = ("bedrock-mantle", "litellm", "portkey")
+#: How an Azure connection authenticates (the ``auth`` extra).
+AUTH_CHOICES = ("key", "entra")
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -63,15 +72,35 @@ def get_provider_info() -> dict[str, Any]:
                     "placeholders": {"host": "https://api.openai.com/v1", "password": "sk-..."},
                 },
                 "conn-fields": {
+                    "service": {
+                        "label": "Service",
+                        "description": "Which service the Base URL points at; it picks the dialect spoken to it",
+                        "schema": {
+                            "type": ["string", "null"],
+                            "enum": [*SERVICE_CHOICES, None],
+                            "default": "openai",
+                        },
+                    },
+                    "preset": {
+                        "label": "Preset (OpenAI-compatible)",
+                        "description": "The gateway or endpoint behind an openai-compatible service, if any",
+                        "schema": {"type": ["string", "null"], "enum": [*PRESET_CHOICES, None]},
+                    },
+                    "auth": {
+                        "label": "Authentication (Azure)",
+                        "description": "key: the API key as api-key; entra: a Microsoft Entra ID token "
+                        "(needs the azure extra)",
+                        "schema": {"type": ["string", "null"], "enum": [*AUTH_CHOICES, None]},
+                    },
                     "organization": {"label": "Organization", "schema": {"type": ["string", "null"]}},
                     "project": {"label": "Project", "schema": {"type": ["string", "null"]}},
                     "api_type": {
-                        "label": "API type",
-                        "description": "openai: Bearer token; azure: api-key header",
+                        "label": "API type (older spelling)",
+                        "description": "Older spelling of the service, kept for existing connections: "
+                        "azure means service azure",
                         "schema": {
                             "type": ["string", "null"],
                             "enum": ["openai", "azure", None],
-                            "default": "openai",
                         },
                     },
                     "api_version": {

@@ -169,19 +169,40 @@ class FineTuningHook(BaseHook):
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Add the connection's own fields to the form (Airflow < 3.2 reads them from here)."""
-        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        """Add the connection's own fields to the form (Airflow < 3.2 reads them from here).
+
+        The same fields, choices and secrecy as ``conn-fields`` in ``get_provider_info`` (a test compares them).
+        Airflow 3.0 and 3.1 turn these wtforms fields into the form's JSON schema: ``any_of`` becomes a
+        choice, ``PasswordField`` a masked field.
+        """
+        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
         from flask_babel import lazy_gettext
-        from wtforms import IntegerField, StringField
+        from wtforms import IntegerField, PasswordField, StringField
+        from wtforms.validators import Optional, any_of
+
+        from airflow_provider_finetune import AUTH_CHOICES, PRESET_CHOICES, SERVICE_CHOICES
+
+        def choice(label: str, values: tuple[str, ...], default: str | None = None) -> Any:
+            return StringField(
+                lazy_gettext(label),
+                widget=BS3TextFieldWidget(),
+                validators=[any_of(list(values)), Optional()],
+                default=default,
+            )
 
         return {
+            "service": choice("Service", SERVICE_CHOICES, default="openai"),
+            "preset": choice("Preset (OpenAI-compatible)", PRESET_CHOICES),
+            "auth": choice("Authentication (Azure)", AUTH_CHOICES),
             "organization": StringField(lazy_gettext("Organization"), widget=BS3TextFieldWidget()),
             "project": StringField(lazy_gettext("Project"), widget=BS3TextFieldWidget()),
-            "api_type": StringField(lazy_gettext("API type (openai or azure)"), widget=BS3TextFieldWidget()),
+            "api_type": choice("API type (older spelling)", ("openai", "azure")),
             "api_version": StringField(lazy_gettext("API version (Azure)"), widget=BS3TextFieldWidget()),
-            "extra_headers": StringField(lazy_gettext("Extra headers (JSON object)"), widget=BS3TextFieldWidget()),
-            "timeout": IntegerField(lazy_gettext("Timeout (seconds)"), widget=BS3TextFieldWidget()),
-            "max_retries": IntegerField(lazy_gettext("Max retries"), widget=BS3TextFieldWidget()),
+            "extra_headers": PasswordField(
+                lazy_gettext("Extra headers (JSON object)"), widget=BS3PasswordFieldWidget()
+            ),
+            "timeout": IntegerField(lazy_gettext("Timeout (seconds)"), widget=BS3TextFieldWidget(), default=60),
+            "max_retries": IntegerField(lazy_gettext("Max retries"), widget=BS3TextFieldWidget(), default=5),
         }
 
     @classmethod
