@@ -106,6 +106,10 @@ class ConnectionSettings:
             raise InvalidRequestError(f"api_type must be 'openai' or 'azure', got {self.api_type!r}", field="api_type")
         if self.api_type == "azure" and self.service == "openai":
             object.__setattr__(self, "service", "azure")
+        if self.auth not in (None, "key", "entra"):
+            raise InvalidRequestError(f"auth must be 'key' or 'entra', got {self.auth!r}", field="auth")
+        if self.auth == "entra" and self.service != "azure":
+            raise InvalidRequestError("auth 'entra' (Microsoft Entra ID) is for service 'azure' only", field="auth")
         if self.service not in SERVICES:
             raise InvalidRequestError(
                 f"service must be one of {', '.join(SERVICES)}, got {self.service!r}", field="service"

@@ -267,6 +267,8 @@ def test_azure_settings_use_the_version_and_name_the_service() -> None:
         ({"base_url": "api.openai.com/v1"}, "base_url"),
         ({"api_type": "bedrock"}, "api_type"),
         ({"service": "sagemaker"}, "service"),
+        ({"auth": "foo"}, "auth"),
+        ({"auth": "entra"}, "auth"),
         ({"timeout": 0}, "timeout"),
         ({"max_retries": -1}, "max_retries"),
     ],
