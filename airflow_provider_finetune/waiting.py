@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Collection, Generator, Iterable
+from collections.abc import Callable, Collection, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -41,6 +41,7 @@ __all__ = [
     "Poll",
     "describe_event",
     "newer_events",
+    "read_back",
     "wait_async",
     "wait_sync",
     "watch",
@@ -51,19 +52,29 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 WAIT_TIMEOUT = "timeout"
 #: Outcome status when the job could not be read (a refused key, an unknown job, too many failed polls).
 WAIT_ERROR = "error"
-#: Progress lines one poll logs at most (the newest events); the others are counted in one line.
+#: Progress lines one poll logs at most (the newest events); the others are counted in one line. The poll that
+#: ends the wait logs every event it read: the job's last lines are the ones people look for.
 MAX_LINES_PER_POLL = 20
-#: How many of the newest events one poll reads at most.
+#: How many of the newest events one poll reads at most while the job goes on.
 EVENTS_PER_POLL = 50
+#: Events per page when a wait that ends reads back to the last event it logged (the service's largest page).
+EVENTS_PAGE_MAX = 100
+#: Events a wait that ends reads at most: a bound for a wait that logged its last line long ago.
+EVENTS_AT_END = 1000
 
 # Failures that a later poll may not see again: the hook already retried them, the wait keeps going.
 TRANSIENT = (FineTuningConnectionError, RateLimitError, InternalServerError, ConflictError)
 
 
 class Poll(NamedTuple):
-    """Step of :func:`watch`: read the job and its events newer than ``after_event``."""
+    """Step of :func:`watch`: read the job and its events newer than ``after_event``.
+
+    When the job is in one of ``ends`` (the wait is over), every event newer than ``after_event`` is read
+    (see :func:`read_back`), so that the wait logs the job to its end before it ends.
+    """
 
     after_event: str | None
+    ends: frozenset[str] = TERMINAL
 
 
 class Pause(NamedTuple):
@@ -141,17 +152,18 @@ def watch(
     ends = frozenset(targets) | TERMINAL
     errors = 0
     while True:
-        seen: Observation | FineTuningError | None = yield Poll(last_event_id)
+        seen: Observation | FineTuningError | None = yield Poll(last_event_id, ends)
         if isinstance(seen, Observation):
             errors = 0
-            shown = seen.events[-MAX_LINES_PER_POLL:]
+            status = seen.job.status.value
+            # The poll that ends the wait logs all it read: the last lines of a job are its outcome.
+            shown = seen.events if status in ends else seen.events[-MAX_LINES_PER_POLL:]
             if len(seen.events) > len(shown):
                 logger.info("[%s] %d earlier events not shown", job_id, len(seen.events) - len(shown))
             for event in shown:
                 logger.info("%s", describe_event(seen.job, event))
             if seen.events:
                 last_event_id = seen.events[-1].id
-            status = seen.job.status.value
             if status in ends:
                 return Outcome(status, job_id, _ended(seen.job), last_event_id)
         elif isinstance(seen, TRANSIENT):
@@ -243,8 +255,9 @@ def _duration(seconds: int) -> str:
 def newer_events(events_newest_first: Iterable[FineTuningJobEvent], after: str | None) -> list[FineTuningJobEvent]:
     """The events newer than ``after``, oldest first.
 
-    One page of the newest events is read per poll: should more than a page arrive between two polls,
-    the oldest of them are not logged (the job's state is read from the job, never from its events).
+    While the job goes on, one page of the newest events is read per poll: should more than a page arrive
+    between two polls, the oldest of them are not logged (the job's state is read from the job, never from its
+    events). Once the wait is over, :func:`read_back` says which older pages complete them.
     """
     fresh = []
     for event in events_newest_first:
@@ -255,18 +268,52 @@ def newer_events(events_newest_first: Iterable[FineTuningJobEvent], after: str |
     return fresh
 
 
-def observe(hook: FineTuningHook, job_id: str, after_event: str | None) -> Observation:
-    """Read a job and its new events with the sync client."""
+def read_back(events_newest_first: Sequence[FineTuningJobEvent], after: str | None, has_more: bool) -> str | None:
+    """The cursor of the next older page to read for a wait that is over, or ``None`` when none is needed.
+
+    A wait that is over reads every event newer than ``after`` (the last one it logged), page by page back
+    in time, up to :data:`EVENTS_AT_END` events. A wait that has logged none has no place to go on from: it
+    logs the newest page (the job's end), as a first poll does, and does not replay the job's whole history.
+
+    :param events_newest_first: the events read so far, newest first.
+    :param after: the newest event the wait has logged.
+    :param has_more: whether the service has older events than the last page read.
+    """
+    if after is None or not has_more or not events_newest_first or len(events_newest_first) >= EVENTS_AT_END:
+        return None
+    if any(event.id == after for event in events_newest_first):
+        return None
+    return events_newest_first[-1].id
+
+
+def observe(
+    hook: FineTuningHook, job_id: str, after_event: str | None, ends: Collection[str] = TERMINAL
+) -> Observation:
+    """Read a job and its new events with the sync client (all of them once the job is in ``ends``)."""
     job = hook.get_job(job_id)
-    page = hook.list_events(job_id, limit=EVENTS_PER_POLL)
-    return Observation(job, newer_events(page.data, after_event))
+    over = job.status.value in ends
+    # A wait that is over wants every event since its last line: the largest page saves reads back.
+    page = hook.list_events(job_id, limit=EVENTS_PAGE_MAX if over else EVENTS_PER_POLL)
+    events = list(page.data)
+    while over and (cursor := read_back(events, after_event, page.has_more)) is not None:
+        page = hook.list_events(job_id, after=cursor, limit=EVENTS_PAGE_MAX)
+        events += page.data
+    return Observation(job, newer_events(events, after_event))
 
 
-async def aobserve(hook: FineTuningHook, job_id: str, after_event: str | None) -> Observation:
-    """Read a job and its new events with the async client."""
+async def aobserve(
+    hook: FineTuningHook, job_id: str, after_event: str | None, ends: Collection[str] = TERMINAL
+) -> Observation:
+    """Read a job and its new events with the async client (all of them once the job is in ``ends``)."""
     job = await hook.aget_job(job_id)
-    page = await hook.alist_events(job_id, limit=EVENTS_PER_POLL)
-    return Observation(job, newer_events(page.data, after_event))
+    over = job.status.value in ends
+    # A wait that is over wants every event since its last line: the largest page saves reads back.
+    page = await hook.alist_events(job_id, limit=EVENTS_PAGE_MAX if over else EVENTS_PER_POLL)
+    events = list(page.data)
+    while over and (cursor := read_back(events, after_event, page.has_more)) is not None:
+        page = await hook.alist_events(job_id, after=cursor, limit=EVENTS_PAGE_MAX)
+        events += page.data
+    return Observation(job, newer_events(events, after_event))
 
 
 def wait_sync(
@@ -280,7 +327,7 @@ def wait_sync(
             sleep(step.seconds)
         else:
             try:
-                reply = observe(hook, job_id, step.after_event)
+                reply = observe(hook, job_id, step.after_event, step.ends)
             except FineTuningError as err:
                 reply = err
         try:
@@ -298,7 +345,7 @@ async def wait_async(hook: FineTuningHook, job_id: str, steps: Watch) -> Outcome
             await asyncio.sleep(step.seconds)
         else:
             try:
-                reply = await aobserve(hook, job_id, step.after_event)
+                reply = await aobserve(hook, job_id, step.after_event, step.ends)
             except FineTuningError as err:
                 reply = err
         try:

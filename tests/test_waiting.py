@@ -12,8 +12,11 @@ from airflow_provider_finetune.exceptions import (
     InternalServerError,
     NotFoundError,
 )
+from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.models import FineTuningJob, FineTuningJobEvent
 from airflow_provider_finetune.waiting import (
+    EVENTS_PAGE_MAX,
+    MAX_LINES_PER_POLL,
     WAIT_ERROR,
     WAIT_TIMEOUT,
     Observation,
@@ -21,9 +24,12 @@ from airflow_provider_finetune.waiting import (
     Poll,
     describe_event,
     newer_events,
+    wait_sync,
     watch,
 )
-from tests.hooks.conftest import event, job
+from tests.hooks.conftest import FakeAPI, api, connection, event, hook, job, page
+
+__all__ = ["api", "connection", "hook"]  # the hook's fixtures, for the wait on the worker
 
 
 def seen(status: str, *events: dict, **fields) -> Observation:
@@ -190,3 +196,45 @@ def test_the_wait_rules_do_not_depend_on_the_poller() -> None:
     imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
     imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
     assert not [name for name in imported if name.startswith("airflow_provider_finetune.triggers")]
+
+
+def test_the_poll_that_ends_the_wait_logs_every_event_it_read(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="test.wait")
+    many = [event(f"ev-{i}", f"line {i}") for i in range(1, 31)]
+    run([seen("running", *many[:25]), seen("succeeded", *many[25:])])
+    messages = [r.getMessage() for r in caplog.records]
+    # While the job runs, a poll shows its newest lines and counts the others ...
+    assert messages[0] == f"[ftjob-1] {25 - MAX_LINES_PER_POLL} earlier events not shown"
+    assert len(messages) == 1 + MAX_LINES_PER_POLL + 5
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="test.wait")
+    outcome, _, _ = run([seen("running", many[0]), seen("succeeded", *many[1:])])
+    # ... the poll that sees it end shows every line it read: the job's last lines are its outcome.
+    assert [r.getMessage() for r in caplog.records] == [f"[ftjob-1] line {i}" for i in range(1, 31)]
+    assert outcome.last_event_id == "ev-30"
+
+
+def test_a_wait_for_a_target_status_asks_for_its_events_in_full_once_there() -> None:
+    _, polls, _ = run([seen("queued"), seen("running")], targets={"running"})
+    assert all("running" in poll.ends and "succeeded" in poll.ends for poll in polls)
+
+
+def test_a_worker_wait_reads_back_every_event_of_a_job_that_ended(
+    hook: FineTuningHook, api: FakeAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="test.wait")
+    events = [event(f"ev-{i}", f"line {i}") for i in range(150, 0, -1)]  # newest first
+    api.on("GET", "fine_tuning/jobs/ftjob-1", job(status="succeeded", fine_tuned_model="ft:x"))
+    reads = api.on(
+        "GET",
+        "fine_tuning/jobs/ftjob-1/events",
+        page(events[:EVENTS_PAGE_MAX], has_more=True),
+        page(events[EVENTS_PAGE_MAX:], has_more=False),
+    )
+    steps = watch("ftjob-1", last_event_id="ev-5", log=logging.getLogger("test.wait"))
+    outcome = wait_sync(hook, "ftjob-1", steps, sleep=lambda _: None)
+    assert outcome.status == "succeeded"
+    assert [r.getMessage() for r in caplog.records] == [f"[ftjob-1] line {i}" for i in range(6, 151)]
+    assert reads.call_count == 2
+    assert reads.calls[0].request.url.params["limit"] == str(EVENTS_PAGE_MAX)
+    assert reads.calls[1].request.url.params["after"] == f"ev-{150 - EVENTS_PAGE_MAX + 1}"

@@ -9,9 +9,13 @@ open in one *round*:
   answered as soon as that page arrives;
 * a per-job ``GET`` only for the jobs that are due and that the list did not show (a job not yet due that
   the pages read did not show simply waits for a later round);
-* events feed progress lines only, so they are read within a budget per poll interval (a share of the jobs
-  watched, at least a few): jobs that just ended first, then those whose status changed, then those whose
-  events were read longest ago.
+* events feed progress lines only, so while jobs go on they are read within a budget per poll interval (a
+  share of the jobs watched, at least a few; when no more jobs than that are watched, each on every poll):
+  jobs whose status changed first, then those whose events were read longest ago;
+* a job whose wait is over (it ended, or reached a status waited for) has its remaining events read in full,
+  back to the last one its wait logged (the newest page when it has logged none), whatever the budget: a wait
+  fires only after it has logged the job to its end. Those reads are charged to the budget, which may run
+  into debt that the reads of the jobs still going on repay.
 
 A round never answers a request later than it was due, so sharing never costs notice latency, and the
 requests a poll interval costs grow with the pages of the list, not with the jobs.
@@ -29,12 +33,13 @@ import heapq
 import math
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 from airflow_provider_finetune.exceptions import FineTuningError
 from airflow_provider_finetune.waiting import (
+    EVENTS_PAGE_MAX,
     EVENTS_PER_POLL,
     TERMINAL,
     Observation,
@@ -42,11 +47,12 @@ from airflow_provider_finetune.waiting import (
     Pause,
     Watch,
     newer_events,
+    read_back,
 )
 
 if TYPE_CHECKING:
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
-    from airflow_provider_finetune.models import FineTuningJob, JobState, Page
+    from airflow_provider_finetune.models import FineTuningJob, FineTuningJobEvent, JobState, Page
 
 __all__ = ["JobPoller", "shared_poller"]
 
@@ -54,7 +60,7 @@ __all__ = ["JobPoller", "shared_poller"]
 LIST_PAGE_SIZE = 100
 #: Event reads per poll interval, as a share of the jobs watched ...
 EVENTS_SHARE = 1 / 100
-#: ... and at least this many (or one per job, when fewer are watched).
+#: ... and at least this many; when no more jobs than this are watched, each has its events read on every poll.
 MIN_EVENT_READS = 4
 #: Concurrent per-job requests (reads by id and events) of one poller: with the list call, the
 #: connections a poller keeps open.
@@ -73,6 +79,7 @@ class _Request:
     due: float
     window: float
     interval: float
+    ends: frozenset[str]
     reply: asyncio.Future[Observation]
 
 
@@ -114,6 +121,7 @@ class JobPoller:
     memory: dict[str, _Memory] = field(default_factory=dict)
     rounds: int = 0
     tokens: float = 0.0
+    every_poll: bool = False
     _refilled: float | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CONCURRENCY))
@@ -138,7 +146,9 @@ class JobPoller:
                 due, window = self.clock() + step.seconds, step.seconds * 0.9
             else:
                 try:
-                    reply = await self.observe(job_id, step.after_event, due=due, window=window, interval=poll_interval)
+                    reply = await self.observe(
+                        job_id, step.after_event, due=due, window=window, interval=poll_interval, ends=step.ends
+                    )
                 except FineTuningError as err:
                     reply = err
             try:
@@ -147,24 +157,34 @@ class JobPoller:
                 return done.value
 
     async def observe(
-        self, job_id: str, after_event: str | None, *, due: float, window: float, interval: float
+        self,
+        job_id: str,
+        after_event: str | None,
+        *,
+        due: float,
+        window: float,
+        interval: float,
+        ends: Collection[str] = TERMINAL,
     ) -> Observation:
         """Return the job and its events newer than ``after_event``, read no later than ``due``.
 
-        The events are the newest ones when the poller's budget allows reading them, else none (the next
-        answers bring them).
+        While the job is in none of ``ends``, the events are the newest ones when the poller's budget allows
+        reading them, else none (the next answers bring them). Once it is in one of ``ends``, they are all
+        the events newer than ``after_event``, whatever the budget.
 
         :param job_id: the job.
         :param after_event: the newest event the caller has seen.
         :param due: the time by which the caller wants the answer (the end of its pause).
         :param window: how early it may be read: requests whose window is open share a round.
         :param interval: the caller's poll interval (the budget of event reads is per interval).
+        :param ends: the statuses that end the caller's wait.
         """
         if job_id not in self.memory:  # first sight: wait a moment for the others starting now
             due = max(due, self.clock() + FIRST_SIGHT_GATHER)
             window = max(window, FIRST_SIGHT_GATHER)
         reply: asyncio.Future[Observation] = asyncio.get_running_loop().create_future()
-        self.pending.append(_Request(job_id, after_event, due, window, max(interval, 1e-3), reply))
+        request = _Request(job_id, after_event, due, window, max(interval, 1e-3), frozenset(ends), reply)
+        self.pending.append(request)
         self._ensure_running()
         self._wake.set()
         try:
@@ -229,7 +249,7 @@ class JobPoller:
             await _settle_all([r for requests in asks.values() for r in requests], err)
             asks.clear()
             held.clear()
-        for job in sorted((j for j in held.values() if j is not None), key=lambda j: self._priority(j)):
+        for job in sorted((j for j in held.values() if j is not None), key=lambda j: self._priority(j, asks[j.id])):
             reads += self._answer(job, asks.pop(job.id), now, read_events=self.tokens >= 1)
         # Not listed: due ones are read by id; the others wait for a later round.
         missing = [job_id for job_id in asks if job_id in due]
@@ -251,6 +271,9 @@ class JobPoller:
         intervals = {r.job_id: r.interval for r in (*batch, *self.pending)}
         watched = len(intervals)
         per_interval = max(EVENTS_SHARE * watched, min(MIN_EVENT_READS, watched))
+        # So few that the budget would only skip reads that pauses shorter than the interval (jitter, the last
+        # stretch before the estimated finish) bring: each wait reads on every poll.
+        self.every_poll = watched <= MIN_EVENT_READS
         rate = per_interval * sum(1 / i for i in intervals.values()) / watched  # reads per second
         if self._refilled is None:
             self.tokens = per_interval
@@ -328,13 +351,13 @@ class JobPoller:
         now: float,
         held: dict[str, JobState | FineTuningJob | None] | None = None,
     ) -> list[asyncio.Future[None]]:
-        """Answer the requests of these jobs; jobs that ended or changed have their events read first.
+        """Answer the requests of these jobs; jobs whose wait is over or that changed have their events read first.
 
         A job in ``held`` (one of the stalest) is kept there, to be answered once the list is read.
         """
         reads = []
-        for job in sorted(jobs, key=lambda j: self._priority(j)):
-            urgent = self._priority(job)[0] < 2
+        for job in sorted(jobs, key=lambda j: self._priority(j, asks[j.id])):
+            urgent = self._priority(job, asks[job.id])[0] < 2
             if not urgent and held is not None and job.id in held:
                 held[job.id] = job
                 continue
@@ -344,19 +367,22 @@ class JobPoller:
     def _answer(
         self, job: JobState | FineTuningJob, requests: list[_Request], now: float, *, read_events: bool
     ) -> list[asyncio.Future[None]]:
-        if not read_events:
+        # A wait that is over reads whatever the budget, and is charged for it: the budget may run into debt,
+        # which the reads of the jobs still going on repay, so that it holds on average.
+        over = [request for request in requests if job.status.value in request.ends]
+        if not (read_events or over or self.every_poll):
             for request in requests:
                 _settle(request, Observation(job))
             return []
         self.tokens -= 1
         memory = self.memory.setdefault(job.id, _Memory(asked=now))
         memory.logged_status, memory.events_read = job.status.value, now
-        return [asyncio.ensure_future(self._read_events(job, requests))]
+        return [asyncio.ensure_future(self._read_events(job, requests, over))]
 
-    def _priority(self, job: JobState | FineTuningJob) -> tuple[int, float]:
+    def _priority(self, job: JobState | FineTuningJob, requests: list[_Request]) -> tuple[int, float]:
         memory = self.memory.get(job.id)
         status = job.status.value
-        if status in TERMINAL:
+        if any(status in request.ends for request in requests):
             return (0, 0.0)
         if memory is None or memory.logged_status is None:
             return (2, 0.0)  # never read: first among the others
@@ -364,13 +390,23 @@ class JobPoller:
             return (1, 0.0)
         return (2, memory.events_read)
 
-    async def _read_events(self, job: JobState | FineTuningJob, requests: list[_Request]) -> None:
+    async def _read_events(self, job: JobState | FineTuningJob, requests: list[_Request], over: list[_Request]) -> None:
+        """Read the job's newest events; for the waits that are ``over``, every page back to what they logged."""
+        events: list[FineTuningJobEvent] = []
         try:
             async with self._gate:
-                page = await self.hook.alist_events(job.id, limit=EVENTS_PER_POLL)
-            events = page.data
+                # A wait that is over wants every event since its last line: the largest page saves reads back.
+                page = await self.hook.alist_events(job.id, limit=EVENTS_PAGE_MAX if over else EVENTS_PER_POLL)
+            events += page.data
+            while (cursor := _read_back(events, over, page.has_more)) is not None:
+                self.tokens -= 1
+                async with self._gate:
+                    page = await self.hook.alist_events(job.id, after=cursor, limit=EVENTS_PAGE_MAX)
+                events += page.data
         except FineTuningError:
-            events = []  # the job's state is known; its progress lines wait for a later read
+            # The job's state is known, and its wait must not fail over progress lines: the events read so far
+            # are logged (a wait still going on reads the others later).
+            pass
         for request in requests:
             _settle(request, Observation(job, newer_events(events, request.after_event)))
 
@@ -386,6 +422,15 @@ class JobPoller:
         self.memory.setdefault(job_id, _Memory(asked=now)).created_at = job.created_at
         asks[job_id] = requests
         await asyncio.gather(*self._serve([job], asks, now))
+
+
+def _read_back(events: list[FineTuningJobEvent], over: list[_Request], has_more: bool) -> str | None:
+    """The next older page that one of the waits that are over still needs, if any."""
+    for request in over:
+        cursor = read_back(events, request.after_event, has_more)
+        if cursor is not None:
+            return cursor
+    return None
 
 
 def _settle(request: _Request, observation: Observation | None = None, *, error: BaseException | None = None) -> None:

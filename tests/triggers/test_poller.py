@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.models import FineTuningJob, FineTuningJobEvent, JobState, Page
 from airflow_provider_finetune.triggers import poller as poller_module
 from airflow_provider_finetune.triggers.poller import FORGET_AFTER, LIST_PAGE_SIZE, JobPoller
+from airflow_provider_finetune.waiting import MAX_LINES_PER_POLL, Outcome, watch
 from tests.hooks.conftest import event, job
 
 
@@ -268,3 +270,113 @@ async def test_a_failed_connection_lookup_is_not_remembered(monkeypatch: pytest.
     with pytest.raises(FineTuningConnectionError):
         await FineTuningHook("finetune_flaky").ashared_settings()
     assert (await FineTuningHook("finetune_flaky").ashared_settings()).api_key == "sk-x"
+
+
+class JobsThatEnd(FakeService):
+    """Jobs that log one event per tick while they run, then the two events of a successful end.
+
+    Events are paged newest first from ``after``, as the service pages them.
+    """
+
+    def __init__(self, ends: dict[str, int], *, events: int = 0) -> None:
+        super().__init__(0)
+        self.jobs = [job(j, "running", created_at=1_700_000_000 + i) for i, j in enumerate(reversed(list(ends)))]
+        self.ends = ends
+        self.events: dict[str, list[dict[str, Any]]] = {j: [] for j in ends}  # newest first
+        for job_id in ends:
+            for _ in range(events):
+                self._log(job_id, f"step {len(self.events[job_id]) + 1}")
+        self.ticks = 0
+
+    def _log(self, job_id: str, message: str) -> None:
+        self.events[job_id].insert(0, event(f"{job_id}-ev-{len(self.events[job_id]) + 1:04d}", message))
+
+    def tick(self) -> None:
+        self.ticks += 1
+        for job_id, end in self.ends.items():
+            if self.ticks < end:
+                self._log(job_id, f"step {self.ticks}")
+            elif self.ticks == end:
+                self._log(job_id, "New fine-tuned model created")
+                self._log(job_id, "The job has successfully completed")
+                self.set_status(job_id, "succeeded")
+
+    async def alist_events(
+        self, job_id: str, *, after: str | None = None, limit: int | None = None
+    ) -> Page[FineTuningJobEvent]:
+        self.calls.append(("events", job_id))
+        await self._io()
+        ids = [e["id"] for e in self.events[job_id]]
+        start = ids.index(after) + 1 if after else 0
+        chunk = self.events[job_id][start : start + (limit or 20)]
+        return Page[FineTuningJobEvent].model_validate({"data": chunk, "has_more": start + len(chunk) < len(ids)})
+
+
+async def wait_all(poller: JobPoller, job_ids: list[str], interval: float, **kwargs: Any) -> dict[str, Outcome]:
+    log = logging.getLogger("tests.poller.waits")
+    outcomes = await asyncio.gather(
+        *(poller.wait(j, watch(j, poll_interval=interval, log=log, **kwargs), poll_interval=interval) for j in job_ids)
+    )
+    return dict(zip(job_ids, outcomes, strict=True))
+
+
+def lines_of(caplog: pytest.LogCaptureFixture, job_id: str) -> list[str]:
+    return [
+        r.getMessage().removeprefix(f"[{job_id}] ")
+        for r in caplog.records
+        if r.name == "tests.poller.waits" and r.getMessage().startswith(f"[{job_id}] ")
+    ]
+
+
+async def test_every_ended_job_logs_all_its_events_before_its_wait_fires(caplog: pytest.LogCaptureFixture) -> None:
+    """A hundred and twenty waits, four event reads per interval: a third of the jobs end at once, three times.
+
+    Most jobs have their events read by no poll before they end, and forty end in the same round: each one
+    still logs every event it had, in order, once, before its wait fires.
+    """
+    caplog.set_level(logging.INFO, logger="tests.poller.waits")
+    ends = {f"ftjob-{i:05d}": (6, 12, 18)[i % 3] for i in range(120)}
+    service = JobsThatEnd(ends)
+    poller = make_poller(service)
+
+    async def clock() -> None:
+        while any(j["status"] == "running" for j in service.jobs):
+            await asyncio.sleep(0.05)
+            service.tick()
+
+    ticking = asyncio.ensure_future(clock())
+    outcomes = await wait_all(poller, list(ends), interval=0.1)
+    await ticking
+    assert service.count("events") < 3 * len(ends)  # the budget held for the jobs still running
+    for job_id in ends:
+        everything = service.events[job_id][::-1]  # oldest first
+        assert lines_of(caplog, job_id) == [e["message"] for e in everything], job_id
+        assert outcomes[job_id].status == "succeeded"
+        assert outcomes[job_id].last_event_id == everything[-1]["id"]
+
+
+async def test_an_ended_job_has_its_events_read_back_to_the_last_one_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """More events than a page since the last one logged: every page back to it is read, and all are logged."""
+    caplog.set_level(logging.INFO, logger="tests.poller.waits")
+    service = JobsThatEnd({"ftjob-00001": 1}, events=130)
+    service.tick()  # the job ends: 132 events, and the wait has logged only the first
+    first = service.events["ftjob-00001"][-1]["id"]
+    outcomes = await wait_all(make_poller(service), ["ftjob-00001"], interval=60, last_event_id=first)
+    everything = service.events["ftjob-00001"][::-1]
+    assert lines_of(caplog, "ftjob-00001") == [e["message"] for e in everything[1:]]
+    assert len(everything[1:]) > 2 * MAX_LINES_PER_POLL
+    assert outcomes["ftjob-00001"].last_event_id == everything[-1]["id"]
+    assert service.count("events") == 2  # the newest page, then one page of the largest size back to it
+
+
+async def test_a_lone_wait_reads_its_events_on_every_poll_however_short_its_pauses() -> None:
+    """Near the estimated finish a wait polls four times an interval, with jittered pauses: each poll reads."""
+    service = FakeService(3)
+    poller = make_poller(service)
+    for _ in range(5):
+        (seen,) = await ask(poller, ["ftjob-00001"], interval=10.0)
+        assert [e.id for e in seen.events] == ["ftjob-00001-ev-1", "ftjob-00001-ev-2"]
+        await asyncio.sleep(0.02)
+    assert service.count("events") == 5
