@@ -23,6 +23,7 @@ from airflow_provider_finetune.hooks.finetune import TASK_TAG_KEY, FineTuningHoo
 from airflow_provider_finetune.operators.finetune import FineTuningJobOperator, task_tag
 from airflow_provider_finetune.sensors.finetune import FineTuningCheckpointSensor
 from airflow_provider_finetune.triggers.finetune import FineTuningCheckpointTrigger, FineTuningJobTrigger
+from airflow_provider_finetune.triggers.poller import MIN_EVENT_READS
 from tests.integration.conftest import DAGS, Emulator
 from tests.operators.conftest import FakeTI
 
@@ -255,8 +256,9 @@ async def test_triggers_of_one_connection_share_their_polls(emulator: Emulator, 
     event_reads = counters.get("GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/events", 0)
     assert per_job_reads == 0  # the newest pages of the list show every job, first sight included
     assert list_reads >= 1
-    # Events: once per job at its end, plus one (1/80 of 60, rounded up) per round; a round lists at least once.
-    assert event_reads <= 60 + list_reads
+    # Events: once per job at its end (every event up to it), plus the budget of running jobs' reads: at least
+    # MIN_EVENT_READS per interval; a round lists at least once.
+    assert event_reads <= 60 + MIN_EVENT_READS * list_reads
     # Without sharing, every poll of every trigger reads the job and its events: 2 x 60 per round.
     assert list_reads + event_reads < (2 * 60 * list_reads) / 4
     await close_shared_async_clients()
