@@ -1,17 +1,23 @@
-"""Choosing a checkpoint: "at least N of them", or "the best one whose metric meets a threshold"."""
+"""Choosing a checkpoint ("at least N of them", or "the best one whose metric meets a threshold") and waiting for one.
+
+:func:`watch_checkpoints` is the checkpoint wait's rules with no I/O, driven by the checkpoint trigger; the
+sensor's pokes decide with the same :func:`judge`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_finetune.exceptions import InvalidRequestError
+from airflow_provider_finetune.waiting import Outcome, Pause
 
 if TYPE_CHECKING:
-    from airflow_provider_finetune.models import FineTuningJobCheckpoint
+    from airflow_provider_finetune.models import FineTuningJob, FineTuningJobCheckpoint
 
-__all__ = ["CheckpointCondition", "best_checkpoint"]
+__all__ = ["CheckpointCondition", "ReadCheckpoints", "Verdict", "best_checkpoint", "judge", "watch_checkpoints"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +85,80 @@ def best_checkpoint(
     if mode == "min":
         return min(scored, key=lambda item: (item[0], -item[1]))[2]
     return max(scored, key=lambda item: (item[0], item[1]))[2]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one look at a job and its checkpoints says about a checkpoint wait.
+
+    :param status: ``found`` (a checkpoint meets the condition), ``job_ended`` (none does, and the job has
+        ended: none ever will), or ``None`` (wait on).
+    :param checkpoint: the checkpoint found.
+    :param message: what happened, for people.
+    """
+
+    status: str | None
+    checkpoint: FineTuningJobCheckpoint | None = None
+    message: str = ""
+
+
+def judge(
+    condition: CheckpointCondition, job: FineTuningJob, checkpoints: Sequence[FineTuningJobCheckpoint]
+) -> Verdict:
+    """Decide a checkpoint wait from the job and the checkpoints read *after* it.
+
+    Read in that order, the checkpoints of a job that had ended are all it will ever have, so "ended and
+    none meets the condition" is final.
+    """
+    chosen = condition.choose(checkpoints)
+    if chosen is not None:
+        return Verdict("found", chosen, f"Checkpoint {chosen.fine_tuned_model_checkpoint} meets {condition}")
+    if job.status.is_terminal():
+        return Verdict("job_ended", None, f"Job {job.id} is {job.status.value} and no checkpoint meets {condition}")
+    return Verdict(None, None, f"Job {job.id} ({job.status.value}) has {len(checkpoints)} checkpoint(s)")
+
+
+class ReadCheckpoints(NamedTuple):
+    """Step of :func:`watch_checkpoints`: read the job, then its checkpoints; send ``(job, checkpoints)``."""
+
+    job_id: str
+
+
+def watch_checkpoints(
+    job_id: str,
+    condition: CheckpointCondition,
+    *,
+    deadline: float | None = None,
+    poll_interval: float = 60.0,
+    max_consecutive_errors: int = 10,
+    clock: Callable[[], float] = time.time,
+) -> Generator[ReadCheckpoints | Pause, Any, Outcome]:
+    """Wait until a checkpoint meets ``condition``, with no I/O.
+
+    The rules of :func:`~airflow_provider_finetune.waiting.watch`: transient failures in a row, an absolute
+    deadline, pauses of ``poll_interval`` at most.
+
+    The outcome's status is ``found`` (its message names the checkpoint, :attr:`Outcome.checkpoint` holds
+    it), ``job_ended``, :data:`~airflow_provider_finetune.waiting.WAIT_TIMEOUT` or
+    :data:`~airflow_provider_finetune.waiting.WAIT_ERROR`.
+    """
+    from airflow_provider_finetune.exceptions import FineTuningError
+    from airflow_provider_finetune.waiting import TRANSIENT, WAIT_ERROR, WAIT_TIMEOUT
+
+    errors = 0
+    while True:
+        seen = yield ReadCheckpoints(job_id)
+        if isinstance(seen, FineTuningError):
+            errors += 1
+            if errors >= max_consecutive_errors or not isinstance(seen, TRANSIENT):
+                return Outcome(WAIT_ERROR, job_id, str(seen))
+        else:
+            errors = 0
+            job, checkpoints = seen
+            verdict = judge(condition, job, checkpoints)
+            if verdict.status is not None:
+                return Outcome(verdict.status, job_id, verdict.message, checkpoint=verdict.checkpoint)
+        now = clock()
+        if deadline is not None and now >= deadline:
+            return Outcome(WAIT_TIMEOUT, job_id, f"No checkpoint of {job_id} met {condition} before the deadline")
+        yield Pause(poll_interval if deadline is None else max(min(poll_interval, deadline - now), 0.0))

@@ -26,6 +26,7 @@ from airflow_provider_finetune.exceptions import (
     InternalServerError,
     RateLimitError,
 )
+from airflow_provider_finetune.statuses import RUNNING, TERMINAL
 
 if TYPE_CHECKING:
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
@@ -47,7 +48,6 @@ __all__ = [
     "watch",
 ]
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 #: Outcome status when the deadline passed before the job reached a status waited for.
 WAIT_TIMEOUT = "timeout"
 #: Outcome status when the job could not be read (a refused key, an unknown job, too many failed polls).
@@ -100,12 +100,14 @@ class Outcome:
     :param job_id: the job.
     :param message: what happened, for people.
     :param last_event_id: the newest event seen, so that a later wait does not log old ones again.
+    :param checkpoint: the checkpoint a checkpoint wait found.
     """
 
     status: str
     job_id: str
     message: str
     last_event_id: str | None = None
+    checkpoint: Any = None
 
     def payload(self) -> dict[str, Any]:
         """The JSON-safe form, as a trigger event carries it."""
@@ -203,7 +205,7 @@ def next_pause(job: FineTuningJob | JobState | None, poll_interval: float, now: 
     random number in [0, 1)) times that.
     """
     pause = poll_interval
-    if job is not None and job.status.value == "running" and job.estimated_finish:
+    if job is not None and job.status.value == RUNNING and job.estimated_finish:
         left = job.estimated_finish - now
         if left < poll_interval:
             pause = max(poll_interval / NEAR_FINISH_SPEEDUP, left, 0.0)

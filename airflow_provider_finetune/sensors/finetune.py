@@ -20,7 +20,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow_provider_finetune import statuses
 from airflow_provider_finetune._compat import conf
 from airflow_provider_finetune._templating import is_template, number
-from airflow_provider_finetune.checkpoints import CheckpointCondition
+from airflow_provider_finetune.checkpoints import CheckpointCondition, judge
 from airflow_provider_finetune.exceptions import FineTuningError, InvalidRequestError
 from airflow_provider_finetune.waiting import TERMINAL, WAIT_ERROR, WAIT_TIMEOUT
 
@@ -389,18 +389,12 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
             if self._transient(err):
                 return PokeReturnValue(is_done=False)
             raise
-        chosen = self.condition.choose(checkpoints)
-        if chosen is not None:
-            return PokeReturnValue(is_done=True, xcom_value=self._found(context, chosen))
-        if job.status.is_terminal():
+        verdict = judge(self.condition, job, checkpoints)
+        if verdict.checkpoint is not None:
+            return PokeReturnValue(is_done=True, xcom_value=self._found(context, verdict.checkpoint))
+        if verdict.status == "job_ended":
             self._fail_ended(job, len(checkpoints))
-        self.log.info(
-            "Job %s (%s) has %d checkpoint(s); waiting for %s",
-            job.id,
-            job.status,
-            len(checkpoints),
-            self.condition,
-        )
+        self.log.info("%s; waiting for %s", verdict.message, self.condition)
         return PokeReturnValue(is_done=False)
 
     def execute(self, context: Context) -> Any:
@@ -445,9 +439,9 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
         # job ended may be missing from what it saw. One more look settles it.
         job = self.hook.get_job(self.job_id)
         checkpoints = list(self.hook.iter_checkpoints(self.job_id, limit=100))
-        chosen = self.condition.choose(checkpoints)
-        if chosen is not None:
-            return self._found(context, chosen)
+        verdict = judge(self.condition, job, checkpoints)
+        if verdict.checkpoint is not None:
+            return self._found(context, verdict.checkpoint)
         self._fail_ended(job, len(checkpoints))
         raise FineTuningError(message)  # unreachable: the job has ended
 

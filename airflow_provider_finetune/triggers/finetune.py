@@ -7,7 +7,6 @@ events it has logged are re-read from the job. It shares the process-wide async 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -19,9 +18,7 @@ from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.triggers.poller import shared_poller
 from airflow_provider_finetune.waiting import (
     TERMINAL,
-    TRANSIENT,
     WAIT_ERROR,
-    WAIT_TIMEOUT,
     Outcome,
     watch,
 )
@@ -185,47 +182,37 @@ class FineTuningCheckpointTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Poll the job's checkpoints until the condition holds; yield one event."""
-        from airflow_provider_finetune.checkpoints import CheckpointCondition
+        """Poll the job's checkpoints until the condition holds (the rules of ``watch_checkpoints``); one event."""
+        from airflow_provider_finetune.checkpoints import CheckpointCondition, ReadCheckpoints, watch_checkpoints
 
         condition = CheckpointCondition(self.min_checkpoints, self.metric, self.threshold, self.mode)
         hook = FineTuningHook(self.finetune_conn_id)
-        errors = 0
+        steps = watch_checkpoints(
+            self.job_id,
+            condition,
+            deadline=self.deadline,
+            poll_interval=self.poll_interval,
+            max_consecutive_errors=self.max_consecutive_errors,
+        )
+        step = next(steps)
         while True:
+            reply: Any = None
+            if isinstance(step, ReadCheckpoints):
+                try:
+                    # The job first: checkpoints read after it include every one it made before it ended.
+                    job = await hook.aget_job(self.job_id)
+                    reply = (job, [c async for c in hook.aiter_checkpoints(self.job_id, limit=100)])
+                except FineTuningError as err:
+                    self.log.warning("Could not read checkpoints of %s: %s", self.job_id, err)
+                    reply = err
+            else:
+                await asyncio.sleep(step.seconds)
             try:
-                # The job first: checkpoints read after it include every one it made before it ended.
-                job = await hook.aget_job(self.job_id)
-                checkpoints = [c async for c in hook.aiter_checkpoints(self.job_id, limit=100)]
-                errors = 0
-                chosen = condition.choose(checkpoints)
-                if chosen is not None:
-                    yield TriggerEvent(
-                        {
-                            "status": "found",
-                            "job_id": self.job_id,
-                            "checkpoint": chosen.model_dump(mode="json"),
-                            "message": f"Checkpoint {chosen.fine_tuned_model_checkpoint} meets {condition}",
-                        }
-                    )
-                    return
-                if job.status.value in TERMINAL:
-                    message = f"Job {self.job_id} is {job.status.value} and no checkpoint meets {condition}"
-                    yield TriggerEvent({"status": "job_ended", "job_id": self.job_id, "message": message})
-                    return
-            except FineTuningError as err:
-                errors += 1
-                self.log.warning("Could not read checkpoints of %s (%d in a row): %s", self.job_id, errors, err)
-                if errors >= self.max_consecutive_errors or not _transient(err):
-                    yield TriggerEvent({"status": WAIT_ERROR, "job_id": self.job_id, "message": str(err)})
-                    return
-            now = time.time()
-            if self.deadline is not None and now >= self.deadline:
-                message = f"No checkpoint of {self.job_id} met {condition} before the deadline"
-                yield TriggerEvent({"status": WAIT_TIMEOUT, "job_id": self.job_id, "message": message})
-                return
-            wait = self.poll_interval if self.deadline is None else min(self.poll_interval, self.deadline - now)
-            await asyncio.sleep(max(wait, 0.0))
-
-
-def _transient(err: FineTuningError) -> bool:
-    return isinstance(err, TRANSIENT)
+                step = steps.send(reply)
+            except StopIteration as done:
+                outcome = done.value
+                break
+        payload: dict[str, Any] = {"status": outcome.status, "job_id": self.job_id, "message": outcome.message}
+        if outcome.checkpoint is not None:
+            payload["checkpoint"] = outcome.checkpoint.model_dump(mode="json")
+        yield TriggerEvent(payload)
