@@ -41,6 +41,7 @@ __all__ = [
     "Pause",
     "Poll",
     "describe_event",
+    "describe_status",
     "newer_events",
     "read_back",
     "wait_async",
@@ -133,6 +134,7 @@ def watch(
     log: logging.Logger | logging.LoggerAdapter[Any] | Any = None,
     clock: Callable[[], float] = time.time,
     rng: Callable[[], float] = random.random,
+    events: bool = True,
 ) -> Watch:
     """Poll a job until it reaches one of ``targets`` or a terminal status, the deadline, or too many errors.
 
@@ -149,10 +151,13 @@ def watch(
     :param log: where progress lines go.
     :param clock: the time source.
     :param rng: the source of jitter, in [0, 1).
+    :param events: whether the service keeps an event log; without one, each change of status is logged
+        instead (the first status seen included), so that the wait still says how the job goes.
     """
     logger = log or logging.getLogger(__name__)
     ends = frozenset(targets) | TERMINAL
     errors = 0
+    last_status: str | None = None
     while True:
         seen: Observation | FineTuningError | None = yield Poll(last_event_id, ends)
         if isinstance(seen, Observation):
@@ -164,6 +169,9 @@ def watch(
                 logger.info("[%s] %d earlier events not shown", job_id, len(seen.events) - len(shown))
             for event in shown:
                 logger.info("%s", describe_event(seen.job, event))
+            if not events and status != last_status:
+                logger.info("%s", describe_status(seen.job, last_status))
+            last_status = status
             if seen.events:
                 last_event_id = seen.events[-1].id
             if status in ends:
@@ -244,6 +252,15 @@ def describe_event(job: FineTuningJob | JobState, event: FineTuningJobEvent) -> 
     return line
 
 
+def describe_status(job: FineTuningJob | JobState, before: str | None) -> str:
+    """The progress line of a change of status, for services that keep no event log."""
+    line = f"[{job.id}] " + (f"{before} -> {job.status.value}" if before else f"status: {job.status.value}")
+    if job.estimated_finish and job.status.value not in TERMINAL:
+        left = max(int(job.estimated_finish - time.time()), 0)
+        line += f" (ETA {time.strftime('%H:%M:%S', time.gmtime(job.estimated_finish))} UTC, in {_duration(left)})"
+    return line
+
+
 def _duration(seconds: int) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
@@ -293,6 +310,8 @@ def observe(
 ) -> Observation:
     """Read a job and its new events with the sync client (all of them once the job is in ``ends``)."""
     job = hook.get_job(job_id)
+    if not hook.backend.supports("events"):
+        return Observation(job)
     over = job.status.value in ends
     # A wait that is over wants every event since its last line: the largest page saves reads back.
     page = hook.list_events(job_id, limit=EVENTS_PAGE_MAX if over else EVENTS_PER_POLL)
@@ -308,6 +327,8 @@ async def aobserve(
 ) -> Observation:
     """Read a job and its new events with the async client (all of them once the job is in ``ends``)."""
     job = await hook.aget_job(job_id)
+    if not hook.backend.supports("events"):
+        return Observation(job)
     over = job.status.value in ends
     # A wait that is over wants every event since its last line: the largest page saves reads back.
     page = await hook.alist_events(job_id, limit=EVENTS_PAGE_MAX if over else EVENTS_PER_POLL)

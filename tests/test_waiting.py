@@ -238,3 +238,32 @@ def test_a_worker_wait_reads_back_every_event_of_a_job_that_ended(
     assert reads.call_count == 2
     assert reads.calls[0].request.url.params["limit"] == str(EVENTS_PAGE_MAX)
     assert reads.calls[1].request.url.params["after"] == f"ev-{150 - EVENTS_PAGE_MAX + 1}"
+
+
+def test_without_an_event_log_each_change_of_status_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="test.wait")
+    replies = [seen("queued"), seen("queued"), seen("running"), seen("running"), seen("succeeded")]
+    outcome, _, _ = run(replies, poll_interval=1, events=False)
+    assert outcome.status == "succeeded"
+    assert [r.getMessage() for r in caplog.records] == [
+        "[ftjob-1] status: queued",
+        "[ftjob-1] queued -> running",
+        "[ftjob-1] running -> succeeded",
+    ]
+
+
+def test_a_worker_wait_on_a_service_without_events_reads_no_events(
+    hook: FineTuningHook, api: FakeAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    from airflow_provider_finetune.backends.base import Capabilities
+
+    caplog.set_level(logging.INFO, logger="test.wait")
+    hook.backend.capabilities = Capabilities(events=False)  # a service that keeps no event log
+    api.on("GET", "fine_tuning/jobs/ftjob-1", job(status="running"), job(status="succeeded", fine_tuned_model="ft:x"))
+    steps = watch(
+        "ftjob-1", log=logging.getLogger("test.wait"), poll_interval=0, events=hook.backend.supports("events")
+    )
+    outcome = wait_sync(hook, "ftjob-1", steps, sleep=lambda _: None)
+    assert outcome.status == "succeeded"
+    assert all("/events" not in r.url.path for r in api.requests)
+    assert [r.getMessage() for r in caplog.records] == ["[ftjob-1] status: running", "[ftjob-1] running -> succeeded"]

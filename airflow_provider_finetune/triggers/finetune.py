@@ -87,6 +87,13 @@ class FineTuningJobTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll the job until the wait is over, logging progress; yield one event."""
+        hook = self._hook()
+        try:
+            poller = await shared_poller(hook)
+        except (FineTuningError, AirflowNotFoundException) as err:  # no such connection, or unusable extras
+            message = f"Connection {self.finetune_conn_id!r} cannot be used: {err}"
+            yield TriggerEvent(Outcome(WAIT_ERROR, self.job_id, message, self.last_event_id).payload())
+            return
         steps = watch(
             self.job_id,
             targets=self.target_statuses,
@@ -95,14 +102,8 @@ class FineTuningJobTrigger(BaseTrigger):
             max_consecutive_errors=self.max_consecutive_errors,
             last_event_id=self.last_event_id,
             log=self.log,
+            events=poller.events,
         )
-        hook = self._hook()
-        try:
-            poller = await shared_poller(hook)
-        except (FineTuningError, AirflowNotFoundException) as err:  # no such connection, or unusable extras
-            message = f"Connection {self.finetune_conn_id!r} cannot be used: {err}"
-            yield TriggerEvent(Outcome(WAIT_ERROR, self.job_id, message, self.last_event_id).payload())
-            return
         try:
             outcome = await poller.wait(self.job_id, steps, poll_interval=self.poll_interval)
         except FineTuningError as err:

@@ -127,6 +127,11 @@ class JobPoller:
     _gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CONCURRENCY))
     _task: asyncio.Task[None] | None = None
 
+    @property
+    def events(self) -> bool:
+        """Whether the connection's service keeps an event log (assumed until the connection is read)."""
+        return "settings" not in self.hook.__dict__ or self.hook.backend.supports("events")
+
     async def wait(self, job_id: str, steps: Watch, *, poll_interval: float) -> Outcome:
         """Carry out :func:`~airflow_provider_finetune.waiting.watch` with reads shared through this poller.
 
@@ -370,7 +375,7 @@ class JobPoller:
         # A wait that is over reads whatever the budget, and is charged for it: the budget may run into debt,
         # which the reads of the jobs still going on repay, so that it holds on average.
         over = [request for request in requests if job.status.value in request.ends]
-        if not (read_events or over or self.every_poll):
+        if not self.events or not (read_events or over or self.every_poll):
             for request in requests:
                 _settle(request, Observation(job))
             return []

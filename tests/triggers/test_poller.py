@@ -380,3 +380,24 @@ async def test_a_lone_wait_reads_its_events_on_every_poll_however_short_its_paus
         assert [e.id for e in seen.events] == ["ftjob-00001-ev-1", "ftjob-00001-ev-2"]
         await asyncio.sleep(0.02)
     assert service.count("events") == 5
+
+
+class EventlessService(FakeService):
+    """A service that keeps no event log (its backend says so once the connection is read)."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.settings = object()  # the connection has been read
+        self.backend = type("Backend", (), {"supports": staticmethod(lambda capability: capability != "events")})()
+
+
+async def test_a_service_without_events_has_none_read_and_its_waits_still_end() -> None:
+    service = EventlessService(3)
+    poller = make_poller(service)
+    assert poller.events is False
+    first = await ask(poller, ["ftjob-00000", "ftjob-00001", "ftjob-00002"])
+    assert all(not seen.events for seen in first)
+    service.set_status("ftjob-00001", "succeeded")
+    second = await ask(poller, ["ftjob-00001"])
+    assert second[0].job.status.value == "succeeded"
+    assert service.count("events") == 0
