@@ -316,6 +316,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             poll_interval=self.poll_interval,
             max_consecutive_errors=self.max_consecutive_errors,
             log=self.log,
+            events=self.hook.backend.supports("events"),
         )
         return self._complete(context, wait_sync(self.hook, job.id, steps))
 
@@ -475,7 +476,12 @@ class _JobActionOperator(_FineTuningOperator):
         if self.wait_for_completion and status not in self.target_statuses:
             deadline = None if self.timeout is None else time.time() + self.timeout
             steps = watch(
-                job.id, targets=self.target_statuses, deadline=deadline, poll_interval=self.poll_interval, log=self.log
+                job.id,
+                targets=self.target_statuses,
+                deadline=deadline,
+                poll_interval=self.poll_interval,
+                log=self.log,
+                events=self.hook.backend.supports("events"),
             )
             outcome = wait_sync(self.hook, job.id, steps)
             if outcome.status in (WAIT_ERROR, WAIT_TIMEOUT):
