@@ -35,6 +35,7 @@ from airflow_provider_finetune.statuses import FAILURE_STATUSES
 
 __all__ = [
     "CLOCK_SKEW",
+    "MAX_WALK",
     "NO_STATE_STORE",
     "REQUEST_KEY",
     "TASK_TAG_KEY",

@@ -68,6 +68,7 @@ from airflow_provider_finetune.models import (
     build_request,
 )
 from airflow_provider_finetune.once import (
+    MAX_WALK,
     NO_STATE_STORE,
     TASK_TAG_KEY,
     CancelJob,
@@ -507,18 +508,28 @@ class FineTuningHook(BaseHook):
                     outcome = self._ensure_answer(step, error)
 
     def find_job_by_tag(self, tag: str) -> FineTuningJob | None:
-        """Return the newest job whose own metadata carries ``tag``, or ``None`` (never a job without it)."""
-        for job in self.iter_jobs(metadata=self._tag_filter(tag), limit=100):
+        """Return the newest job whose own metadata carries ``tag``, or ``None`` (never a job without it).
+
+        Where the service ignores the filter, at most :data:`~airflow_provider_finetune.once.MAX_WALK` jobs
+        are looked at.
+        """
+        for walked, job in enumerate(self.iter_jobs(metadata=self._tag_filter(tag), limit=100), start=1):
             if (job.metadata or {}).get(TASK_TAG_KEY) == tag:
                 return job
+            if walked >= MAX_WALK:
+                break
         return None
 
     async def afind_job_by_tag(self, tag: str) -> FineTuningJob | None:
         """Async :meth:`find_job_by_tag`."""
         await self.asettings()
+        walked = 0
         async for job in self.aiter_jobs(metadata=self._tag_filter(tag), limit=100):
             if (job.metadata or {}).get(TASK_TAG_KEY) == tag:
                 return job
+            walked += 1
+            if walked >= MAX_WALK:
+                break
         return None
 
     def _tag_filter(self, tag: str) -> dict[str, str] | None:
