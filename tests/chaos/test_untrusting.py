@@ -245,3 +245,44 @@ def test_azure_authoring_worker_killed_right_after_the_create_ends_with_one_job(
     made = [job for job in hook.iter_jobs(limit=100) if job.training_file == training_file]
     assert [job.id for job in made] == [retry.xcoms["job_id"]]
     hook.close()
+
+
+@pytest.mark.parametrize("policy", ["cancel_and_create", "fail"])
+def test_a_request_changed_between_tries_meets_on_changed_request(
+    hook: FineTuningHook, filterless: EmulatorServer, policy: str
+) -> None:
+    from airflow_provider_finetune.exceptions import ChangedRequestError
+
+    first_file = hook.upload_file(chat_lines(), filename="train.jsonl").id
+    changed_file = hook.upload_file(chat_lines(), filename="train-v2.jsonl").id
+    started = time.time()
+    ti = FakeTI(run_id=f"changed__{uuid.uuid4().hex}")
+    first = FineTuningJobOperator(task_id="fine_tune", model=MODEL, training_file=first_file, wait_for_completion=False)
+    first.execute(context(ti, started))  # type: ignore[arg-type]
+    first.hook.close()
+    old_id = ti.xcoms["job_id"]
+
+    # The retry runs after the DAG's data changed: the same task instance, another request.
+    retry = FakeTI(run_id=ti.run_id, try_number=2)
+    op = FineTuningJobOperator(
+        task_id="fine_tune",
+        model=MODEL,
+        training_file=changed_file,
+        wait_for_completion=False,
+        on_changed_request=policy,
+    )
+    before = counters(filterless)["requests"].get(CREATE, 0)
+    if policy == "fail":
+        with pytest.raises(ChangedRequestError, match=old_id):
+            op.execute(context(retry, started))  # type: ignore[arg-type]
+        assert counters(filterless)["requests"][CREATE] == before
+        assert not hook.get_job(old_id).status.is_terminal()
+        hook.cancel_job(old_id)
+    else:
+        op.execute(context(retry, started))  # type: ignore[arg-type]
+        new_id = retry.xcoms["job_id"]
+        assert new_id != old_id
+        assert hook.get_job(old_id).status.value == "cancelled"
+        assert hook.get_job(new_id).training_file == changed_file
+        assert counters(filterless)["requests"][CREATE] == before + 1
+    op.hook.close()
