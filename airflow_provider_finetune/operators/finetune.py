@@ -18,9 +18,10 @@ from typing import IO, TYPE_CHECKING, Any, cast
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_finetune import statuses
+from airflow_provider_finetune import job_actions, statuses
 from airflow_provider_finetune._compat import conf
 from airflow_provider_finetune._templating import number as _number
+from airflow_provider_finetune.job_actions import ActionRule
 from airflow_provider_finetune.links.finetune import FineTuningJobLink
 
 if TYPE_CHECKING:
@@ -426,6 +427,8 @@ class _JobActionOperator(_FineTuningOperator):
     refused_statuses: frozenset[str] = frozenset()
     #: Statuses the action leads to, that ``wait_for_completion`` waits for.
     target_statuses: frozenset[str] = frozenset()
+    #: The action's rules, shared with the UI (:mod:`airflow_provider_finetune.job_actions`).
+    rule: ActionRule = job_actions.CANCEL
 
     def __init__(
         self,
@@ -451,13 +454,10 @@ class _JobActionOperator(_FineTuningOperator):
         self._refuse_if_unsupported()
         job = self.hook.get_job(self.job_id)
         self._push_job(context, job)
-        if job.status.value in self.refused_statuses:
+        refused = job_actions.refusal(self.rule, job.id, job.status.value)
+        if refused is not None:
             # Said here, in the job's own words, rather than as the service's 409 to the action.
-            raise FineTuningError(
-                f"Cannot {self.verb} fine-tuning job {job.id}: "
-                + ("it has already ended" if job.status.is_terminal() else "it is being cancelled")
-                + f" ({job.status.value})"
-            )
+            raise FineTuningError(refused)
         if job.status.value in self.done_statuses:
             self.log.info("Job %s is already %s: nothing to do", job.id, job.status)
         else:
@@ -506,12 +506,13 @@ class FineTuningJobCancelOperator(_JobActionOperator):
     :param timeout: how long to wait.
     """
 
-    action = "cancel_job"
-    verb = "cancel"
-    capability = "cancel"
-    done_statuses = statuses.TERMINAL | {statuses.CANCELLING}
-    # A job that ended while being cancelled has nothing left to cancel either.
-    target_statuses = statuses.TERMINAL
+    rule = job_actions.CANCEL
+    action = rule.method
+    verb = rule.verb
+    capability = rule.capability
+    done_statuses = rule.done
+    refused_statuses = rule.refused
+    target_statuses = rule.targets
 
 
 class FineTuningJobPauseOperator(_JobActionOperator):
@@ -527,12 +528,13 @@ class FineTuningJobPauseOperator(_JobActionOperator):
     :param timeout: how long to wait.
     """
 
-    action = "pause_job"
-    verb = "pause"
-    capability = "pause_resume"
-    done_statuses = statuses.PAUSED
-    refused_statuses = statuses.TERMINAL | {statuses.CANCELLING}
-    target_statuses = frozenset({statuses.FineTuningJobStatus.PAUSED.value})
+    rule = job_actions.PAUSE
+    action = rule.method
+    verb = rule.verb
+    capability = rule.capability
+    done_statuses = rule.done
+    refused_statuses = rule.refused
+    target_statuses = rule.targets
 
 
 class FineTuningJobResumeOperator(_JobActionOperator):
@@ -549,12 +551,13 @@ class FineTuningJobResumeOperator(_JobActionOperator):
     :param timeout: how long to wait; a job still queued when it passes fails the task.
     """
 
-    action = "resume_job"
-    verb = "resume"
-    capability = "pause_resume"
-    done_statuses = statuses.ACTIVE - {statuses.FineTuningJobStatus.PAUSING.value, statuses.CANCELLING}
-    refused_statuses = statuses.TERMINAL | {statuses.CANCELLING}
-    target_statuses = frozenset({statuses.RUNNING, statuses.SUCCEEDED})
+    rule = job_actions.RESUME
+    action = rule.method
+    verb = rule.verb
+    capability = rule.capability
+    done_statuses = rule.done
+    refused_statuses = rule.refused
+    target_statuses = rule.targets
 
 
 # -- files ---------------------------------------------------------------------------------------------------

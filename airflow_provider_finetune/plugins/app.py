@@ -1,0 +1,335 @@
+"""The Fine-tuning page's server: a FastAPI app that Airflow's api-server mounts at ``/finetune``.
+
+Every route goes through Airflow's auth manager, as Airflow's own routes do: the user comes from the session
+cookie or a bearer token (:func:`airflow.api_fastapi.core_api.security.get_user`: none gives 401), a job is
+shown only to a user who may read its DAG, and pause, resume and cancel need edit permission on it (403).
+Writes also refuse cross-site requests: the session cookie is ``SameSite=Lax`` already, and a write must carry
+a JSON body and come from this origin (``Origin`` and ``Sec-Fetch-Site`` are checked where the browser sends
+them). Nothing of a connection but its id and service reaches the browser.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse
+
+from airflow_provider_finetune import job_actions, statuses
+from airflow_provider_finetune.plugins.jobs import (
+    Directory,
+    JobRecord,
+    database_connections,
+    environment_connections,
+    load_records,
+    rendered_request,
+)
+
+if TYPE_CHECKING:
+    from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+
+    from airflow_provider_finetune.hooks.finetune import FineTuningHook
+
+log = logging.getLogger(__name__)
+
+#: Most events and checkpoints read for one job view.
+MAX_EVENTS = 5000
+MAX_CHECKPOINTS = 500
+STATIC = resources.files("airflow_provider_finetune.plugins") / "static"
+_ASSETS = {"app.js": "text/javascript", "app.css": "text/css", "icon.svg": "image/svg+xml"}
+
+directory = Directory()
+
+
+async def _user(request: Request) -> BaseUser:
+    # As Airflow's own ``get_user``: an explicit bearer token wins, else the session cookie; neither gives 401.
+    # Written out because that dependency's signature differs between Airflow 3.1 (bearer only) and 3.3.
+    from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
+    from airflow.api_fastapi.core_api.security import resolve_user_from_token
+
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return await resolve_user_from_token(header[7:].strip())
+    return await resolve_user_from_token(request.cookies.get(COOKIE_NAME_JWT_TOKEN))
+
+
+UserDep = Annotated["BaseUser", Depends(_user)]
+
+
+def _auth_manager() -> Any:
+    from airflow.api_fastapi.app import get_auth_manager
+
+    return get_auth_manager()
+
+
+def _may(user: BaseUser, dag_id: str, method: str) -> bool:
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+
+    return bool(_auth_manager().is_authorized_dag(method=method, details=DagDetails(id=dag_id), user=user))
+
+
+def _readable_dags(user: BaseUser) -> set[str]:
+    return set(_auth_manager().get_authorized_dag_ids(user=user, method="GET"))
+
+
+def _session() -> Any:
+    from airflow.utils.session import create_session
+
+    return create_session()
+
+
+def _connections(session: Any) -> list[str]:
+    names = [*database_connections(session), *environment_connections()]
+    return list(dict.fromkeys(names or ["finetune_default"]))
+
+
+def _same_origin(request: Request) -> None:
+    """Refuse a write that a browser sent from another site (cross-site request forgery)."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise HTTPException(403, "Cross-site request refused")
+    origin = request.headers.get("origin")
+    if origin is not None:
+        host = request.headers.get("host", "")
+        if urlsplit(origin).netloc != host:
+            raise HTTPException(403, "Cross-site request refused")
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        # A form post cannot set this type without a CORS preflight, which this app never allows.
+        raise HTTPException(415, "A JSON body is required")
+
+
+app = FastAPI(title="Fine-tuning", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def _static(name: str) -> FileResponse:
+    with resources.as_file(STATIC / name) as path:
+        return FileResponse(path, media_type=_ASSETS.get(name, "text/html"), headers={"Cache-Control": "no-cache"})
+
+
+@app.get("/", response_class=HTMLResponse)
+def index(user: UserDep) -> HTMLResponse:
+    """The page: a shell that the script fills from the JSON routes below."""
+    return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
+
+
+@app.get("/static/{name}")
+def asset(name: str, user: UserDep) -> FileResponse:
+    """The page's own script, style and icon, shipped in the wheel (no CDN)."""
+    if name not in _ASSETS:
+        raise HTTPException(404, "Not found")
+    return _static(name)
+
+
+@app.get("/api/jobs")
+def list_jobs(
+    user: UserDep,
+    dag_id: str | None = None,
+    status: str | None = None,
+    service: str | None = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    """The jobs of the DAGs the user may read, newest first, filtered and paged."""
+    with _session() as session:
+        readable = _readable_dags(user)
+        records = load_records(session, readable_dags=readable, dag_id=dag_id or None)
+        connections = _connections(session)
+    live = [r.job_id for r in records if r.recorded_status not in statuses.TERMINAL]
+    directory.locate([r.job_id for r in records], connections, live=live)
+    rows = [directory.view(r).to_json() for r in records]
+    # Newest first by the service's creation time where known (tasks of one run may run in any order).
+    rows.sort(key=lambda r: (r["created_at"] or 0.0, r["job_id"]), reverse=True)
+    services = sorted({r["service"] for r in rows if r["service"]})
+    found_statuses = sorted({r["status"] for r in rows if r["status"]})
+    dags = sorted({r["dag_id"] for r in rows})
+    if status:
+        rows = [r for r in rows if r["status"] == status]
+    if service:
+        rows = [r for r in rows if r["service"] == service]
+    return {
+        "total": len(rows),
+        "offset": offset,
+        "limit": limit,
+        "jobs": rows[offset : offset + limit],
+        "filters": {"dags": dags, "statuses": found_statuses, "services": services},
+    }
+
+
+def _record_for_job(session: Any, user: BaseUser, job_id: str) -> JobRecord:
+    readable = _readable_dags(user)
+    for record in load_records(session, readable_dags=readable):
+        if record.job_id == job_id:
+            return record
+    # The same answer whether the job is unknown or only hidden: nothing is learnt of others' DAGs.
+    raise HTTPException(404, f"No fine-tuning job {job_id} among the DAGs you may read")
+
+
+def _record_for_task(
+    session: Any, user: BaseUser, dag_id: str, run_id: str, task_id: str, map_index: int
+) -> JobRecord | None:
+    if not _may(user, dag_id, "GET"):
+        raise HTTPException(403, "You may not read this DAG")
+    for record in load_records(session, readable_dags=[dag_id], dag_id=dag_id):
+        if (record.run_id, record.task_id, record.map_index) == (run_id, task_id, map_index):
+            return record
+    return None
+
+
+def _hook_for(record: JobRecord, connections: list[str]) -> tuple[str, FineTuningHook]:
+    directory.locate([record.job_id], connections)
+    conn_id = directory.connection_of(record.job_id)
+    if conn_id is None:
+        raise HTTPException(404, f"Fine-tuning job {record.job_id} was not found on any fine-tuning connection")
+    return conn_id, directory.hook(conn_id)
+
+
+def _metrics(events: list[Any]) -> list[dict[str, Any]]:
+    by_step: dict[float, dict[str, Any]] = {}
+    for event in events:
+        data = event.data or {}
+        if event.type != "metrics" or not isinstance(data.get("step"), (int, float)):
+            continue
+        point = {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        by_step[data["step"]] = point  # the latest event of a step wins
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def _best(checkpoints: list[dict[str, Any]]) -> str | None:
+    def loss(c: dict[str, Any]) -> float | None:
+        m = c["metrics"]
+        for key in ("full_valid_loss", "valid_loss", "train_loss"):
+            if m.get(key) is not None:
+                return float(m[key])
+        return None
+
+    scored = [(value, c["id"]) for c in checkpoints if (value := loss(c)) is not None]
+    return min(scored)[1] if scored else None
+
+
+def _detail(user: BaseUser, record: JobRecord, session: Any) -> dict[str, Any]:
+    from airflow_provider_finetune.exceptions import FineTuningError
+
+    connections = _connections(session)
+    request_fields = rendered_request(session, record)
+    conn_id, hook = _hook_for(record, connections)
+    backend = hook.backend
+    try:
+        job = hook.get_job(record.job_id)
+    except FineTuningError as err:
+        raise HTTPException(502, f"{backend.label} did not answer for job {record.job_id}: {err}") from err
+    directory.remember(conn_id, job)
+    events: list[Any] = []
+    if backend.supports("events"):
+        for event in hook.iter_events(job.id, limit=100):
+            events.append(event)
+            if len(events) >= MAX_EVENTS:
+                break
+    checkpoints: list[dict[str, Any]] = []
+    if backend.supports("checkpoints"):
+        for checkpoint in hook.iter_checkpoints(job.id, limit=100):
+            checkpoints.append(
+                {
+                    "id": checkpoint.id,
+                    "step_number": checkpoint.step_number,
+                    "created_at": checkpoint.created_at,
+                    "fine_tuned_model_checkpoint": checkpoint.fine_tuned_model_checkpoint,
+                    "metrics": checkpoint.metrics.model_dump(mode="json", exclude_none=True),
+                }
+            )
+            if len(checkpoints) >= MAX_CHECKPOINTS:
+                break
+    checkpoints.sort(key=lambda c: int(c["step_number"] or 0))
+    can_edit = _may(user, record.dag_id, "PUT")
+    status = job.status.value
+    actions = []
+    if can_edit:
+        for rule in job_actions.ACTIONS.values():
+            if backend.supports(rule.capability) and rule.applies(status):
+                actions.append(rule.verb)
+    view = directory.view(record).to_json()
+    return {
+        **view,
+        "status": status,
+        "model": job.model,
+        "fine_tuned_model": job.fine_tuned_model,
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
+        "trained_tokens": job.trained_tokens,
+        "estimated_finish": job.estimated_finish,
+        "error": job.error.describe() if job.error else None,
+        "hyperparameters": job.hyperparameters.model_dump(mode="json", exclude_none=True)
+        if job.hyperparameters
+        else None,
+        "job_url": hook.job_url(job.id),
+        "supports": {name: backend.supports(name) for name in ("events", "checkpoints", "pause_resume", "cancel")},
+        "metrics": _metrics(events),
+        "events": [
+            {"id": e.id, "created_at": e.created_at, "level": e.level, "type": e.type, "message": e.message}
+            for e in events
+            if e.type != "metrics"
+        ],
+        "checkpoints": checkpoints,
+        "best_checkpoint": _best(checkpoints),
+        "request": request_fields,
+        "can_edit": can_edit,
+        "actions": actions,
+    }
+
+
+@app.get("/api/jobs/{job_id}")
+def get_job(job_id: str, user: UserDep) -> dict[str, Any]:
+    """One job: its state, curves, checkpoints, events and request, and what the user may do with it."""
+    with _session() as session:
+        record = _record_for_job(session, user, job_id)
+        return _detail(user, record, session)
+
+
+@app.get("/api/task")
+def task_job(
+    user: UserDep, dag_id: str, run_id: str, task_id: str, map_index: Annotated[int, Query()] = -1
+) -> dict[str, Any]:
+    """The job a create task made (the task instance's tab), or ``{"job": null}`` for any other task."""
+    with _session() as session:
+        record = _record_for_task(session, user, dag_id, run_id, task_id, map_index)
+        if record is None:
+            return {"job": None}
+        return {"job": _detail(user, record, session)}
+
+
+@app.post("/api/jobs/{job_id}/{action}")
+def act(job_id: str, action: str, request: Request, user: UserDep) -> dict[str, Any]:
+    """Pause, resume or cancel a job through the hook, with the operators' rules; needs edit on the DAG."""
+    from airflow_provider_finetune.exceptions import ConflictError, FineTuningError, InvalidRequestError
+
+    _same_origin(request)
+    rule = job_actions.ACTIONS.get(action)
+    if rule is None:
+        raise HTTPException(404, f"No action {action!r}: pause, resume or cancel")
+    with _session() as session:
+        record = _record_for_job(session, user, job_id)
+        if not _may(user, record.dag_id, "PUT"):
+            raise HTTPException(403, f"You may not edit DAG {record.dag_id}")
+        conn_id, hook = _hook_for(record, _connections(session))
+    try:
+        hook.require(rule.capability, job_id=job_id)
+        job = hook.get_job(job_id)
+        refused = job_actions.refusal(rule, job.id, job.status.value)
+        if refused is not None:
+            raise HTTPException(409, refused)
+        if job.status.value not in rule.done:
+            try:
+                job = getattr(hook, rule.method)(job.id)
+            except ConflictError:
+                job = hook.get_job(job.id)
+                if job.status.value not in rule.done:
+                    raise
+    except (ConflictError, InvalidRequestError) as err:  # an unsupported action is an InvalidRequestError
+        raise HTTPException(409, str(err)) from err
+    except FineTuningError as err:
+        raise HTTPException(502, str(err)) from err
+    directory.remember(conn_id, job)
+    log.info("%s %s fine-tuning job %s (DAG %s): now %s", user.get_name(), rule.verb, job.id, record.dag_id, job.status)
+    return {"job_id": job.id, "status": job.status.value}

@@ -1,0 +1,110 @@
+"""The plugin's pieces without a browser: the shared action rules, connection discovery, the job directory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from airflow_provider_finetune import job_actions
+from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
+from airflow_provider_finetune.operators.finetune import (
+    FineTuningJobCancelOperator,
+    FineTuningJobPauseOperator,
+    FineTuningJobResumeOperator,
+)
+from airflow_provider_finetune.plugins import FineTuningPlugin
+from airflow_provider_finetune.plugins.jobs import Directory, environment_connections
+
+KEY = "sk-plugin-test-key"
+
+
+@pytest.mark.parametrize(
+    ("operator", "rule"),
+    [
+        (FineTuningJobCancelOperator, job_actions.CANCEL),
+        (FineTuningJobPauseOperator, job_actions.PAUSE),
+        (FineTuningJobResumeOperator, job_actions.RESUME),
+    ],
+)
+def test_the_operators_and_the_page_share_one_rule(operator: type, rule: job_actions.ActionRule) -> None:
+    assert operator.rule is rule
+    assert (operator.action, operator.capability, operator.refused_statuses) == (
+        rule.method,
+        rule.capability,
+        rule.refused,
+    )
+
+
+@pytest.mark.parametrize(
+    ("rule", "status", "expected"),
+    [
+        (job_actions.PAUSE, "succeeded", "Cannot pause fine-tuning job j: it has already ended (succeeded)"),
+        (job_actions.RESUME, "cancelling", "Cannot resume fine-tuning job j: it is being cancelled (cancelling)"),
+        (job_actions.PAUSE, "running", None),
+        (job_actions.CANCEL, "succeeded", None),  # nothing to cancel, but nothing refused either
+    ],
+)
+def test_refusal(rule: job_actions.ActionRule, status: str, expected: str | None) -> None:
+    assert job_actions.refusal(rule, "j", status) == expected
+
+
+def test_which_actions_apply() -> None:
+    assert [v for v, r in job_actions.ACTIONS.items() if r.applies("running")] == ["pause", "cancel"]
+    assert [v for v, r in job_actions.ACTIONS.items() if r.applies("paused")] == ["resume", "cancel"]
+    assert [v for v, r in job_actions.ACTIONS.items() if r.applies("failed")] == []
+
+
+def test_environment_connections_of_type_finetune_only() -> None:
+    environ = {
+        "AIRFLOW_CONN_FAST": json.dumps({"conn_type": "finetune", "host": "http://x"}),
+        "AIRFLOW_CONN_URI": "finetune://:key@host/v1",
+        "AIRFLOW_CONN_OTHER": json.dumps({"conn_type": "http"}),
+        "AIRFLOW_CONN_BROKEN": "{not json",
+        "PATH": "/bin",
+    }
+    assert environment_connections(environ) == ["fast", "uri"]
+
+
+def test_the_plugin_declares_the_page_and_the_task_tab() -> None:
+    from fastapi import FastAPI
+
+    entry = FineTuningPlugin.fastapi_apps[0]
+    assert entry["url_prefix"] == "/finetune"
+    assert isinstance(entry.get("app"), FastAPI)
+    assert {v["destination"] for v in FineTuningPlugin.external_views} == {"nav", "task_instance"}
+
+
+@pytest.fixture
+def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
+    with EmulatorServer(EmulatorConfig(api_key=KEY, speed=1, seed=3)) as server:
+        conn = {"conn_type": "finetune", "host": server.base_url, "password": KEY}
+        monkeypatch.setenv("AIRFLOW_CONN_UI_FAST", json.dumps(conn))
+        monkeypatch.setenv("AIRFLOW_CONN_UI_EMPTY", json.dumps({**conn, "password": "sk-wrong"}))
+        yield server
+
+
+@pytest.mark.integration
+def test_the_directory_places_many_jobs_with_one_list_call_per_page(emulator: EmulatorServer) -> None:
+    from airflow_provider_finetune.hooks.finetune import FineTuningHook
+
+    hook = FineTuningHook("ui_fast")
+    lines = "\n".join(
+        json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]})
+        for i in range(10)
+    )
+    file_id = hook.upload_file(lines.encode(), filename="t.jsonl").id
+    ids = [hook.create_job({"model": "gpt-4o-mini-2024-07-18", "training_file": file_id}).id for _ in range(5)]
+    now = [0.0]
+    directory = Directory(clock=lambda: now[0])
+
+    # A connection that cannot answer (wrong key) is skipped, not fatal.
+    directory.locate(ids, ["ui_empty", "ui_fast"], live=ids)
+    assert [directory.connection_of(j) for j in ids] == ["ui_fast"] * 5
+    assert directory.list_calls == 1
+    directory.locate(ids, ["ui_empty", "ui_fast"], live=ids)
+    assert directory.list_calls == 1  # fresh enough: no request at all
+    now[0] += 60
+    directory.locate(ids, ["ui_empty", "ui_fast"], live=ids)
+    assert directory.list_calls == 2  # stale: one list call where the jobs live, not one per job
