@@ -15,6 +15,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
+from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse
 
@@ -29,8 +30,6 @@ from airflow_provider_finetune.plugins.jobs import (
 )
 
 if TYPE_CHECKING:
-    from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
-
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,8 @@ async def _user(request: Request) -> BaseUser:
     return await resolve_user_from_token(request.cookies.get(COOKIE_NAME_JWT_TOKEN))
 
 
-UserDep = Annotated["BaseUser", Depends(_user)]
+# A real class, not a string: the FastAPI of Airflow 3.1 does not resolve a forward reference here.
+UserDep = Annotated[BaseUser, Depends(_user)]
 
 
 def _auth_manager() -> Any:
