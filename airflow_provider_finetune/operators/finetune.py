@@ -146,6 +146,8 @@ class _FineTuningOperator(BaseOperator):
         """Push the job id and its page at once, before any wait, so that they survive a crash."""
         ti = context["ti"]
         ti.xcom_push(key="job_id", value=job.id)
+        # The connection's id (never its settings), so that the job is found where it was made (the UI page).
+        ti.xcom_push(key="finetune_conn_id", value=self.finetune_conn_id)
         # Pushed even when empty (a service with no job page), so that the link finds a value, not a 404.
         ti.xcom_push(key=FineTuningJobLink.key, value=self.hook.job_url(job.id))
 

@@ -138,7 +138,9 @@ def list_jobs(
         records = load_records(session, readable_dags=readable, dag_id=dag_id or None)
         connections = _connections(session)
     live = [r.job_id for r in records if r.recorded_status not in statuses.TERMINAL]
-    directory.locate([r.job_id for r in records], connections, live=live)
+    # The connections the tasks recorded first: a job is then found where it was made.
+    recorded = [r.conn_id for r in records if r.conn_id]
+    directory.locate([r.job_id for r in records], [*dict.fromkeys(recorded), *connections], live=live)
     rows = [directory.view(r).to_json() for r in records]
     # Newest first by the service's creation time where known (tasks of one run may run in any order).
     rows.sort(key=lambda r: (r["created_at"] or 0.0, r["job_id"]), reverse=True)
@@ -179,7 +181,7 @@ def _record_for_task(
 
 
 def _hook_for(record: JobRecord, connections: list[str]) -> tuple[str, FineTuningHook]:
-    directory.locate([record.job_id], connections)
+    directory.locate([record.job_id], [record.conn_id, *connections] if record.conn_id else connections)
     conn_id = directory.connection_of(record.job_id)
     if conn_id is None:
         raise HTTPException(404, f"Fine-tuning job {record.job_id} was not found on any fine-tuning connection")

@@ -32,7 +32,7 @@ __all__ = ["CREATE_OPERATORS", "Directory", "JobRecord", "load_records", "render
 #: The operator classes whose ``job_id`` XCom is a job they created (the job-action operators push one too).
 CREATE_OPERATORS: frozenset[str] = frozenset({"FineTuningJobOperator"})
 #: The XComs of a create task that the list shows (``checkpoints`` is left out: it can be large).
-RECORDED_KEYS = ("job_id", "status", "fine_tuned_model", "trained_tokens")
+RECORDED_KEYS = ("job_id", "finetune_conn_id", "status", "fine_tuned_model", "trained_tokens")
 #: Page size of a job list call.
 PAGE = 100
 #: Pages of one connection's job list read at most while looking for jobs.
@@ -57,6 +57,8 @@ class JobRecord:
     fine_tuned_model: str | None = None
     trained_tokens: int | None = None
     ended_at: datetime | None = None
+    #: The connection the task made the job through, as it recorded it (tasks of older versions did not).
+    conn_id: str | None = None
 
 
 @dataclass
@@ -156,6 +158,7 @@ def load_records(
         status, ended_at = values.get("status", (None, None))
         tokens = values.get("trained_tokens", (None, None))[0]
         model = values.get("fine_tuned_model", (None, None))[0]
+        conn_id = values.get("finetune_conn_id", (None, None))[0]
         records.append(
             JobRecord(
                 job_id=job_id,
@@ -168,6 +171,7 @@ def load_records(
                 fine_tuned_model=model if isinstance(model, str) else None,
                 trained_tokens=tokens if isinstance(tokens, int) else None,
                 ended_at=ended_at if isinstance(status, str) and status in statuses.TERMINAL else None,
+                conn_id=conn_id if isinstance(conn_id, str) and conn_id else None,
             )
         )
     records.sort(key=lambda r: (r.pushed_at.timestamp() if r.pushed_at else 0.0, r.job_id), reverse=True)
