@@ -16,21 +16,13 @@ Every process is stopped in the end, whatever happens; a failure prints the tail
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -38,10 +30,10 @@ import pytest
 from airflow_provider_finetune import __version__
 from airflow_provider_finetune.hooks.finetune import TASK_TAG_KEY
 from airflow_provider_finetune.operators.finetune import task_tag
+from tests.deployment._deploy import BIN, ProcessSet, RunWatch, airflow_environment, free_port, log_events
 
 pytestmark = pytest.mark.integration
 
-BIN = Path(sys.executable).parent
 EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
 DAG_FILE = EXAMPLE_DAGS / "example_finetune_retraining.py"
 DAG_ID = "example_finetune_retraining"
@@ -60,68 +52,16 @@ CANCEL_ROUTE = "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel"
 
 STARTUP_TIMEOUT = 120.0
 RUN_TIMEOUT = 150.0
-STOP_GRACE = 30.0
-
-T = TypeVar("T")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def tail(path: Path, lines: int) -> str:
-    """The last lines of a process's log, less the API server's access log (the test's own polling)."""
-    if not path.exists():
-        return f"(no {path.name})"
-    text = [line for line in path.read_text(errors="replace").splitlines() if "[http.access]" not in line]
-    return "\n".join(text[-lines:])
-
-
-def log_events(path: Path) -> list[str]:
-    """The messages of a task or trigger log file (JSON lines; a plain line is its own message)."""
-    events = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            events.append(line)
-            continue
-        events.append(str(record.get("event", "")) if isinstance(record, dict) else line)
-    return events
-
-
-@dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-
-@dataclass
-class RunWatch:
-    """What the test saw of a DAG run while it polled it: every state each task went through, in order."""
-
-    run_id: str
-    states: dict[str, list[str]] = field(default_factory=dict)
-    state: str | None = None
-
-    def saw(self, task_id: str, state: str | None) -> None:
-        seen = self.states.setdefault(task_id, [])
-        if state and (not seen or seen[-1] != state):
-            seen.append(state)
-
-
-class Deployment:
+class Deployment(ProcessSet):
     """The emulator and Airflow's processes, in an AIRFLOW_HOME of their own under ``root``."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        super().__init__(root)
         self.home = root / "airflow-home"
-        self.process_logs = root / "process-logs"
         self.dags = root / "dags"
-        for folder in (self.home, self.process_logs, self.dags):
+        for folder in (self.home, self.dags):
             folder.mkdir(parents=True)
         # Only the retraining DAG and its data: the other example DAGs are not this test's business.
         (self.dags / DAG_FILE.name).symlink_to(DAG_FILE)
@@ -132,51 +72,25 @@ class Deployment:
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.emulator_url = f"http://127.0.0.1:{self.emulator_port}"
         self.env = self._environment()
-        self.processes: dict[str, Process] = {}
-        self.started: list[str] = []
         self.api = httpx.Client(base_url=self.api_url + "/api/v2", timeout=30)
         self.emulator = httpx.Client(
             base_url=self.emulator_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30
         )
 
     def _environment(self) -> dict[str, str]:
-        # Nothing of the test session's own Airflow settings (its AIRFLOW_HOME, DAGs folder, connections).
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FINETUNE_"))}
-        connection = {
-            "conn_type": "finetune",
-            "host": f"{self.emulator_url}/v1",
-            "password": API_KEY,
-        }
+        env = airflow_environment(
+            home=self.home,
+            dags=self.dags,
+            api_url=self.api_url,
+            api_port=self.api_port,
+            emulator_url=self.emulator_url,
+            api_key=API_KEY,
+        )
         env.update(
             {
-                "AIRFLOW_HOME": str(self.home),
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": "4",
-                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__AUTH_MANAGER": (
-                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-                ),
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
-                "AIRFLOW__API__BASE_URL": self.api_url,
-                "AIRFLOW__API__HOST": "127.0.0.1",
-                "AIRFLOW__API__PORT": str(self.api_port),
-                "AIRFLOW__API__WORKERS": "1",
-                "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
-                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-                # Log servers of the scheduler's workers and the triggerer, off their fixed default ports.
-                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-                "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
-                # Runs come from the test only: unpausing a weekly DAG would otherwise start the latest
-                # scheduled run at once, whose job would blur the emulator's counters.
-                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-                "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
-                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-                "AIRFLOW_CONN_FINETUNE_DEFAULT": json.dumps(connection),
                 "FINETUNE_EXAMPLE_POLL_INTERVAL": "0.5",
             }
         )
@@ -184,64 +98,8 @@ class Deployment:
 
     # -- processes -------------------------------------------------------------------------------------
 
-    def start(self, name: str, *argv: str) -> Process:
-        log = self.process_logs / f"{name}.log"
-        with log.open("ab") as out:
-            popen = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=self.root,
-                start_new_session=True,  # its own process group: its children are stopped with it
-            )
-        process = Process(name, popen, log)
-        self.processes[name] = process
-        self.started.append(name)
-        return process
-
-    def start_airflow(self, name: str, *args: str) -> Process:
-        return self.start(name, str(BIN / "airflow"), *args)
-
-    def stop(self, name: str) -> int | None:
-        """SIGTERM, a grace period, then SIGKILL to the process and whatever it left in its group."""
-        process = self.processes.pop(name)
-        popen = process.popen
-        code: int | None = popen.poll()
-        if code is None:
-            popen.send_signal(signal.SIGTERM)
-            try:
-                code = popen.wait(timeout=STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                code = None
-        # The group of a process started with start_new_session has the process's id.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(popen.pid, signal.SIGKILL)
-        popen.wait(timeout=10)
-        return code
-
-    def stop_all(self) -> None:
-        # The scheduler first (no new task), the emulator last (tasks may still talk to it).
-        order = ["scheduler", *[n for n in reversed(self.started) if n not in ("scheduler", "emulator")], "emulator"]
-        for name in order:
-            if name in self.processes:
-                self.stop(name)
-
     def migrate(self) -> None:
-        log = self.process_logs / "db-migrate.log"
-        with log.open("wb") as out:
-            result = subprocess.run(
-                [str(BIN / "airflow"), "db", "migrate"],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=self.root,
-                timeout=180,
-                check=False,
-            )
-        assert result.returncode == 0, f"airflow db migrate failed:\n{tail(log, 40)}"
+        self.run_to_end("db-migrate", str(BIN / "airflow"), "db", "migrate")
 
     def up(self) -> None:
         self.start(
@@ -294,22 +152,6 @@ class Deployment:
         mine = [e for e in errors if Path(e.get("filename", "")).name == DAG_FILE.name]
         assert not mine, f"{DAG_FILE.name} does not import:\n{mine[0].get('stack_trace')}"
         return self.api.get(f"/dags/{DAG_ID}").status_code == 200
-
-    def check_alive(self) -> None:
-        for process in self.processes.values():
-            code = process.popen.poll()
-            assert code is None, f"{process.name} exited with {code}:\n{tail(process.log, 40)}"
-
-    def wait_until(self, what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
-        deadline = time.monotonic() + timeout
-        while True:
-            self.check_alive()
-            value = probe()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"Timed out after {timeout:.0f} s waiting for {what}")
-            time.sleep(interval)
 
     # -- Airflow's REST API ------------------------------------------------------------------------------
 
@@ -414,9 +256,7 @@ class Deployment:
         return [path for path in paths if text in path.read_text(errors="replace")]
 
     def tails(self, lines: int = 40) -> str:
-        parts = []
-        for path in sorted(self.process_logs.glob("*.log")):
-            parts.append(f"----- {path.name} (last {lines} lines) -----\n{tail(path, lines)}")
+        parts = self.process_tails(lines)
         for path in sorted((self.home / "logs" / f"dag_id={DAG_ID}").glob("run_id=*/task_id=*/attempt=*")):
             events = "\n".join(log_events(path)[-15:])
             parts.append(f"----- {path.relative_to(self.home / 'logs')} (last 15 messages) -----\n{events}")
