@@ -75,6 +75,7 @@ def test_runs_to_success_on_the_worker(context: dict[str, Any], api: FakeAPI) ->
     assert result == "ft:gpt-4o-mini:org::abc"
     xcoms = context["ti"].xcoms
     assert xcoms["job_id"] == "ftjob-1"
+    assert xcoms["finetune_conn_id"] == "finetune_default"  # its id only: the UI finds the job there
     assert xcoms["status"] == "succeeded"
     assert xcoms["trained_tokens"] == 1234
     assert xcoms["result_files"] == ["file-r"]
