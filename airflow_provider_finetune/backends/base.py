@@ -215,7 +215,8 @@ class Backend:
     label: ClassVar[str] = ""
     #: What a job's training and validation data are referenced by.
     file_reference: ClassVar[Literal["file_id", "s3_uri", "dataset"]] = "file_id"
-    #: How a create is made once-only.
+    #: How a create is made once-only: ``metadata`` (the tag and fingerprint ride on the job), ``intent`` (an intent
+    #: record in the task's state store, and the request's fields), ``client_job_id`` or ``idempotency_token``.
     once_only: ClassVar[OnceOnly] = "metadata"
 
     capabilities: Capabilities = Capabilities()

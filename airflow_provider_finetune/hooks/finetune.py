@@ -432,10 +432,15 @@ class FineTuningHook(BaseHook):
             if isinstance(request, CreateFineTuningJobRequest)
             else build_request(CreateFineTuningJobRequest, request)
         )
+        if backend.once_only not in ("metadata", "intent"):  # a dialect whose way is not built in here
+            raise InvalidRequestError(
+                f"{backend.label} makes a create once-only by {backend.once_only}, which this hook cannot do",
+                field="service",
+            )
         return ensure_job(
             backend.job_body(model_request),
             identity,
-            job_metadata=backend.capabilities.job_metadata,
+            job_metadata=backend.once_only == "metadata",
             metadata_filter=backend.capabilities.metadata_filter,
             policy=self.retry_policy,
             on_changed_request=on_changed_request,

@@ -122,3 +122,18 @@ def test_refused_in_one_line_before_any_request(
     assert "does not support" in text
     assert task.hook.backend.label in text
     assert no_requests.calls.call_count == 0
+
+
+@pytest.mark.parametrize("service", list(CONNECTIONS) + ["openai", "azure-preview"])
+def test_how_a_create_is_made_once_only_agrees_with_the_capabilities(
+    monkeypatch: pytest.MonkeyPatch, service: str
+) -> None:
+    from airflow_provider_finetune.hooks.finetune import FineTuningHook
+
+    extra = {"openai": {}, "azure-preview": {"service": "azure", "api_version": "2025-04-01-preview"}}.get(
+        service, CONNECTIONS.get(service)
+    )
+    conn = {"conn_type": "finetune", "host": ENDPOINT, "password": "sk-capabilities-1234", "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_FINETUNE_DEFAULT", json.dumps(conn))
+    backend = FineTuningHook().backend
+    assert backend.once_only == ("metadata" if backend.capabilities.job_metadata else "intent")
