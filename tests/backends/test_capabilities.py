@@ -124,7 +124,7 @@ def test_refused_in_one_line_before_any_request(
     assert no_requests.calls.call_count == 0
 
 
-@pytest.mark.parametrize("service", list(CONNECTIONS) + ["openai", "azure-preview"])
+@pytest.mark.parametrize("service", [*list(CONNECTIONS), "openai", "azure-preview"])
 def test_how_a_create_is_made_once_only_agrees_with_the_capabilities(
     monkeypatch: pytest.MonkeyPatch, service: str
 ) -> None:
