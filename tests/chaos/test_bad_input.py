@@ -45,6 +45,7 @@ from airflow_provider_finetune.models import (
     ValidateGraderRequest,
     build_request,
 )
+from airflow_provider_finetune.once import REQUEST_KEY
 from airflow_provider_finetune.operators.finetune import (
     FineTuningCheckpointPermissionOperator,
     FineTuningCheckpointPermissionRevokeOperator,
@@ -188,18 +189,20 @@ BAD_INPUT: list[tuple[str, Callable[[], Any], str, str]] = [
     ),
     ("seed-text", lambda: create(seed="abc"), "seed", JOB + "seed: Input should be a valid integer (got 'abc')"),
     ("seed-fraction", lambda: create(seed=1.5), "seed", JOB + "seed: Input should be a valid integer (got 1.5)"),
-    # -- metadata sizes (the task's tag takes one of the 16 places) ------------------------------------------------
+    # -- metadata sizes (the task's tag and the request's fingerprint take two of the 16 places) -------------------
     (
-        "metadata-16-keys",
-        lambda: create(metadata={f"k{i}": "v" for i in range(16)}),
+        "metadata-15-keys",
+        lambda: create(metadata={f"k{i}": "v" for i in range(15)}),
         "metadata",
-        JOB + f"metadata: 16 keys given, at most 15 are allowed (the 16th is the task's tag, {TASK_TAG_KEY})",
+        JOB + f"metadata: 15 keys given, at most 14 are allowed (the other 2 are the provider's own: "
+        f"{REQUEST_KEY}, {TASK_TAG_KEY})",
     ),
     (
         "metadata-17-keys",
         lambda: create(metadata={f"k{i}": "v" for i in range(17)}),
         "metadata",
-        JOB + f"metadata: 17 keys given, at most 15 are allowed (the 16th is the task's tag, {TASK_TAG_KEY})",
+        JOB + f"metadata: 17 keys given, at most 14 are allowed (the other 2 are the provider's own: "
+        f"{REQUEST_KEY}, {TASK_TAG_KEY})",
     ),
     (
         "metadata-key-65",

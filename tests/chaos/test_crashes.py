@@ -100,7 +100,7 @@ def test_worker_killed_between_create_and_xcom_push_then_the_retry_defers_to_the
                 os.kill(os.getpid(), signal.SIGKILL)
 
         op = FineTuningJobOperator(task_id="fine_tune", model={MODEL!r}, training_file={training_file!r},
-                                   poll_interval=0.2)
+                                   method={LONG!r}, poll_interval=0.2)
         op.execute({{"ti": DiesAtFirstPush(run_id={run_id!r})}})
         """
     )
