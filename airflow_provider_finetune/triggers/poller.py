@@ -20,6 +20,13 @@ open in one *round*:
 A round never answers a request later than it was due, so sharing never costs notice latency, and the
 requests a poll interval costs grow with the pages of the list, not with the jobs.
 
+A waiting trigger costs the poller one object for its whole wait (:class:`_Wait`, reused every poll) and one
+future, the wait's outcome: the poller carries out the wait's rules itself (in the trigger's own context, so
+that its progress lines go where the trigger's do), and the trigger's task sleeps until the wait is over. A
+poll allocates no future, coroutine or request per trigger, and what a round reads (pages of jobs, events)
+is let go as soon as each wait has taken its step: so little outlives the young collections that the
+interpreter's full collections, which sweep the whole heap of a triggerer with Airflow in it, stay rare.
+
 A poller holds no state that a trigger needs: a trigger re-created on another triggerer simply asks that
 triggerer's poller. What a poller remembers (when each job was created, the status whose events it read,
 when) only saves requests, and it forgets the jobs nobody asks about any more.
@@ -28,14 +35,15 @@ when) only saves requests, and it forgets the jobs nobody asks about any more.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import contextvars
 import heapq
 import math
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Collection, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_finetune.exceptions import FineTuningError
 from airflow_provider_finetune.waiting import (
@@ -45,6 +53,7 @@ from airflow_provider_finetune.waiting import (
     Observation,
     Outcome,
     Pause,
+    Poll,
     Watch,
     newer_events,
     read_back,
@@ -69,18 +78,45 @@ CONCURRENCY = 8
 FIRST_SIGHT_GATHER = 0.2
 #: Seconds a job nobody asks about stays in the poller's memory.
 FORGET_AFTER = 600.0
+#: Seconds of waits' steps (their progress lines) the poller takes in one go before it lets the loop run.
+STEP_SLICE = 0.005
+
+#: Seconds without a wait after which the poller's task ends (the next wait starts a new one).
+IDLE_AFTER = 300.0
+
+_Steps = Generator[Poll | Pause, Any, Any]
 
 
-# Compared by identity: a round takes its batch out of the queue in one pass. Slots: one object per poll.
+# Compared by identity: a round takes its batch out of the queue in one pass. Slots, and one per wait: a poll
+# changes its fields and allocates nothing for the trigger.
 @dataclass(eq=False, slots=True)
-class _Request:
+class _Wait:
     job_id: str
-    after_event: str | None
-    due: float
-    window: float
+    steps: _Steps  # the wait's rules, carried out by the poller
+    context: contextvars.Context  # the trigger's: its log lines carry its ids
     interval: float
-    ends: frozenset[str]
-    reply: asyncio.Future[Observation]
+    outcome: asyncio.Future[Any]  # the one future of the whole wait
+    due: float = 0.0
+    window: float = 0.0
+    after_event: str | None = None
+    ends: frozenset[str] = TERMINAL
+    asking: bool = False  # a read is owed to it (so that it is answered once)
+    twin: _Wait | None = None  # another wait on the same job in the same round
+
+    def each(self) -> Iterator[_Wait]:
+        """Iterate over this wait and the others on its job in the round."""
+        wait: _Wait | None = self
+        while wait is not None:
+            yield wait
+            wait = wait.twin
+
+
+def _once(after_event: str | None, ends: frozenset[str]) -> _Steps:
+    """The rules of a single read: one poll, whose observation (or error) is the outcome."""
+    seen = yield Poll(after_event, ends)
+    if isinstance(seen, BaseException):
+        raise seen
+    return seen
 
 
 class _PageEnd(NamedTuple):
@@ -117,13 +153,17 @@ class JobPoller:
 
     hook: FineTuningHook
     clock: Callable[[], float] = time.time
-    pending: list[_Request] = field(default_factory=list)
+    pending: list[_Wait] = field(default_factory=list)
     memory: dict[str, _Memory] = field(default_factory=dict)
     rounds: int = 0
     tokens: float = 0.0
     every_poll: bool = False
     _refilled: float | None = None
-    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Answered waits whose next steps are still to be taken (see _deliver).
+    _ready: deque[tuple[_Wait, Observation | FineTuningError]] = field(default_factory=deque)
+    # While the poller sleeps until the first wait falls due: what wakes it sooner, and when that is.
+    _alarm: asyncio.Future[None] | None = None
+    _sleeps_until: float = math.inf
     _gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CONCURRENCY))
     _task: asyncio.Task[None] | None = None
 
@@ -135,31 +175,16 @@ class JobPoller:
     async def wait(self, job_id: str, steps: Watch, *, poll_interval: float) -> Outcome:
         """Carry out :func:`~airflow_provider_finetune.waiting.watch` with reads shared through this poller.
 
-        A pause becomes the time by which the next read is due, and the poller may serve it up to most of a
-        pause early.
+        The poller takes the wait's steps itself, in the context of the caller (the trigger's task), whose task
+        sleeps until the wait is over. A pause becomes the time by which the next read is due, and the poller
+        may serve it up to most of a pause early.
 
         :param job_id: the job.
         :param steps: the wait's rules.
         :param poll_interval: how often this wait reads (the budget of event reads is per interval).
         """
-        step = next(steps)
-        due, window = self.clock(), 0.0
-        while True:
-            reply: Observation | FineTuningError | None = None
-            if isinstance(step, Pause):
-                # Served up to most of a pause early: about one shared round per interval, never a late one.
-                due, window = self.clock() + step.seconds, step.seconds * 0.9
-            else:
-                try:
-                    reply = await self.observe(
-                        job_id, step.after_event, due=due, window=window, interval=poll_interval, ends=step.ends
-                    )
-                except FineTuningError as err:
-                    reply = err
-            try:
-                step = steps.send(reply)  # type: ignore[arg-type]
-            except StopIteration as done:
-                return done.value
+        outcome = await self._start(job_id, steps, interval=poll_interval, due=self.clock(), window=0.0)
+        return outcome
 
     async def observe(
         self,
@@ -184,62 +209,120 @@ class JobPoller:
         :param interval: the caller's poll interval (the budget of event reads is per interval).
         :param ends: the statuses that end the caller's wait.
         """
-        if job_id not in self.memory:  # first sight: wait a moment for the others starting now
-            due = max(due, self.clock() + FIRST_SIGHT_GATHER)
-            window = max(window, FIRST_SIGHT_GATHER)
-        reply: asyncio.Future[Observation] = asyncio.get_running_loop().create_future()
-        request = _Request(job_id, after_event, due, window, max(interval, 1e-3), frozenset(ends), reply)
-        self.pending.append(request)
-        self._ensure_running()
-        self._wake.set()
+        seen = await self._start(job_id, _once(after_event, frozenset(ends)), interval=interval, due=due, window=window)
+        return seen
+
+    async def _start(self, job_id: str, steps: _Steps, *, interval: float, due: float, window: float) -> Any:
+        """Hand a wait's steps to the poller; return its outcome."""
+        loop = asyncio.get_running_loop()
+        wait = _Wait(job_id, steps, contextvars.copy_context(), max(interval, 1e-3), loop.create_future(), due, window)
+        self._step(wait, None)
         try:
-            return await reply
+            return await wait.outcome
         finally:
-            if not reply.done():  # the trigger was cancelled (its task was killed, or the triggerer stops)
-                reply.cancel()
+            if not wait.outcome.done():  # the trigger was cancelled (its task was killed, or the triggerer stops)
+                wait.outcome.cancel()
+
+    def _step(self, wait: _Wait, reply: Observation | FineTuningError | None) -> None:
+        """Take a wait's steps up to its next read, which it then asks for, or to its end."""
+        if wait.outcome.done():  # cancelled: nobody waits for it any more
+            return
+        try:
+            # In the trigger's context: its progress lines carry its ids, as if its own task logged them.
+            step = wait.context.run(wait.steps.send, reply)
+            while isinstance(step, Pause):
+                # Served up to most of a pause early: about one shared round per interval, never a late one.
+                wait.due, wait.window = self.clock() + step.seconds, step.seconds * 0.9
+                step = wait.context.run(wait.steps.send, None)
+        except StopIteration as done:
+            wait.outcome.set_result(done.value)
+            return
+        except Exception as err:  # a bug in the rules: the trigger fails with it, as if it had taken the step
+            wait.outcome.set_exception(err)
+            return
+        wait.after_event, wait.ends = step.after_event, step.ends
+        if wait.job_id not in self.memory:  # first sight: wait a moment for the others starting now
+            wait.due = max(wait.due, self.clock() + FIRST_SIGHT_GATHER)
+            wait.window = max(wait.window, FIRST_SIGHT_GATHER)
+        wait.asking = True
+        self.pending.append(wait)
+        self._ensure_running()
+        if wait.due < self._sleeps_until and self._alarm is not None and not self._alarm.done():
+            self._alarm.set_result(None)  # due sooner than the poller means to wake
+
+    def _settle(self, wait: _Wait, reply: Observation | BaseException) -> None:
+        """Answer a wait's read (once); its next steps are taken by :meth:`_deliver`."""
+        if not wait.asking:
+            return
+        wait.asking = False
+        if isinstance(reply, FineTuningError | Observation):
+            self._ready.append((wait, reply))
+        elif not wait.outcome.done():  # a bug or an unexpected answer: the trigger fails with it
+            wait.outcome.set_exception(reply)
+
+    def _settle_all(self, waits: Iterable[_Wait], error: BaseException) -> None:
+        for wait in waits:
+            self._settle(wait, error)
+
+    async def _deliver(self) -> None:
+        """Take the answered waits' steps (their progress lines are the loop's work too), a slice at a time."""
+        began = time.perf_counter()
+        while self._ready:
+            wait, reply = self._ready.popleft()
+            self._step(wait, reply)
+            del wait, reply  # the answer goes now, not after the next slice
+            if time.perf_counter() - began >= STEP_SLICE:
+                await asyncio.sleep(0)
+                began = time.perf_counter()
 
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="finetune-job-poller")
 
+    async def _sleep_until(self, first: float | None, now: float) -> None:
+        """Sleep until ``first`` (idle: a while), or until a wait due sooner comes."""
+        loop = asyncio.get_running_loop()
+        # Idle, any wait wakes it (compared with no time: the clock may have moved since).
+        self._sleeps_until = math.inf if first is None else first
+        self._alarm = loop.create_future()
+        timer = loop.call_later(IDLE_AFTER if first is None else first - now, _ring, self._alarm)
+        try:
+            await self._alarm
+        finally:
+            timer.cancel()
+            self._alarm, self._sleeps_until = None, math.inf
+
     async def _run(self) -> None:
         while True:
-            self.pending = [r for r in self.pending if not r.reply.done()]
-            if not self.pending:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=300)
-                except asyncio.TimeoutError:
+            self.pending = [w for w in self.pending if not w.outcome.done()]
+            now = self.clock()
+            first = min((w.due for w in self.pending), default=None)
+            if first is None or first > now:
+                await self._sleep_until(first, now)
+                if first is None and not self.pending:
                     return  # idle: the next request starts a new task
                 continue
-            now = self.clock()
-            first = min(r.due for r in self.pending)
-            if first > now:
-                self._wake.clear()
-                # A new request may be due sooner: wake up for it, or when the first one falls due.
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=first - now)
-                continue
-            batch: list[_Request] = []
-            later: list[_Request] = []
-            for request in self.pending:
-                (batch if request.due - request.window <= now else later).append(request)
+            batch: list[_Wait] = []
+            later: list[_Wait] = []
+            for wait in self.pending:
+                (batch if wait.due - wait.window <= now else later).append(wait)
             self.pending = later
             try:
                 await self._round(batch, now)
             except Exception as err:  # a bug or an unexpected answer: every waiting trigger hears of it
-                await _settle_all(batch, err)
-            # Let the answers go: kept through the next pause, they would outlive young collections and
-            # make the collector sweep the whole heap sooner.
+                self._settle_all(batch, err)
+            await self._deliver()
             del batch, later
 
-    async def _round(self, batch: list[_Request], now: float) -> None:
+    async def _round(self, batch: list[_Wait], now: float) -> None:
         self.rounds += 1
         self._remember(batch, now)
-        asks: dict[str, list[_Request]] = {}
-        for request in batch:
-            asks.setdefault(request.job_id, []).append(request)
-        due = {r.job_id for r in batch if r.due <= now}
+        # One entry per job; the (rare) other waits on the same job are chained to it: no list per job.
+        asks: dict[str, _Wait] = {}
+        for wait in batch:
+            wait.twin = asks.get(wait.job_id)
+            asks[wait.job_id] = wait
+        due = {w.job_id for w in batch if w.due <= now}
         # The jobs whose lines were read longest ago may have what the budget leaves once every job that
         # ended or changed has been served; they alone are held until the list is read.
         stalest = heapq.nsmallest(int(self.tokens), asks, key=lambda j: self.memory[j].events_read)
@@ -248,32 +331,35 @@ class JobPoller:
         try:
             async for jobs in self._pages(set(asks)):
                 reads += self._serve(jobs, asks, now, held)
-                # Let the triggers just answered run (and log) before the next page wakes more of them.
-                await asyncio.sleep(0)
+                del jobs
+                # The waits just answered take their steps (and log) before the next page answers more.
+                await self._deliver()
         except FineTuningError as err:
-            await _settle_all([r for requests in asks.values() for r in requests], err)
+            self._settle_all([w for head in asks.values() for w in head.each()], err)
             asks.clear()
             held.clear()
         for job in sorted((j for j in held.values() if j is not None), key=lambda j: self._priority(j, asks[j.id])):
             reads += self._answer(job, asks.pop(job.id), now, read_events=self.tokens >= 1)
+        held.clear()
         # Not listed: due ones are read by id; the others wait for a later round.
         missing = [job_id for job_id in asks if job_id in due]
         for job_id in [j for j in asks if j not in due]:
-            self.pending.extend(asks.pop(job_id))
+            self.pending.extend(asks.pop(job_id).each())
         reads += [asyncio.ensure_future(self._read_by_id(job_id, asks, now)) for job_id in missing]
+        await self._deliver()
         await asyncio.gather(*reads)
 
-    def _remember(self, batch: list[_Request], now: float) -> None:
+    def _remember(self, batch: list[_Wait], now: float) -> None:
         """Note who asks; forget jobs nobody has asked about for a while."""
-        for request in batch:
-            self.memory.setdefault(request.job_id, _Memory()).asked = now
-        for request in self.pending:
-            self.memory.setdefault(request.job_id, _Memory()).asked = now
+        for wait in batch:
+            self.memory.setdefault(wait.job_id, _Memory()).asked = now
+        for wait in self.pending:
+            self.memory.setdefault(wait.job_id, _Memory()).asked = now
         stale = [job_id for job_id, m in self.memory.items() if m.asked < now - FORGET_AFTER]
         for job_id in stale:
             del self.memory[job_id]
         # The budget of event reads: a share of the jobs watched per (harmonic mean) poll interval.
-        intervals = {r.job_id: r.interval for r in (*batch, *self.pending)}
+        intervals = {w.job_id: w.interval for w in (*batch, *self.pending)}
         watched = len(intervals)
         per_interval = max(EVENTS_SHARE * watched, min(MIN_EVENT_READS, watched))
         # So few that the budget would only skip reads that pauses shorter than the interval (jitter, the last
@@ -309,6 +395,7 @@ class JobPoller:
                     cursor, page = await next_done
                     read[cursor] = _PageEnd.of(page)
                     yield self._shown(page, cursor, wanted)
+                    del page  # not kept while the next page is awaited
             finally:
                 for task in tasks:
                     task.cancel()
@@ -352,11 +439,11 @@ class JobPoller:
     def _serve(
         self,
         jobs: Sequence[JobState | FineTuningJob],
-        asks: dict[str, list[_Request]],
+        asks: dict[str, _Wait],
         now: float,
         held: dict[str, JobState | FineTuningJob | None] | None = None,
     ) -> list[asyncio.Future[None]]:
-        """Answer the requests of these jobs; jobs whose wait is over or that changed have their events read first.
+        """Answer the waits on these jobs; jobs whose wait is over or that changed have their events read first.
 
         A job in ``held`` (one of the stalest) is kept there, to be answered once the list is read.
         """
@@ -370,24 +457,24 @@ class JobPoller:
         return reads
 
     def _answer(
-        self, job: JobState | FineTuningJob, requests: list[_Request], now: float, *, read_events: bool
+        self, job: JobState | FineTuningJob, waits: _Wait, now: float, *, read_events: bool
     ) -> list[asyncio.Future[None]]:
         # A wait that is over reads whatever the budget, and is charged for it: the budget may run into debt,
         # which the reads of the jobs still going on repay, so that it holds on average.
-        over = [request for request in requests if job.status.value in request.ends]
+        over = [wait for wait in waits.each() if job.status.value in wait.ends]
         if not self.events or not (read_events or over or self.every_poll):
-            for request in requests:
-                _settle(request, Observation(job))
+            for wait in waits.each():
+                self._settle(wait, Observation(job))
             return []
         self.tokens -= 1
         memory = self.memory.setdefault(job.id, _Memory(asked=now))
         memory.logged_status, memory.events_read = job.status.value, now
-        return [asyncio.ensure_future(self._read_events(job, requests, over))]
+        return [asyncio.ensure_future(self._read_events(job, waits, over))]
 
-    def _priority(self, job: JobState | FineTuningJob, requests: list[_Request]) -> tuple[int, float]:
+    def _priority(self, job: JobState | FineTuningJob, waits: _Wait) -> tuple[int, float]:
         memory = self.memory.get(job.id)
         status = job.status.value
-        if any(status in request.ends for request in requests):
+        if any(status in wait.ends for wait in waits.each()):
             return (0, 0.0)
         if memory is None or memory.logged_status is None:
             return (2, 0.0)  # never read: first among the others
@@ -395,7 +482,7 @@ class JobPoller:
             return (1, 0.0)
         return (2, memory.events_read)
 
-    async def _read_events(self, job: JobState | FineTuningJob, requests: list[_Request], over: list[_Request]) -> None:
+    async def _read_events(self, job: JobState | FineTuningJob, waits: _Wait, over: list[_Wait]) -> None:
         """Read the job's newest events; for the waits that are ``over``, every page back to what they logged."""
         events: list[FineTuningJobEvent] = []
         try:
@@ -412,47 +499,40 @@ class JobPoller:
             # The job's state is known, and its wait must not fail over progress lines: the events read so far
             # are logged (a wait still going on reads the others later).
             pass
-        for request in requests:
-            _settle(request, Observation(job, newer_events(events, request.after_event)))
+        for wait in waits.each():
+            self._settle(wait, Observation(job, newer_events(events, wait.after_event)))
+        del events, job
+        await self._deliver()
 
-    async def _read_by_id(self, job_id: str, asks: dict[str, list[_Request]], now: float) -> None:
-        requests = asks.pop(job_id)
+    async def _read_by_id(self, job_id: str, asks: dict[str, _Wait], now: float) -> None:
+        waits = asks.pop(job_id)
         try:
             async with self._gate:
                 job = await self.hook.aget_job(job_id)
         except FineTuningError as err:
-            for request in requests:
-                _settle(request, error=err)
+            self._settle_all(waits.each(), err)
+            await self._deliver()
             return
         self.memory.setdefault(job_id, _Memory(asked=now)).created_at = job.created_at
-        asks[job_id] = requests
-        await asyncio.gather(*self._serve([job], asks, now))
+        asks[job_id] = waits
+        reads = self._serve([job], asks, now)
+        del job
+        await self._deliver()
+        await asyncio.gather(*reads)
 
 
-def _read_back(events: list[FineTuningJobEvent], over: list[_Request], has_more: bool) -> str | None:
+def _read_back(events: list[FineTuningJobEvent], over: list[_Wait], has_more: bool) -> str | None:
     """The next older page that one of the waits that are over still needs, if any."""
-    for request in over:
-        cursor = read_back(events, request.after_event, has_more)
+    for wait in over:
+        cursor = read_back(events, wait.after_event, has_more)
         if cursor is not None:
             return cursor
     return None
 
 
-def _settle(request: _Request, observation: Observation | None = None, *, error: BaseException | None = None) -> None:
-    if request.reply.done():
-        return
-    if error is not None:
-        request.reply.set_exception(error)
-    else:
-        request.reply.set_result(observation)  # type: ignore[arg-type]
-
-
-async def _settle_all(requests: list[_Request], error: BaseException) -> None:
-    """Fail many requests, a page's worth at a time, so that the woken triggers do not stall the loop."""
-    for i, request in enumerate(requests):
-        if i and not i % LIST_PAGE_SIZE:
-            await asyncio.sleep(0)
-        _settle(request, error=error)
+def _ring(alarm: asyncio.Future[None]) -> None:
+    if not alarm.done():
+        alarm.set_result(None)
 
 
 _POLLERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, JobPoller]] = weakref.WeakKeyDictionary()

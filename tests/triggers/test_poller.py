@@ -401,3 +401,99 @@ async def test_a_service_without_events_has_none_read_and_its_waits_still_end() 
     second = await ask(poller, ["ftjob-00001"])
     assert second[0].job.status.value == "succeeded"
     assert service.count("events") == 0
+
+
+class Counted:
+    """Counts the futures and tasks the running loop makes (a wrapper on the loop's own methods)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        loop = asyncio.get_running_loop()
+        self.futures = self.tasks = 0
+        make_future, make_task = loop.create_future, loop.create_task
+
+        def create_future() -> asyncio.Future[Any]:
+            self.futures += 1
+            return make_future()
+
+        def create_task(coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+            self.tasks += 1
+            return make_task(coro, **kwargs)
+
+        monkeypatch.setattr(loop, "create_future", create_future)
+        monkeypatch.setattr(loop, "create_task", create_task)
+
+
+async def test_a_waiting_trigger_allocates_no_future_or_task_per_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two hundred waits of a dozen polls each: one future per wait, for its outcome; then a round's, not a poll's."""
+    service = JobsThatEnd({f"ftjob-{i:05d}": 12 for i in range(200)})
+    poller = make_poller(service)
+    answers = 0
+
+    def counting(steps: Any) -> Any:
+        """The wait's rules, counting the polls answered."""
+        nonlocal answers
+        step = next(steps)
+        while True:
+            reply = yield step
+            answers += reply is not None
+            try:
+                step = steps.send(reply)
+            except StopIteration as done:
+                return done.value
+
+    async def clock() -> None:
+        while any(j["status"] == "running" for j in service.jobs):
+            await asyncio.sleep(0.05)
+            service.tick()
+
+    ticking = asyncio.ensure_future(clock())
+    counted = Counted(monkeypatch)
+    outcomes = await asyncio.gather(
+        *(poller.wait(j, counting(watch(j, poll_interval=0.05)), poll_interval=0.05) for j in service.ends)
+    )
+    await ticking
+    assert all(o.status == "succeeded" for o in outcomes)
+    assert answers >= 200 * 6
+    # Besides one per wait: each request's own (the fake service sleeps, the gate may be waited for), the test
+    # clock's sleeps, and a round's future to sleep on; tasks for pages and event reads (a few a round, one per
+    # ended job), and the 200 tasks of the waits themselves (gather). None per poll.
+    assert counted.futures <= 200 + 2 * len(service.calls) + service.ticks + 2 * poller.rounds
+    assert counted.tasks <= 200 + 2 * service.count("list") + service.count("events") + 2 * poller.rounds
+
+
+async def test_a_wait_logs_in_the_context_of_its_trigger(caplog: pytest.LogCaptureFixture) -> None:
+    """The poller takes each wait's steps: its lines still carry what the trigger's task bound (Airflow's ids)."""
+    import contextvars
+
+    trigger_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("trigger_id", default=None)
+    seen: list[tuple[str, str | None]] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.getMessage(), trigger_id.get()))
+
+    log = logging.getLogger("tests.poller.context")
+    log.addHandler(recorder := Recorder())
+    log.setLevel(logging.INFO)
+    service = JobsThatEnd({"ftjob-00001": 3, "ftjob-00002": 4})
+    poller = make_poller(service)
+
+    async def trigger(job_id: str) -> Outcome:
+        trigger_id.set(f"trigger-of-{job_id}")
+        return await poller.wait(job_id, watch(job_id, poll_interval=0.05, log=log), poll_interval=0.05)
+
+    async def clock() -> None:
+        while any(j["status"] == "running" for j in service.jobs):
+            await asyncio.sleep(0.05)
+            service.tick()
+
+    try:
+        ticking = asyncio.ensure_future(clock())
+        outcomes = await asyncio.gather(trigger("ftjob-00001"), trigger("ftjob-00002"))
+        await ticking
+    finally:
+        log.removeHandler(recorder)
+    assert [o.status for o in outcomes] == ["succeeded", "succeeded"]
+    assert len(seen) >= 6
+    for message, bound in seen:
+        assert bound == f"trigger-of-{message[1:12]}", message
