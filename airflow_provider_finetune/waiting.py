@@ -163,12 +163,7 @@ def watch(
         if isinstance(seen, Observation):
             errors = 0
             status = seen.job.status.value
-            # The poll that ends the wait logs all it read: the last lines of a job are its outcome.
-            shown = seen.events if status in ends else seen.events[-MAX_LINES_PER_POLL:]
-            if len(seen.events) > len(shown):
-                logger.info("[%s] %d earlier events not shown", job_id, len(seen.events) - len(shown))
-            for event in shown:
-                logger.info("%s", describe_event(seen.job, event))
+            _log_events(logger, job_id, seen, everything=status in ends)
             if not events and status != last_status:
                 logger.info("%s", describe_status(seen.job, last_status))
             last_status = status
@@ -195,6 +190,19 @@ def watch(
         wait = next_pause(seen.job if isinstance(seen, Observation) else None, poll_interval, now, rng())
         seen = None  # a waiting trigger keeps no copy of the job through its pause (memory per trigger)
         yield Pause(wait if deadline is None else min(wait, max(deadline - now, 0.0)))
+
+
+def _log_events(logger: Any, job_id: str, seen: Observation, *, everything: bool) -> None:
+    """Log a poll's new events as progress lines (all of them when the wait ends: a job's last lines are its outcome).
+
+    A function of its own so that nothing it makes stays in the wait's frame through the pause: kept that long,
+    a slice of events would outlive young collections and count towards a full one.
+    """
+    shown = seen.events if everything else seen.events[-MAX_LINES_PER_POLL:]
+    if len(seen.events) > len(shown):
+        logger.info("[%s] %d earlier events not shown", job_id, len(seen.events) - len(shown))
+    for event in shown:
+        logger.info("%s", describe_event(seen.job, event))
 
 
 #: How much faster than ``poll_interval`` a wait polls in the last stretch before ``estimated_finish``.

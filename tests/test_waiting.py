@@ -267,3 +267,16 @@ def test_a_worker_wait_on_a_service_without_events_reads_no_events(
     assert outcome.status == "succeeded"
     assert all("/events" not in r.url.path for r in api.requests)
     assert [r.getMessage() for r in caplog.records] == ["[ftjob-1] status: running", "[ftjob-1] running -> succeeded"]
+
+
+def test_a_wait_keeps_nothing_of_a_poll_through_its_pause() -> None:
+    """What a poll brought (the job, its events, the lines shown) is let go before the pause: kept through it, it
+    would outlive young collections and bring on full ones (a triggerer waits on a thousand jobs at once)."""
+    steps = watch("ftjob-1", poll_interval=60.0, log=logging.getLogger("tests.waiting.pause"), rng=lambda: 0.0)
+    next(steps)
+    events = [FineTuningJobEvent.model_validate(event(f"ev-{i}")) for i in (2, 1)]
+    pause = steps.send(Observation(FineTuningJob.model_validate(job("ftjob-1", "running")), events))
+    assert isinstance(pause, Pause)
+    assert steps.gi_frame is not None
+    kept = {name: value for name, value in steps.gi_frame.f_locals.items() if isinstance(value, list | Observation)}
+    assert kept == {}

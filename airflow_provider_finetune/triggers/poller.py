@@ -41,7 +41,7 @@ import math
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Collection, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -183,7 +183,12 @@ class JobPoller:
         :param steps: the wait's rules.
         :param poll_interval: how often this wait reads (the budget of event reads is per interval).
         """
-        outcome = await self._start(job_id, steps, interval=poll_interval, due=self.clock(), window=0.0)
+        wait = self._start(job_id, steps, interval=poll_interval, due=self.clock(), window=0.0)
+        try:
+            outcome: Outcome = await wait.outcome
+        finally:
+            if not wait.outcome.done():  # the trigger was cancelled (its task was killed, or the triggerer stops)
+                wait.outcome.cancel()
         return outcome
 
     async def observe(
@@ -209,19 +214,20 @@ class JobPoller:
         :param interval: the caller's poll interval (the budget of event reads is per interval).
         :param ends: the statuses that end the caller's wait.
         """
-        seen = await self._start(job_id, _once(after_event, frozenset(ends)), interval=interval, due=due, window=window)
+        wait = self._start(job_id, _once(after_event, frozenset(ends)), interval=interval, due=due, window=window)
+        try:
+            seen: Observation = await wait.outcome
+        finally:
+            if not wait.outcome.done():
+                wait.outcome.cancel()
         return seen
 
-    async def _start(self, job_id: str, steps: _Steps, *, interval: float, due: float, window: float) -> Any:
-        """Hand a wait's steps to the poller; return its outcome."""
+    def _start(self, job_id: str, steps: _Steps, *, interval: float, due: float, window: float) -> _Wait:
+        """Hand a wait's steps to the poller (a function, not a coroutine: one frame less per waiting trigger)."""
         loop = asyncio.get_running_loop()
         wait = _Wait(job_id, steps, contextvars.copy_context(), max(interval, 1e-3), loop.create_future(), due, window)
         self._step(wait, None)
-        try:
-            return await wait.outcome
-        finally:
-            if not wait.outcome.done():  # the trigger was cancelled (its task was killed, or the triggerer stops)
-                wait.outcome.cancel()
+        return wait
 
     def _step(self, wait: _Wait, reply: Observation | FineTuningError | None) -> None:
         """Take a wait's steps up to its next read, which it then asks for, or to its end."""
@@ -329,11 +335,11 @@ class JobPoller:
         held: dict[str, JobState | FineTuningJob | None] = dict.fromkeys(stalest)
         reads: list[asyncio.Future[None]] = []
         try:
-            async for jobs in self._pages(set(asks)):
-                reads += self._serve(jobs, asks, now, held)
-                del jobs
-                # The waits just answered take their steps (and log) before the next page answers more.
-                await self._deliver()
+
+            def serve(jobs: list[JobState]) -> None:
+                reads.extend(self._serve(jobs, asks, now, held))
+
+            await self._pages(set(asks), serve)
         except FineTuningError as err:
             self._settle_all([w for head in asks.values() for w in head.each()], err)
             asks.clear()
@@ -372,8 +378,12 @@ class JobPoller:
             self.tokens = min(per_interval, self.tokens + (now - self._refilled) * rate)
         self._refilled = now
 
-    async def _pages(self, wanted: set[str]) -> AsyncIterator[list[JobState]]:
-        """Pages of the list, newest first, each as the wanted jobs it shows, until every one is seen.
+    async def _pages(self, wanted: set[str], serve: Callable[[list[JobState]], None]) -> None:
+        """Read pages of the list, newest first, and ``serve`` the wanted jobs each shows, until every one is seen.
+
+        Each page is served, and its waits take their steps, as soon as it is read, by the task that read it: a
+        page read at once with others does not wait for them, so that its jobs die young (they would otherwise
+        outlive young collections and count towards a full one).
 
         A page is named by its cursor (the ``after`` it was read with), and the poller remembers on which
         page it last saw each job. Jobs listed in an earlier round are looked for on those pages, read
@@ -389,13 +399,10 @@ class JobPoller:
         read: dict[str | None, _PageEnd] = {}
         known = {m.page for j in wanted if (m := self.memory.get(j)) is not None and m.listed}
         if known:
-            tasks = [asyncio.ensure_future(self._list(cursor)) for cursor in known]
+            tasks = [asyncio.ensure_future(self._list(cursor, wanted, serve)) for cursor in known]
             try:
-                for next_done in asyncio.as_completed(tasks):
-                    cursor, page = await next_done
-                    read[cursor] = _PageEnd.of(page)
-                    yield self._shown(page, cursor, wanted)
-                    del page  # not kept while the next page is awaited
+                for cursor, page_end in await asyncio.gather(*tasks):
+                    read[cursor] = page_end
             finally:
                 for task in tasks:
                     task.cancel()
@@ -407,10 +414,7 @@ class JobPoller:
         while wanted:
             end = read.get(after)
             if end is None:
-                page = (await self._list(after))[1]
-                end = read[after] = _PageEnd.of(page)
-                yield self._shown(page, after, wanted)
-                del page
+                end = read[after] = (await self._list(after, wanted, serve))[1]
             walked += 1
             if (
                 end.next_after is None
@@ -420,9 +424,17 @@ class JobPoller:
                 return
             after = end.next_after
 
-    async def _list(self, after: str | None) -> tuple[str | None, Page[JobState]]:
+    async def _list(
+        self, after: str | None, wanted: set[str], serve: Callable[[list[JobState]], None]
+    ) -> tuple[str | None, _PageEnd]:
+        """Read the page at ``after``, serve the wanted jobs it shows and let their waits step; where it ends."""
         async with self._gate:
-            return after, await self.hook.alist_job_states(after=after, limit=LIST_PAGE_SIZE)
+            page = await self.hook.alist_job_states(after=after, limit=LIST_PAGE_SIZE)
+        end = _PageEnd.of(page)
+        serve(self._shown(page, after, wanted))
+        del page
+        await self._deliver()
+        return after, end
 
     def _shown(self, page: Page[JobState], cursor: str | None, wanted: set[str]) -> list[JobState]:
         """The wanted jobs the page shows (no longer wanted), noting the page as where each one is listed."""

@@ -246,6 +246,16 @@ def reset_peak_rss() -> bool:
     return True
 
 
+def _kind(thing: object) -> str:
+    """A census name: the type, and for a list or a dict its size (up to 3) and the type of its first item or key."""
+    name = type(thing).__qualname__
+    if isinstance(thing, list | dict):
+        size = str(len(thing)) if len(thing) < 4 else "n"
+        first = type(next(iter(thing))).__qualname__ if thing else ""
+        name += f"[{size}:{first}]"
+    return name
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -373,9 +383,23 @@ async def worker_main(args: argparse.Namespace, channel: IO[str]) -> dict[str, A
     rss_peak = rss_before
     stop = asyncio.Event()
 
+    # --gc-census: the types young collections moved into the oldest generation, between two full collections
+    # (each one counts towards the next full collection, however soon it dies).
+    census: list[dict[str, Any]] = []
+    promoted: Counter[str] = Counter()
+    oldest_before = 0
+
     def on_gc(phase: str, info: dict[str, Any]) -> None:
-        nonlocal gc_started
+        nonlocal gc_started, oldest_before, promoted
+        if args.gc_census and info["generation"] == 1:
+            if phase == "start":
+                oldest_before = len(gc.get_objects(generation=2))
+            else:
+                promoted.update(_kind(o) for o in gc.get_objects(generation=2)[oldest_before:])
         if phase == "start":
+            if args.gc_census and info["generation"] == 2:
+                census.append({"promoted": sum(promoted.values()), "top": dict(promoted.most_common(15))})
+                promoted = Counter()
             gc_started = time.perf_counter()
         else:
             pauses.append((gc_started, time.perf_counter() - gc_started, info["generation"]))
@@ -488,7 +512,10 @@ async def worker_main(args: argparse.Namespace, channel: IO[str]) -> dict[str, A
             "full_max_ms": max(full, default=0.0) * 1000,
             "max_ms": max((length for _, length, _ in pauses), default=0.0) * 1000,
             "total_ms": sum(length for _, length, _ in pauses) * 1000,
+            # When each full collection came, seconds from the first trigger's start (creating N triggers first).
+            "full_at_s": [round(start - begun_perf, 1) for start, _, generation in pauses if generation == 2],
             "frozen": args.gc_freeze,
+            "census": census,
         },
         "poller_rounds": {
             "rounds": len(rounds),
@@ -619,6 +646,7 @@ def run_one(args: argparse.Namespace, kind: str, count: int, latency: float) -> 
             env["AIRFLOW_CONN_FINETUNE_DEFAULT"] = json.dumps(connection(args.service, root, api))
             command = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--base-url", api]
             command += ["--poll-interval", str(args.poll_interval)] + (["--gc-freeze"] if args.gc_freeze else [])
+            command += ["--gc-census"] if args.gc_census else []
             worker_process = subprocess.Popen(
                 command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, env=env, text=True
             )
@@ -904,6 +932,12 @@ def main() -> int:
         "--gc-freeze",
         action="store_true",
         help="gc.freeze() in the worker after its imports (Airflow's triggerer does not; its dag processor does)",
+    )
+    parser.add_argument(
+        "--gc-census",
+        action="store_true",
+        help="diagnosis only (it stalls the loop): the types that reached the oldest generation before each full "
+        "collection",
     )
     parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
