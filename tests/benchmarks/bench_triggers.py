@@ -814,6 +814,27 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def stalls(results: list[dict[str, Any]]) -> str:
+    """The provider's longest loop stall at each N and latency, with and without the collector's pauses."""
+    lines = [
+        "\nLongest loop stall, provider's trigger (target < 50 ms; full collections sweep the whole heap):",
+        f"  {'N':>5} {'lat ms':>6} | {'stall max':>9} {'without GC':>10} | {'full GCs':>8} {'longest':>7} "
+        f"{'at s':<18} | {'frozen':>6} | load before/after",
+    ]
+    for res in results:
+        if res["kind"] != "provider":
+            continue
+        gc_figures, stall = res["gc"], res["loop_stall_ms"]
+        at = ",".join(f"{t:g}" for t in gc_figures.get("full_at_s", []))[:18]
+        lines.append(
+            f"  {res['n']:>5} {int(res['latency_s'] * 1000):>6} | {stall['max_ms']:>9.1f} "
+            f"{stall['max_ms_without_gc']:>10.1f} | {gc_figures['full_collections']:>8} "
+            f"{gc_figures['full_max_ms']:>7.1f} {at:<18} | {gc_figures['frozen']!s:>6} | "
+            f"{res['load_1min'][0]:.2f}/{res['load_1min'][1]:.2f}"
+        )
+    return "\n".join(lines)
+
+
 def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Baseline / provider, for each (N, latency) that has both."""
     provider = {(x["n"], x["latency_s"]): x for x in results if x["kind"] == "provider"}
@@ -954,7 +975,10 @@ def main() -> int:
             for kind in args.kinds:
                 if kind != "provider" and count not in args.baseline_n:
                     continue
+                load_before = os.getloadavg()[0]
                 result = run_one(args, kind, count, latency)
+                # The machine's 1-minute load around the run: figures taken on a busy machine are only indicative.
+                result["load_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
                 results.append(result)
                 print(json.dumps(result), flush=True)
 
@@ -965,6 +989,7 @@ def main() -> int:
         print("\nBaseline / provider ratios (same N and latency; > 1 means the baseline costs more):")
         for row in rows:
             print("  " + json.dumps(row))
+    print(stalls(results))
     checks = targets(results, args.poll_interval)
     if checks:
         print("\nTargets at N = 1,000 (provider's trigger):")
