@@ -31,8 +31,11 @@ __all__ = ["CREATE_OPERATORS", "Directory", "JobRecord", "load_records", "render
 
 #: The operator classes whose ``job_id`` XCom is a job they created (the job-action operators push one too).
 CREATE_OPERATORS: frozenset[str] = frozenset({"FineTuningJobOperator"})
+#: XComs a create task may push with the job's cost: the reported price first, then an estimate. The provider
+#: ships no price table, so the list shows a cost only where the deployment pushed one.
+COST_KEYS = ("total_price", "estimated_cost")
 #: The XComs of a create task that the list shows (``checkpoints`` is left out: it can be large).
-RECORDED_KEYS = ("job_id", "finetune_conn_id", "status", "fine_tuned_model", "trained_tokens")
+RECORDED_KEYS = ("job_id", "finetune_conn_id", "status", "fine_tuned_model", "trained_tokens", *COST_KEYS)
 #: Page size of a job list call.
 PAGE = 100
 #: Pages of one connection's job list read at most while looking for jobs.
@@ -59,6 +62,8 @@ class JobRecord:
     ended_at: datetime | None = None
     #: The connection the task made the job through, as it recorded it (tasks of older versions did not).
     conn_id: str | None = None
+    #: The job's reported or estimated cost, in the service's currency, where the create task pushed one.
+    estimated_cost: float | None = None
 
 
 @dataclass
@@ -92,6 +97,7 @@ class JobView:
             "created_at": self.created_at if self.created_at is not None else _epoch(r.pushed_at),
             "finished_at": self.finished_at if self.finished_at is not None else _epoch(r.ended_at),
             "trained_tokens": self.trained_tokens if self.trained_tokens is not None else r.trained_tokens,
+            "estimated_cost": r.estimated_cost,
         }
 
 
@@ -107,6 +113,15 @@ def _xcom_value(value: Any) -> Any:
         except ValueError:
             return value
     return value
+
+
+def _cost(values: Mapping[str, tuple[Any, Any]]) -> float | None:
+    """The first of :data:`COST_KEYS` that holds a number (a bool or text is not a cost)."""
+    for key in COST_KEYS:
+        value = values.get(key, (None, None))[0]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
 
 
 def load_records(
@@ -172,6 +187,7 @@ def load_records(
                 trained_tokens=tokens if isinstance(tokens, int) else None,
                 ended_at=ended_at if isinstance(status, str) and status in statuses.TERMINAL else None,
                 conn_id=conn_id if isinstance(conn_id, str) and conn_id else None,
+                estimated_cost=_cost(values),
             )
         )
     records.sort(key=lambda r: (r.pushed_at.timestamp() if r.pushed_at else 0.0, r.job_id), reverse=True)

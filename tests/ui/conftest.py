@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.ui.harness import CHROMEDRIVER, CHROMIUM, UIDeployment, browser_missing
+from tests.ui.auth_manager import PRIVATE_DAG
+from tests.ui.harness import CHROMEDRIVER, CHROMIUM, DAGS, UIDeployment, browser_missing
 
 REPO = Path(__file__).resolve().parents[2]
 #: Where the screenshots go: the README's pictures when FINETUNE_SCREENSHOTS=1, a temporary folder otherwise.
@@ -126,7 +127,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIDeploymen
         if _in_ci():
             pytest.fail(f"CI must run the browser tests, but {reason}")
         pytest.skip(f"browser tests not run: {reason}")
-    ui = UIDeployment(tmp_path_factory.mktemp("ui"))
+    # The private DAG's job is what the ``partial`` user may see, and the only one (test_ui.py).
+    ui = UIDeployment(tmp_path_factory.mktemp("ui"), extra_dags=((DAGS / f"{PRIVATE_DAG}.py", PRIVATE_DAG),))
     try:
         ui.up()
         yield ui

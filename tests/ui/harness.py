@@ -2,9 +2,11 @@
 
 Shared by the browser tests (tests/ui) and the UI benchmark (tests/benchmarks/bench_ui.py). Two emulators
 run in this process: a fast one (``finetune_default``: a job trains to the end in a second or two) and a slow
-one (``finetune_slow``: a job stays on its way for minutes, so that it can be cancelled from the page).
-Airflow runs as a user runs it: ``airflow db migrate``, ``airflow dags test`` for the jobs, ``airflow
-api-server``, with the simple auth manager and three users (admin, editor with the ``user`` role, viewer).
+one (``finetune_slow``: a job stays on its way for minutes, so that it can be cancelled from the page), and a
+third (``finetune_private``) for the jobs of the extra DAGs. Airflow runs as a user runs it: ``airflow db
+migrate``, ``airflow dags test`` for the jobs, ``airflow api-server``, with the simple auth manager narrowed by
+tests/ui/auth_manager.py and four users (admin, editor with the ``user`` role, viewer, and ``partial``, who may
+read only the DAG :data:`~tests.ui.auth_manager.PRIVATE_DAG`).
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ import httpx
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
 DAGS = Path(__file__).parent / "dags"
 DAG_ID = "finetune_ui_demo"
 CHROMIUM = Path(os.environ.get("FINETUNE_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("FINETUNE_CHROMEDRIVER", "/usr/bin/chromedriver"))
-USERS = {"admin": "admin", "editor": "user", "viewer": "viewer"}
+USERS = {"admin": "admin", "editor": "user", "viewer": "viewer", "partial": "user"}
+#: The auth manager of the test deployment: the simple one, with the ``partial`` user kept to one DAG.
+AUTH_MANAGER = "tests.ui.auth_manager.PartialAuthManager"
 STARTUP_TIMEOUT = 120.0
 
 
@@ -64,7 +69,14 @@ def chat_lines(n: int = 12, prefix: str = "q") -> bytes:
 class UIDeployment:
     """The emulators, an AIRFLOW_HOME under ``root`` and an api-server serving the plugin."""
 
-    def __init__(self, root: Path, *, dag_file: Path = DAGS / "finetune_ui_demo.py", dag_id: str = DAG_ID) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        dag_file: Path = DAGS / "finetune_ui_demo.py",
+        dag_id: str = DAG_ID,
+        extra_dags: tuple[tuple[Path, str], ...] = (),
+    ) -> None:
         self.root = root
         self.home = root / "airflow-home"
         self.dags = root / "dags"
@@ -73,14 +85,19 @@ class UIDeployment:
             folder.mkdir(parents=True, exist_ok=True)
         shutil.copy(dag_file, self.dags)
         self.dag_id = dag_id
+        for extra, _ in extra_dags:
+            shutil.copy(extra, self.dags)
+        self.extra_dag_ids = [extra_id for _, extra_id in extra_dags]
         (self.dags / "train.jsonl").write_bytes(chat_lines())
         (self.dags / "valid.jsonl").write_bytes(chat_lines(10, prefix="v"))
         self.api_key = "sk-ui-fast-" + secrets.token_hex(12)
         self.slow_key = "sk-ui-slow-" + secrets.token_hex(12)
+        self.private_key = "sk-ui-private-" + secrets.token_hex(12)
         self.header_secret = "hdr-" + secrets.token_hex(12)
         self.passwords = {name: "pw-" + secrets.token_hex(8) for name in USERS}
         self.fast = EmulatorServer(EmulatorConfig(api_key=self.api_key, speed=40, seed=7))
         self.slow = EmulatorServer(EmulatorConfig(api_key=self.slow_key, speed=0.05, seed=8))
+        self.private = EmulatorServer(EmulatorConfig(api_key=self.private_key, speed=0.05, seed=9))
         self.api_port = free_port()
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.api_server: subprocess.Popen[bytes] | None = None
@@ -90,7 +107,7 @@ class UIDeployment:
 
     @property
     def secrets(self) -> list[str]:
-        return [self.api_key, self.slow_key, self.header_secret]
+        return [self.api_key, self.slow_key, self.private_key, self.header_secret]
 
     def _environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FINETUNE_"))}
@@ -101,6 +118,7 @@ class UIDeployment:
             "password": self.slow_key,
             "extra": {"extra_headers": {"X-Gateway-Secret": self.header_secret}},
         }
+        private = {"conn_type": "finetune", "host": self.private.base_url, "password": self.private_key}
         passwords = self.home / "passwords.json"
         passwords.write_text(json.dumps(self.passwords))
         env.update(
@@ -109,9 +127,9 @@ class UIDeployment:
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
                 "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__AUTH_MANAGER": (
-                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-                ),
+                "AIRFLOW__CORE__AUTH_MANAGER": AUTH_MANAGER,
+                # The processes run in a temporary folder: the repository is where ``tests.ui`` is imported from.
+                "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in USERS.items()),
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
@@ -124,6 +142,7 @@ class UIDeployment:
                 "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
                 "AIRFLOW_CONN_FINETUNE_DEFAULT": json.dumps(fast),
                 "AIRFLOW_CONN_FINETUNE_SLOW": json.dumps(slow),
+                "AIRFLOW_CONN_FINETUNE_PRIVATE": json.dumps(private),
             }
         )
         return env
@@ -154,11 +173,14 @@ class UIDeployment:
     def up(self, *, make_jobs: bool = True) -> None:
         self.fast.start()
         self.slow.start()
+        self.private.start()
         self.env = self._environment()
         self.airflow("db", "migrate")
         if make_jobs:
             self.airflow("dags", "reserialize")
             self.airflow("dags", "test", self.dag_id, timeout=1800)
+            for extra_id in self.extra_dag_ids:
+                self.airflow("dags", "test", extra_id, timeout=600)
         self.start_api_server()
 
     def start_api_server(self) -> None:
@@ -194,6 +216,7 @@ class UIDeployment:
             self.api_server.wait(timeout=10)
         self.fast.stop()
         self.slow.stop()
+        self.private.stop()
 
     # -- users ---------------------------------------------------------------------------------------------
 
@@ -208,8 +231,10 @@ class UIDeployment:
         headers = {"Authorization": f"Bearer {self.token(user)}"} if user else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
-    def emulator_get(self, slow: bool, path: str, **params: Any) -> Any:
+    def emulator_get(self, slow: bool, path: str, *, private: bool = False, **params: Any) -> Any:
         server, key = (self.slow, self.slow_key) if slow else (self.fast, self.api_key)
+        if private:
+            server, key = self.private, self.private_key
         response = httpx.get(
             server.base_url + path, params=params, headers={"Authorization": f"Bearer {key}"}, timeout=30
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
@@ -108,3 +109,43 @@ def test_the_directory_places_many_jobs_with_one_list_call_per_page(emulator: Em
     now[0] += 60
     directory.locate(ids, ["ui_empty", "ui_fast"], live=ids)
     assert directory.list_calls == 2  # stale: one list call where the jobs live, not one per job
+
+
+class _Rows:
+    """A session whose query answers with the given XCom rows (what load_records reads of the database)."""
+
+    def __init__(self, rows: list[dict[str, object]]) -> None:
+
+        self.rows = [SimpleNamespace(**row) for row in rows]
+
+    def execute(self, query: object) -> list[SimpleNamespace]:
+        return self.rows
+
+
+def _xcoms(task: str, **values: object) -> list[dict[str, object]]:
+    from datetime import datetime, timezone
+
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    return [
+        {"dag_id": "d", "run_id": "r", "task_id": task, "map_index": -1, "key": k, "value": json.dumps(v)}
+        | {"timestamp": at}
+        for k, v in values.items()
+    ]
+
+
+def test_the_list_shows_a_cost_where_the_create_task_pushed_one() -> None:
+    from airflow_provider_finetune.plugins.jobs import RECORDED_KEYS, JobView, load_records
+
+    assert {"estimated_cost", "total_price"} <= set(RECORDED_KEYS)  # the query asks for them
+    session = _Rows(
+        [
+            *_xcoms("estimated", job_id="ftjob-e", estimated_cost=1.25),
+            *_xcoms("reported", job_id="ftjob-r", estimated_cost=1.25, total_price=3.5),
+            *_xcoms("unknown", job_id="ftjob-u"),
+            *_xcoms("not_a_number", job_id="ftjob-n", estimated_cost="cheap", total_price=True),
+        ]
+    )
+    records = {r.job_id: r for r in load_records(session, readable_dags=None)}  # type: ignore[arg-type]
+    costs = {job_id: JobView(record=r).to_json()["estimated_cost"] for job_id, r in records.items()}
+    # The reported price wins over an estimate; with neither (the provider has no price table) there is none.
+    assert costs == {"ftjob-e": 1.25, "ftjob-r": 3.5, "ftjob-u": None, "ftjob-n": None}

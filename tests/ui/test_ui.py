@@ -16,6 +16,7 @@ import httpx
 import pytest
 from packaging.version import Version
 
+from tests.ui.auth_manager import PRIVATE_DAG
 from tests.ui.conftest import Browser
 from tests.ui.harness import DAG_ID, UIDeployment
 
@@ -169,6 +170,40 @@ def test_a_viewer_sees_no_buttons_and_is_refused(
             assert refused.status_code == 403, refused.text
     status = deployment.emulator_get(True, f"/fine_tuning/jobs/{jobs['running']}")["status"]
     assert status in ("validating_files", "queued", "running")
+
+
+def test_a_user_sees_only_the_jobs_of_the_dags_they_may_read(
+    browser: Browser, deployment: UIDeployment, jobs: dict[str, Any]
+) -> None:
+    # ``partial`` has the editor's role but may read one DAG only (tests/ui/auth_manager.py), and that DAG's job
+    # is hidden from the other users: each sees only its own side.
+    private = [j["id"] for j in deployment.emulator_get(False, "/fine_tuning/jobs", private=True)["data"]]
+    assert len(private) == 1, private
+    with deployment.client("partial") as partial:
+        listed = _keep(partial.get("/finetune/api/jobs")).json()
+        assert [j["job_id"] for j in listed["jobs"]] == private
+        assert listed["filters"]["dags"] == [PRIVATE_DAG]
+        assert _keep(partial.get("/finetune/api/jobs", params={"dag_id": DAG_ID})).json()["jobs"] == []
+        own = _keep(partial.get(f"/finetune/api/jobs/{private[0]}"))
+        assert own.status_code == 200, own.text
+        assert own.json()["can_edit"] is True  # the refusals below come from the DAG, not from the role
+        for job_id in (jobs["done"], jobs["running"]):
+            hidden = _keep(partial.get(f"/finetune/api/jobs/{job_id}"))
+            assert hidden.status_code == 404, hidden.text
+            assert "status" not in hidden.json()  # a refusal, not the job
+        for action in ("pause", "cancel"):
+            refused = _keep(partial.post(f"/finetune/api/jobs/{jobs['running']}/{action}", json={}))
+            assert refused.status_code in (403, 404), refused.text
+        task = {"dag_id": DAG_ID, "run_id": jobs["run_id"], "task_id": "fine_tune"}
+        tab = _keep(partial.get("/finetune/api/task", params=task))
+        assert tab.status_code == 403, tab.text
+    status = deployment.emulator_get(True, f"/fine_tuning/jobs/{jobs['running']}")["status"]
+    assert status in ("validating_files", "queued", "running")
+    with deployment.client("admin") as admin:
+        assert private[0] not in {j["job_id"] for j in _keep(admin.get("/finetune/api/jobs")).json()["jobs"]}
+    browser.sign_in("partial")
+    browser.open("/finetune/", wait_for="#jobs")
+    assert [r.get_attribute("data-job-id") for r in browser.find("#jobs tbody tr")] == private
 
 
 def test_a_cross_site_write_is_refused(deployment: UIDeployment, jobs: dict[str, Any]) -> None:

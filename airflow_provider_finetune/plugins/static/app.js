@@ -39,6 +39,11 @@
   function number(value) {
     return value === null || value === undefined ? "" : Number(value).toLocaleString("en-US");
   }
+  function cost(value) {
+    // No currency is known (the services differ): the amount only, and a dash where none was recorded.
+    return value === null || value === undefined ? "\u2014"
+      : Number(value).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 4 });
+  }
   function status(value) {
     return el("span", { class: "status " + (value || "unknown"), "data-status": value || "" }, value || "unknown");
   }
@@ -106,7 +111,8 @@
         el("td", { class: "wrap", text: job.fine_tuned_model || "" }),
         el("td", { text: when(job.created_at) }),
         el("td", { text: when(job.finished_at) }),
-        el("td", { text: number(job.trained_tokens) })));
+        el("td", { text: number(job.trained_tokens) }),
+        el("td", { class: "cost", text: cost(job.estimated_cost) })));
     const pages = Math.max(1, Math.ceil(data.total / PAGE));
     root.replaceChildren(
       el("h1", { text: "Fine-tuning jobs" }),
@@ -119,7 +125,7 @@
         ? el("p", { class: "notice", id: "empty", text: "No fine-tuning job was created by the DAGs you may read." })
         : el("table", { id: "jobs" },
           el("thead", {}, el("tr", {}, ["Job", "DAG", "Run", "Task", "Service", "Base model", "Status",
-            "Fine-tuned model", "Created", "Finished", "Trained tokens"].map((h) => el("th", { text: h })))),
+            "Fine-tuned model", "Created", "Finished", "Trained tokens", "Est. cost"].map((h) => el("th", { text: h })))),
           el("tbody", {}, rows)),
       el("div", { class: "pager" },
         el("button", { id: "prev", disabled: offset <= 0, onclick: () => go({ offset: Math.max(0, offset - PAGE) }) }, "‹ Newer"),
@@ -199,6 +205,7 @@
       ["Created", when(job.created_at)],
       ["Finished", when(job.finished_at)],
       ["Trained tokens", number(job.trained_tokens)],
+      ["Est. cost", cost(job.estimated_cost)],
       job.error ? ["Error", job.error] : null,
       job.job_url ? ["Service page", el("a", { href: job.job_url, target: "_blank", rel: "noopener", text: job.job_url })] : null,
     ];
