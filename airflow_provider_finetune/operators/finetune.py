@@ -429,8 +429,15 @@ class _JobActionOperator(_FineTuningOperator):
     refused_statuses: frozenset[str] = frozenset()
     #: Statuses the action leads to, that ``wait_for_completion`` waits for.
     target_statuses: frozenset[str] = frozenset()
-    #: The action's rules, shared with the UI (:mod:`airflow_provider_finetune.job_actions`).
+    #: The action's rules, shared with the UI (:mod:`airflow_provider_finetune.job_actions`); the attributes
+    #: above are read from it when a subclass names its rule.
     rule: ActionRule = job_actions.CANCEL
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        rule = cls.rule
+        cls.action, cls.verb, cls.capability = rule.method, rule.verb, rule.capability
+        cls.done_statuses, cls.refused_statuses, cls.target_statuses = rule.done, rule.refused, rule.targets
 
     def __init__(
         self,
@@ -509,12 +516,6 @@ class FineTuningJobCancelOperator(_JobActionOperator):
     """
 
     rule = job_actions.CANCEL
-    action = rule.method
-    verb = rule.verb
-    capability = rule.capability
-    done_statuses = rule.done
-    refused_statuses = rule.refused
-    target_statuses = rule.targets
 
 
 class FineTuningJobPauseOperator(_JobActionOperator):
@@ -531,12 +532,6 @@ class FineTuningJobPauseOperator(_JobActionOperator):
     """
 
     rule = job_actions.PAUSE
-    action = rule.method
-    verb = rule.verb
-    capability = rule.capability
-    done_statuses = rule.done
-    refused_statuses = rule.refused
-    target_statuses = rule.targets
 
 
 class FineTuningJobResumeOperator(_JobActionOperator):
@@ -554,12 +549,6 @@ class FineTuningJobResumeOperator(_JobActionOperator):
     """
 
     rule = job_actions.RESUME
-    action = rule.method
-    verb = rule.verb
-    capability = rule.capability
-    done_statuses = rule.done
-    refused_statuses = rule.refused
-    target_statuses = rule.targets
 
 
 # -- files ---------------------------------------------------------------------------------------------------
