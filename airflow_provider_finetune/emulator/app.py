@@ -55,6 +55,7 @@ from airflow_provider_finetune.emulator.counters import Counters
 from airflow_provider_finetune.emulator.errors import APIError, error_body_for_path, invalid_request
 from airflow_provider_finetune.emulator.faults import RAW_SEND_KEY, FaultMiddleware
 from airflow_provider_finetune.emulator.files import FileService
+from airflow_provider_finetune.emulator.fireworks import fireworks_error_body, fireworks_routes
 from airflow_provider_finetune.emulator.graders import run_grader, validate_grader
 from airflow_provider_finetune.emulator.inference import InferenceService
 from airflow_provider_finetune.emulator.jobs import JobService
@@ -169,7 +170,7 @@ def create_app(config: EmulatorConfig | None = None) -> EmulatorApp:
         yield
         emulator.close()
 
-    routes = _api_routes(emulator) + _azure_routes(emulator) + _admin_routes(emulator)
+    routes = _api_routes(emulator) + _azure_routes(emulator) + _fireworks_routes(emulator) + _admin_routes(emulator)
     router = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     router.state.emulator = emulator
     faults = FaultMiddleware(router, config.faults, emulator.counters)
@@ -468,6 +469,34 @@ def _azure_routes(emulator: Emulator) -> list[Route]:
 
     helpers = {"body": _body, "query": _query, "form": _form, "form_file": _form_file}
     return azure_routes(emulator, wrap, _json, helpers)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fireworks routes
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _fireworks_routes(emulator: Emulator) -> list[Route]:
+    """Fireworks' routes (``/v1/accounts/{account_id}/...``): Bearer keys, gateway-shaped errors."""
+
+    def wrap(key: str, handler: _Handler) -> _Handler:
+        async def endpoint(request: Request) -> Response:
+            emulator.counters.requests[key] += 1
+            try:
+                emulator.authenticate(request.headers)
+                result = await handler(request)
+            except APIError as exc:
+                return _json(fireworks_error_body(exc), exc.status, exc.headers)
+            except Exception:
+                logger.exception("Error while handling %s", key)
+                failure = APIError(500, "The emulator failed to handle the request.", error_type="server_error")
+                return _json(fireworks_error_body(failure), 500)
+            return result if isinstance(result, Response) else _json(result)
+
+        return endpoint
+
+    helpers = {"body": _body, "query": _query, "form": _form, "form_file": _form_file}
+    return fireworks_routes(emulator, wrap, helpers)
 
 
 # ---------------------------------------------------------------------------------------------------------
