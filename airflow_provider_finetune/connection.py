@@ -38,6 +38,10 @@ def settings_from_connection(conn: Any, *, mask: Any = None) -> ConnectionSettin
     base_url = _base_url(conn.host, conn.port, conn.schema, extra.get("scheme"))
     if service == "fireworks":
         base_url = _fireworks_base_url(conn.host, base_url, extra.get("account_id"))
+    if service == "together" and not conn.host:
+        from airflow_provider_finetune.backends.together import DEFAULT_BASE_URL as TOGETHER_BASE_URL
+
+        base_url = TOGETHER_BASE_URL
     api_key = conn.password or extra.get("api_key") or ""
     headers = _headers_extra(extra.get("extra_headers"))
     if mask is not None:

@@ -18,6 +18,7 @@ def backend_for(settings: ConnectionSettings) -> OpenAIBackend:
     from airflow_provider_finetune.backends.azure import azure_backend
     from airflow_provider_finetune.backends.fireworks import FireworksBackend
     from airflow_provider_finetune.backends.openai import OpenAIBackend, OpenAICompatibleBackend
+    from airflow_provider_finetune.backends.together import TogetherBackend
 
     if settings.service == "openai":
         return OpenAIBackend(settings)
@@ -25,10 +26,12 @@ def backend_for(settings: ConnectionSettings) -> OpenAIBackend:
         return azure_backend(settings)
     if settings.service == "fireworks":
         return FireworksBackend(settings)
+    if settings.service == "together":
+        return TogetherBackend(settings)
     if settings.service == "openai-compatible":
         return OpenAICompatibleBackend(settings)
     raise InvalidRequestError(
         f"service {settings.service!r} has no backend in this version of the provider "
-        "(openai, azure, fireworks and openai-compatible do)",
+        "(openai, azure, fireworks, together and openai-compatible do)",
         field="service",
     )

@@ -62,6 +62,7 @@ from airflow_provider_finetune.emulator.jobs import JobService
 from airflow_provider_finetune.emulator.params import parse_body
 from airflow_provider_finetune.emulator.permissions import PermissionService
 from airflow_provider_finetune.emulator.store import Store
+from airflow_provider_finetune.emulator.together import together_routes
 from airflow_provider_finetune.models import CreateFileRequest
 
 __all__ = ["Emulator", "EmulatorApp", "create_app"]
@@ -87,6 +88,7 @@ class Emulator:
         self.permissions = PermissionService(self.store, self.jobs, config.clock)
         self.inference = InferenceService(self.jobs, self.files, config.clock, self.store.seed)
         self.faults: FaultMiddleware | None = None
+        self.together: Any = None
 
     def authenticate(self, headers: Mapping[str, str], *, admin: bool = False) -> None:
         """Check the request's key; raise 401 for a missing or wrong key, 403 for a non-admin key."""
@@ -137,7 +139,7 @@ class EmulatorApp:
             await self.app(scope, receive, send)
             return
         request_id = b"req_" + secrets.token_hex(16).encode()
-        api = scope["path"].startswith(("/v1/", "/openai/"))
+        api = scope["path"].startswith(("/v1/", "/openai/", "/together/"))
         azure = surface_of(scope["path"]) is not None
         statuses = self.emulator.counters.statuses if api else None
         if api:
@@ -170,7 +172,13 @@ def create_app(config: EmulatorConfig | None = None) -> EmulatorApp:
         yield
         emulator.close()
 
-    routes = _api_routes(emulator) + _azure_routes(emulator) + _fireworks_routes(emulator) + _admin_routes(emulator)
+    routes = [
+        *_api_routes(emulator),
+        *_azure_routes(emulator),
+        *_fireworks_routes(emulator),
+        *_together_routes(emulator),
+        *_admin_routes(emulator),
+    ]
     router = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     router.state.emulator = emulator
     faults = FaultMiddleware(router, config.faults, emulator.counters)
@@ -497,6 +505,22 @@ def _fireworks_routes(emulator: Emulator) -> list[Route]:
 
     helpers = {"body": _body, "query": _query, "form": _form, "form_file": _form_file}
     return fireworks_routes(emulator, wrap, helpers)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Together routes
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _together_routes(emulator: Emulator) -> list[Route]:
+    """Together AI's dialect under ``/together/v1`` (see :mod:`airflow_provider_finetune.emulator.together`)."""
+
+    def endpoint(key: str, handler: _Handler) -> _Handler:
+        return _endpoint(emulator, key, handler, admin=False, counted=True)
+
+    helpers = {"body": _body, "query": _query, "form": _form, "json": _json}
+    routes, emulator.together = together_routes(emulator, endpoint, helpers)
+    return routes
 
 
 # ---------------------------------------------------------------------------------------------------------
