@@ -365,6 +365,12 @@ class FireworksBackend(OpenAIBackend):
                 raise InvalidRequestError(f"Invalid fine-tuning request: {field}: {why}", field=field)
         method = request.method
         block = getattr(method, method.type, None) if method is not None else None
+        if getattr(block, "grader", None) is not None:
+            raise InvalidRequestError(
+                "Invalid fine-tuning request: method.reinforcement.grader: Fireworks grades with an evaluator "
+                "resource, not a grader: give service_options={'evaluator': 'accounts/<account>/evaluators/<id>'}",
+                field="method.reinforcement.grader",
+            )
         hyperparameters = getattr(block, "hyperparameters", None) if block is not None else None
         given = hyperparameters.to_body() if hyperparameters is not None else {}
         for name in given:
@@ -399,7 +405,11 @@ class FireworksBackend(OpenAIBackend):
                     f"service_options.{key}: must be {_type_name(option.kind)}, got {value!r}",
                     field=f"service_options.{key}",
                 )
-            if isinstance(value, int | float) and value <= 0 and key not in ("learning_rate_warmup_steps", "optimizer_weight_decay"):
+            if (
+                isinstance(value, int | float)
+                and value <= 0
+                and key not in ("learning_rate_warmup_steps", "optimizer_weight_decay")
+            ):
                 raise InvalidRequestError(f"service_options.{key}: must be positive, got {value!r}", field=key)
 
     def _dataset_ref(self, value: str, field: str) -> str:
