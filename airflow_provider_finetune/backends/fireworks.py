@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel
 
-from airflow_provider_finetune.backends.base import Call, Capabilities, Limits, model
+from airflow_provider_finetune.backends.base import Call, Capabilities, Limits, model, request_fingerprint
 from airflow_provider_finetune.backends.openai import OpenAIBackend, _request
 from airflow_provider_finetune.client import (
     ConnectionSettings,
@@ -234,6 +234,20 @@ class FireworksBackend(OpenAIBackend):
                 field="account_id",
             )
         self.account_id = match.group(1)
+        self._options: dict[str, Any] = {}
+        # The collection of each request :meth:`job_body` made, by its fingerprint: a client-chosen id names it.
+        self._collections: dict[str, str] = {}
+
+    def use_options(self, options: Mapping[str, Any] | None) -> None:
+        """Take the DAG's Fireworks options (:data:`FIREWORKS_OPTIONS`) for the requests made next.
+
+        Each is checked for its name and type here, before any request; :meth:`job_body` checks it against the
+        job's method.
+        """
+        given = dict(options or {})
+        for key, value in given.items():
+            self._check_option(key, value, None)
+        self._options = given
 
     # -- errors ------------------------------------------------------------------------------------------
 
@@ -301,7 +315,8 @@ class FireworksBackend(OpenAIBackend):
             "fine_tuned_model": output_model if status == _S.SUCCEEDED.value else None,
             "error": error,
             "method": {"type": _METHOD_OF.get(collection, "supervised")},
-            "client_job_id": name.rsplit("/", 1)[-1] if name else None,
+            # The service's own record of the id the client chose, in its collection (see client_job_id).
+            "client_job_id": "/".join(name.split("/")[2:]) if name.count("/") == 3 else None,
             "fireworks_state": state,
             "output_model": output_model,
             "job_progress": progress,
@@ -322,8 +337,9 @@ class FireworksBackend(OpenAIBackend):
         self._refuse_untranslatable(request)
         method = request.method.type if request.method is not None else "supervised"
         collection = COLLECTIONS[method][0]
-        given = dict(options or {})
-        self._check_options(given, method)
+        given = dict(self._options if options is None else options)
+        for key, value in given.items():
+            self._check_option(key, value, method)
         body: dict[str, Any] = {"dataset": self._dataset_ref(request.training_file, "training_file")}
         training: dict[str, Any] = {"baseModel": request.model}
         if request.validation_file:
@@ -351,7 +367,17 @@ class FireworksBackend(OpenAIBackend):
             body.update(training)
         else:
             body["trainingConfig"] = training
-        return {"collection": collection, **body}
+        made = {"collection": collection, **body}
+        self._collections[request_fingerprint(made)] = collection
+        return made
+
+    def client_job_id(self, tag: str, fingerprint: str, generation: int) -> str:
+        """``<collection>/<id>``: the id the base class derives, in the collection of the request it is for.
+
+        Fireworks keeps one collection per method; the id alone does not say which one to ask for it.
+        """
+        collection = self._collections.get(fingerprint, COLLECTIONS["supervised"][0])
+        return f"{collection}/{super().client_job_id(tag, fingerprint, generation)}"
 
     def _refuse_untranslatable(self, request: CreateFineTuningJobRequest) -> None:
         refusals = {
@@ -381,36 +407,35 @@ class FireworksBackend(OpenAIBackend):
                 field=f"method.hyperparameters.{name}",
             )
 
-    def _check_options(self, options: Mapping[str, Any], method: str) -> None:
-        for key, value in options.items():
-            option = FIREWORKS_OPTIONS.get(key)
-            if option is None:
-                if key in _REFUSED_HYPERPARAMETERS:
-                    raise InvalidRequestError(
-                        f"service_options.{key}: not a Fireworks option: {_REFUSED_HYPERPARAMETERS[key]}",
-                        field=f"service_options.{key}",
-                    )
+    def _check_option(self, key: str, value: Any, method: str | None) -> None:
+        option = FIREWORKS_OPTIONS.get(key)
+        if option is None:
+            if key in _REFUSED_HYPERPARAMETERS:
                 raise InvalidRequestError(
-                    f"service_options.{key}: not a Fireworks option (it takes {', '.join(sorted(FIREWORKS_OPTIONS))})",
+                    f"service_options.{key}: not a Fireworks option: {_REFUSED_HYPERPARAMETERS[key]}",
                     field=f"service_options.{key}",
                 )
-            if method not in option.methods:
-                raise InvalidRequestError(
-                    f"service_options.{key}: Fireworks {method} jobs do not take {option.wire}",
-                    field=f"service_options.{key}",
-                )
-            numeric = option.kind in (int, (int, float))
-            if (numeric and isinstance(value, bool)) or not isinstance(value, option.kind):
-                raise InvalidRequestError(
-                    f"service_options.{key}: must be {_type_name(option.kind)}, got {value!r}",
-                    field=f"service_options.{key}",
-                )
-            if (
-                isinstance(value, int | float)
-                and value <= 0
-                and key not in ("learning_rate_warmup_steps", "optimizer_weight_decay")
-            ):
-                raise InvalidRequestError(f"service_options.{key}: must be positive, got {value!r}", field=key)
+            raise InvalidRequestError(
+                f"service_options.{key}: not a Fireworks option (it takes {', '.join(sorted(FIREWORKS_OPTIONS))})",
+                field=f"service_options.{key}",
+            )
+        if method is not None and method not in option.methods:
+            raise InvalidRequestError(
+                f"service_options.{key}: Fireworks {method} jobs do not take {option.wire}",
+                field=f"service_options.{key}",
+            )
+        numeric = option.kind in (int, (int, float))
+        if (numeric and isinstance(value, bool)) or not isinstance(value, option.kind):
+            raise InvalidRequestError(
+                f"service_options.{key}: must be {_type_name(option.kind)}, got {value!r}",
+                field=f"service_options.{key}",
+            )
+        if (
+            isinstance(value, int | float)
+            and value <= 0
+            and key not in ("learning_rate_warmup_steps", "optimizer_weight_decay")
+        ):
+            raise InvalidRequestError(f"service_options.{key}: must be positive, got {value!r}", field=key)
 
     def _dataset_ref(self, value: str, field: str) -> str:
         """A dataset's resource name: as given, or made from a bare dataset id of this account."""
@@ -438,6 +463,11 @@ class FireworksBackend(OpenAIBackend):
             raise InvalidRequestError(f"unknown Fireworks job collection {collection!r}", field="collection")
         params = None
         if job_id is not None:
+            named, _, job_id = job_id.rpartition("/")
+            if named and named != collection:
+                raise InvalidRequestError(
+                    f"job id {named}/{job_id} is not in {collection}, where this request goes", field="job_id"
+                )
             if not _ID.match(job_id):
                 raise InvalidRequestError(
                     f"job id {job_id!r}: Fireworks ids are lowercase letters, digits and '-', starting with a letter",

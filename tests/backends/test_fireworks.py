@@ -157,7 +157,7 @@ def test_sync_lifecycle_through_the_hook(hook: Any, clock: ManualClock, server: 
     dataset = upload(hook)
     job = create(hook, dataset, "ft-sync-0", {"learning_rate": 1e-4, "lora_rank": 8, "epochs": 2, "early_stop": True})
     assert job.id == f"accounts/{ACCOUNT}/supervisedFineTuningJobs/ft-sync-0"
-    assert job.model_extra["client_job_id"] == "ft-sync-0"
+    assert job.model_extra["client_job_id"] == "supervisedFineTuningJobs/ft-sync-0"
     assert job.status in (FineTuningJobStatus.VALIDATING_FILES, FineTuningJobStatus.QUEUED)
     assert job.training_file == dataset
     record = next(iter(server.emulator.store.records("fw_job").values()))
