@@ -552,7 +552,8 @@ class FireworksBackend(OpenAIBackend):
         if example_count is not None:
             dataset["exampleCount"] = str(example_count)
         body = {"datasetId": dataset_id, "dataset": dataset}
-        return Call("POST", "datasets", _json, json=body)
+        # Not sent again when its answer is lost: the dataset is looked up by its id instead.
+        return Call("POST", "datasets", _json, json=body, idempotent=False)
 
     def get_dataset(self, dataset_id: str) -> Call[dict[str, Any]]:
         """``GET datasets/{id}``."""
@@ -631,11 +632,17 @@ def dataset_steps(
     Each step is answered with the call's result, or with the :class:`FineTuningError` that ended it.
     """
     dataset = yield backend.get_dataset(dataset_id)
-    if isinstance(dataset, NotFoundError):
+    tries = 0
+    while isinstance(dataset, NotFoundError):
         made = yield backend.create_dataset(dataset_id, examples)
-        if isinstance(made, UnsafeToRetryError | ConflictError):  # maybe made: it is looked up, never made twice
-            made = yield backend.get_dataset(dataset_id)
-        dataset = _raise_if_error(made)
+        if not isinstance(made, UnsafeToRetryError | ConflictError):
+            dataset = made
+            break
+        # Maybe made: looked up by its id, never made twice; created again only when the lookup says it is not.
+        dataset = yield backend.get_dataset(dataset_id)
+        tries += 1
+        if isinstance(dataset, NotFoundError) and tries > backend.settings.max_retries:
+            raise made
     dataset = _raise_if_error(dataset)
     if dataset.get("state") == "READY":
         return dataset

@@ -400,3 +400,40 @@ def test_a_job_reads_its_state(state: str, status: str, terminal: bool) -> None:
     if state == "JOB_STATE_EXPIRED":
         assert job.error is not None
         assert job.error.code == "EXPIRED"
+
+
+# -- once-only by the id the client chooses ---------------------------------------------------------------------
+
+
+def test_ensure_job_creates_once_under_a_client_chosen_id(hook: Any, server: EmulatorServer) -> None:
+    from airflow_provider_finetune.once import JobIdentity
+
+    dataset = upload(hook)
+    hook.backend.use_options({"epochs": 1, "learning_rate": 1e-4})
+    identity = JobIdentity("dag=d,task=t,run=r,map=-1")
+    job, created = hook.ensure_job(request(training_file=dataset), identity=identity)
+    assert created
+    assert job.id.startswith(f"accounts/{ACCOUNT}/supervisedFineTuningJobs/ft-")
+    assert job.id.endswith("-0")
+    again, created_again = hook.ensure_job(request(training_file=dataset), identity=identity)
+    assert (again.id, created_again) == (job.id, False)
+    assert len(server.emulator.store.records("fw_job")) == 1
+    record = next(iter(server.emulator.store.records("fw_job").values()))
+    assert record["body"]["learningRate"] == 1e-4
+
+
+async def test_async_ensure_job_after_a_cancelled_job_makes_the_next_generation(
+    hook: Any, server: EmulatorServer, clock: ManualClock
+) -> None:
+    from airflow_provider_finetune.once import JobIdentity
+
+    dataset = upload(hook)
+    identity = JobIdentity("dag=d,task=t,run=r2,map=-1")
+    first, _ = await hook.aensure_job(request(training_file=dataset, method={"type": "dpo"}), identity=identity)
+    assert "/dpoJobs/ft-" in first.id
+    await hook.acancel_job(first.id)
+    clock.advance(5)
+    second, created = await hook.aensure_job(request(training_file=dataset, method={"type": "dpo"}), identity=identity)
+    assert created
+    assert second.id == first.id[: -len("0")] + "1"
+    assert len(server.emulator.store.records("fw_job")) == 2
