@@ -575,6 +575,12 @@ class FireworksBackend(OpenAIBackend):
         path = f"datasets/{path_param('dataset_id', dataset_id)}:getUploadEndpoint"
         return Call("POST", path, _json, json={"filenameToSize": {name: str(size)}})
 
+    def upload_dataset(
+        self, hook: Any, stream: IO[bytes], name: str, size: int, sha256: str, examples: int | None
+    ) -> str:
+        """Upload a checked JSONL file as a dataset through ``hook``; return the dataset's resource name."""
+        return upload_dataset(hook, stream, name, size, sha256, examples)
+
     def validate_upload(self, dataset_id: str) -> Call[dict[str, Any]]:
         """``POST datasets/{id}:validateUpload``: the service checks what was uploaded."""
         return Call("POST", f"datasets/{path_param('dataset_id', dataset_id)}:validateUpload", _json, json={})

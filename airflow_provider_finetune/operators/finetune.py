@@ -780,6 +780,12 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
             size, sha256 = _measure(stream, start)
             if size == 0:
                 raise InvalidRequestError(f"{name} is empty", field="file")
+            if self.hook.backend.file_reference == "dataset":
+                # A dataset is named by its content's digest: a retry, or an answer lost, finds the same one.
+                stream.seek(start)
+                dataset = cast("Any", self.hook.backend).upload_dataset(self.hook, stream, name, size, sha256, examples)
+                self.log.info("Uploaded %s (%d bytes) as dataset %s, ready for training", name, size, dataset)
+                return self._pushed(context, dataset, size, examples, tokens)
             if size > self.hook.upload_threshold:
                 self.hook.require("uploads")  # a file this large goes up in parts: refused before any request
             recorded = _digest_filename(name, sha256) if self.digest_in_filename else name
@@ -793,12 +799,19 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
             self._record(context, intent)
         finally:
             stream.close()
+        return self._pushed(
+            context, uploaded.id, uploaded.bytes if uploaded.bytes is not None else size, examples, tokens
+        )
+
+    @staticmethod
+    def _pushed(context: Context, file_id: str, size: int, examples: int | None, tokens: int | None) -> str:
+        """Push what the upload made and holds; return the file id (or dataset name)."""
         ti = context["ti"]
-        ti.xcom_push(key="file_id", value=uploaded.id)
-        ti.xcom_push(key="bytes", value=uploaded.bytes if uploaded.bytes is not None else size)
+        ti.xcom_push(key="file_id", value=file_id)
+        ti.xcom_push(key="bytes", value=size)
         ti.xcom_push(key="examples", value=examples)
         ti.xcom_push(key="estimated_tokens", value=tokens)
-        return uploaded.id
+        return file_id
 
     # -- once-only upload ----------------------------------------------------------------------------------
 
