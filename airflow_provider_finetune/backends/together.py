@@ -47,6 +47,7 @@ from airflow_provider_finetune.models import (
     FineTuningJobEvent,
     Page,
 )
+from airflow_provider_finetune.once import ECHOED_REQUEST
 from airflow_provider_finetune.statuses import FineTuningJobStatus
 
 __all__ = [
@@ -86,6 +87,32 @@ TOGETHER_STATUSES: dict[str, FineTuningJobStatus] = {
     "user_error": _S.FAILED,
     "completed": _S.SUCCEEDED,
 }
+
+#: Fields Together's request type (the SDK's ``FinetuneRequest``) requires, with the SDK's defaults.
+SDK_DEFAULTS: dict[str, Any] = {
+    "n_epochs": 1,
+    "learning_rate": 0.00001,
+    "warmup_ratio": 0.0,
+    "max_grad_norm": 1.0,
+    "weight_decay": 0.0,
+}
+
+#: The create fields a Together job reports back, compared with the request's when a lost create is looked for.
+_ECHOED = (
+    "n_epochs",
+    "batch_size",
+    "learning_rate",
+    "n_checkpoints",
+    "n_evals",
+    "suffix",
+    "from_checkpoint",
+    "training_type",
+    "training_method",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "random_seed",
+)
 
 #: Together's ``training_method`` for each canonical method.
 _METHODS = {"supervised": "sft", "dpo": "dpo"}
@@ -201,6 +228,7 @@ def job_from(data: Any) -> Any:
     }
     if isinstance(job["hyperparameters"], dict) and job["hyperparameters"].get("batch_size") == "max":
         job["hyperparameters"] = {**job["hyperparameters"], "batch_size": None}
+    job[ECHOED_REQUEST] = {name: data[name] for name in _ECHOED if data.get(name) is not None}
     if canonical == "failed":
         job["error"] = {"code": status, "message": _last_error(data.get("events")), "param": None}
     return job
@@ -475,6 +503,10 @@ class TogetherBackend(OpenAIBackend):
         for name in ("n_epochs", "batch_size"):
             if hyper.get(name) not in (None, "auto"):  # "auto": the service's own default, by leaving it out
                 body[name] = hyper[name]
+        # The request type requires these; where the request gives none, the values the SDK sends by default.
+        for name, default in SDK_DEFAULTS.items():
+            value = getattr(options, name, None)
+            body.setdefault(name, default if value is None else value)
         if request.suffix is not None:
             body["suffix"] = request.suffix
         if request.seed is not None:
@@ -570,6 +602,21 @@ class TogetherBackend(OpenAIBackend):
                 f"{price}{limit}; no job was created",
                 field="training_file",
             )
+
+    def check_price(self, hook: Any, request: CreateFineTuningJobRequest) -> PriceEstimate:
+        """Ask the price of the job ``request`` makes, through ``hook``; refused when the account may not proceed.
+
+        :raises PriceRefusedError: before any create, with the estimated price.
+        """
+        estimate: PriceEstimate = hook._call(self.estimate_price(self.job_body(request)))
+        self.refuse_if_not_allowed(estimate)
+        return estimate
+
+    async def acheck_price(self, hook: Any, request: CreateFineTuningJobRequest) -> PriceEstimate:
+        """Async :meth:`check_price`."""
+        estimate: PriceEstimate = await hook._acall(self.estimate_price(self.job_body(request)))
+        self.refuse_if_not_allowed(estimate)
+        return estimate
 
     # -- jobs ----------------------------------------------------------------------------------------------
 
