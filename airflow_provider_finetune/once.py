@@ -7,6 +7,10 @@ only when its *own* fields say it is ours, never because a list returned it:
   fingerprint of its request (:data:`REQUEST_KEY`); the list is filtered by the tag where the service can,
   and every job is checked for the tag all the same; where the service ignores the filter, the walk goes
   through the jobs made since the task instance's first try (with slack for clock skew), never further;
+* where the client chooses the job's id (Fireworks' job ids, Bedrock's job names), the ids are derived from the
+  task's tag and the request's fingerprint (:func:`client_job_id`), one per generation; the job known by an id
+  is adopted only when its own record of that id says so (the ``client_job_id`` field of the canonical job),
+  and a create whose outcome is unknown, or that meets an id in use, is resolved by retrieving that id;
 * where jobs carry no metadata (Azure's authoring API), an intent record is written to the task's state
   store before the create and the job id after it; only a task instance that recorded an intent looks for
   a job it may have made, and adopts one whose request fields (model, files, seed) match and that was made
@@ -23,19 +27,28 @@ fingerprint, intent record).
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+import hashlib
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 from airflow_provider_finetune.backends.base import request_fingerprint
 from airflow_provider_finetune.client import RetryPolicy, Sleep
-from airflow_provider_finetune.exceptions import ChangedRequestError, InvalidRequestError, UnsafeToRetryError
+from airflow_provider_finetune.exceptions import (
+    ChangedRequestError,
+    ConflictError,
+    FineTuningError,
+    InvalidRequestError,
+    UnsafeToRetryError,
+)
 from airflow_provider_finetune.models import FineTuningJob, Page
 from airflow_provider_finetune.statuses import FAILURE_STATUSES
 
 __all__ = [
+    "CLIENT_JOB_ID_FIELD",
     "CLOCK_SKEW",
     "ECHOED_REQUEST",
+    "MAX_GENERATIONS",
     "MAX_WALK",
     "NO_STATE_STORE",
     "REQUEST_KEY",
@@ -48,6 +61,7 @@ __all__ = [
     "OnChangedRequest",
     "ReadState",
     "WriteState",
+    "client_job_id",
     "ensure_job",
     "room_for_tags",
 ]
@@ -64,6 +78,10 @@ CLOCK_SKEW = 600.0
 MAX_WALK = 2_000
 #: Page size of a search.
 WALK_PAGE = 100
+#: The most jobs one task instance makes under client-chosen ids (each after the previous one failed).
+MAX_GENERATIONS = 50
+#: The canonical job's field that carries the service's own record of the id the client chose.
+CLIENT_JOB_ID_FIELD = "client_job_id"
 
 OnChangedRequest = Literal["cancel_and_create", "fail"]
 ON_CHANGED_REQUEST = ("cancel_and_create", "fail")
@@ -122,9 +140,14 @@ class GetJob(NamedTuple):
 
 
 class CreateJob(NamedTuple):
-    """Create a job from ``body``; answer the job, or the :class:`UnsafeToRetryError` that left it unknown."""
+    """Create a job from ``body`` (as ``job_id`` where the client chooses ids).
+
+    Answer the job, or the :class:`UnsafeToRetryError` that left it unknown, or (with a ``job_id``) the
+    :class:`ConflictError` of an id already in use.
+    """
 
     body: Mapping[str, Any]
+    job_id: str | None = None
 
 
 class CancelJob(NamedTuple):
@@ -136,6 +159,17 @@ class CancelJob(NamedTuple):
 Step = ReadState | WriteState | ListJobs | GetJob | CreateJob | CancelJob | Sleep
 Ensure = Generator[Step, Any, tuple[FineTuningJob, bool]]
 _Find = Generator[Step, Any, FineTuningJob | None]
+
+
+def client_job_id(tag: str, fingerprint: str, generation: int) -> str:
+    """The id a task instance's job is created as, where the client chooses it: the same for every try.
+
+    ``ft-<tag digest>-<request digest>-<generation>``: lowercase letters, digits and dashes, at most 40
+    characters, starting with a letter, as the services' id and name rules all allow.
+    """
+    tag_digest = hashlib.sha256(tag.encode()).hexdigest()[:12]
+    request_digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:10]
+    return f"ft-{tag_digest}-{request_digest}-{generation}"
 
 
 def room_for_tags(metadata: Mapping[str, Any] | None, max_keys: int = 16) -> dict[str, Any]:
@@ -200,6 +234,7 @@ def ensure_job(
     on_changed_request: OnChangedRequest = "cancel_and_create",
     now: float,
     log: Any = None,
+    job_ids: Callable[[str, str, int], str] | None = None,
 ) -> Ensure:
     """Create the job of ``identity`` unless it exists: at most one job per task instance, whatever fails.
 
@@ -215,6 +250,8 @@ def ensure_job(
     :param on_changed_request: what to do with a found job made from another request.
     :param now: the current time (Unix seconds), for the intent record.
     :param log: a logger for what is decided.
+    :param job_ids: where the client chooses job ids, the id of a task instance's job of a generation, from
+        its tag and request fingerprint (:func:`client_job_id` or the backend's own).
     :return: the job, and whether this call created it.
     """
     if on_changed_request not in ON_CHANGED_REQUEST:
@@ -223,6 +260,9 @@ def ensure_job(
             field="on_changed_request",
         )
     sent, fingerprint = tagged_body(body, identity.tag, job_metadata=job_metadata)
+    if job_ids is not None:
+        ids = _ClientIds(job_ids, identity.tag, fingerprint)
+        return (yield from _ensure_by_client_id(sent, ids, policy, on_changed_request, now, log))
     finder = _Finder(sent, identity, fingerprint, job_metadata=job_metadata, metadata_filter=metadata_filter)
     found = yield from finder.find()
     previous = found.id if found is not None else None
@@ -323,3 +363,97 @@ class _Finder:
             after = page.next_after
             if not page.has_more or after is None:
                 return None
+
+
+class _ClientIds:
+    """The ids a task instance's jobs of one request are created as, one per generation."""
+
+    def __init__(self, make: Callable[[str, str, int], str], tag: str, fingerprint: str) -> None:
+        self._make = make
+        self.tag = tag
+        self.fingerprint = fingerprint
+
+    def __call__(self, generation: int) -> str:
+        return self._make(self.tag, self.fingerprint, generation)
+
+    def of_this_request(self, job: FineTuningJob) -> bool:
+        """Whether the job was created under one of this request's ids (by its own record of its id)."""
+        own = own_client_id(job)
+        return own is not None and any(own == self(generation) for generation in range(MAX_GENERATIONS))
+
+
+def own_client_id(job: FineTuningJob) -> str | None:
+    """The service's own record of the id the client chose for ``job``, if it has one."""
+    value = (job.model_extra or {}).get(CLIENT_JOB_ID_FIELD)
+    return str(value) if value else None
+
+
+def _ensure_by_client_id(
+    sent: Mapping[str, Any],
+    ids: _ClientIds,
+    policy: RetryPolicy,
+    on_changed_request: OnChangedRequest,
+    now: float,
+    log: Any,
+) -> Ensure:
+    """:func:`ensure_job` where the client chooses the job's id."""
+    stored = yield ReadState("job_id")
+    if stored is not NO_STATE_STORE and stored:
+        # The task's state store names the job an earlier try made; it may come from another request.
+        earlier = yield GetJob(str(stored))
+        if earlier is not None and earlier.status not in FAILURE_STATUSES and not ids.of_this_request(earlier):
+            if on_changed_request == "fail":
+                raise ChangedRequestError(
+                    f"Job {earlier.id} ({earlier.status}) was made by this task instance from another request (the "
+                    "DAG or its data changed since); on_changed_request='fail' leaves it as it is"
+                )
+            if not earlier.status.is_terminal():
+                if log is not None:
+                    log.warning("Job %s was made from another request; cancelling it to create a new one", earlier.id)
+                yield CancelJob(earlier.id)
+    generation = 0
+    newest: FineTuningJob | None = None
+    while generation < MAX_GENERATIONS:
+        job = yield GetJob(ids(generation))
+        if job is None:
+            break
+        _check_owned(job, ids(generation))
+        newest = job
+        generation += 1
+    if newest is not None and newest.status not in FAILURE_STATUSES:
+        yield WriteState("job_id", newest.id)
+        return newest, False
+    if generation >= MAX_GENERATIONS:
+        raise FineTuningError(f"This task instance already made {MAX_GENERATIONS} jobs, each failed or cancelled")
+    job_id = ids(generation)
+    yield WriteState("intent", {"fingerprint": ids.fingerprint, "at": now, "job_id": job_id})
+    retry = 0
+    while True:
+        outcome = yield CreateJob(sent, job_id)
+        if isinstance(outcome, FineTuningJob):
+            _check_owned(outcome, job_id)
+            yield WriteState("job_id", outcome.id)
+            return outcome, True
+        if not isinstance(outcome, UnsafeToRetryError | ConflictError):  # pragma: no cover - a driver bug
+            raise TypeError(f"CreateJob answered {outcome!r}")
+        if log is not None:
+            log.warning("Creating job %s may or may not have worked (%s); looking it up", job_id, outcome)
+        again = yield GetJob(job_id)
+        if again is not None:
+            _check_owned(again, job_id)
+            yield WriteState("job_id", again.id)
+            return again, False
+        if isinstance(outcome, ConflictError) or retry >= policy.max_retries:
+            raise outcome
+        yield Sleep(policy.backoff(retry))
+        retry += 1
+
+
+def _check_owned(job: FineTuningJob, job_id: str) -> None:
+    """Refuse a job the service gave for ``job_id`` whose own record of its id says otherwise."""
+    own = own_client_id(job)
+    if own != job_id:
+        raise FineTuningError(
+            f"Asked for job {job_id}, the service answered job {job.id} whose own id is {own!r}: it is not "
+            "this task instance's, and it is not adopted"
+        )

@@ -269,6 +269,15 @@ class Backend:
         """An async client for this service."""
         return self.settings.make_async_client(auth=self.auth())
 
+    def client_job_id(self, tag: str, fingerprint: str, generation: int) -> str:
+        """The id a task instance's job is created as, where the client chooses it (``once_only = "client_job_id"``).
+
+        Deterministic in its arguments; override only where the service's naming rules demand another form.
+        """
+        from airflow_provider_finetune.once import client_job_id
+
+        return client_job_id(tag, fingerprint, generation)
+
     def job_url(self, job_id: str) -> str | None:
         """The job's page on the service's dashboard, or ``None`` where there is none (no broken links)."""
         return None

@@ -138,8 +138,13 @@ class OpenAIBackend(Backend):
         """``POST /fine_tuning/jobs``: not re-sent when its outcome is unknown."""
         return self.create_prepared_job(self.job_body(_request(CreateFineTuningJobRequest, request)))
 
-    def create_prepared_job(self, body: Mapping[str, Any]) -> Call[FineTuningJob]:
-        """``POST /fine_tuning/jobs`` with a body :meth:`job_body` made (and the provider's tags added)."""
+    def create_prepared_job(self, body: Mapping[str, Any], *, job_id: str | None = None) -> Call[FineTuningJob]:
+        """``POST /fine_tuning/jobs`` with a body :meth:`job_body` made (and the provider's tags added).
+
+        :param job_id: the id the client chose, for services that take one (this dialect does not).
+        """
+        if job_id is not None:
+            self.require("client_job_id")
         return Call("POST", "fine_tuning/jobs", self._job(), json=dict(body), idempotent=False)
 
     def list_jobs(

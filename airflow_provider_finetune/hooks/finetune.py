@@ -42,6 +42,7 @@ from airflow_provider_finetune.client import (
 from airflow_provider_finetune.connection import settings_from_connection
 from airflow_provider_finetune.exceptions import (
     AuthenticationError,
+    ConflictError,
     FineTuningAPIError,
     FineTuningConnectionError,
     FineTuningError,
@@ -432,7 +433,7 @@ class FineTuningHook(BaseHook):
             if isinstance(request, CreateFineTuningJobRequest)
             else build_request(CreateFineTuningJobRequest, request)
         )
-        if backend.once_only not in ("metadata", "intent"):  # a dialect whose way is not built in here
+        if backend.once_only == "idempotency_token":  # a dialect whose way is not built in here
             raise InvalidRequestError(
                 f"{backend.label} makes a create once-only by {backend.once_only}, which this hook cannot do",
                 field="service",
@@ -446,6 +447,7 @@ class FineTuningHook(BaseHook):
             on_changed_request=on_changed_request,
             now=time.time(),
             log=self.log,
+            job_ids=backend.client_job_id if backend.once_only == "client_job_id" else None,
         )
 
     def _ensure_call(self, step: ListJobs | GetJob | CreateJob | CancelJob) -> Call[Any]:
@@ -456,6 +458,8 @@ class FineTuningHook(BaseHook):
         if isinstance(step, GetJob):
             return backend.job_call("GET", step.job_id)
         if isinstance(step, CreateJob):
+            if step.job_id is not None:
+                return backend.create_prepared_job(step.body, job_id=step.job_id)
             return backend.create_prepared_job(step.body)
         return backend.job_call("POST", step.job_id, "cancel")
 
@@ -466,6 +470,8 @@ class FineTuningHook(BaseHook):
             return None
         if isinstance(step, CreateJob) and isinstance(error, UnsafeToRetryError):
             return error
+        if isinstance(step, CreateJob) and step.job_id is not None and isinstance(error, ConflictError):
+            return error  # the id is in use: the job is looked up by it
         raise error
 
     def _drive(self, steps: Ensure, state: Any) -> tuple[FineTuningJob, bool]:
