@@ -160,18 +160,17 @@ FIREWORKS_OPTIONS: dict[str, _Option] = {
     "wandb_config": _Option("wandbConfig", dict, _ALL, training=False),
 }
 
+#: OpenAI hyperparameters that mean the same on Fireworks, and the field that takes them (``"auto"``: left out,
+#: the service's default).
+_SAME_HYPERPARAMETERS = {"n_epochs": "epochs", "batch_size": "batchSizeSamples"}
+
 #: OpenAI hyperparameters that mean something else on Fireworks, and what to give instead.
 _REFUSED_HYPERPARAMETERS = {
     "learning_rate_multiplier": (
         "OpenAI's learning_rate_multiplier scales a base rate; Fireworks' learningRate is the absolute rate. "
         "Give service_options={'learning_rate': <absolute rate>} instead"
     ),
-    "batch_size": (
-        "OpenAI's batch_size counts examples; give service_options={'batch_size_samples': <examples>} "
-        "(or 'batch_size' for Fireworks' batch size in tokens) instead"
-    ),
-    "n_epochs": "give service_options={'epochs': <epochs>} instead",
-    "beta": "give service_options={'loss_config': {'klBeta': <beta>}} for DPO instead",
+    "beta": "give service_options={'loss_config': {...}} (Fireworks' lossConfig) for DPO instead",
 }
 
 _ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -341,7 +340,7 @@ class FireworksBackend(OpenAIBackend):
         for key, value in given.items():
             self._check_option(key, value, method)
         body: dict[str, Any] = {"dataset": self._dataset_ref(request.training_file, "training_file")}
-        training: dict[str, Any] = {"baseModel": request.model}
+        training: dict[str, Any] = {"baseModel": request.model, **self._same_hyperparameters(request)}
         if request.validation_file:
             if method == "dpo":
                 raise InvalidRequestError(
@@ -351,6 +350,12 @@ class FireworksBackend(OpenAIBackend):
             body["evaluationDataset"] = self._dataset_ref(request.validation_file, "validation_file")
         for key, value in given.items():
             option = FIREWORKS_OPTIONS[key]
+            if option.wire in training and training[option.wire] != value:
+                raise InvalidRequestError(
+                    f"service_options.{key}: {value!r} contradicts the method's hyperparameters "
+                    f"({option.wire} {training[option.wire]!r}): give it once",
+                    field=f"service_options.{key}",
+                )
             if key == "evaluation_dataset":
                 value = self._dataset_ref(value, "service_options.evaluation_dataset")
             if option.training:
@@ -397,15 +402,30 @@ class FireworksBackend(OpenAIBackend):
                 "resource, not a grader: give service_options={'evaluator': 'accounts/<account>/evaluators/<id>'}",
                 field="method.reinforcement.grader",
             )
+
+    def _same_hyperparameters(self, request: CreateFineTuningJobRequest) -> dict[str, Any]:
+        """The method's hyperparameters that mean the same on Fireworks, by their Fireworks names.
+
+        ``n_epochs`` is ``epochs`` and ``batch_size`` (examples per batch) is ``batchSizeSamples``; any other is
+        refused, naming what to give instead.
+        """
+        method = request.method
+        block = getattr(method, method.type, None) if method is not None else None
         hyperparameters = getattr(block, "hyperparameters", None) if block is not None else None
         given = hyperparameters.to_body() if hyperparameters is not None else {}
-        for name in given:
+        kind = method.type if method is not None else "supervised"
+        same: dict[str, Any] = {}
+        for name, value in given.items():
+            if name in _SAME_HYPERPARAMETERS:
+                if value != "auto":
+                    same[_SAME_HYPERPARAMETERS[name]] = value
+                continue
             why = _REFUSED_HYPERPARAMETERS.get(name, "Fireworks takes its own options (service_options) instead")
             raise InvalidRequestError(
-                f"Invalid fine-tuning request: method.{method.type}.hyperparameters.{name}: "  # type: ignore[union-attr]
-                f"not sent to Fireworks: {why}",
+                f"Invalid fine-tuning request: method.{kind}.hyperparameters.{name}: not sent to Fireworks: {why}",
                 field=f"method.hyperparameters.{name}",
             )
+        return same
 
     def _check_option(self, key: str, value: Any, method: str | None) -> None:
         option = FIREWORKS_OPTIONS.get(key)

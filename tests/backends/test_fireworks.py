@@ -309,7 +309,12 @@ def test_learning_rate_multiplier_is_refused_through_the_hook_before_any_request
             "evaluator resource, not a grader",
         ),
         ({"validation_file": "ds-valid", "method": {"type": "dpo"}}, None, "DPO jobs take no evaluation dataset"),
-        ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}}}, None, "epochs"),
+        ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}}}, None, "lossConfig"),
+        (
+            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}}},
+            {"epochs": 4},
+            "contradicts",
+        ),
     ],
 )
 def test_what_fireworks_cannot_take_as_meant_is_refused(
@@ -337,6 +342,18 @@ def test_options_are_sent_as_the_api_takes_them() -> None:
     }
     dpo = backend().job_body(request(training_file="ds-train", method={"type": "dpo"}), {"learning_rate": 1e-5})
     assert dpo["trainingConfig"] == {"baseModel": BASE_MODEL, "learningRate": 1e-5}
+
+
+def test_hyperparameters_that_mean_the_same_are_sent_under_fireworks_names() -> None:
+    method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 8}}}
+    body = backend().job_body(request(training_file="ds-train", method=method), {"learning_rate": 1e-4})
+    assert body["epochs"] == 3
+    assert body["batchSizeSamples"] == 8  # examples per batch, as OpenAI's batch_size; batchSize counts tokens
+    assert "batchSize" not in body
+    auto = {"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": "auto"}}}
+    assert backend().job_body(request(training_file="ds-train", method=auto))["trainingConfig"] == {
+        "baseModel": BASE_MODEL
+    }
 
 
 def test_cancel_is_a_custom_method_never_a_delete() -> None:
