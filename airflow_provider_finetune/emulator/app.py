@@ -15,6 +15,10 @@ details in :mod:`airflow_provider_finetune.emulator.azure`), with the server's r
 
 Their answers carry ``apim-request-id`` and their errors have Azure's shapes.
 
+Together AI's dialect is served under ``/together/v1`` (its SDK's base URL is ``{root}/together/v1``; details in
+:mod:`airflow_provider_finetune.emulator.together`), with the presigned upload addresses under
+``/together/storage`` and ``POST /_emulator/together/account`` to make its price estimate refuse jobs.
+
 Every answer carries ``x-request-id``; every error has the API's shape
 ``{"error": {"message", "type", "param", "code"}}``. Requests authenticate with
 ``Authorization: Bearer <key>`` or ``api-key: <key>``; the checkpoint permission endpoints need the admin
