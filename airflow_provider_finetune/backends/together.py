@@ -620,8 +620,10 @@ class TogetherBackend(OpenAIBackend):
 
     # -- jobs ----------------------------------------------------------------------------------------------
 
-    def create_prepared_job(self, body: Mapping[str, Any]) -> Call[FineTuningJob]:
-        """``POST /fine-tunes``: not re-sent when its outcome is unknown."""
+    def create_prepared_job(self, body: Mapping[str, Any], *, job_id: str | None = None) -> Call[FineTuningJob]:
+        """``POST /fine-tunes``: not re-sent when its outcome is unknown. Together takes no client-chosen id."""
+        if job_id is not None:
+            self.require("client_job_id")
         return Call("POST", "fine-tunes", self._job(), json=dict(body), idempotent=False)
 
     def list_jobs(

@@ -299,3 +299,9 @@ def test_a_found_job_is_matched_on_the_fields_it_echoes_and_jobs_that_echo_none_
     assert not _same_request_fields(together_job(n_epochs=4, training_type=reported), body)
     assert not _same_request_fields(together_job(n_epochs=3, training_type={**reported, "lora_r": 16}), body)
     assert not _same_request_fields(together_job(n_epochs=3, suffix="other"), {**body, "suffix": "weekly"})
+
+
+def test_a_client_chosen_job_id_is_refused(monkeypatch: pytest.MonkeyPatch, server: EmulatorServer) -> None:
+    backend = together_hook(monkeypatch, server).backend
+    with pytest.raises(UnsupportedCapabilityError, match="job ids chosen by the client"):
+        backend.create_prepared_job({"model": MODEL, "training_file": "file-1"}, job_id="ft-mine")
