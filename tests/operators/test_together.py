@@ -151,3 +151,17 @@ def _model(request: dict[str, Any]) -> Any:
     from airflow_provider_finetune.models import CreateFineTuningJobRequest, build_request
 
     return build_request(CreateFineTuningJobRequest, request)
+
+
+def test_a_retry_that_knows_its_job_does_not_ask_the_price_again(server: EmulatorServer, http: httpx.Client) -> None:
+    training_file = upload(training_lines(20))
+    state = FakeStateStore()
+    first = FakeTI()
+    operator(training_file, wait_for_completion=False).execute({"ti": first, "task_state_store": state})  # type: ignore[arg-type]
+    # The job exists and costs what it costs: a refusal now must not fail the retry that reattaches to it.
+    assert http.post("/_emulator/together/account", json={"allowed_to_proceed": False}).is_success
+    retry = FakeTI(try_number=2)
+    operator(training_file, wait_for_completion=False).execute({"ti": retry, "task_state_store": state})  # type: ignore[arg-type]
+    assert retry.xcoms["job_id"] == first.xcoms["job_id"]
+    assert server.emulator.counters.requests["POST /together/v1/fine-tunes/estimate-price"] == 1
+    assert server.emulator.counters.requests["POST /together/v1/fine-tunes"] == 1
