@@ -457,10 +457,8 @@ class TogetherBackend(OpenAIBackend):
         return TogetherAuth(self.settings.api_key, self.settings.base_url)
 
     def job_url(self, job_id: str) -> str | None:
-        """The job's page on Together's dashboard, for Together's own host only."""
-        if urlsplit(self.settings.base_url).hostname not in ("api.together.ai", "api.together.xyz"):
-            return None
-        return f"https://api.together.ai/fine-tuning/{job_id}"
+        """None: Together's published API names no page for a job (no link that may be broken)."""
+        return None
 
     # -- translation ---------------------------------------------------------------------------------------
 

@@ -305,3 +305,10 @@ def test_a_client_chosen_job_id_is_refused(monkeypatch: pytest.MonkeyPatch, serv
     backend = together_hook(monkeypatch, server).backend
     with pytest.raises(UnsupportedCapabilityError, match="job ids chosen by the client"):
         backend.create_prepared_job({"model": MODEL, "training_file": "file-1"}, job_id="ft-mine")
+
+
+def test_no_job_page_is_linked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_FT_T", json.dumps({"conn_type": "finetune", "password": KEY, "extra": {"service": "together"}})
+    )
+    assert FineTuningHook("ft_t").job_url("ft-123") is None
