@@ -539,7 +539,12 @@ class FireworksBackend(OpenAIBackend):
         def translate(data: Any) -> Any:
             items = data.get(collection) or [] if isinstance(data, dict) else []
             token = data.get("nextPageToken") if isinstance(data, dict) else None
-            return {"object": "list", "data": [item(x) for x in items], "has_more": bool(token), "last_id": token}
+            return {
+                "object": "list",
+                "data": [item(x) for x in items],
+                "has_more": bool(token),
+                "last_id": token or None,
+            }
 
         params = {"pageSize": limit, "pageToken": after}
         return Call("GET", collection, model(Page[cls], translate), params=params)  # type: ignore[valid-type]
@@ -559,6 +564,12 @@ class FireworksBackend(OpenAIBackend):
             return Page[FineTuningJobEvent].model_validate({"data": _progress_events(job), "has_more": False})
 
         return Call("GET", f"{collection}/{ident}", parse)
+
+    def chat_completion(self, body: Mapping[str, Any]) -> Call[dict[str, Any]]:
+        """``POST {host}/inference/v1/chat/completions``: Fireworks serves models apart from its control plane."""
+        parts = urlsplit(self.settings.base_url)
+        root = f"{parts.scheme}://{parts.netloc}{parts.path.split('/v1/accounts/')[0]}"
+        return Call("POST", f"{root}/inference/v1/chat/completions", _json, json=dict(body))
 
     def job_url(self, job_id: str) -> str | None:
         """None: no link rather than a guessed one."""

@@ -7,6 +7,8 @@ is the server's root, e.g. ``Fireworks(base_url="http://127.0.0.1:8089", account
   ``GET .../datasets``, ``POST .../datasets/{id}:upload`` (multipart ``file``), ``...:getUploadEndpoint``
   (``filenameToSize`` -> ``filenameToSignedUrls``; the signed URL takes one ``PUT`` of the bytes, with no API
   key), ``...:validateUpload`` (checks each line is a JSON object; the dataset becomes ``READY``);
+* inference: ``POST /inference/v1/chat/completions`` answers for a base model (``accounts/fireworks/models/...``)
+  or a job's ``outputModel`` once the job completed;
 * jobs, one collection per method: ``supervisedFineTuningJobs``, ``dpoJobs`` and
   ``reinforcementFineTuningJobs`` (an ``evaluator`` is required): ``POST`` (the id from the ``...JobId`` query
   parameter, else a fresh one; an id in use is ``409 ALREADY_EXISTS``), ``GET`` list (``pageSize``,
@@ -472,6 +474,26 @@ def fireworks_routes(emulator: Any, wrap: Callable[[str, Any], Any], helpers: Ma
             raise _error(412 if exc.status in (400, 409) else exc.status, exc.message) from None
         return {}
 
+    # -- inference ---------------------------------------------------------------------------------------
+
+    async def chat_completion(request: Request) -> Any:
+        body = await body_of(request)
+        if not isinstance(body, dict):
+            raise _error(400, "The request body must be a JSON object")
+        name = body.get("model")
+        model = SIM_BASE["supervised"] if isinstance(name, str) and name.startswith("accounts/fireworks/") else name
+        for record in store.records("fw_job").values():
+            if record["output_model"] == name:
+                sim = jobs.get(record["sim_id"])
+                if sim.snapshot(clock()).status != "succeeded":
+                    raise _error(404, f"Model {name} is not ready: its job has not completed")
+                model = sim.fine_tuned_model()
+        try:
+            answer = emulator.inference.chat_completion({**body, "model": model})
+        except APIError as exc:
+            raise _error(exc.status, exc.message) from None
+        return {**answer, "model": name}
+
     prefix = "/v1/accounts/{account_id}"
     table: list[tuple[str, str, Callable[[Request], Awaitable[Any]]]] = [
         ("POST", "/datasets", create_dataset),
@@ -489,5 +511,7 @@ def fireworks_routes(emulator: Any, wrap: Callable[[str, Any], Any], helpers: Ma
         Route(prefix + path, wrap(f"{method} {prefix}{path}", handler), methods=[method])
         for method, path, handler in table
     ]
+    chat = "/inference/v1/chat/completions"
+    routes.append(Route(chat, wrap(f"POST {chat}", chat_completion), methods=["POST"]))
     routes.append(Route("/_emulator/fireworks/signed/{token}", signed_put, methods=["PUT"]))
     return routes

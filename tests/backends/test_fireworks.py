@@ -20,7 +20,7 @@ from airflow_provider_finetune.backends import fireworks as fw
 from airflow_provider_finetune.backends.fireworks import FIREWORKS_STATES, FireworksBackend, upload_dataset
 from airflow_provider_finetune.client import ConnectionSettings, RetryPolicy
 from airflow_provider_finetune.emulator import EmulatorServer, ManualClock
-from airflow_provider_finetune.exceptions import InvalidRequestError, UnsupportedCapabilityError
+from airflow_provider_finetune.exceptions import InvalidRequestError, NotFoundError, UnsupportedCapabilityError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.models import CreateFineTuningJobRequest, build_request
 from airflow_provider_finetune.statuses import FineTuningJobStatus
@@ -190,6 +190,20 @@ def test_a_finished_job_reports_its_output_model(hook: Any, clock: ManualClock) 
     assert done.status == FineTuningJobStatus.SUCCEEDED
     assert done.fine_tuned_model == f"accounts/{ACCOUNT}/models/support-v2"
     assert done.finished_at is not None
+
+
+def test_a_fine_tuned_model_answers_through_fireworks_inference(hook: Any, clock: ManualClock) -> None:
+    dataset = upload(hook)
+    job = create(hook, dataset, "ft-chat-0", {"output_model": "support-chat"})
+    body = {"model": f"accounts/{ACCOUNT}/models/support-chat", "messages": [{"role": "user", "content": "Hi"}]}
+    with pytest.raises(NotFoundError, match="not ready"):
+        hook.chat_completion(body)
+    clock.advance(100_000)
+    assert hook.get_job(job.id).fine_tuned_model == body["model"]
+    answer = hook.chat_completion(body)
+    assert answer["model"] == body["model"]
+    assert answer["choices"][0]["message"]["content"]
+    assert hook.backend.chat_completion(body).path.endswith("/inference/v1/chat/completions")
 
 
 def test_resume_of_a_paused_job(hook: Any, clock: ManualClock, server: EmulatorServer) -> None:

@@ -93,6 +93,18 @@ def operations() -> list[Operation]:
             found[(method, template)] = Operation(
                 f"{resource}.{op}", method, re.compile(regex), _params_class(resource, op), frozenset(keys)
             )
+    # Inference lives apart from the control plane, at the absolute URL the SDK names.
+    chat = (root / "chat" / "completions.py").read_text()
+    inference = re.search(r'"https://api\.fireworks\.ai(/inference/v1/chat/completions)"', chat)
+    assert inference is not None, "the SDK no longer names its chat completions URL"
+    params = importlib.import_module("fireworks.types.chat.completion_create_params")
+    found[("POST", inference.group(1))] = Operation(
+        "chat.completions.create",
+        "POST",
+        re.compile("^" + re.escape(inference.group(1)) + "$"),
+        params.CompletionCreateParamsNonStreaming,
+        frozenset(),
+    )
     return list(found.values())
 
 
@@ -243,6 +255,7 @@ def test_the_checker_reads_the_sdk_routes() -> None:
         "supervised_fine_tuning_job.cancel",
         "dpo_job.resume",
         "reinforcement_fine_tuning_job.create",
+        "chat.completions.create",
     } <= names
 
 
