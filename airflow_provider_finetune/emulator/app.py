@@ -15,6 +15,11 @@ details in :mod:`airflow_provider_finetune.emulator.azure`), with the server's r
 
 Their answers carry ``apim-request-id`` and their errors have Azure's shapes.
 
+Fireworks AI's own dialect is served too (:mod:`airflow_provider_finetune.emulator.fireworks`), with the
+server's root as the SDK's base URL: ``/v1/accounts/{account_id}/datasets...``, ``.../supervisedFineTuningJobs``,
+``.../dpoJobs``, ``.../reinforcementFineTuningJobs`` (``:cancel``, ``:resume``) and
+``/inference/v1/chat/completions``; its errors are ``{"code": <gRPC code>, "message", "details": []}``.
+
 Together AI's dialect is served under ``/together/v1`` (its SDK's base URL is ``{root}/together/v1``; details in
 :mod:`airflow_provider_finetune.emulator.together`), with the presigned upload addresses under
 ``/together/storage`` and ``POST /_emulator/together/account`` to make its price estimate refuse jobs.

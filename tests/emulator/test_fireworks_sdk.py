@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from fireworks import ConflictError, Fireworks, NotFoundError
+from fireworks import AuthenticationError, ConflictError, Fireworks, NotFoundError
 
 from airflow_provider_finetune.emulator import EmulatorServer, ManualClock
 from tests.emulator.conftest import API_KEY, jsonl, training_lines
@@ -138,3 +138,19 @@ def test_sdk_refusals(server: EmulatorServer) -> None:
         client.reinforcement_fine_tuning_jobs.create(
             dataset=f"accounts/{ACCOUNT}/datasets/not-ready", evaluator="", training_config={"baseModel": BASE_MODEL}
         )
+
+
+def test_sdk_errors_have_fireworks_shape_and_need_the_key(server: EmulatorServer) -> None:
+    wrong = Fireworks(api_key="fw-wrong-key-123", account_id=ACCOUNT, base_url=server.url, max_retries=0)
+    with pytest.raises(AuthenticationError):
+        wrong.datasets.get("anything")
+    answer = httpx.get(
+        f"{server.url}/v1/accounts/{ACCOUNT}/supervisedFineTuningJobs/nope",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert answer.status_code == 404
+    assert answer.json() == {
+        "code": 5,
+        "message": f"Job accounts/{ACCOUNT}/supervisedFineTuningJobs/nope not found",
+        "details": [],
+    }
