@@ -16,6 +16,8 @@ Give the ``together`` SDK (or a ``finetune`` connection with ``service: together
   (every job, oldest first, no paging), ``GET /fine-tunes/{id}``, ``POST /fine-tunes/{id}/cancel`` (answered
   ``cancel_requested``; ``cancelled`` from then on), ``GET /fine-tunes/{id}/events`` (oldest first),
   ``GET /fine-tunes/{id}/checkpoints``.
+* ``POST /chat/completions`` (Together's inference, OpenAI's shape): a base model of :data:`MODELS` or a completed
+  job's ``model_output_name`` answers.
 
 Statuses: ``pending`` (validating the files), ``queued``, ``running``, then ``compressing`` and ``uploading``
 (as long as the files' validation took, each) before ``completed``; ``error`` for a job whose files or training
@@ -458,6 +460,26 @@ class TogetherDialect:
             )
         return {"data": data}
 
+    def chat(self, body: Any) -> dict[str, Any]:
+        """``POST /chat/completions``: a base model, or a completed job's ``model_output_name``, answers.
+
+        Together's inference speaks OpenAI's shapes; the answer comes from the trainer's model the name stands for.
+        """
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise _bad("you must provide a model parameter", "model")
+        name = body["model"]
+        served = _TRAINER_MODEL if name in MODELS else None
+        for job_id in (job.id for job in self.jobs if self.store.get("together_job", job.id) is not None):
+            rendered = self.render(job_id)
+            if rendered.get("model_output_name") == name and rendered["status"] == "completed":
+                served = self.jobs.get(job_id).fine_tuned_model()
+        if served is None:
+            raise not_found(
+                f"Unable to access model {name}. Please visit https://api.together.ai/models", param="model"
+            )
+        answer = self.emulator.inference.chat_completion({**body, "model": served})
+        return {**answer, "model": name}
+
     def checkpoints(self, job_id: str) -> dict[str, Any]:
         """``GET /fine-tunes/{id}/checkpoints``."""
         self._together(job_id)
@@ -551,6 +573,7 @@ def together_routes(
         ("POST", job + "/cancel", lambda r: _done(dialect.cancel(r.path_params["id"]))),
         ("GET", job + "/events", lambda r: _done(dialect.events(r.path_params["id"]))),
         ("GET", job + "/checkpoints", lambda r: _done(dialect.checkpoints(r.path_params["id"]))),
+        ("POST", "/chat/completions", lambda r: _with_body(r, body_of, dialect.chat)),
     ]
     routes = [
         Route(PREFIX + path, endpoint(f"{method} {PREFIX}{path}", handler), methods=[method])

@@ -22,7 +22,7 @@ from airflow_provider_finetune.backends.together import (
 )
 from airflow_provider_finetune.client import RetryPolicy
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer, ManualClock
-from airflow_provider_finetune.exceptions import InvalidRequestError, UnsupportedCapabilityError
+from airflow_provider_finetune.exceptions import InvalidRequestError, NotFoundError, UnsupportedCapabilityError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.models import CreateFineTuningJobRequest, build_request
 from airflow_provider_finetune.once import JobIdentity
@@ -312,3 +312,22 @@ def test_no_job_page_is_linked(monkeypatch: pytest.MonkeyPatch) -> None:
         "AIRFLOW_CONN_FT_T", json.dumps({"conn_type": "finetune", "password": KEY, "extra": {"service": "together"}})
     )
     assert FineTuningHook("ft_t").job_url("ft-123") is None
+
+
+def test_a_completed_job_s_model_answers_chat_completions(
+    monkeypatch: pytest.MonkeyPatch, server: EmulatorServer, clock: ManualClock
+) -> None:
+    hook = together_hook(monkeypatch, server)
+    hook.backend.use_options(LORA)  # type: ignore[attr-defined]
+    uploaded = hook.upload_file(jsonl(training_lines(20)), filename="train.jsonl")
+    job, _ = hook.ensure_job(request(uploaded.id), identity=JobIdentity("tag-chat"), state=FakeStateStore())
+    messages = [{"role": "user", "content": "What is 2 + 2?"}]
+    running = hook.get_job(job.id).fine_tuned_model
+    assert running is not None
+    with pytest.raises(NotFoundError):  # named from the start, served once the job completed
+        hook.chat_completion({"model": running, "messages": messages})
+    clock.advance(3600)
+    answer = hook.chat_completion({"model": running, "messages": messages})
+    assert answer["model"] == running
+    assert answer["choices"][0]["message"]["content"]
+    assert hook.chat_completion({"model": MODEL, "messages": messages})["model"] == MODEL
