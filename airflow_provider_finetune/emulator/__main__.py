@@ -140,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = f"http://{args.host}:{args.port}/v1"
     stored = f", state in {config.db_path}" if config.db_path else ", state in memory"
     print(f"finetune-emulator: serving {where} at speed {config.speed:g}{stored}", file=sys.stderr, flush=True)
+    together = f"http://{args.host}:{args.port}/together/v1"
+    print(f"finetune-emulator: Together AI's dialect at {together} (its SDK's base_url)", file=sys.stderr, flush=True)
     uvicorn.run(
         app,
         host=args.host,

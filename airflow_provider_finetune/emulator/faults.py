@@ -43,6 +43,10 @@ _SERVER_ERRORS = (
 logger = logging.getLogger(__name__)
 
 
+#: The paths of API requests, the only ones faults are injected into.
+_API_PREFIXES = ("/v1/", "/openai/", "/together/")
+
+
 class _DroppedConnection(Exception):
     """Raised after the response started, when the socket cannot be reached: the server closes it."""
 
@@ -84,7 +88,7 @@ class FaultMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Serve one ASGI connection, perhaps with a fault."""
         config = self.config
-        if scope["type"] != "http" or not config.active or not scope["path"].startswith(("/v1/", "/openai/")):
+        if scope["type"] != "http" or not config.active or not scope["path"].startswith(_API_PREFIXES):
             await self.app(scope, receive, send)
             return
         if self._match is not None and not self._match.search(f"{scope['method']} {scope['path']}"):

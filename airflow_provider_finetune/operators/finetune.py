@@ -188,6 +188,12 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
     :param max_consecutive_errors: failed polls in a row (after the hook's retries) that fail the wait.
     :param on_changed_request: what to do when this task instance's job was made from another request:
         ``cancel_and_create`` (cancel it if it still runs, then create anew) or ``fail``.
+    :param service_options: the service's own create fields, for a service that takes them (Together:
+        ``training_type``, ``lora_r``, ``learning_rate``, ``from_checkpoint``...), validated before any request.
+        Where the service estimates a job's price before it is made (Together), the estimate is asked first,
+        the task fails before the create when the service says the account may not proceed, and the estimate
+        goes to XCom (``price_estimate``, ``estimated_cost``) with the job; on success the service's
+        ``total_price`` and early-stopping results go to XCom when it reports them.
     """
 
     template_fields: Sequence[str] = (
@@ -200,12 +206,14 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         "seed",
         "metadata",
         "integrations",
+        "service_options",
     )
     template_fields_renderers = {
         "method": "json",
         "hyperparameters": "json",
         "metadata": "json",
         "integrations": "json",
+        "service_options": "json",
     }
     operator_extra_links = (FineTuningJobLink(),)
     ui_color = "#e8f0fe"
@@ -231,9 +239,11 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         cancel_on_timeout: bool = True,
         max_consecutive_errors: int = 10,
         on_changed_request: str = "cancel_and_create",
+        service_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(finetune_conn_id=finetune_conn_id, **kwargs)
+        self.service_options = service_options
         if on_changed_request not in ("cancel_and_create", "fail"):
             raise ValueError(f"on_changed_request must be 'cancel_and_create' or 'fail', got {on_changed_request!r}")
         self.on_changed_request = on_changed_request
@@ -282,6 +292,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         request = self.build_request()
         started = time.time()
         identity = JobIdentity(task_tag(context), since=_run_start(context))
+        estimate = self._price_before_create(context, request)
         job, created = self.hook.ensure_job(
             request,
             identity=identity,
@@ -291,6 +302,10 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         self.log.info("%s fine-tuning job %s (%s)", "Created" if created else "Reattached to", job.id, job.status)
         self.job_id = job.id
         self._push_job(context, job)
+        if estimate is not None:
+            context["ti"].xcom_push(key="price_estimate", value=estimate.to_xcom())
+            if estimate.estimated_total_price is not None:
+                context["ti"].xcom_push(key="estimated_cost", value=estimate.estimated_total_price)
         if not self.wait_for_completion:
             return None
         if job.status.is_terminal():
@@ -322,6 +337,28 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             events=self.hook.backend.supports("events"),
         )
         return self._complete(context, wait_sync(self.hook, job.id, steps))
+
+    def _price_before_create(self, context: Context, request: CreateFineTuningJobRequest) -> Any:
+        """Give the backend the service's options; ask the price where the service estimates one.
+
+        Not asked again once the task's state store names this task instance's job (a retry reattaches to it).
+        """
+        from airflow_provider_finetune.exceptions import InvalidRequestError
+
+        backend = self.hook.backend
+        use_options = getattr(backend, "use_options", None)
+        if use_options is None:
+            if self.service_options:
+                raise InvalidRequestError(
+                    f"service_options: {backend.label} takes no options of its own", field="service_options"
+                )
+            return None
+        use_options(self.service_options)
+        state = context.get("task_state_store")
+        check_price = getattr(backend, "check_price", None)
+        if check_price is None or (state is not None and state.get("job_id")):
+            return None
+        return check_price(self.hook, request)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str | None:
         """Resume after the trigger fired: check the event, re-read the job, finish."""
@@ -375,6 +412,12 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         ti.xcom_push(key="result_files", value=list(job.result_files))
         ti.xcom_push(key="checkpoints", value=checkpoints)
         ti.xcom_push(key="fine_tuned_model", value=job.fine_tuned_model)
+        reported = job.model_extra or {}
+        if reported.get("total_price") is not None:
+            ti.xcom_push(key="total_price", value=reported["total_price"])
+        early = {k: reported[k] for k in EARLY_STOPPING_FIELDS if reported.get(k) is not None}
+        if early:
+            ti.xcom_push(key="early_stopping", value=early)
         self.log.info("Fine-tuning job %s succeeded: %s", job.id, job.fine_tuned_model)
         return job.fine_tuned_model
 
@@ -391,6 +434,10 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
                 self.log.info("Cancelled fine-tuning job %s because its task was killed", self.job_id)
         except FineTuningError as err:
             self.log.warning("Could not cancel fine-tuning job %s: %s", self.job_id, err)
+
+
+#: A job's early-stopping results, pushed to XCom (``early_stopping``) when the service reports them.
+EARLY_STOPPING_FIELDS = ("early_stopped", "early_stopping_best_step", "early_stopping_best_metric")
 
 
 def _failure_message(job: FineTuningJob) -> str:
@@ -780,6 +827,12 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
             size, sha256 = _measure(stream, start)
             if size == 0:
                 raise InvalidRequestError(f"{name} is empty", field="file")
+            if self.hook.backend.file_reference == "dataset":
+                # A dataset is named by its content's digest: a retry, or an answer lost, finds the same one.
+                stream.seek(start)
+                dataset = cast("Any", self.hook.backend).upload_dataset(self.hook, stream, name, size, sha256, examples)
+                self.log.info("Uploaded %s (%d bytes) as dataset %s, ready for training", name, size, dataset)
+                return self._pushed(context, dataset, size, examples, tokens)
             if size > self.hook.upload_threshold:
                 self.hook.require("uploads")  # a file this large goes up in parts: refused before any request
             recorded = _digest_filename(name, sha256) if self.digest_in_filename else name
@@ -793,12 +846,19 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
             self._record(context, intent)
         finally:
             stream.close()
+        return self._pushed(
+            context, uploaded.id, uploaded.bytes if uploaded.bytes is not None else size, examples, tokens
+        )
+
+    @staticmethod
+    def _pushed(context: Context, file_id: str, size: int, examples: int | None, tokens: int | None) -> str:
+        """Push what the upload made and holds; return the file id (or dataset name)."""
         ti = context["ti"]
-        ti.xcom_push(key="file_id", value=uploaded.id)
-        ti.xcom_push(key="bytes", value=uploaded.bytes if uploaded.bytes is not None else size)
+        ti.xcom_push(key="file_id", value=file_id)
+        ti.xcom_push(key="bytes", value=size)
         ti.xcom_push(key="examples", value=examples)
         ti.xcom_push(key="estimated_tokens", value=tokens)
-        return uploaded.id
+        return file_id
 
     # -- once-only upload ----------------------------------------------------------------------------------
 

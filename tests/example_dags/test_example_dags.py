@@ -23,6 +23,8 @@ DAG_IDS = {
     "example_finetune_retraining",
     "example_finetune_rft",
     "example_finetune_sweep",
+    "example_fireworks_finetune",
+    "example_together_finetune",
 }
 ASSET_NAME = "finetune_support_assistant"
 DATA_FILES = {
