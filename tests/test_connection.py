@@ -211,7 +211,7 @@ def test_unknown_preset_is_one_clear_error_naming_the_field(use: Any) -> None:
     assert all(preset in str(info.value) for preset in PRESETS)
 
 
-@pytest.mark.parametrize("service", ["bedrock", "together"])
+@pytest.mark.parametrize("service", ["bedrock"])
 def test_services_without_a_backend_yet_say_so(use: Any, service: str) -> None:
     hook = use({"conn_type": "finetune", "password": KEY, "extra": {"service": service}})
     assert hook.settings.service == service  # a known service: the connection itself is fine
