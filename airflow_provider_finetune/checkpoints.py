@@ -17,7 +17,15 @@ from airflow_provider_finetune.waiting import Outcome, Pause
 if TYPE_CHECKING:
     from airflow_provider_finetune.models import FineTuningJob, FineTuningJobCheckpoint
 
-__all__ = ["CheckpointCondition", "ReadCheckpoints", "Verdict", "best_checkpoint", "judge", "watch_checkpoints"]
+__all__ = [
+    "CheckpointCondition",
+    "ReadCheckpoints",
+    "Verdict",
+    "best_checkpoint",
+    "judge",
+    "metric_of",
+    "watch_checkpoints",
+]
 
 
 @dataclass(frozen=True)
@@ -56,9 +64,9 @@ class CheckpointCondition:
             return None
         if self.metric is None:
             return max(checkpoints, key=lambda c: c.step_number or 0)
-        candidates = [c for c in checkpoints if _metric(c, self.metric) is not None]
+        candidates = [c for c in checkpoints if metric_of(c, self.metric) is not None]
         if self.threshold is not None:
-            candidates = [c for c in candidates if self._meets(_metric(c, self.metric))]
+            candidates = [c for c in candidates if self._meets(metric_of(c, self.metric))]
         return best_checkpoint(candidates, self.metric, self.mode)
 
     def _meets(self, value: float | None) -> bool:
@@ -68,7 +76,8 @@ class CheckpointCondition:
         return value <= self.threshold if self.mode == "min" else value >= self.threshold
 
 
-def _metric(checkpoint: FineTuningJobCheckpoint, name: str) -> float | None:
+def metric_of(checkpoint: FineTuningJobCheckpoint, name: str) -> float | None:
+    """A checkpoint's metric ``name`` (one the service added included), or ``None`` when it has none."""
     value = getattr(checkpoint.metrics, name, None)
     if value is None and checkpoint.metrics is not None and checkpoint.metrics.model_extra:
         value = checkpoint.metrics.model_extra.get(name)
@@ -79,7 +88,7 @@ def best_checkpoint(
     checkpoints: Sequence[FineTuningJobCheckpoint], metric: str, mode: str = "min"
 ) -> FineTuningJobCheckpoint | None:
     """The checkpoint with the lowest (``min``) or highest (``max``) metric; ties go to the later step."""
-    scored = [(value, c.step_number or 0, c) for c in checkpoints if (value := _metric(c, metric)) is not None]
+    scored = [(value, c.step_number or 0, c) for c in checkpoints if (value := metric_of(c, metric)) is not None]
     if not scored:
         return None
     if mode == "min":

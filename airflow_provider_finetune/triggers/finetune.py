@@ -16,10 +16,12 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_finetune.exceptions import FineTuningError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.triggers.poller import shared_poller
+from airflow_provider_finetune.early_stopping import EarlyStopping
 from airflow_provider_finetune.waiting import (
     TERMINAL,
     WAIT_ERROR,
     Outcome,
+    wait_async,
     watch,
 )
 
@@ -31,7 +33,9 @@ class FineTuningJobTrigger(BaseTrigger):
 
     Fires exactly one event, whose payload is ``{"status", "job_id", "message", "last_event_id"}``:
     ``status`` is the job's status when it reached one of ``target_statuses`` or a terminal one, or
-    ``timeout`` when the deadline passed, or ``error`` when the job could not be read.
+    ``timeout`` when the deadline passed, or ``error`` when the job could not be read. With
+    ``early_stopping``, it may also be ``early_stopped`` (the job still runs: the task stops it), with what the
+    wait saw under ``early_stopping`` (best value and step, evaluations since); the message gives the reason.
 
     :param job_id: the job.
     :param finetune_conn_id: the connection.
@@ -42,6 +46,9 @@ class FineTuningJobTrigger(BaseTrigger):
         mark success); never on a triggerer restart.
     :param max_consecutive_errors: failed polls in a row, after the hook's own retries, that end the wait.
     :param last_event_id: the newest event already logged, so that it is not logged again.
+    :param early_stopping: the early-stopping rule
+        (:meth:`~airflow_provider_finetune.early_stopping.EarlyStopping.to_json`). A restarted trigger
+        rebuilds what it knew by reading the job's history again.
     """
 
     def __init__(
@@ -55,8 +62,10 @@ class FineTuningJobTrigger(BaseTrigger):
         cancel_on_kill: bool = True,
         max_consecutive_errors: int = 10,
         last_event_id: str | None = None,
+        early_stopping: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.early_stopping = None if early_stopping is None else dict(early_stopping)
         self.job_id = job_id
         self.finetune_conn_id = finetune_conn_id
         self.poll_interval = float(poll_interval)
@@ -79,6 +88,7 @@ class FineTuningJobTrigger(BaseTrigger):
                 "cancel_on_kill": self.cancel_on_kill,
                 "max_consecutive_errors": self.max_consecutive_errors,
                 "last_event_id": self.last_event_id,
+                "early_stopping": self.early_stopping,
             },
         )
 
@@ -94,6 +104,7 @@ class FineTuningJobTrigger(BaseTrigger):
             message = f"Connection {self.finetune_conn_id!r} cannot be used: {err}"
             yield TriggerEvent(Outcome(WAIT_ERROR, self.job_id, message, self.last_event_id).payload())
             return
+        rule = EarlyStopping.of(self.early_stopping)
         steps = watch(
             self.job_id,
             targets=self.target_statuses,
@@ -103,9 +114,14 @@ class FineTuningJobTrigger(BaseTrigger):
             last_event_id=self.last_event_id,
             log=self.log,
             events=poller.events,
+            early_stopping=rule,
         )
         try:
-            outcome = await poller.wait(self.job_id, steps, poll_interval=self.poll_interval)
+            if rule is not None and not poller.events:
+                # Judged on checkpoints, which the shared poller does not read: this wait reads for itself.
+                outcome = await wait_async(hook, self.job_id, steps)
+            else:
+                outcome = await poller.wait(self.job_id, steps, poll_interval=self.poll_interval)
         except FineTuningError as err:
             outcome = Outcome(WAIT_ERROR, self.job_id, str(err), self.last_event_id)
         yield TriggerEvent(outcome.payload())
