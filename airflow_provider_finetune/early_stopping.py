@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from airflow_provider_finetune.exceptions import InvalidRequestError
 
@@ -212,5 +212,5 @@ def stop_action(rule: EarlyStopping, *, can_pause: bool) -> str:
     return "pause" if rule.action == "pause" and can_pause else "cancel"
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool)

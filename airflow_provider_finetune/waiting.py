@@ -124,7 +124,7 @@ class Outcome:
 
     def payload(self) -> dict[str, Any]:
         """The JSON-safe form, as a trigger event carries it."""
-        payload = {
+        payload: dict[str, Any] = {
             "status": self.status,
             "job_id": self.job_id,
             "message": self.message,

@@ -27,6 +27,7 @@ from airflow_provider_finetune.links.finetune import FineTuningJobLink
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_provider_finetune.early_stopping import EarlyStopping
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
     from airflow_provider_finetune.models import CreateFineTuningJobRequest, FineTuningJob
     from airflow_provider_finetune.training_data import Method
@@ -188,6 +189,12 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
     :param max_consecutive_errors: failed polls in a row (after the hook's retries) that fail the wait.
     :param on_changed_request: what to do when this task instance's job was made from another request:
         ``cancel_and_create`` (cancel it if it still runs, then create anew) or ``fail``.
+    :param early_stopping: stop the job when its validation metric has not improved for a number of
+        evaluations, and return its best checkpoint's model instead of the final one:
+        ``{"metric": "valid_loss", "mode": "min", "patience": 3, "min_delta": 0.0, "action": "cancel"}``
+        (every key optional; ``action: "pause"`` pauses where the service can, else cancels). The
+        evaluations are the job's metrics events, or its checkpoints where the service keeps no event log.
+        XComs ``early_stopped``, ``early_stopping_reason`` and ``best_checkpoint`` say what happened.
     """
 
     template_fields: Sequence[str] = (
@@ -200,12 +207,14 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         "seed",
         "metadata",
         "integrations",
+        "early_stopping",
     )
     template_fields_renderers = {
         "method": "json",
         "hyperparameters": "json",
         "metadata": "json",
         "integrations": "json",
+        "early_stopping": "json",
     }
     operator_extra_links = (FineTuningJobLink(),)
     ui_color = "#e8f0fe"
@@ -231,9 +240,11 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         cancel_on_timeout: bool = True,
         max_consecutive_errors: int = 10,
         on_changed_request: str = "cancel_and_create",
+        early_stopping: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(finetune_conn_id=finetune_conn_id, **kwargs)
+        self.early_stopping = early_stopping
         if on_changed_request not in ("cancel_and_create", "fail"):
             raise ValueError(f"on_changed_request must be 'cancel_and_create' or 'fail', got {on_changed_request!r}")
         self.on_changed_request = on_changed_request
@@ -280,6 +291,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         from airflow_provider_finetune.once import JobIdentity
 
         request = self.build_request()
+        rule = self._early_stopping_rule()
         started = time.time()
         identity = JobIdentity(task_tag(context), since=_run_start(context))
         job, created = self.hook.ensure_job(
@@ -308,6 +320,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
                     deadline=deadline,
                     cancel_on_kill=self.cancel_on_kill,
                     max_consecutive_errors=self.max_consecutive_errors,
+                    early_stopping=None if rule is None else rule.to_json(),
                 ),
                 method_name="execute_complete",
             )
@@ -320,6 +333,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             max_consecutive_errors=self.max_consecutive_errors,
             log=self.log,
             events=self.hook.backend.supports("events"),
+            early_stopping=rule,
         )
         return self._complete(context, wait_sync(self.hook, job.id, steps))
 
@@ -330,6 +344,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         return self._complete(context, _outcome(event, Outcome))
 
     def _complete(self, context: Context, outcome: Outcome) -> str | None:
+        from airflow_provider_finetune.early_stopping import EARLY_STOPPED
         from airflow_provider_finetune.exceptions import FineTuningError, FineTuningJobFailed
         from airflow_provider_finetune.waiting import TERMINAL, WAIT_ERROR, WAIT_TIMEOUT
 
@@ -343,9 +358,65 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
                 self.hook.cancel_job(job.id)
                 self.log.info("Cancelled job %s because the wait timed out", job.id)
             raise FineTuningJobFailed(job.id, job.status.value, outcome.message)
-        if outcome.status not in TERMINAL:
+        if outcome.status == EARLY_STOPPED and not job.status.is_terminal():
+            return self._stop_early(context, job, outcome)
+        if outcome.status not in TERMINAL and outcome.status != EARLY_STOPPED:
             raise FineTuningError(f"Unexpected status {outcome.status!r} for job {job.id}")
         return self._finish(context, job)
+
+    def _early_stopping_rule(self) -> EarlyStopping | None:
+        """The early-stopping rule, checked against the request and the service before anything is sent."""
+        from airflow_provider_finetune.early_stopping import EarlyStopping
+        from airflow_provider_finetune.exceptions import InvalidRequestError
+
+        rule = EarlyStopping.of(self.early_stopping)
+        if rule is None:
+            return None
+        if rule.metric.startswith(("valid_", "full_valid_")) and not self.validation_file:
+            raise InvalidRequestError(
+                f"early_stopping.metric {rule.metric!r} is a validation metric: the job needs a validation_file",
+                field="validation_file",
+            )
+        # The result of a job stopped early is its best checkpoint, and stopping it is cancelling (or pausing) it.
+        self.hook.require("checkpoints")
+        self.hook.require("cancel")
+        return rule
+
+    def _stop_early(self, context: Context, job: FineTuningJob, outcome: Outcome) -> str:
+        """Stop a job that ran out of patience (pause where asked and possible, else cancel); return its best model."""
+        from airflow_provider_finetune.checkpoints import best_checkpoint
+        from airflow_provider_finetune.early_stopping import EarlyStopping, stop_action
+        from airflow_provider_finetune.exceptions import ConflictError, FineTuningError
+
+        rule = EarlyStopping.of(self.early_stopping)
+        assert rule is not None
+        action = stop_action(rule, can_pause=self.hook.backend.supports("pause_resume"))
+        try:
+            job = self.hook.pause_job(job.id) if action == "pause" else self.hook.cancel_job(job.id)
+        except ConflictError:  # it ended (or was stopped) between the read and the action
+            job = self.hook.get_job(job.id)
+        self.log.info("%s; job %s: %s -> %s", outcome.message, job.id, action, job.status.value)
+        checkpoints = self._checkpoints(job)
+        best = best_checkpoint([c for c in checkpoints if c.fine_tuned_model_checkpoint], rule.metric, rule.mode)
+        if best is None or not best.fine_tuned_model_checkpoint:
+            raise FineTuningError(f"Job {job.id} stopped early, but none of its checkpoints reports {rule.metric}")
+        model: str = best.fine_tuned_model_checkpoint
+        best_json = _checkpoint_json(best)
+        ti = context["ti"]
+        ti.xcom_push(key="status", value=job.status.value)
+        ti.xcom_push(key="early_stopped", value=True)
+        ti.xcom_push(key="early_stopping_reason", value=outcome.message)
+        ti.xcom_push(key="best_checkpoint", value=best_json)
+        ti.xcom_push(key="checkpoints", value=[_checkpoint_json(c) for c in checkpoints])
+        ti.xcom_push(key="trained_tokens", value=job.trained_tokens)
+        ti.xcom_push(key="fine_tuned_model", value=model)
+        self.log.info("Returning the best checkpoint of job %s: %s", job.id, model)
+        return model
+
+    def _checkpoints(self, job: FineTuningJob) -> list[Any]:
+        if not self.hook.backend.supports("checkpoints"):
+            return []
+        return list(self.hook.iter_checkpoints(job.id, limit=100))
 
     def _finish(self, context: Context, job: FineTuningJob) -> str | None:
         from airflow_provider_finetune.exceptions import FineTuningJobFailed
@@ -360,17 +431,9 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
                 code=job.error.code if job.error else None,
                 param=job.error.param if job.error else None,
             )
-        checkpoints = [
-            {
-                "id": c.id,
-                "step_number": c.step_number,
-                "fine_tuned_model_checkpoint": c.fine_tuned_model_checkpoint,
-                "metrics": c.metrics.model_dump(mode="json", exclude_none=True) if c.metrics else {},
-            }
-            for c in (
-                self.hook.iter_checkpoints(job.id, limit=100) if self.hook.backend.supports("checkpoints") else ()
-            )
-        ]
+        checkpoints = [_checkpoint_json(c) for c in self._checkpoints(job)]
+        if self.early_stopping is not None:
+            ti.xcom_push(key="early_stopped", value=False)
         ti.xcom_push(key="trained_tokens", value=job.trained_tokens)
         ti.xcom_push(key="result_files", value=list(job.result_files))
         ti.xcom_push(key="checkpoints", value=checkpoints)
@@ -393,6 +456,16 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             self.log.warning("Could not cancel fine-tuning job %s: %s", self.job_id, err)
 
 
+def _checkpoint_json(checkpoint: Any) -> dict[str, Any]:
+    """A checkpoint as the ``checkpoints`` XCom carries it."""
+    return {
+        "id": checkpoint.id,
+        "step_number": checkpoint.step_number,
+        "fine_tuned_model_checkpoint": checkpoint.fine_tuned_model_checkpoint,
+        "metrics": checkpoint.metrics.model_dump(mode="json", exclude_none=True) if checkpoint.metrics else {},
+    }
+
+
 def _failure_message(job: FineTuningJob) -> str:
     text = f"Fine-tuning job {job.id} ended {job.status.value}"
     if job.error is not None:
@@ -411,6 +484,7 @@ def _outcome(event: Any, outcome_cls: type[Outcome]) -> Outcome:
         job_id=str(event["job_id"]),
         message=str(event.get("message") or ""),
         last_event_id=event.get("last_event_id"),
+        early_stopping=dict(event["early_stopping"]) if isinstance(event.get("early_stopping"), Mapping) else None,
     )
 
 

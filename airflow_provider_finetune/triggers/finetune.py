@@ -13,10 +13,10 @@ from typing import Any
 from airflow.exceptions import AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_finetune.early_stopping import EarlyStopping
 from airflow_provider_finetune.exceptions import FineTuningError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.triggers.poller import shared_poller
-from airflow_provider_finetune.early_stopping import EarlyStopping
 from airflow_provider_finetune.waiting import (
     TERMINAL,
     WAIT_ERROR,
