@@ -96,7 +96,7 @@ class EarlyStopping:
         unknown = sorted(set(option) - set(_FIELDS))
         if unknown:
             raise InvalidRequestError(
-                f"early_stopping: unknown key(s) {', '.join(unknown)}; known: {', '.join(_FIELDS)}",
+                f"early_stopping.{unknown[0]} is not an option of early stopping; its options: {', '.join(_FIELDS)}",
                 field=f"early_stopping.{unknown[0]}",
             )
         values = dict(option)
