@@ -10,7 +10,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path, PurePath
@@ -166,7 +166,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
     XComs: the return value is ``fine_tuned_model``; ``job_id`` is pushed as soon as the job exists, and
     on success ``status``, ``trained_tokens``, ``result_files``, ``checkpoints`` (with their metrics)
-    and, for services with a dashboard, ``job_url``.
+    and, for services with a dashboard, ``job_url``; with ``max_cost``, ``estimated_cost`` and
+    ``total_price``.
 
     :param model: the base model.
     :param training_file: the id of the uploaded training file.
@@ -195,6 +196,27 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         (every key optional; ``action: "pause"`` pauses where the service can, else cancels). The
         evaluations are the job's metrics events, or its checkpoints where the service keeps no event log.
         XComs ``early_stopped``, ``early_stopping_reason`` and ``best_checkpoint`` say what happened.
+    :param max_active_jobs: before creating, count the service's active jobs (validating, queued, running,
+        paused) on the base model and wait until fewer than this many are active; this task instance's own
+        job does not count. The wait, like a create the service refuses for a quota (active jobs, creates per
+        day), is deferred to the triggerer when ``deferrable`` (on the worker otherwise), tries again every
+        ``quota_retry_interval`` and ends at the deadline (``timeout``). An Airflow pool bounds a sweep as
+        well: a pool of that many slots with ``include_deferred=True`` runs that many of its tasks at a time.
+    :param quota_retry_interval: seconds between tries while a quota is waited for, where the service does
+        not say how long to wait (``retry-after``).
+    :param max_cost: the most the job may cost, in the currency of ``price_per_million_tokens``. Before
+        creating, the cost is estimated (tokens per epoch x epochs x price): above ``max_cost`` the task
+        fails before anything is billed, with the estimate in the message. While the job runs, its trained
+        tokens (or the cost the service reports) past ``max_cost`` cancel it and fail the task. XComs:
+        ``estimated_cost`` before creating, ``total_price`` (the final cost) when the job ends.
+    :param price_per_million_tokens: the training price per million trained tokens: a number, a mapping
+        from base model to price, or a callable that takes the base model and returns its price. The
+        provider ships no price table. Needed with ``max_cost``.
+    :param training_tokens: estimated tokens of one epoch of the training file (templated), e.g. the
+        ``estimated_tokens`` XCom of :class:`FineTuningFileUploadOperator`; with ``max_cost`` and without
+        it, the training file is downloaded and counted before creating.
+    :param training_examples: examples in the training file (templated), e.g. the upload's ``examples``
+        XCom: the epochs ``n_epochs: "auto"`` resolves to depend on it.
     """
 
     template_fields: Sequence[str] = (
@@ -208,6 +230,10 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         "metadata",
         "integrations",
         "early_stopping",
+        "max_active_jobs",
+        "max_cost",
+        "training_tokens",
+        "training_examples",
     )
     template_fields_renderers = {
         "method": "json",
@@ -241,13 +267,29 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         max_consecutive_errors: int = 10,
         on_changed_request: str = "cancel_and_create",
         early_stopping: dict[str, Any] | None = None,
+        max_active_jobs: int | str | None = None,
+        quota_retry_interval: float = 600.0,
+        max_cost: float | str | None = None,
+        price_per_million_tokens: float | Mapping[str, float] | Callable[[str], float] | None = None,
+        training_tokens: int | str | None = None,
+        training_examples: int | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(finetune_conn_id=finetune_conn_id, **kwargs)
         self.early_stopping = early_stopping
         if on_changed_request not in ("cancel_and_create", "fail"):
             raise ValueError(f"on_changed_request must be 'cancel_and_create' or 'fail', got {on_changed_request!r}")
+        if not quota_retry_interval > 0:
+            raise ValueError(f"quota_retry_interval must be positive, got {quota_retry_interval!r}")
+        if max_cost is not None and price_per_million_tokens is None:
+            raise ValueError("max_cost needs price_per_million_tokens: the provider ships no price table")
         self.on_changed_request = on_changed_request
+        self.max_active_jobs = max_active_jobs
+        self.quota_retry_interval = float(quota_retry_interval)
+        self.max_cost = max_cost
+        self.price_per_million_tokens = price_per_million_tokens
+        self.training_tokens = training_tokens
+        self.training_examples = training_examples
         self.model = model
         self.training_file = training_file
         self.validation_file = validation_file
