@@ -1029,31 +1029,40 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
 
     def _open(self) -> tuple[IO[bytes], str]:
         """Open the source for reading; the name is the one given, else the source's own."""
-        from airflow_provider_finetune.exceptions import InvalidRequestError
+        stream, name = open_source(self.source, field="source")
+        return stream, self.filename or name
 
-        source = self.source
-        if isinstance(source, str) and _URL.match(source):
-            from airflow.sdk import ObjectStoragePath
 
-            source = ObjectStoragePath(source)
-        if isinstance(source, str | os.PathLike):
-            path = Path(source)
-            try:
-                return path.open("rb"), self.filename or path.name
-            except OSError as err:
-                raise InvalidRequestError(f"cannot read {path}: {err.strerror or err}", field="source") from err
-        opener = getattr(source, "open", None)
-        if not callable(opener):
-            raise InvalidRequestError(
-                f"source must be a path, a URL or an object with open(), got {type(source).__name__}",
-                field="source",
-            )
+def open_source(source: Any, *, field: str) -> tuple[IO[bytes], str]:
+    """Open a file for reading bytes; return it and its own name.
+
+    :param source: a local path, a URL that ``ObjectStoragePath`` understands, or an object with ``open()``.
+    :param field: the argument it was given as, for the error.
+    :raises InvalidRequestError: naming ``field``, when it cannot be read.
+    """
+    from airflow_provider_finetune.exceptions import InvalidRequestError
+
+    if isinstance(source, str) and _URL.match(source):
+        from airflow.sdk import ObjectStoragePath
+
+        source = ObjectStoragePath(source)
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
         try:
-            stream = opener("rb")
+            return path.open("rb"), path.name
         except OSError as err:
-            raise InvalidRequestError(f"cannot read {source}: {err.strerror or err}", field="source") from err
-        own_name = getattr(source, "name", None)
-        return stream, self.filename or (own_name if isinstance(own_name, str) and own_name else "data.jsonl")
+            raise InvalidRequestError(f"cannot read {path}: {err.strerror or err}", field=field) from err
+    opener = getattr(source, "open", None)
+    if not callable(opener):
+        raise InvalidRequestError(
+            f"{field} must be a path, a URL or an object with open(), got {type(source).__name__}", field=field
+        )
+    try:
+        stream = opener("rb")
+    except OSError as err:
+        raise InvalidRequestError(f"cannot read {source}: {err.strerror or err}", field=field) from err
+    own_name = getattr(source, "name", None)
+    return stream, own_name if isinstance(own_name, str) and own_name else "data.jsonl"
 
 
 # -- checkpoint permissions ------------------------------------------------------------------------------------
