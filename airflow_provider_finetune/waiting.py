@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from airflow_provider_finetune.budget import OVER_BUDGET, progress_of
 from airflow_provider_finetune.early_stopping import EARLY_STOPPED
 from airflow_provider_finetune.exceptions import (
     ConflictError,
@@ -30,6 +31,7 @@ from airflow_provider_finetune.exceptions import (
 from airflow_provider_finetune.statuses import RUNNING, TERMINAL
 
 if TYPE_CHECKING:
+    from airflow_provider_finetune.budget import Budget
     from airflow_provider_finetune.early_stopping import EarlyStopping, Progress
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
     from airflow_provider_finetune.models import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent, JobState
@@ -151,6 +153,7 @@ def watch(
     rng: Callable[[], float] = random.random,
     events: bool = True,
     early_stopping: EarlyStopping | None = None,
+    budget: Budget | None = None,
 ) -> Watch:
     """Poll a job until it reaches one of ``targets`` or a terminal status, the deadline, or too many errors.
 
@@ -177,12 +180,15 @@ def watch(
     :param events: whether the service keeps an event log; without one, each change of status is logged
         instead (the first status seen included), so that the wait still says how the job goes.
     :param early_stopping: the rule that stops a job whose metric no longer improves.
+    :param budget: the job's cost cap: once the job has cost more (as the service reports it, or its trained
+        tokens, or the share of its steps done), the wait ends :data:`~airflow_provider_finetune.budget.OVER_BUDGET`.
     """
     logger = log or logging.getLogger(__name__)
     ends = frozenset(targets) | TERMINAL
     errors = 0
     last_status: str | None = None
     progress = _fresh_progress(early_stopping)
+    done: float | None = None  # the share of the training steps done, for the budget
     history, checkpoints = early_stopping is not None and events, early_stopping is not None and not events
     while True:
         seen: Observation | FineTuningError | None = yield Poll(last_event_id, ends, history, checkpoints)
@@ -197,6 +203,12 @@ def watch(
                 last_event_id = seen.events[-1].id
             if status in ends:
                 return Outcome(status, job_id, _ended(seen.job), last_event_id)
+            if budget is not None:
+                done = progress_of(seen.events, done)
+                overspent = budget.overspent(seen.job, done)
+                if overspent is not None:
+                    logger.info("%s", overspent)
+                    return Outcome(OVER_BUDGET, job_id, overspent, last_event_id)
             if early_stopping is not None and progress is not None:
                 progress = _judge(early_stopping, progress, seen, logger)
                 if progress.should_stop(early_stopping):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path, PurePath
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
 
 from airflow.sdk import BaseOperator
 
@@ -27,6 +27,7 @@ from airflow_provider_finetune.links.finetune import FineTuningJobLink
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_provider_finetune.budget import Budget
     from airflow_provider_finetune.early_stopping import EarlyStopping
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
     from airflow_provider_finetune.models import CreateFineTuningJobRequest, FineTuningJob
@@ -329,19 +330,25 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         return build_request(CreateFineTuningJobRequest, {k: v for k, v in fields.items() if v is not None})
 
     def execute(self, context: Context) -> str | None:
-        """Create (or reattach to) the job, then wait for it unless told not to."""
-        from airflow_provider_finetune.once import JobIdentity
+        """Create (or reattach to) the job once its budget and the service's quotas allow, then wait for it."""
+        started = time.time()
+        return self._run(context, None if self.timeout is None else started + self.timeout)
 
+    def execute_after_quota(self, context: Context, event: dict[str, Any], deadline: float | None = None) -> str | None:
+        """Resume after a quota wait in the triggerer: create now (or wait again), or fail at the deadline."""
+        from airflow_provider_finetune.exceptions import FineTuningError
+        from airflow_provider_finetune.quota import QUOTA_READY
+
+        if not isinstance(event, Mapping) or event.get("status") != QUOTA_READY:
+            message = event.get("message") if isinstance(event, Mapping) else None
+            raise FineTuningError(str(message or f"Unexpected trigger event: {event!r}"))
+        return self._run(context, deadline)
+
+    def _run(self, context: Context, deadline: float | None) -> str | None:
         request = self.build_request()
         rule = self._early_stopping_rule()
-        started = time.time()
-        identity = JobIdentity(task_tag(context), since=_run_start(context))
-        job, created = self.hook.ensure_job(
-            request,
-            identity=identity,
-            on_changed_request=self.on_changed_request,  # type: ignore[arg-type]
-            state=context.get("task_state_store"),
-        )
+        budget = self._budget(context, request)
+        job, created = self._create(context, request, deadline)
         self.log.info("%s fine-tuning job %s (%s)", "Created" if created else "Reattached to", job.id, job.status)
         self.job_id = job.id
         self._push_job(context, job)
@@ -350,7 +357,6 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         if job.status.is_terminal():
             return self._finish(context, job)
 
-        deadline = None if self.timeout is None else started + self.timeout
         if self.deferrable:
             from airflow_provider_finetune.triggers.finetune import FineTuningJobTrigger
 
@@ -363,6 +369,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
                     cancel_on_kill=self.cancel_on_kill,
                     max_consecutive_errors=self.max_consecutive_errors,
                     early_stopping=None if rule is None else rule.to_json(),
+                    budget=None if budget is None else budget.to_json(),
                 ),
                 method_name="execute_complete",
             )
@@ -376,8 +383,152 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             log=self.log,
             events=self.hook.backend.supports("events"),
             early_stopping=rule,
+            budget=budget,
         )
         return self._complete(context, wait_sync(self.hook, job.id, steps))
+
+    # -- budget and quotas -------------------------------------------------------------------------------
+
+    def _budget(self, context: Context, request: CreateFineTuningJobRequest) -> Budget | None:
+        """The job's budget, refused before anything is billed when its estimate is above ``max_cost``."""
+        if self.max_cost is None or self.max_cost == "":
+            return None
+        from airflow_provider_finetune.budget import estimate
+
+        assert self.price_per_million_tokens is not None  # checked when the operator was made
+        tokens, examples = self.training_tokens, self.training_examples
+        if tokens is None or tokens == "" or tokens == "None":
+            tokens, examples = self._count_training_file(request)
+        budget = estimate(
+            request,
+            max_cost=self.max_cost,
+            price=self.price_per_million_tokens,
+            tokens_per_epoch=tokens,
+            examples=examples,
+        )
+        context["ti"].xcom_push(key="estimated_cost", value=round(budget.estimated_cost, 6))
+        budget.check_estimate()
+        self.log.info("Estimated cost %s, within max_cost %g", budget.describe(), budget.max_cost)
+        return budget
+
+    def _count_training_file(self, request: CreateFineTuningJobRequest) -> tuple[int, int]:
+        """Tokens per epoch and examples of the training file, read back from the service and checked."""
+        import io
+
+        from airflow_provider_finetune.training_data import validate_file
+
+        method = request.method.type if request.method is not None else "supervised"
+        content = self.hook.get_file_content(request.training_file)
+        report = validate_file(io.BytesIO(content), method=method, min_examples=1, name=request.training_file)
+        self.log.info(
+            "%s: %d examples, about %d tokens per epoch", request.training_file, report.examples, report.tokens
+        )
+        return report.tokens, report.examples
+
+    def _create(
+        self, context: Context, request: CreateFineTuningJobRequest, deadline: float | None
+    ) -> tuple[FineTuningJob, bool]:
+        """Create (or reattach to) the job once the service's quotas allow it, waiting for them as needed.
+
+        A wait that must pause is deferred when ``deferrable`` (the task resumes in :meth:`execute_after_quota`);
+        on the worker it sleeps. Every create goes through the hook's once-only ``ensure_job``.
+        """
+        from airflow_provider_finetune.exceptions import FineTuningError, FineTuningNotAllowedError, QuotaExceededError
+        from airflow_provider_finetune.once import JobIdentity
+        from airflow_provider_finetune.quota import QUOTA_READY, await_quota, clock_time, wait_quota_sync
+        from airflow_provider_finetune.waiting import Pause
+
+        identity = JobIdentity(task_tag(context), since=_run_start(context))
+        state = context.get("task_state_store")
+        own = state.get("job_id") if state is not None else None
+        max_active = _count_or_none(self.max_active_jobs, "max_active_jobs")
+        wake_at, reason = time.time(), ""
+        while True:
+            steps = await_quota(
+                request.model,
+                max_active_jobs=max_active,
+                wake_at=wake_at,
+                deadline=deadline,
+                interval=self.quota_retry_interval,
+                reason=reason,
+                log=self.log,
+            )
+            tag, own_id = identity.tag, str(own) if own else None
+            waited = wait_quota_sync(self.hook, steps, tag=tag, own_job_id=own_id, until_pause=self.deferrable)
+            if isinstance(waited, Pause):
+                self._defer_quota(
+                    request.model, time.time() + waited.seconds, deadline, reason, max_active, tag, own_id
+                )
+            if waited.status != QUOTA_READY:
+                raise FineTuningError(waited.message)
+            try:
+                return self.hook.ensure_job(
+                    request,
+                    identity=identity,
+                    on_changed_request=self.on_changed_request,  # type: ignore[arg-type]
+                    state=state,
+                )
+            except QuotaExceededError as err:
+                wake_at = time.time() + (err.retry_after or self.quota_retry_interval)
+                quota = err.quota or "fine-tuning jobs"
+                reason = f"the service's quota of {quota} ({err.message})"
+                self.log.info(
+                    "%s refused to create the job for its quota of %s: %s; trying again at %s%s",
+                    self.hook.backend.label,
+                    quota,
+                    err.message,
+                    clock_time(wake_at),
+                    "" if deadline is None else f", until the deadline at {clock_time(deadline)}",
+                )
+            except FineTuningNotAllowedError as err:
+                from airflow_provider_finetune._compat import AirflowFailException
+
+                raise AirflowFailException(
+                    f"{self.hook.backend.label} will not fine-tune for this account until a person acts "
+                    f"(billing or access), so the task is not retried: {err}"
+                ) from None
+
+    def _defer_quota(
+        self,
+        model: str,
+        wake_at: float,
+        deadline: float | None,
+        reason: str,
+        max_active: int | None,
+        tag: str,
+        own_job_id: str | None,
+    ) -> NoReturn:
+        """Hand the rest of a quota wait to the triggerer; the task resumes in :meth:`execute_after_quota`."""
+        from airflow_provider_finetune.triggers.quota import FineTuningQuotaTrigger
+
+        self.defer(
+            trigger=FineTuningQuotaTrigger(
+                model,
+                wake_at=wake_at,
+                finetune_conn_id=self.finetune_conn_id,
+                max_active_jobs=max_active,
+                interval=self.quota_retry_interval,
+                deadline=deadline,
+                reason=reason,
+                tag=tag,
+                own_job_id=own_job_id,
+            ),
+            method_name="execute_after_quota",
+            kwargs={"deadline": deadline},
+        )
+
+    def _push_cost(self, context: Context, job: FineTuningJob) -> None:
+        """Push the job's cost as it ended (``total_price``): as the service reports it, or its tokens at the price."""
+        from airflow_provider_finetune.budget import final_cost, price_for
+
+        price = (
+            None
+            if self.price_per_million_tokens is None
+            else price_for(self.price_per_million_tokens, job.model or self.model)
+        )
+        cost = final_cost(job, price)
+        if cost is not None:
+            context["ti"].xcom_push(key="total_price", value=cost)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str | None:
         """Resume after the trigger fired: check the event, re-read the job, finish."""
@@ -386,6 +537,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         return self._complete(context, _outcome(event, Outcome))
 
     def _complete(self, context: Context, outcome: Outcome) -> str | None:
+        from airflow_provider_finetune.budget import OVER_BUDGET
         from airflow_provider_finetune.early_stopping import EARLY_STOPPED
         from airflow_provider_finetune.exceptions import FineTuningError, FineTuningJobFailed
         from airflow_provider_finetune.waiting import TERMINAL, WAIT_ERROR, WAIT_TIMEOUT
@@ -402,7 +554,9 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             raise FineTuningJobFailed(job.id, job.status.value, outcome.message)
         if outcome.status == EARLY_STOPPED and not job.status.is_terminal():
             return self._stop_early(context, job, outcome)
-        if outcome.status not in TERMINAL and outcome.status != EARLY_STOPPED:
+        if outcome.status == OVER_BUDGET and not job.status.is_terminal():
+            return self._stop_over_budget(context, job, outcome)
+        if outcome.status not in TERMINAL and outcome.status not in (EARLY_STOPPED, OVER_BUDGET):
             raise FineTuningError(f"Unexpected status {outcome.status!r} for job {job.id}")
         return self._finish(context, job)
 
@@ -460,11 +614,26 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             return []
         return list(self.hook.iter_checkpoints(job.id, limit=100))
 
+    def _stop_over_budget(self, context: Context, job: FineTuningJob, outcome: Outcome) -> str:
+        """Cancel a job that has cost more than ``max_cost`` and fail the task, saying so."""
+        from airflow_provider_finetune.budget import BudgetExceededError
+        from airflow_provider_finetune.exceptions import ConflictError
+
+        try:
+            job = self.hook.cancel_job(job.id)
+        except ConflictError:  # it ended between the read and the cancel
+            job = self.hook.get_job(job.id)
+        context["ti"].xcom_push(key="status", value=job.status.value)
+        self._push_cost(context, job)
+        cap = float(_number(self.max_cost))
+        raise BudgetExceededError(f"{outcome.message}: cancelled it ({job.status.value})", cost=cap, max_cost=cap)
+
     def _finish(self, context: Context, job: FineTuningJob) -> str | None:
         from airflow_provider_finetune.exceptions import FineTuningJobFailed
 
         ti = context["ti"]
         ti.xcom_push(key="status", value=job.status.value)
+        self._push_cost(context, job)
         if job.status.value != statuses.SUCCEEDED:
             raise FineTuningJobFailed(
                 job.id,
@@ -513,6 +682,18 @@ def _failure_message(job: FineTuningJob) -> str:
     if job.error is not None:
         text += f": {job.error.describe()}"
     return text
+
+
+def _count_or_none(value: Any, name: str) -> int | None:
+    """A positive count as rendered (``"3"`` from a template), or ``None`` when not given."""
+    from airflow_provider_finetune.exceptions import InvalidRequestError
+
+    if value is None or value == "" or value == "None":
+        return None
+    number = _number(value)
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        raise InvalidRequestError(f"{name} must be a whole number of 1 or more, got {value!r}", field=name)
+    return number
 
 
 def _outcome(event: Any, outcome_cls: type[Outcome]) -> Outcome:

@@ -13,6 +13,7 @@ from typing import Any
 from airflow.exceptions import AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_finetune.budget import Budget
 from airflow_provider_finetune.early_stopping import EarlyStopping
 from airflow_provider_finetune.exceptions import FineTuningError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
@@ -49,6 +50,8 @@ class FineTuningJobTrigger(BaseTrigger):
     :param early_stopping: the early-stopping rule
         (:meth:`~airflow_provider_finetune.early_stopping.EarlyStopping.to_json`). A restarted trigger
         rebuilds what it knew by reading the job's history again.
+    :param budget: the job's cost cap (:meth:`~airflow_provider_finetune.budget.Budget.to_json`): past it, the
+        event's status is ``over_budget`` (the job still runs: the task cancels it).
     """
 
     def __init__(
@@ -63,9 +66,11 @@ class FineTuningJobTrigger(BaseTrigger):
         max_consecutive_errors: int = 10,
         last_event_id: str | None = None,
         early_stopping: dict[str, Any] | None = None,
+        budget: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.early_stopping = None if early_stopping is None else dict(early_stopping)
+        self.budget = None if budget is None else dict(budget)
         self.job_id = job_id
         self.finetune_conn_id = finetune_conn_id
         self.poll_interval = float(poll_interval)
@@ -89,6 +94,7 @@ class FineTuningJobTrigger(BaseTrigger):
                 "max_consecutive_errors": self.max_consecutive_errors,
                 "last_event_id": self.last_event_id,
                 "early_stopping": self.early_stopping,
+                "budget": self.budget,
             },
         )
 
@@ -115,6 +121,7 @@ class FineTuningJobTrigger(BaseTrigger):
             log=self.log,
             events=poller.events,
             early_stopping=rule,
+            budget=Budget.of(self.budget),
         )
         try:
             if rule is not None and not poller.events:
