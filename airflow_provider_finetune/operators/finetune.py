@@ -44,6 +44,7 @@ __all__ = [
     "FineTuningJobOperator",
     "FineTuningJobPauseOperator",
     "FineTuningJobResumeOperator",
+    "stop_early",
     "task_tag",
 ]
 
@@ -581,17 +582,12 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
     def _stop_early(self, context: Context, job: FineTuningJob, outcome: Outcome) -> str:
         """Stop a job that ran out of patience (pause where asked and possible, else cancel); return its best model."""
         from airflow_provider_finetune.checkpoints import best_checkpoint
-        from airflow_provider_finetune.early_stopping import EarlyStopping, stop_action
-        from airflow_provider_finetune.exceptions import ConflictError, FineTuningError
+        from airflow_provider_finetune.early_stopping import EarlyStopping
+        from airflow_provider_finetune.exceptions import FineTuningError
 
         rule = EarlyStopping.of(self.early_stopping)
         assert rule is not None
-        action = stop_action(rule, can_pause=self.hook.backend.supports("pause_resume"))
-        try:
-            job = self.hook.pause_job(job.id) if action == "pause" else self.hook.cancel_job(job.id)
-        except ConflictError:  # it ended (or was stopped) between the read and the action
-            job = self.hook.get_job(job.id)
-        self.log.info("%s; job %s: %s -> %s", outcome.message, job.id, action, job.status.value)
+        job = stop_early(self.hook, job.id, rule, outcome.message, self.log)
         checkpoints = self._checkpoints(job)
         best = best_checkpoint([c for c in checkpoints if c.fine_tuned_model_checkpoint], rule.metric, rule.mode)
         if best is None or not best.fine_tuned_model_checkpoint:
@@ -665,6 +661,23 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
                 self.log.info("Cancelled fine-tuning job %s because its task was killed", self.job_id)
         except FineTuningError as err:
             self.log.warning("Could not cancel fine-tuning job %s: %s", self.job_id, err)
+
+
+def stop_early(hook: FineTuningHook, job_id: str, rule: EarlyStopping, reason: str, log: Any) -> FineTuningJob:
+    """Stop a job that ran out of patience: pause it where asked and the service can, else cancel it.
+
+    A job that ended (or was stopped) between the read and the action is left as it is.
+    """
+    from airflow_provider_finetune.early_stopping import stop_action
+    from airflow_provider_finetune.exceptions import ConflictError
+
+    action = stop_action(rule, can_pause=hook.backend.supports("pause_resume"))
+    try:
+        job = hook.pause_job(job_id) if action == "pause" else hook.cancel_job(job_id)
+    except ConflictError:
+        job = hook.get_job(job_id)
+    log.info("%s; job %s: %s -> %s", reason, job.id, action, job.status.value)
+    return job
 
 
 def _checkpoint_json(checkpoint: Any) -> dict[str, Any]:

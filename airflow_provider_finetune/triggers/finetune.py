@@ -151,7 +151,9 @@ class FineTuningCheckpointTrigger(BaseTrigger):
     """Wait until a job has enough checkpoints, or one whose metric meets a threshold.
 
     Fires one event: ``{"status": "found", "job_id", "checkpoint": {...}, "message"}`` with the chosen
-    checkpoint, or ``{"status": "job_ended" | "timeout" | "error", "job_id", "message"}``.
+    checkpoint, or ``{"status": "job_ended" | "timeout" | "error", "job_id", "message"}``. With
+    ``early_stopping``, also ``{"status": "early_stopped", "job_id", "checkpoint": {...}, "message",
+    "early_stopping": {...}}`` when the checkpoints stopped improving (the job still runs: the task stops it).
 
     :param job_id: the job.
     :param finetune_conn_id: the connection.
@@ -162,6 +164,8 @@ class FineTuningCheckpointTrigger(BaseTrigger):
     :param poll_interval: seconds between polls.
     :param deadline: absolute deadline, seconds since the epoch.
     :param max_consecutive_errors: failed polls in a row that end the wait.
+    :param early_stopping: the early-stopping rule
+        (:meth:`~airflow_provider_finetune.early_stopping.EarlyStopping.to_json`), judged on the checkpoints.
     """
 
     def __init__(
@@ -176,8 +180,10 @@ class FineTuningCheckpointTrigger(BaseTrigger):
         poll_interval: float = 60.0,
         deadline: float | None = None,
         max_consecutive_errors: int = 10,
+        early_stopping: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.early_stopping = None if early_stopping is None else dict(early_stopping)
         self.job_id = job_id
         self.finetune_conn_id = finetune_conn_id
         self.min_checkpoints = int(min_checkpoints)
@@ -202,6 +208,7 @@ class FineTuningCheckpointTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "deadline": self.deadline,
                 "max_consecutive_errors": self.max_consecutive_errors,
+                "early_stopping": self.early_stopping,
             },
         )
 
@@ -217,6 +224,7 @@ class FineTuningCheckpointTrigger(BaseTrigger):
             deadline=self.deadline,
             poll_interval=self.poll_interval,
             max_consecutive_errors=self.max_consecutive_errors,
+            early_stopping=EarlyStopping.of(self.early_stopping),
         )
         step = next(steps)
         while True:
@@ -239,4 +247,6 @@ class FineTuningCheckpointTrigger(BaseTrigger):
         payload: dict[str, Any] = {"status": outcome.status, "job_id": self.job_id, "message": outcome.message}
         if outcome.checkpoint is not None:
             payload["checkpoint"] = outcome.checkpoint.model_dump(mode="json")
+        if outcome.early_stopping is not None:
+            payload["early_stopping"] = outcome.early_stopping
         yield TriggerEvent(payload)
