@@ -518,7 +518,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             kwargs={"deadline": deadline},
         )
 
-    def _push_cost(self, context: Context, job: FineTuningJob) -> None:
+    def _push_cost(self, context: Context, job: FineTuningJob) -> float | None:
         """Push the job's cost as it ended (``total_price``): as the service reports it, or its tokens at the price."""
         from airflow_provider_finetune.budget import final_cost, price_for
 
@@ -530,6 +530,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         cost = final_cost(job, price)
         if cost is not None:
             context["ti"].xcom_push(key="total_price", value=cost)
+        return cost
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str | None:
         """Resume after the trigger fired: check the event, re-read the job, finish."""
@@ -620,9 +621,10 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         except ConflictError:  # it ended between the read and the cancel
             job = self.hook.get_job(job.id)
         context["ti"].xcom_push(key="status", value=job.status.value)
-        self._push_cost(context, job)
+        cost = self._push_cost(context, job)
         cap = float(_number(self.max_cost))
-        raise BudgetExceededError(f"{outcome.message}: cancelled it ({job.status.value})", cost=cap, max_cost=cap)
+        message = f"{outcome.message}: cancelled it ({job.status.value})"
+        raise BudgetExceededError(message, cost=cap if cost is None else cost, max_cost=cap)
 
     def _finish(self, context: Context, job: FineTuningJob) -> str | None:
         from airflow_provider_finetune.exceptions import FineTuningJobFailed
