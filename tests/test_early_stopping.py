@@ -236,3 +236,34 @@ def test_a_service_without_events_is_judged_on_its_checkpoints() -> None:
     assert [(p.history, p.checkpoints) for p in polls] == [(False, True)] * 3
     assert outcome.status == EARLY_STOPPED
     assert (outcome.early_stopping["best_step"], outcome.early_stopping["since_best"]) == (4, 1)
+
+
+def test_the_checkpoint_wait_ends_early_stopped_with_the_best_checkpoint() -> None:
+    from airflow_provider_finetune.checkpoints import CheckpointCondition, watch_checkpoints
+
+    running = FineTuningJob.model_validate(job(status="running"))
+    steps = watch_checkpoints(
+        "ftjob-1", CheckpointCondition(min_checkpoints=5), early_stopping=EarlyStopping(patience=2)
+    )
+    next(steps)
+    replies = [
+        [checkpoint(4, valid_loss=0.7)],
+        [checkpoint(4, valid_loss=0.7), checkpoint(8, valid_loss=0.8)],
+        [checkpoint(4, valid_loss=0.7), checkpoint(8, valid_loss=0.8), checkpoint(12, valid_loss=0.75)],
+    ]
+    reads = 0
+    outcome = None
+    for checkpoints in replies:
+        reads += 1
+        try:
+            steps.send((running, checkpoints))
+        except StopIteration as done:
+            outcome = done.value
+            break
+        next(steps)  # the pause
+    assert outcome is not None
+    assert reads == 3
+    assert outcome.status == EARLY_STOPPED
+    assert outcome.checkpoint.step_number == 4
+    assert outcome.early_stopping["since_best"] == 2
+    assert "for 2 evaluation(s)" in outcome.message

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,12 +17,14 @@ import pytest
 from airflow_provider_finetune.backends.base import Capabilities
 from airflow_provider_finetune.backends.openai import OpenAIBackend
 from airflow_provider_finetune.client import close_shared_async_clients
+from airflow_provider_finetune.early_stopping import EarlyStopping
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
 from airflow_provider_finetune.emulator.trainer import OVERFIT_KEY
 from airflow_provider_finetune.exceptions import InvalidRequestError, UnsupportedCapabilityError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.operators.finetune import FineTuningJobOperator
-from airflow_provider_finetune.triggers.finetune import FineTuningJobTrigger
+from airflow_provider_finetune.sensors.finetune import FineTuningCheckpointSensor
+from airflow_provider_finetune.triggers.finetune import FineTuningCheckpointTrigger, FineTuningJobTrigger
 from tests.integration.conftest import API_KEY, Emulator, chat_lines
 from tests.operators.conftest import FakeTI
 
@@ -235,3 +238,60 @@ def test_a_service_without_checkpoints_is_refused_before_any_job(
     with pytest.raises(UnsupportedCapabilityError, match="checkpoints"):
         operator(files, early_stopping={}).execute({"ti": fresh_ti()})
     assert emulator.counters()["jobs_created"] == 0
+
+
+# -- the checkpoint wait ----------------------------------------------------------------------------------
+
+
+def create_overfitting_job(files: dict[str, str]) -> str:
+    request = {
+        "model": "gpt-4o-mini-2024-07-18",
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 1}}},
+        "metadata": OVERFIT,
+        **files,
+    }
+    return FineTuningHook().create_job(request).id
+
+
+async def test_the_checkpoint_trigger_stops_on_checkpoints_that_stopped_improving(
+    emulator: Emulator, files: dict[str, str]
+) -> None:
+    job_id = create_overfitting_job(files)
+    # Three checkpoints are never reached: the second one, worse than the first, ends the wait.
+    trigger = FineTuningCheckpointTrigger(
+        job_id, min_checkpoints=3, poll_interval=0.1, early_stopping=EarlyStopping(patience=1).to_json()
+    )
+    _, kwargs = trigger.serialize()
+    (event,) = [e.payload async for e in FineTuningCheckpointTrigger(**json.loads(json.dumps(kwargs))).run()]
+    await close_shared_async_clients()
+    assert event["status"] == "early_stopped"
+    assert event["checkpoint"]["step_number"] == 12
+    assert event["early_stopping"]["since_best"] == 1
+    sensor = FineTuningCheckpointSensor(
+        task_id="best", job_id=job_id, min_checkpoints=3, early_stopping={"patience": 1}, deferrable=True
+    )
+    ti = fresh_ti()
+    model = sensor.execute_complete({"ti": ti}, event)  # type: ignore[arg-type]
+    assert model == event["checkpoint"]["fine_tuned_model_checkpoint"]
+    assert model.endswith(":ckpt-step-12")
+    assert ti.xcoms["early_stopped"] is True
+    assert ti.xcoms["checkpoint"]["step_number"] == 12
+    assert FineTuningHook().get_job(job_id).status.value == "cancelled"
+    assert emulator.requests_to(CANCEL) == 1
+
+
+def test_the_checkpoint_sensors_pokes_stop_it_the_same_way(emulator: Emulator, files: dict[str, str]) -> None:
+    job_id = create_overfitting_job(files)
+    sensor = FineTuningCheckpointSensor(
+        task_id="best", job_id=job_id, min_checkpoints=3, early_stopping={"patience": 1, "action": "pause"}
+    )
+    ti = fresh_ti()
+    for _ in range(200):
+        poked = sensor.poke({"ti": ti})  # type: ignore[arg-type]
+        if poked.is_done:
+            break
+        time.sleep(0.05)
+    assert poked.is_done
+    assert str(poked.xcom_value).endswith(":ckpt-step-12")
+    assert "has not improved" in ti.xcoms["early_stopping_reason"]
+    assert FineTuningHook().get_job(job_id).status.value == "paused"
