@@ -61,12 +61,17 @@ def gate(model: str, **kwargs: Any) -> FineTuningEvaluateOperator:
     return FineTuningEvaluateOperator(task_id=f"evaluate_{uuid.uuid4().hex[:8]}", model=model, **kwargs)
 
 
-class Outlets(dict):
-    """``outlet_events``: an accessor per Asset, made on first use, as Airflow's is."""
+class Outlets:
+    """``outlet_events``: an accessor per Asset (by name and URI), made on first use, as Airflow's is."""
 
-    def __missing__(self, asset: Any) -> Any:
-        accessor = self[asset] = type("Accessor", (), {"extra": {}})()
-        return accessor
+    def __init__(self) -> None:
+        self.accessors: dict[tuple[str, str], Any] = {}
+
+    def __getitem__(self, asset: Any) -> Any:
+        key = (asset.name, asset.uri)
+        if key not in self.accessors:
+            self.accessors[key] = type("Accessor", (), {"extra": {}})()
+        return self.accessors[key]
 
 
 pytestmark = pytest.mark.integration
