@@ -33,6 +33,7 @@ __all__ = [
     "Budget",
     "BudgetExceededError",
     "Price",
+    "PriceEstimate",
     "auto_epochs",
     "estimate",
     "final_cost",
@@ -53,6 +54,18 @@ _MIN_TARGET_EXAMPLES = 100
 _MAX_TARGET_EXAMPLES = 25_000
 _MIN_DEFAULT_EPOCHS = 1
 _MAX_DEFAULT_EPOCHS = 25
+
+
+@dataclass(frozen=True)
+class PriceEstimate:
+    """The service's own estimate of a job's cost (see ``Backend.estimate_price``).
+
+    :param total: the estimated cost of the whole job.
+    :param trained_tokens: the tokens it estimates the job trains, if it says.
+    """
+
+    total: float
+    trained_tokens: int | None = None
 
 
 class BudgetExceededError(FineTuningError):
@@ -153,6 +166,7 @@ class Budget:
     price: float
     tokens_per_epoch: int
     epochs: int
+    service_estimate: float | None = None
 
     @property
     def estimated_tokens(self) -> int:
@@ -161,7 +175,9 @@ class Budget:
 
     @property
     def estimated_cost(self) -> float:
-        """Estimated cost of the whole job."""
+        """Estimated cost of the whole job: the service's own estimate where it made one."""
+        if self.service_estimate is not None:
+            return self.service_estimate
         return self.cost_of(self.estimated_tokens)
 
     def cost_of(self, tokens: float) -> float:
@@ -170,6 +186,8 @@ class Budget:
 
     def describe(self) -> str:
         """The estimate in words: what it is made of."""
+        if self.service_estimate is not None:
+            return f"the service's own estimate, {self.service_estimate:.4f}"
         return (
             f"{self.tokens_per_epoch:,} tokens per epoch x {self.epochs} epochs x {self.price:g} per million "
             f"tokens = {self.estimated_cost:.4f}"
@@ -222,11 +240,13 @@ class Budget:
         """The budget :meth:`to_json` gave, or ``None``."""
         if not data:
             return None
+        service = data.get("service_estimate")
         return cls(
             max_cost=float(data["max_cost"]),
             price=float(data["price"]),
             tokens_per_epoch=int(data["tokens_per_epoch"]),
             epochs=int(data["epochs"]),
+            service_estimate=None if service is None else float(service),
         )
 
 

@@ -394,6 +394,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         """The job's budget, refused before anything is billed when its estimate is above ``max_cost``."""
         if self.max_cost is None or self.max_cost == "":
             return None
+        from dataclasses import replace
+
         from airflow_provider_finetune.budget import estimate
 
         assert self.price_per_million_tokens is not None  # checked when the operator was made
@@ -407,6 +409,9 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             tokens_per_epoch=tokens,
             examples=examples,
         )
+        service = self.hook.estimate_price(request)
+        if service is not None:  # the service's own estimate, where it makes one, is the one checked
+            budget = replace(budget, service_estimate=service.total)
         context["ti"].xcom_push(key="estimated_cost", value=round(budget.estimated_cost, 6))
         budget.check_estimate()
         self.log.info("Estimated cost %s, within max_cost %g", budget.describe(), budget.max_cost)
