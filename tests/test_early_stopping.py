@@ -267,3 +267,53 @@ def test_the_checkpoint_wait_ends_early_stopped_with_the_best_checkpoint() -> No
     assert outcome.checkpoint.step_number == 4
     assert outcome.early_stopping["since_best"] == 2
     assert "for 2 evaluation(s)" in outcome.message
+
+
+async def test_the_shared_poller_reads_every_event_of_an_early_stopping_wait_on_every_poll() -> None:
+    """Forty waits, four event reads per interval for the plain ones: the ten judging every evaluation get
+    all their job's events on every poll, the first time back to the job's first event (150 of them)."""
+    import asyncio
+
+    from tests.triggers.test_poller import JobsThatEnd, make_poller
+
+    ends = {f"ftjob-{i:05d}": 8 for i in range(40)}
+    service = JobsThatEnd(ends, events=150)
+    poller = make_poller(service)
+    guarded = list(ends)[:10]
+    seen: dict[str, list[int]] = {job_id: [] for job_id in guarded}
+
+    def counting(job_id: str, steps: Any) -> Any:
+        step = next(steps)
+        while True:
+            reply = yield step
+            if isinstance(reply, Observation):
+                seen[job_id].append(len(reply.events))
+            try:
+                step = steps.send(reply)
+            except StopIteration as done:
+                return done.value
+
+    async def clock() -> None:
+        while any(j["status"] == "running" for j in service.jobs):
+            await asyncio.sleep(0.05)
+            service.tick()
+
+    def steps(job_id: str) -> Any:
+        if job_id in guarded:
+            return counting(job_id, watch(job_id, poll_interval=0.05, early_stopping=EarlyStopping()))
+        return watch(job_id, poll_interval=0.05)
+
+    def reads(job_id: str) -> int:
+        return sum(1 for kind, j in service.calls if kind == "events" and j == job_id)
+
+    ticking = asyncio.ensure_future(clock())
+    outcomes = await asyncio.gather(*(poller.wait(j, steps(j), poll_interval=0.05) for j in ends))
+    await ticking
+    assert {o.status for o in outcomes} == {"succeeded"}
+    for job_id in guarded:
+        assert seen[job_id][0] >= 150  # the job's history, page after page
+        assert sum(seen[job_id]) == len(service.events[job_id])  # then every event once
+        assert reads(job_id) >= len(seen[job_id])  # read on every poll
+    # The plain waits keep to the budget: fewer reads each than the waits that judge every evaluation.
+    plain = list(ends)[10:]
+    assert sum(map(reads, plain)) / len(plain) < sum(map(reads, guarded)) / len(guarded)
