@@ -26,7 +26,7 @@ from airflow_provider_finetune.operators.finetune import FineTuningJobOperator
 from airflow_provider_finetune.sensors.finetune import FineTuningCheckpointSensor
 from airflow_provider_finetune.triggers.finetune import FineTuningCheckpointTrigger, FineTuningJobTrigger
 from tests.integration.conftest import API_KEY, Emulator, chat_lines
-from tests.operators.conftest import FakeTI
+from tests.operators.conftest import FakeStateStore, FakeTI
 
 try:
     from airflow.sdk.exceptions import TaskDeferred
@@ -295,3 +295,20 @@ def test_the_checkpoint_sensors_pokes_stop_it_the_same_way(emulator: Emulator, f
     assert str(poked.xcom_value).endswith(":ckpt-step-12")
     assert "has not improved" in ti.xcoms["early_stopping_reason"]
     assert FineTuningHook().get_job(job_id).status.value == "paused"
+
+
+def test_a_retry_after_the_stop_returns_the_same_checkpoint_and_makes_no_new_job(
+    emulator: Emulator, files: dict[str, str]
+) -> None:
+    """A worker that dies after cancelling the job: the retry finds its record, not a cancelled job to redo."""
+    store = FakeStateStore()
+    first = fresh_ti()
+    model = operator(files, early_stopping={"patience": 3}).execute({"ti": first, "task_state_store": store})
+    retry = FakeTI(run_id=first.run_id, try_number=2)
+    again = operator(files, early_stopping={"patience": 3}).execute({"ti": retry, "task_state_store": store})
+    assert again == model
+    assert retry.xcoms["early_stopped"] is True
+    assert retry.xcoms["early_stopping_reason"] == first.xcoms["early_stopping_reason"]
+    assert retry.xcoms["job_id"] == first.xcoms["job_id"]
+    assert emulator.counters()["jobs_created"] == 1
+    assert emulator.requests_to(CANCEL) == 1

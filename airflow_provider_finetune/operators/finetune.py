@@ -348,6 +348,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
     def _run(self, context: Context, deadline: float | None) -> str | None:
         request = self.build_request()
         rule = self._early_stopping_rule()
+        if rule is not None and (stopped := self._stopped_before(context, rule)) is not None:
+            return stopped
         budget = self._budget(context, request)
         job, created = self._create(context, request, deadline)
         self.log.info("%s fine-tuning job %s (%s)", "Created" if created else "Reattached to", job.id, job.status)
@@ -587,13 +589,39 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
     def _stop_early(self, context: Context, job: FineTuningJob, outcome: Outcome) -> str:
         """Stop a job that ran out of patience (pause where asked and possible, else cancel); return its best model."""
-        from airflow_provider_finetune.checkpoints import best_checkpoint
         from airflow_provider_finetune.early_stopping import EarlyStopping
-        from airflow_provider_finetune.exceptions import FineTuningError
 
         rule = EarlyStopping.of(self.early_stopping)
         assert rule is not None
+        store = context.get("task_state_store")
+        if store is not None:  # a retry after a crash from here on returns this job's best, not a new job's
+            store.set(EARLY_STOPPED_KEY, {"job_id": job.id, "reason": outcome.message})
         job = stop_early(self.hook, job.id, rule, outcome.message, self.log)
+        return self._return_best(context, job, rule, outcome.message)
+
+    def _stopped_before(self, context: Context, rule: EarlyStopping) -> str | None:
+        """The best model of the job an earlier try of this task instance stopped early (Airflow 3.3+), if any.
+
+        Without it a retry after a crash between the stop and the XComs would find its job cancelled, and
+        make a new one.
+        """
+        store = context.get("task_state_store")
+        record = store.get(EARLY_STOPPED_KEY) if store is not None else None
+        if not isinstance(record, Mapping) or not record.get("job_id"):
+            return None
+        job = self.hook.get_job(str(record["job_id"]))
+        if job.status.value != "cancelled" and job.status.value not in statuses.PAUSED:
+            return None  # resumed by a person since: this try waits for it as usual
+        self.log.info("Job %s was stopped early by an earlier try of this task", job.id)
+        self.job_id = job.id
+        self._push_job(context, job)
+        return self._return_best(context, job, rule, str(record.get("reason") or ""))
+
+    def _return_best(self, context: Context, job: FineTuningJob, rule: EarlyStopping, reason: str) -> str:
+        """Push what early stopping did and return the best checkpoint's model of a job it stopped."""
+        from airflow_provider_finetune.checkpoints import best_checkpoint
+        from airflow_provider_finetune.exceptions import FineTuningError
+
         checkpoints = self._checkpoints(job)
         best = best_checkpoint([c for c in checkpoints if c.fine_tuned_model_checkpoint], rule.metric, rule.mode)
         if best is None or not best.fine_tuned_model_checkpoint:
@@ -603,7 +631,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         ti = context["ti"]
         ti.xcom_push(key="status", value=job.status.value)
         ti.xcom_push(key="early_stopped", value=True)
-        ti.xcom_push(key="early_stopping_reason", value=outcome.message)
+        ti.xcom_push(key="early_stopping_reason", value=reason)
         ti.xcom_push(key="best_checkpoint", value=best_json)
         ti.xcom_push(key="checkpoints", value=[_checkpoint_json(c) for c in checkpoints])
         ti.xcom_push(key="trained_tokens", value=job.trained_tokens)
@@ -668,6 +696,10 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
                 self.log.info("Cancelled fine-tuning job %s because its task was killed", self.job_id)
         except FineTuningError as err:
             self.log.warning("Could not cancel fine-tuning job %s: %s", self.job_id, err)
+
+
+#: Key of the record, in the task state store, of a job this task instance stopped early.
+EARLY_STOPPED_KEY = "early_stopped_job"
 
 
 def stop_early(hook: FineTuningHook, job_id: str, rule: EarlyStopping, reason: str, log: Any) -> FineTuningJob:
