@@ -214,7 +214,8 @@ async def test_deferred_the_trigger_ends_over_budget_and_the_task_cancels(
     with pytest.raises(TaskDeferred) as deferred:
         await asyncio.to_thread(task.execute, {"ti": ti})
     trigger = deferred.value.trigger
-    assert trigger.serialize()[1]["budget"] == {"max_cost": cap, "price": 1.0, "tokens_per_epoch": TOKENS, "epochs": 3}
+    budget = {"max_cost": cap, "price": 1.0, "tokens_per_epoch": TOKENS, "epochs": 3, "service_estimate": None}
+    assert trigger.serialize()[1]["budget"] == budget
     try:
         async for fired in trigger.run():
             event = dict(fired.payload)
