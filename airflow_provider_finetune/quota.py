@@ -42,6 +42,7 @@ __all__ = [
     "aactive_slots",
     "active_slots",
     "await_quota",
+    "clock_time",
     "count_active",
     "same_base_model",
     "wait_quota_async",

@@ -16,7 +16,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_finetune.exceptions import FineTuningError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
-from airflow_provider_finetune.quota import QUOTA_ERROR, QuotaOutcome, await_quota, wait_quota_async
+from airflow_provider_finetune.quota import QUOTA_ERROR, QuotaOutcome, await_quota, clock_time, wait_quota_async
 
 __all__ = ["FineTuningQuotaTrigger"]
 
@@ -81,6 +81,8 @@ class FineTuningQuotaTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Sleep until the next try; with ``max_active_jobs``, look until a slot is free; yield one event."""
+        what = self.reason or f"a free slot among at most {self.max_active_jobs} active jobs on {self.model}"
+        self.log.info("Waiting for %s; next look at %s", what, clock_time(self.wake_at))
         steps = await_quota(
             self.model,
             max_active_jobs=self.max_active_jobs,
