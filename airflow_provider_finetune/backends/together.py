@@ -5,7 +5,7 @@ OpenAPI document) is the reference for every route, field and status used here:
 
 * jobs are ``/fine-tunes``: create, retrieve, list, ``/{id}/cancel``, ``/{id}/events``, ``/{id}/checkpoints``;
   before a create, ``/fine-tunes/estimate-price`` says what the job will cost and whether the account may
-  proceed (:meth:`TogetherBackend.estimate_price`);
+  proceed (:meth:`TogetherBackend.price_call`);
 * a file upload is three requests: ``POST /files`` (form fields ``purpose``, ``file_name``, ``file_type``,
   ``checksum``; no content) answered ``302`` with ``Location`` (where to ``PUT`` the content) and
   ``X-Together-File-Id``; the ``PUT`` of the content to that address (the API key is never sent there); and
@@ -575,7 +575,7 @@ class TogetherBackend(OpenAIBackend):
 
     # -- the price before paying ---------------------------------------------------------------------------
 
-    def estimate_price(self, body: Mapping[str, Any]) -> Call[PriceEstimate]:
+    def price_call(self, body: Mapping[str, Any]) -> Call[PriceEstimate]:
         """``POST /fine-tunes/estimate-price`` for a create body :meth:`job_body` made."""
         estimate: dict[str, Any] = {"training_file": body["training_file"]}
         for name in ("from_checkpoint", "model", "n_epochs", "n_evals", "validation_file"):
@@ -606,13 +606,13 @@ class TogetherBackend(OpenAIBackend):
 
         :raises PriceRefusedError: before any create, with the estimated price.
         """
-        estimate: PriceEstimate = hook._call(self.estimate_price(self.job_body(request)))
+        estimate: PriceEstimate = hook._call(self.price_call(self.job_body(request)))
         self.refuse_if_not_allowed(estimate)
         return estimate
 
     async def acheck_price(self, hook: Any, request: CreateFineTuningJobRequest) -> PriceEstimate:
         """Async :meth:`check_price`."""
-        estimate: PriceEstimate = await hook._acall(self.estimate_price(self.job_body(request)))
+        estimate: PriceEstimate = await hook._acall(self.price_call(self.job_body(request)))
         self.refuse_if_not_allowed(estimate)
         return estimate
 

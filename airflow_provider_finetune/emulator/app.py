@@ -562,6 +562,7 @@ def _admin_routes(emulator: Emulator) -> list[Route]:
         except (ValueError, TypeError) as exc:
             raise invalid_request(str(exc)) from None
         emulator.faults.configure(config)
+        emulator.jobs.faults = config
         return config.as_dict()
 
     def admin(key: str, handler: _Handler) -> _Handler:

@@ -25,6 +25,7 @@ DAG_IDS = {
     "example_finetune_sweep",
     "example_fireworks_finetune",
     "example_together_finetune",
+    "example_guarded_sweep",
 }
 ASSET_NAME = "finetune_support_assistant"
 DATA_FILES = {
