@@ -6,7 +6,6 @@ records are read through Airflow's own XComs, and the recorded job is checked on
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -129,8 +128,8 @@ def _rewrite_record(dag_id: str, run_id: str, **changes: Any) -> None:
 
     with create_session() as session:
         row = session.query(XComModel).filter_by(dag_id=dag_id, run_id=run_id, key="training_record").one()
-        record = {**XComModel.deserialize_value(row), **changes}
-        row.value = json.dumps(record)
+        # Stored as the task SDK stores it: a JSON object in the JSON column.
+        row.value = {**XComModel.deserialize_value(row), **changes}
 
 
 def _succeeded(hook: FineTuningHook, job_id: str) -> Any:
@@ -142,7 +141,9 @@ def _succeeded(hook: FineTuningHook, job_id: str) -> Any:
     return job
 
 
-def test_the_record_alone_is_never_trusted(airflow_db: None, emulator: Emulator, weeks: Weeks) -> None:
+def test_the_record_alone_is_never_trusted(
+    airflow_db: None, emulator: Emulator, weeks: Weeks, capfd: pytest.CaptureFixture[str]
+) -> None:
     hook = FineTuningHook()
     file_id = hook.upload_file(chat_lines(prefix="trust "), filename="train.jsonl").id
     dag_id = "ft_unchanged_file_id"
@@ -156,6 +157,7 @@ def test_the_record_alone_is_never_trusted(airflow_db: None, emulator: Emulator,
     second_run, second = run(dag_id, weeks(), training_file=file_id, suffix="trust")
     assert "reused_job_id" not in second
     assert second["job_id"] not in (first["job_id"], failed.id)
+    assert f"Training: the service says job {failed.id} is failed, not succeeded" in capfd.readouterr().out
 
     # The record names a job of the service that is not this task's (its own tag says another digest).
     stranger = hook.create_job({"model": "gpt-4o-mini-2024-07-18", "training_file": file_id, "suffix": "trust"})
@@ -164,6 +166,8 @@ def test_the_record_alone_is_never_trusted(airflow_db: None, emulator: Emulator,
     _, third = run(dag_id, weeks(), training_file=file_id, suffix="trust")
     assert "reused_job_id" not in third
     assert emulator.counters()["jobs_created"] == 5  # three runs, the failed job and the stranger
+    reason = f"Training: job {stranger.id} does not carry this run's training data digest and request fingerprint"
+    assert reason in capfd.readouterr().out
 
 
 def test_digest_of_the_data_is_by_role() -> None:
