@@ -25,6 +25,7 @@ from airflow_provider_finetune.job_actions import ActionRule
 from airflow_provider_finetune.links.finetune import FineTuningJobLink
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
     from airflow_provider_finetune.budget import Budget
@@ -225,6 +226,10 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         it, the training file is downloaded and counted before creating.
     :param training_examples: examples in the training file (templated), e.g. the upload's ``examples``
         XCom: the epochs ``n_epochs: "auto"`` resolves to depend on it.
+    :param skip_if_unchanged: when the last successful job of this DAG and task trained on the same data
+        (content digest) with the same request (fingerprint), and the service still shows it succeeded with
+        its model, return that model instead of training again (XComs ``reused_job_id``,
+        ``skipped_because``); see :mod:`airflow_provider_finetune.unchanged`.
     """
 
     template_fields: Sequence[str] = (
@@ -254,6 +259,9 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
     }
     operator_extra_links = (FineTuningJobLink(),)
     ui_color = "#e8f0fe"
+    #: The job whose model the task returned, for lineage; an earlier job's id when that was reused.
+    _returned_job: FineTuningJob | None = None
+    _reused_job_id: str | None = None
 
     def __init__(
         self,
@@ -284,11 +292,13 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         training_tokens: int | str | None = None,
         training_examples: int | str | None = None,
         service_options: dict[str, Any] | None = None,
+        skip_if_unchanged: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(finetune_conn_id=finetune_conn_id, **kwargs)
         self.service_options = service_options
         self.early_stopping = early_stopping
+        self.skip_if_unchanged = skip_if_unchanged
         if on_changed_request not in ("cancel_and_create", "fail"):
             raise ValueError(f"on_changed_request must be 'cancel_and_create' or 'fail', got {on_changed_request!r}")
         if not quota_retry_interval > 0:
@@ -357,6 +367,10 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
     def _run(self, context: Context, deadline: float | None) -> str | None:
         request = self.build_request()
+        if self.skip_if_unchanged:
+            request, reused = self._unless_unchanged(context, request)
+            if reused is not None:
+                return reused
         rule = self._early_stopping_rule()
         if rule is not None and (stopped := self._stopped_before(context, rule)) is not None:
             return stopped
@@ -726,8 +740,123 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         early = {k: reported[k] for k in EARLY_STOPPING_FIELDS if reported.get(k) is not None}
         if early:
             ti.xcom_push(key="early_stopping", value=early)
+        self._succeeded(context, job)
         self.log.info("Fine-tuning job %s succeeded: %s", job.id, job.fine_tuned_model)
         return job.fine_tuned_model
+
+    # -- no retraining on unchanged data (skip_if_unchanged) -----------------------------------------------
+
+    def _unless_unchanged(
+        self, context: Context, request: CreateFineTuningJobRequest
+    ) -> tuple[CreateFineTuningJobRequest, str | None]:
+        """The last successful job's model when nothing changed; else the request, tagged with its data digest."""
+        from airflow_provider_finetune import unchanged
+
+        ti = context["ti"]
+        digests, unknown = unchanged.file_digests(self.hook, request, self._uploaded_digests(context))
+        if unknown is not None:
+            self.log.info("Training: %s", unknown)
+            return request, None
+        digest = unchanged.data_digest(digests)
+        fingerprint = unchanged.settings_fingerprint(request.to_body())
+        ti.xcom_push(key=unchanged.DIGEST_KEY, value=digest)
+        ti.xcom_push(key=unchanged.FINGERPRINT_KEY, value=fingerprint)
+        backend = self.hook.backend
+        if backend.supports("job_metadata"):
+            limit = backend.limits.max_metadata_keys
+            tagged = unchanged.tagged_metadata(request.metadata, digest, fingerprint, limit)
+            request = request.model_copy(update={"metadata": tagged})
+        if self._has_own_job(context):
+            self.log.info("Training: an earlier try of this task instance made a job, which is reattached to")
+            return request, None
+        pulled = ti.xcom_pull(
+            task_ids=ti.task_id, key=unchanged.RECORD_KEY, include_prior_dates=True, map_indexes=_map_index(ti)
+        )
+        record = unchanged.TrainingRecord.from_json(pulled)
+        if record is None:
+            self.log.info("Training: no earlier successful job of this task to compare with")
+            return request, None
+        job, why = unchanged.reuse_refusal(
+            record,
+            digest=digest,
+            fingerprint=fingerprint,
+            finetune_conn_id=self.finetune_conn_id,
+            model=request.model,
+            hook=self.hook,
+        )
+        if job is None:
+            self.log.info("Training: %s", why)
+            return request, None
+        self.log.info("Not training again, nothing paid: %s. Returning its model %s", why, job.fine_tuned_model)
+        self.job_id = job.id
+        self._push_job(context, job)
+        ti.xcom_push(key=unchanged.REUSED_KEY, value=job.id)
+        self._reused_job_id = job.id
+        ti.xcom_push(key=unchanged.SKIPPED_KEY, value=why)
+        return request, self._finish(context, job)
+
+    def _uploaded_digests(self, context: Context) -> dict[str, Any]:
+        """What the upstream upload tasks recorded of their files (content SHA-256, size), by file id."""
+        from airflow_provider_finetune.unchanged import FILE_DIGEST_KEY
+
+        upstream = sorted(self.upstream_task_ids)
+        if not upstream:
+            return {}
+        values = context["ti"].xcom_pull(task_ids=upstream, key=FILE_DIGEST_KEY)
+        found: dict[str, Any] = {}
+        for value in values if isinstance(values, list) else [values]:
+            if isinstance(value, Mapping) and isinstance(value.get("file_id"), str):
+                found[value["file_id"]] = value
+        return found
+
+    def _has_own_job(self, context: Context) -> bool:
+        """Whether an earlier try of this task instance may have made a job (then it is reattached to, not skipped)."""
+        if getattr(context["ti"], "try_number", 1) <= 1:
+            return False
+        if not self.hook.backend.supports("job_metadata"):
+            return True  # no tag to look for: a retry never skips
+        return self.hook.find_job_by_tag(task_tag(context)) is not None
+
+    def _succeeded(self, context: Context, job: FineTuningJob) -> None:
+        """Keep the job for lineage, and (``skip_if_unchanged``) the record the next run compares itself with."""
+        self._returned_job = job
+        if self.skip_if_unchanged:
+            self._record_training(context, job)
+
+    def _record_training(self, context: Context, job: FineTuningJob) -> None:
+        """Leave the record the next run compares itself with: the job, its model, data digest and fingerprint."""
+        from airflow_provider_finetune import unchanged
+
+        ti = context["ti"]
+        digest, fingerprint = (
+            ti.xcom_pull(task_ids=ti.task_id, key=key, map_indexes=_map_index(ti))
+            for key in (unchanged.DIGEST_KEY, unchanged.FINGERPRINT_KEY)
+        )
+        if job.fine_tuned_model and isinstance(digest, str) and isinstance(fingerprint, str):
+            record = unchanged.TrainingRecord(job.id, job.fine_tuned_model, digest, fingerprint, self.finetune_conn_id)
+            ti.xcom_push(key=unchanged.RECORD_KEY, value=record.to_json())
+
+    # -- lineage (called by apache-airflow-providers-openlineage's listener, when it is installed) ----------
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        """The training data as inputs, and the job's service, base model and hyperparameters as a run facet."""
+        from airflow_provider_finetune.lineage import operator_lineage
+
+        return operator_lineage(self.hook, self.build_request(), job_id=self.job_id)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """As on start, with the fine-tuned model as output and the job's id and trained tokens."""
+        from airflow_provider_finetune.lineage import operator_lineage
+
+        job = self._returned_job
+        return operator_lineage(
+            self.hook,
+            self.build_request(),
+            job_id=job.id if job is not None else self.job_id,
+            fine_tuned_model=job.fine_tuned_model if job is not None else None,
+            trained_tokens=job.trained_tokens if job is not None else None,
+            reused_job_id=self._reused_job_id,
+        )
 
     def on_kill(self) -> None:
         """Cancel the job when a person kills the task while it waits on the worker."""
@@ -775,6 +904,11 @@ def _checkpoint_json(checkpoint: Any) -> dict[str, Any]:
         "fine_tuned_model_checkpoint": checkpoint.fine_tuned_model_checkpoint,
         "metrics": checkpoint.metrics.model_dump(mode="json", exclude_none=True) if checkpoint.metrics else {},
     }
+
+
+def _map_index(ti: Any) -> int:
+    index = getattr(ti, "map_index", -1)
+    return -1 if index is None else int(index)
 
 
 def _failure_message(job: FineTuningJob) -> str:
@@ -1182,7 +1316,7 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
                 stream.seek(start)
                 dataset = cast("Any", self.hook.backend).upload_dataset(self.hook, stream, name, size, sha256, examples)
                 self.log.info("Uploaded %s (%d bytes) as dataset %s, ready for training", name, size, dataset)
-                return self._pushed(context, dataset, size, examples, tokens)
+                return self._pushed(context, dataset, size, sha256, examples, tokens)
             if size > self.hook.upload_threshold:
                 self.hook.require("uploads")  # a file this large goes up in parts: refused before any request
             recorded = _digest_filename(name, sha256) if self.digest_in_filename else name
@@ -1197,17 +1331,21 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
         finally:
             stream.close()
         return self._pushed(
-            context, uploaded.id, uploaded.bytes if uploaded.bytes is not None else size, examples, tokens
+            context, uploaded.id, uploaded.bytes if uploaded.bytes is not None else size, sha256, examples, tokens
         )
 
     @staticmethod
-    def _pushed(context: Context, file_id: str, size: int, examples: int | None, tokens: int | None) -> str:
+    def _pushed(
+        context: Context, file_id: str, size: int, sha256: str, examples: int | None, tokens: int | None
+    ) -> str:
         """Push what the upload made and holds; return the file id (or dataset name)."""
         ti = context["ti"]
         ti.xcom_push(key="file_id", value=file_id)
         ti.xcom_push(key="bytes", value=size)
         ti.xcom_push(key="examples", value=examples)
         ti.xcom_push(key="estimated_tokens", value=tokens)
+        # The content's digest with the file id: a create task with skip_if_unchanged compares data by it.
+        ti.xcom_push(key="file_digest", value={"file_id": file_id, "sha256": sha256, "bytes": size})
         return file_id
 
     # -- once-only upload ----------------------------------------------------------------------------------
