@@ -57,13 +57,11 @@
   // -- the server -------------------------------------------------------------------------------------------
   async function call(path, options) {
     const init = Object.assign({ credentials: "same-origin", headers: {} }, options || {});
-    let response = await fetch(PREFIX + path, init);
-    // Airflow 3.1's UI keeps its token in local storage rather than in the cookie: try it once.
-    const stored = window.localStorage && localStorage.getItem("token");
-    if (response.status === 401 && stored) {
-      init.headers = Object.assign({}, init.headers, { Authorization: "Bearer " + stored });
-      response = await fetch(PREFIX + path, init);
+    // The page came with the token Airflow 3.1's UI keeps in local storage (static/signin.html): so do its calls.
+    if (document.body.dataset.auth === "bearer") {
+      init.headers = Object.assign({}, init.headers, { Authorization: "Bearer " + localStorage.getItem("token") });
     }
+    const response = await fetch(PREFIX + path, init);
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
       const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail || body);
@@ -222,6 +220,11 @@
         ? (job.service || "This service") + " gives no metrics for its jobs: there is no curve to draw."
         : "No metrics yet: the service has not reported any training step for this job." }));
     } else {
+      const source = job.curves || {};
+      parts.push(el("p", { class: "muted", id: "curves-source", "data-source": source.source || "",
+        text: source.source === "result_file"
+          ? "From the job's result file " + source.file_id + ": every step, " + m.length + " points."
+          : "From the job's metrics events: " + m.length + " points." }));
       parts.push(el("div", { class: "charts" },
         chart("loss-chart", "Loss by step", m, [
           { key: "train_loss", label: "train loss", cls: "train" },
