@@ -54,6 +54,8 @@ MODEL = "gpt-4o-mini-2024-07-18"
 #: The triggerer's watchdog line (airflow/jobs/triggerer_job_runner.py, ``block_watchdog``).
 BLOCKED = re.compile(r"Triggerer's async thread was blocked for ([0-9.]+) seconds")
 STARTUP_TIMEOUT = 180.0
+#: Task instances deferred per transaction.
+DEFER_BATCH = 25
 
 DAG_FILE = '''\
 """The benchmark's create task: deferrable, mapped over {n} jobs (its task instances are deferred directly)."""
@@ -327,20 +329,24 @@ def _defer(jobs_file: str, poll_interval: float) -> None:
             data_interval=(now, now),
         )
         session.add(run)
-        session.flush()
-        for index, job_id in enumerate(job_ids):
-            # The trigger as FineTuningJobOperator.execute defers on it (its defaults: no deadline).
-            row = Trigger.from_object(FineTuningJobTrigger(job_id, poll_interval=poll_interval))
-            session.add(row)
-            session.flush()
-            ti = TaskInstance(task, dag_version_id=version.id, run_id=run.run_id, map_index=index)
-            ti.state = TaskInstanceState.DEFERRED
-            ti.try_number = 1
-            ti.start_date = now
-            ti.trigger_id = row.id
-            ti.next_method = "execute_complete"
-            ti.next_kwargs = {}
-            session.add(ti)
+        run_id = run.run_id
+    # A transaction per batch, as the workers' defers come: SQLite locks the whole database while one is open,
+    # and the triggerer, writing its heartbeat meanwhile, would give up on it.
+    for start in range(0, len(job_ids), DEFER_BATCH):
+        with create_session() as session:
+            for index in range(start, min(start + DEFER_BATCH, len(job_ids))):
+                # The trigger as FineTuningJobOperator.execute defers on it (its defaults: no deadline).
+                row = Trigger.from_object(FineTuningJobTrigger(job_ids[index], poll_interval=poll_interval))
+                session.add(row)
+                session.flush()
+                ti = TaskInstance(task, dag_version_id=version.id, run_id=run_id, map_index=index)
+                ti.state = TaskInstanceState.DEFERRED
+                ti.try_number = 1
+                ti.start_date = now
+                ti.trigger_id = row.id
+                ti.next_method = "execute_complete"
+                ti.next_kwargs = {}
+                session.add(ti)
 
 
 def _states() -> None:

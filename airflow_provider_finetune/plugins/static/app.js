@@ -87,7 +87,7 @@
         if (value === "" || value === null) next.delete(key);
         else next.set(key, value);
       }
-      history.pushState(null, "", "?" + next);
+      history.pushState(null, "", "?" + [...next].map(([k, v]) => enc(k) + "=" + enc(v)).join("&"));
       route();
     };
     const filter = (name, label, values) =>
@@ -283,9 +283,26 @@
       el("a", { href: PREFIX + "/?job_id=" + enc(data.job.job_id), target: "_top", text: data.job.job_id })));
   }
 
+  // The page's query, "+" kept as it is: Airflow 3.1's UI puts a run id into the tab's URL unencoded, and the
+  // "+" of its time zone is no space (3.2+ encode it, and neither they nor this page write "+" for a space).
+  function pageParams() {
+    const params = new URLSearchParams();
+    for (const pair of location.search.replace(/^\?/, "").split("&")) {
+      if (!pair) continue;
+      const at = pair.indexOf("=");
+      const [key, value] = at < 0 ? [pair, ""] : [pair.slice(0, at), pair.slice(at + 1)];
+      try {
+        params.append(decodeURIComponent(key), decodeURIComponent(value));
+      } catch (error) {
+        params.append(key, value); // not percent-encoded after all
+      }
+    }
+    return params;
+  }
+
   async function route() {
     clearTimeout(refreshTimer);
-    const params = new URLSearchParams(location.search);
+    const params = pageParams();
     try {
       if (params.get("job_id")) await renderJobPage(params);
       else if (params.get("dag_id") && params.get("run_id") && params.get("task_id")) await renderTask(params);
