@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-airflow-$(AIRFLOW)
 
-.PHONY: venv test lint typecheck pytest test-oldest test-production dist demo emulator bench-emulator bench-triggers bench-imports clean
+.PHONY: venv test lint typecheck pytest test-oldest test-production dist demo emulator bench-emulator bench-triggers bench-triggerer bench-imports clean
 
 venv: $(STAMP)
 
@@ -60,6 +60,11 @@ bench-triggers: venv
 	$(BIN)/python tests/benchmarks/bench_triggers.py --n 100 1000 5000 --latency 0 0.1 --poll-interval 2
 	$(BIN)/uv pip install --quiet --python $(BIN)/python "$(OPENAI_PROVIDER)"
 	$(BIN)/python tests/benchmarks/bench_imports.py --runs 5
+
+# Not part of the test suite: 1,000 job waits in one real `airflow triggerer` (SQLite, an AIRFLOW_HOME of its
+# own); prints its blocked-loop warnings while the waits start, run and fire, and its memory per trigger (~25 min).
+bench-triggerer: venv
+	$(BIN)/python tests/benchmarks/bench_triggerer.py --n 1000
 
 # Not part of the test suite: import cost of the operators and sensors modules beside the openai provider's.
 bench-imports: venv

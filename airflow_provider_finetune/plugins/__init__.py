@@ -6,18 +6,27 @@ external views: the page in the navigation, and the same view, scoped to one tas
 every task instance (Airflow's plugins cannot name an operator; the tab of a task that made no job says so).
 The app is imported only where a FastAPI app is wanted (the api-server), so that workers and the scheduler,
 which load plugins too, do not import FastAPI for it.
+
+The icon is a ``data:`` URI: the navigation draws it with no request, so no credential is needed for it (on
+Airflow 3.1 an image request carries none: its UI keeps the token out of the cookie).
 """
 
 from __future__ import annotations
 
+import base64
+from importlib import resources
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-__all__ = ["URL_PREFIX", "FineTuningPlugin"]
+__all__ = ["ICON", "URL_PREFIX", "FineTuningPlugin"]
 
 #: Where the api-server mounts the app.
 URL_PREFIX = "/finetune"
+#: The page's icon (static/icon.svg) as a ``data:`` URI.
+ICON = "data:image/svg+xml;base64," + base64.b64encode(
+    (resources.files(__name__) / "static" / "icon.svg").read_bytes()
+).decode("ascii")
 
 
 class _LazyApp(dict[str, Any]):
@@ -43,14 +52,14 @@ class FineTuningPlugin(AirflowPlugin):
         {
             "name": "Fine-tuning",
             "href": f"{URL_PREFIX}/",
-            "icon": f"{URL_PREFIX}/static/icon.svg",
+            "icon": ICON,
             "url_route": "finetune",
             "destination": "nav",
         },
         {
             "name": "Fine-tuning job",
             "href": f"{URL_PREFIX}/?dag_id={{DAG_ID}}&run_id={{RUN_ID}}&task_id={{TASK_ID}}&map_index={{MAP_INDEX}}",
-            "icon": f"{URL_PREFIX}/static/icon.svg",
+            "icon": ICON,
             "url_route": "finetune_task",
             "destination": "task_instance",
         },

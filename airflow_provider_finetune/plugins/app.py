@@ -6,20 +6,30 @@ shown only to a user who may read its DAG, and pause, resume and cancel need edi
 Writes also refuse cross-site requests: the session cookie is ``SameSite=Lax`` already, and a write must carry
 a JSON body and come from this origin (``Origin`` and ``Sec-Fetch-Site`` are checked where the browser sends
 them). Nothing of a connection but its id and service reaches the browser.
+
+The page is one self-contained document (its script and style inline), so that one authenticated request
+shows it. Airflow 3.3's UI keeps the user's token in the ``_token`` cookie, which the page's request carries;
+Airflow 3.1's UI moves it into the browser's local storage and deletes the cookie, so the page that its
+navigation frames arrives with no credential. Such a browser request gets 401 with a page holding no data
+(``static/signin.html``) that asks for the page again with that token in the ``Authorization`` header, as the
+UI's own calls send it, and the page's calls then do the same.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import HTMLResponse
 
 from airflow_provider_finetune import job_actions, statuses
+from airflow_provider_finetune.plugins import ICON
+from airflow_provider_finetune.plugins.curves import ResultFiles
 from airflow_provider_finetune.plugins.jobs import (
     Directory,
     JobRecord,
@@ -38,9 +48,9 @@ log = logging.getLogger(__name__)
 MAX_EVENTS = 5000
 MAX_CHECKPOINTS = 500
 STATIC = resources.files("airflow_provider_finetune.plugins") / "static"
-_ASSETS = {"app.js": "text/javascript", "app.css": "text/css", "icon.svg": "image/svg+xml"}
 
 directory = Directory()
+result_files = ResultFiles()
 
 
 async def _user(request: Request) -> BaseUser:
@@ -49,10 +59,15 @@ async def _user(request: Request) -> BaseUser:
     from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
     from airflow.api_fastapi.core_api.security import resolve_user_from_token
 
-    header = request.headers.get("authorization", "")
-    if header[:7].lower() == "bearer ":
-        return await resolve_user_from_token(header[7:].strip())
+    bearer = _bearer(request)
+    if bearer is not None:
+        return await resolve_user_from_token(bearer)
     return await resolve_user_from_token(request.cookies.get(COOKIE_NAME_JWT_TOKEN))
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    return header[7:].strip() if header[:7].lower() == "bearer " else None
 
 
 # A real class, not a string: the FastAPI of Airflow 3.1 does not resolve a forward reference here.
@@ -102,25 +117,47 @@ def _same_origin(request: Request) -> None:
 
 
 app = FastAPI(title="Fine-tuning", docs_url=None, redoc_url=None, openapi_url=None)
+_NO_STORE = {"Cache-Control": "no-store"}
 
 
-def _static(name: str) -> FileResponse:
-    with resources.as_file(STATIC / name) as path:
-        return FileResponse(path, media_type=_ASSETS.get(name, "text/html"), headers={"Cache-Control": "no-cache"})
+@cache
+def _page_parts() -> tuple[str, str]:
+    """The page around its ``data-auth`` value, with the script, style and icon inline."""
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    for marker, text in (
+        ("<!--style-->", (STATIC / "app.css").read_text(encoding="utf-8")),
+        ("<!--script-->", (STATIC / "app.js").read_text(encoding="utf-8")),
+        ("<!--icon-->", ICON),
+    ):
+        page = page.replace(marker, text)
+    before, after = page.split("<!--auth-->")
+    return before, after
+
+
+def _navigation(request: Request) -> bool:
+    """Whether a browser asked for the page itself (in a tab or a frame), not a script for data."""
+    mode = request.headers.get("sec-fetch-mode")
+    if mode is not None:
+        return mode == "navigate"
+    return "text/html" in request.headers.get("accept", "")
 
 
 @app.get("/", response_class=HTMLResponse)
-def index(user: UserDep) -> HTMLResponse:
-    """The page: a shell that the script fills from the JSON routes below."""
-    return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
+async def index(request: Request) -> HTMLResponse:
+    """The page: a shell that its script fills from the JSON routes below.
 
-
-@app.get("/static/{name}")
-def asset(name: str, user: UserDep) -> FileResponse:
-    """The page's own script, style and icon, shipped in the wheel (no CDN)."""
-    if name not in _ASSETS:
-        raise HTTPException(404, "Not found")
-    return _static(name)
+    With no credential it is 401, as every route; a browser's page request then gets the sign-in page.
+    """
+    try:
+        await _user(request)
+    except HTTPException as refused:
+        if refused.status_code != 401 or not _navigation(request):
+            raise
+        signin = (STATIC / "signin.html").read_text(encoding="utf-8")
+        return HTMLResponse(signin, status_code=401, headers=_NO_STORE)
+    before, after = _page_parts()
+    auth = "bearer" if _bearer(request) is not None else "cookie"
+    return HTMLResponse(before + auth + after, headers=_NO_STORE)
 
 
 @app.get("/api/jobs")
@@ -188,17 +225,6 @@ def _hook_for(record: JobRecord, connections: list[str]) -> tuple[str, FineTunin
     return conn_id, directory.hook(conn_id)
 
 
-def _metrics(events: list[Any]) -> list[dict[str, Any]]:
-    by_step: dict[float, dict[str, Any]] = {}
-    for event in events:
-        data = event.data or {}
-        if event.type != "metrics" or not isinstance(data.get("step"), (int, float)):
-            continue
-        point = {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        by_step[data["step"]] = point  # the latest event of a step wins
-    return [by_step[step] for step in sorted(by_step)]
-
-
 def _best(checkpoints: list[dict[str, Any]]) -> str | None:
     def loss(c: dict[str, Any]) -> float | None:
         m = c["metrics"]
@@ -252,6 +278,7 @@ def _detail(user: BaseUser, record: JobRecord, session: Any) -> dict[str, Any]:
             if backend.supports(rule.capability) and rule.applies(status):
                 actions.append(rule.verb)
     view = directory.view(record).to_json()
+    curves = result_files.curves(conn_id, hook, job, events)
     return {
         **view,
         "status": status,
@@ -267,7 +294,8 @@ def _detail(user: BaseUser, record: JobRecord, session: Any) -> dict[str, Any]:
         else None,
         "job_url": hook.job_url(job.id),
         "supports": {name: backend.supports(name) for name in ("events", "checkpoints", "pause_resume", "cancel")},
-        "metrics": _metrics(events),
+        "metrics": curves.points,
+        "curves": {"source": curves.source, "file_id": curves.file_id},
         "events": [
             {"id": e.id, "created_at": e.created_at, "level": e.level, "type": e.type, "message": e.message}
             for e in events

@@ -2,13 +2,18 @@
 
 A trigger keeps nothing that a restart on another triggerer would lose: its deadline is absolute, and the
 events it has logged are re-read from the job. It shares the process-wide async client of its connection.
+
+The triggerer imports a trigger's module in its event loop, so this module is light: the hook, its models
+and its service dialects (over half a second to import) are imported by the first trigger's ``run`` in a
+worker thread (:func:`hook_class`), while the loop goes on serving the other triggers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.exceptions import AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -16,7 +21,6 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_finetune.budget import Budget
 from airflow_provider_finetune.early_stopping import EarlyStopping
 from airflow_provider_finetune.exceptions import FineTuningError
-from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.triggers.poller import shared_poller
 from airflow_provider_finetune.waiting import (
     TERMINAL,
@@ -26,7 +30,31 @@ from airflow_provider_finetune.waiting import (
     watch,
 )
 
-__all__ = ["FineTuningCheckpointTrigger", "FineTuningJobTrigger"]
+if TYPE_CHECKING:
+    from airflow_provider_finetune.hooks.finetune import FineTuningHook
+
+__all__ = ["FineTuningCheckpointTrigger", "FineTuningJobTrigger", "hook_class"]
+
+#: The connection a trigger uses when none is named (``FineTuningHook.default_conn_name``).
+DEFAULT_CONN_ID = "finetune_default"
+_HOOK_MODULE = "airflow_provider_finetune.hooks.finetune"
+_hook_class: type[FineTuningHook] | None = None
+
+
+async def hook_class() -> type[FineTuningHook]:
+    """The hook class, its module imported in a worker thread the first time, off the event loop.
+
+    Threads that import it at once wait on Python's import lock of the module, so each gets it whole.
+    """
+    global _hook_class
+    if _hook_class is None:
+        module = await asyncio.to_thread(importlib.import_module, _HOOK_MODULE)
+        _hook_class = module.FineTuningHook
+    return _hook_class
+
+
+async def _hook(conn_id: str) -> FineTuningHook:
+    return (await hook_class())(conn_id)
 
 
 class FineTuningJobTrigger(BaseTrigger):
@@ -58,7 +86,7 @@ class FineTuningJobTrigger(BaseTrigger):
         self,
         job_id: str,
         *,
-        finetune_conn_id: str = FineTuningHook.default_conn_name,
+        finetune_conn_id: str = DEFAULT_CONN_ID,
         poll_interval: float = 60.0,
         deadline: float | None = None,
         target_statuses: Sequence[str] = (),
@@ -98,12 +126,9 @@ class FineTuningJobTrigger(BaseTrigger):
             },
         )
 
-    def _hook(self) -> FineTuningHook:
-        return FineTuningHook(self.finetune_conn_id)
-
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll the job until the wait is over, logging progress; yield one event."""
-        hook = self._hook()
+        hook = await _hook(self.finetune_conn_id)
         try:
             poller = await shared_poller(hook)
         except (FineTuningError, AirflowNotFoundException) as err:  # no such connection, or unusable extras
@@ -137,7 +162,7 @@ class FineTuningJobTrigger(BaseTrigger):
         """Cancel the job when a person kills the deferred task (Airflow 3.3+ calls this)."""
         if not self.cancel_on_kill:
             return
-        hook = self._hook()
+        hook = await _hook(self.finetune_conn_id)
         try:
             job = await asyncio.wait_for(hook.aget_job(self.job_id), timeout=30)
             if job.status.value not in TERMINAL:
@@ -172,7 +197,7 @@ class FineTuningCheckpointTrigger(BaseTrigger):
         self,
         job_id: str,
         *,
-        finetune_conn_id: str = FineTuningHook.default_conn_name,
+        finetune_conn_id: str = DEFAULT_CONN_ID,
         min_checkpoints: int = 1,
         metric: str | None = None,
         threshold: float | None = None,
@@ -217,7 +242,7 @@ class FineTuningCheckpointTrigger(BaseTrigger):
         from airflow_provider_finetune.checkpoints import CheckpointCondition, ReadCheckpoints, watch_checkpoints
 
         condition = CheckpointCondition(self.min_checkpoints, self.metric, self.threshold, self.mode)
-        hook = FineTuningHook(self.finetune_conn_id)
+        hook = await _hook(self.finetune_conn_id)
         steps = watch_checkpoints(
             self.job_id,
             condition,

@@ -63,10 +63,17 @@ class Browser:
         self.user: str | None = None
 
     def sign_in(self, user: str) -> None:
-        self.driver.get(self.deployment.url + "/finetune/static/icon.svg")  # any page of the origin
-        self.driver.delete_all_cookies()
+        """Sign in as Airflow's login does: the token in the ``_token`` cookie (the UI may move it from there)."""
+        self.sign_out()
         self.driver.add_cookie({"name": "_token", "value": self.deployment.token(user), "path": "/"})
         self.user = user
+
+    def sign_out(self) -> None:
+        """Forget every credential of the origin: its cookies and the token Airflow 3.1's UI keeps in storage."""
+        self.driver.get(self.deployment.url + "/api/v2/version")  # any page of the origin
+        self.driver.delete_all_cookies()
+        self.driver.execute_script("window.localStorage.clear()")
+        self.user = None
 
     def open(self, path: str, *, wait_for: str = "body[data-ready='true']") -> None:
         self.driver.get(self.deployment.url + path)

@@ -2,7 +2,7 @@
 
 Shared by the browser tests (tests/ui) and the UI benchmark (tests/benchmarks/bench_ui.py). Two emulators
 run in this process: a fast one (``finetune_default``: a job trains to the end in a second or two) and a slow
-one (``finetune_slow``: a job stays on its way for minutes, so that it can be cancelled from the page), and a
+one (``finetune_slow``: a job stays queued for minutes, so that it can be cancelled from the page), and a
 third (``finetune_private``) for the jobs of the extra DAGs. Airflow runs as a user runs it: ``airflow db
 migrate``, ``airflow dags test`` for the jobs, ``airflow api-server``, with the simple auth manager narrowed by
 tests/ui/auth_manager.py and four users (admin, editor with the ``user`` role, viewer, and ``partial``, who may
@@ -96,7 +96,7 @@ class UIDeployment:
         self.header_secret = "hdr-" + secrets.token_hex(12)
         self.passwords = {name: "pw-" + secrets.token_hex(8) for name in USERS}
         self.fast = EmulatorServer(EmulatorConfig(api_key=self.api_key, speed=40, seed=7))
-        self.slow = EmulatorServer(EmulatorConfig(api_key=self.slow_key, speed=0.05, seed=8))
+        self.slow = EmulatorServer(EmulatorConfig(api_key=self.slow_key, speed=0.02, seed=8))
         self.private = EmulatorServer(EmulatorConfig(api_key=self.private_key, speed=0.05, seed=9))
         self.api_port = free_port()
         self.url = f"http://127.0.0.1:{self.api_port}"
@@ -240,6 +240,17 @@ class UIDeployment:
         )
         response.raise_for_status()
         return response.json()
+
+    def result_steps(self, job_id: str) -> list[int]:
+        """The steps of the rows of the job's result file, read from the service itself."""
+        (file_id,) = self.emulator_get(False, f"/fine_tuning/jobs/{job_id}")["result_files"]
+        response = httpx.get(
+            f"{self.fast.base_url}/files/{file_id}/content",
+            headers={"Authorization": f"Bearer {self.api_key}"},
+            timeout=30,
+        )
+        response.raise_for_status()
+        return [int(line.split(",")[0]) for line in response.text.splitlines()[1:] if line]
 
     def metric_steps(self, job_id: str) -> set[int]:
         """The steps of the job's metrics events, read from the service itself."""

@@ -23,9 +23,9 @@ from tests.ui.harness import DAG_ID, UIDeployment
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 API_RESPONSES: list[httpx.Response] = []
-# Airflow 3.1's UI answered its plugin routes (/plugin/<url_route>) with 401 to a cookie-only browser in this
-# setup: the page itself works there (every other test), its place in Airflow's own navigation is checked on 3.2+.
-_OLD_UI = Version(airflow.__version__).release < (3, 2)
+# How the page framed by Airflow's UI is signed in: Airflow 3.1's UI moves its token from the cookie into local
+# storage (the page then sends it in a header), 3.2+ keeps it in the cookie.
+FRAMED_AUTH = "bearer" if Version(airflow.__version__).release < (3, 2) else "cookie"
 
 
 def _keep(response: httpx.Response) -> httpx.Response:
@@ -59,7 +59,6 @@ def test_the_plugin_is_registered_by_installing_the_package(deployment: UIDeploy
     ("method", "path"),
     [
         ("GET", "/finetune/"),
-        ("GET", "/finetune/static/app.js"),
         ("GET", "/finetune/api/jobs"),
         ("GET", "/finetune/api/jobs/ftjob-x"),
         ("GET", f"/finetune/api/task?dag_id={DAG_ID}&run_id=r&task_id=fine_tune"),
@@ -100,7 +99,6 @@ def test_the_list_shows_the_jobs_newest_first(
     browser.open("/finetune/?dag_id=nope", wait_for="#empty")
 
 
-@pytest.mark.skipif(_OLD_UI, reason="Airflow 3.1's UI route for plugins is checked on 3.2+ only")
 def test_the_page_is_in_the_airflow_navigation(browser: Browser, deployment: UIDeployment) -> None:
     browser.sign_in("admin")
     browser.driver.get(deployment.url + "/plugin/finetune")
@@ -108,22 +106,36 @@ def test_the_page_is_in_the_airflow_navigation(browser: Browser, deployment: UID
     browser.driver.switch_to.frame(frame)
     try:
         browser.wait("#jobs")
+        assert browser.find("body")[0].get_attribute("data-auth") == FRAMED_AUTH
     finally:
         browser.driver.switch_to.default_content()
+    icon = browser.find("img[src^='data:image/svg+xml']")  # the navigation's icon needs no request
+    assert icon
     browser.record()
 
 
-def test_a_curve_has_one_point_per_metrics_step(
+def test_a_browser_with_no_session_gets_no_data(browser: Browser, deployment: UIDeployment) -> None:
+    browser.sign_out()
+    browser.open("/finetune/", wait_for="body[data-ready='true']")
+    assert browser.find("body")[0].get_attribute("data-auth") == "none"
+    assert "Not signed in" in browser.find("#signin")[0].text
+    assert not browser.find("#jobs")
+
+
+def test_a_curve_from_the_result_file_has_one_point_per_row(
     browser: Browser, deployment: UIDeployment, jobs: dict[str, Any], tmp_path: Any
 ) -> None:
-    steps = deployment.metric_steps(jobs["done"])
-    assert len(steps) > 5
+    # The job trained 120 steps: its metrics events report every other step, its result file every step.
+    rows = deployment.result_steps(jobs["done"])
+    events = deployment.metric_steps(jobs["done"])
+    assert len(rows) > len(events) > 5
     browser.sign_in("admin")
     browser.open(f"/finetune/?job_id={jobs['done']}", wait_for="#loss-chart")
+    assert browser.find("#curves-source")[0].get_attribute("data-source") == "result_file"
     for series in ("train_loss", "valid_loss"):
         points = browser.find(f"#loss-chart circle[data-series='{series}']")
-        assert sorted(int(float(p.get_attribute("data-step"))) for p in points) == sorted(steps), series
-    assert len(browser.find("#accuracy-chart circle[data-series='train_mean_token_accuracy']")) == len(steps)
+        assert sorted(int(float(p.get_attribute("data-step"))) for p in points) == rows, series
+    assert len(browser.find("#accuracy-chart circle[data-series='train_mean_token_accuracy']")) == len(rows)
     checkpoints = browser.find("#checkpoints tbody tr")
     assert checkpoints
     assert len(browser.find("#checkpoints tr.best .badge")) == 1
@@ -138,15 +150,15 @@ def test_the_task_instance_tab_shows_that_tasks_job(
 ) -> None:
     browser.sign_in("admin")
     run = jobs["run_id"]
-    if not _OLD_UI:
-        browser.driver.get(f"{deployment.url}/dags/{DAG_ID}/runs/{run}/tasks/fine_tune/plugin/finetune_task")
-        frame = browser.wait("iframe[src*='task_id=fine_tune']", timeout=60)
-        browser.driver.switch_to.frame(frame)
-        try:
-            browser.wait("#loss-chart")
-            assert jobs["done"] in browser.find("h1")[0].text
-        finally:
-            browser.driver.switch_to.default_content()
+    browser.driver.get(f"{deployment.url}/dags/{DAG_ID}/runs/{run}/tasks/fine_tune/plugin/finetune_task")
+    frame = browser.wait("iframe[src*='task_id=fine_tune']", timeout=60)
+    browser.driver.switch_to.frame(frame)
+    try:
+        browser.wait("#loss-chart")
+        assert jobs["done"] in browser.find("h1")[0].text
+        assert browser.find("body")[0].get_attribute("data-auth") == FRAMED_AUTH
+    finally:
+        browser.driver.switch_to.default_content()
     browser.open(
         "/finetune/?" + urlencode({"dag_id": DAG_ID, "run_id": run, "task_id": "fine_tune"}), wait_for="#loss-chart"
     )

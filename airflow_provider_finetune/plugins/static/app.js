@@ -57,13 +57,11 @@
   // -- the server -------------------------------------------------------------------------------------------
   async function call(path, options) {
     const init = Object.assign({ credentials: "same-origin", headers: {} }, options || {});
-    let response = await fetch(PREFIX + path, init);
-    // Airflow 3.1's UI keeps its token in local storage rather than in the cookie: try it once.
-    const stored = window.localStorage && localStorage.getItem("token");
-    if (response.status === 401 && stored) {
-      init.headers = Object.assign({}, init.headers, { Authorization: "Bearer " + stored });
-      response = await fetch(PREFIX + path, init);
+    // The page came with the token Airflow 3.1's UI keeps in local storage (static/signin.html): so do its calls.
+    if (document.body.dataset.auth === "bearer") {
+      init.headers = Object.assign({}, init.headers, { Authorization: "Bearer " + localStorage.getItem("token") });
     }
+    const response = await fetch(PREFIX + path, init);
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
       const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail || body);
@@ -89,7 +87,7 @@
         if (value === "" || value === null) next.delete(key);
         else next.set(key, value);
       }
-      history.pushState(null, "", "?" + next);
+      history.pushState(null, "", "?" + [...next].map(([k, v]) => enc(k) + "=" + enc(v)).join("&"));
       route();
     };
     const filter = (name, label, values) =>
@@ -222,6 +220,11 @@
         ? (job.service || "This service") + " gives no metrics for its jobs: there is no curve to draw."
         : "No metrics yet: the service has not reported any training step for this job." }));
     } else {
+      const source = job.curves || {};
+      parts.push(el("p", { class: "muted", id: "curves-source", "data-source": source.source || "",
+        text: source.source === "result_file"
+          ? "From the job's result file " + source.file_id + ": every step, " + m.length + " points."
+          : "From the job's metrics events: " + m.length + " points." }));
       parts.push(el("div", { class: "charts" },
         chart("loss-chart", "Loss by step", m, [
           { key: "train_loss", label: "train loss", cls: "train" },
@@ -280,9 +283,26 @@
       el("a", { href: PREFIX + "/?job_id=" + enc(data.job.job_id), target: "_top", text: data.job.job_id })));
   }
 
+  // The page's query, "+" kept as it is: Airflow 3.1's UI puts a run id into the tab's URL unencoded, and the
+  // "+" of its time zone is no space (3.2+ encode it, and neither they nor this page write "+" for a space).
+  function pageParams() {
+    const params = new URLSearchParams();
+    for (const pair of location.search.replace(/^\?/, "").split("&")) {
+      if (!pair) continue;
+      const at = pair.indexOf("=");
+      const [key, value] = at < 0 ? [pair, ""] : [pair.slice(0, at), pair.slice(at + 1)];
+      try {
+        params.append(decodeURIComponent(key), decodeURIComponent(value));
+      } catch (error) {
+        params.append(key, value); // not percent-encoded after all
+      }
+    }
+    return params;
+  }
+
   async function route() {
     clearTimeout(refreshTimer);
-    const params = new URLSearchParams(location.search);
+    const params = pageParams();
     try {
       if (params.get("job_id")) await renderJobPage(params);
       else if (params.get("dag_id") && params.get("run_id") && params.get("task_id")) await renderTask(params);

@@ -27,7 +27,8 @@ with DAG(
         model=MODEL,
         training_file=upload.output,
         validation_file=upload_valid.output,
-        hyperparameters={"n_epochs": 3},
+        # 12 examples x 10 epochs: 120 steps, more than the emulator reports metrics events for (100).
+        hyperparameters={"n_epochs": 10},
         suffix="support",
         poll_interval=0.2,
         deferrable=False,
