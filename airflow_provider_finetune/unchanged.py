@@ -40,6 +40,7 @@ __all__ = [
     "RECORD_KEY",
     "REUSED_KEY",
     "SKIPPED_KEY",
+    "TRAINED_KEY",
     "TrainingRecord",
     "data_digest",
     "file_digests",
@@ -60,6 +61,8 @@ RECORD_KEY = "training_record"
 REUSED_KEY = "reused_job_id"
 #: XCom of a run that returned an earlier job's model: why, in words.
 SKIPPED_KEY = "skipped_because"
+#: XCom key of why a run with ``skip_if_unchanged`` trained all the same.
+TRAINED_KEY = "trained_because"
 #: XCom the upload operator pushes: ``{"file_id", "sha256", "bytes"}`` of the file it uploaded.
 FILE_DIGEST_KEY = "file_digest"
 #: The request fields that reference training data (replaced by the data's digest).

@@ -755,8 +755,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         ti = context["ti"]
         digests, unknown = unchanged.file_digests(self.hook, request, self._uploaded_digests(context))
         if unknown is not None:
-            self.log.info("Training: %s", unknown)
-            return request, None
+            return self._train_because(ti, unknown, request), None
         digest = unchanged.data_digest(digests)
         fingerprint = unchanged.settings_fingerprint(request.to_body())
         ti.xcom_push(key=unchanged.DIGEST_KEY, value=digest)
@@ -767,15 +766,15 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             tagged = unchanged.tagged_metadata(request.metadata, digest, fingerprint, limit)
             request = request.model_copy(update={"metadata": tagged})
         if self._has_own_job(context):
-            self.log.info("Training: an earlier try of this task instance made a job, which is reattached to")
-            return request, None
+            return self._train_because(
+                ti, "an earlier try of this task instance made a job, which is reattached to", request
+            ), None
         pulled = ti.xcom_pull(
             task_ids=ti.task_id, key=unchanged.RECORD_KEY, include_prior_dates=True, map_indexes=_map_index(ti)
         )
         record = unchanged.TrainingRecord.from_json(pulled)
         if record is None:
-            self.log.info("Training: no earlier successful job of this task to compare with")
-            return request, None
+            return self._train_because(ti, "no earlier successful job of this task to compare with", request), None
         job, why = unchanged.reuse_refusal(
             record,
             digest=digest,
@@ -785,8 +784,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             hook=self.hook,
         )
         if job is None:
-            self.log.info("Training: %s", why)
-            return request, None
+            return self._train_because(ti, why, request), None
         self.log.info("Not training again, nothing paid: %s. Returning its model %s", why, job.fine_tuned_model)
         self.job_id = job.id
         self._push_job(context, job)
@@ -794,6 +792,14 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         self._reused_job_id = job.id
         ti.xcom_push(key=unchanged.SKIPPED_KEY, value=why)
         return request, self._finish(context, job)
+
+    def _train_because(self, ti: Any, why: str, request: CreateFineTuningJobRequest) -> CreateFineTuningJobRequest:
+        """Say, in the log and XCom (``trained_because``), why this run trains instead of reusing a model."""
+        from airflow_provider_finetune.unchanged import TRAINED_KEY
+
+        self.log.info("Training: %s", why)
+        ti.xcom_push(key=TRAINED_KEY, value=why)
+        return request
 
     def _uploaded_digests(self, context: Context) -> dict[str, Any]:
         """What the upstream upload tasks recorded of their files (content SHA-256, size), by file id."""

@@ -132,18 +132,16 @@ def _rewrite_record(dag_id: str, run_id: str, **changes: Any) -> None:
         row.value = {**XComModel.deserialize_value(row), **changes}
 
 
-def _succeeded(hook: FineTuningHook, job_id: str) -> Any:
+def _reaches(hook: FineTuningHook, job_id: str, status: str = "succeeded") -> Any:
     deadline = time.monotonic() + 60
-    while (job := hook.get_job(job_id)).status != "succeeded":
+    while (job := hook.get_job(job_id)).status != status:
         assert not job.status.is_terminal(), job.status
         assert time.monotonic() < deadline
         time.sleep(0.2)
     return job
 
 
-def test_the_record_alone_is_never_trusted(
-    airflow_db: None, emulator: Emulator, weeks: Weeks, capfd: pytest.CaptureFixture[str]
-) -> None:
+def test_the_record_alone_is_never_trusted(airflow_db: None, emulator: Emulator, weeks: Weeks) -> None:
     hook = FineTuningHook()
     file_id = hook.upload_file(chat_lines(prefix="trust "), filename="train.jsonl").id
     dag_id = "ft_unchanged_file_id"
@@ -153,21 +151,22 @@ def test_the_record_alone_is_never_trusted(
     failed = hook.create_job(
         {"model": "gpt-4o-mini-2024-07-18", "training_file": file_id, "metadata": {"emulator_force_failure": "x"}}
     )
+    _reaches(hook, failed.id, "failed")
     _rewrite_record(dag_id, first_run.run_id, job_id=failed.id)
     second_run, second = run(dag_id, weeks(), training_file=file_id, suffix="trust")
     assert "reused_job_id" not in second
     assert second["job_id"] not in (first["job_id"], failed.id)
-    assert f"Training: the service says job {failed.id} is failed, not succeeded" in capfd.readouterr().out
+    assert second["trained_because"] == f"the service says job {failed.id} is failed, not succeeded"
 
     # The record names a job of the service that is not this task's (its own tag says another digest).
     stranger = hook.create_job({"model": "gpt-4o-mini-2024-07-18", "training_file": file_id, "suffix": "trust"})
-    stranger = _succeeded(hook, stranger.id)
+    stranger = _reaches(hook, stranger.id)
     _rewrite_record(dag_id, second_run.run_id, job_id=stranger.id, fine_tuned_model=stranger.fine_tuned_model)
     _, third = run(dag_id, weeks(), training_file=file_id, suffix="trust")
     assert "reused_job_id" not in third
     assert emulator.counters()["jobs_created"] == 5  # three runs, the failed job and the stranger
-    reason = f"Training: job {stranger.id} does not carry this run's training data digest and request fingerprint"
-    assert reason in capfd.readouterr().out
+    reason = f"job {stranger.id} does not carry this run's training data digest and request fingerprint"
+    assert third["trained_because"] == reason
 
 
 def test_digest_of_the_data_is_by_role() -> None:
