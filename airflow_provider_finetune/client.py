@@ -78,10 +78,12 @@ class ConnectionSettings:
     :param api_type: the older spelling of the service: ``azure`` means ``service="azure"``.
     :param api_version: ``api-version`` query parameter sent with every request (Azure), if set.
     :param auth: how to authenticate where a service offers more than one way (Azure: ``key`` or
-        ``entra``); empty for the service's default.
+        ``entra``; Bedrock: ``key``, a Bedrock API key, or ``sigv4``); empty for the service's default.
     :param extra_headers: more headers for every request (gateways such as Portkey or LiteLLM).
     :param timeout: seconds to wait for the service (connecting takes at most 10 of them).
     :param max_retries: how often a transient failure is retried before it is raised.
+    :param aws_conn_id: the Airflow AWS connection whose credentials sign requests (Bedrock with ``sigv4``).
+    :param region_name: the AWS region (Bedrock); the AWS connection's when ``None``.
     """
 
     base_url: str = DEFAULT_BASE_URL
@@ -96,6 +98,8 @@ class ConnectionSettings:
     extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
+    aws_conn_id: str | None = None
+    region_name: str | None = None
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -106,10 +110,16 @@ class ConnectionSettings:
             raise InvalidRequestError(f"api_type must be 'openai' or 'azure', got {self.api_type!r}", field="api_type")
         if self.api_type == "azure" and self.service == "openai":
             object.__setattr__(self, "service", "azure")
-        if self.auth not in (None, "key", "entra"):
-            raise InvalidRequestError(f"auth must be 'key' or 'entra', got {self.auth!r}", field="auth")
+        if self.auth not in (None, "key", "entra", "sigv4"):
+            raise InvalidRequestError(f"auth must be 'key', 'entra' or 'sigv4', got {self.auth!r}", field="auth")
         if self.auth == "entra" and self.service != "azure":
             raise InvalidRequestError("auth 'entra' (Microsoft Entra ID) is for service 'azure' only", field="auth")
+        if self.auth == "sigv4" and not (
+            self.service == "bedrock" or (self.service == "openai-compatible" and self.preset == "bedrock-mantle")
+        ):
+            raise InvalidRequestError(
+                "auth 'sigv4' (AWS credentials) is for service 'bedrock' and preset 'bedrock-mantle' only", field="auth"
+            )
         if self.service not in SERVICES:
             raise InvalidRequestError(
                 f"service must be one of {', '.join(SERVICES)}, got {self.service!r}", field="service"
@@ -152,6 +162,8 @@ class ConnectionSettings:
                 self.auth,
                 sorted(self.extra_headers.items()),
                 self.timeout,
+                self.aws_conn_id,
+                self.region_name,
             ]
         )
         return hashlib.sha256(blob.encode()).hexdigest()
@@ -327,6 +339,8 @@ class ErrorFields:
     :param param: the request field at fault (Azure calls it ``target``).
     :param error_type: the error's type or category.
     :param request_id: the id the service gave the request, for its support.
+    :param error_class: the error class the service's own error type calls for, where its HTTP status does not
+        say (AWS answers a name in use with 400 ``ConflictException``); the status decides when ``None``.
     """
 
     message: str = ""
@@ -334,6 +348,7 @@ class ErrorFields:
     param: str | None = None
     error_type: str | None = None
     request_id: str | None = None
+    error_class: type[FineTuningAPIError] | None = None
 
 
 #: Reads an error answer (its JSON body, or ``None`` when it had none) into :class:`ErrorFields`.
@@ -370,7 +385,7 @@ def _api_error(response: httpx.Response, settings: ConnectionSettings, read_erro
         message = response.reason_phrase or "error"
     if isinstance(body, dict | list):
         body = json.loads(settings.redact(json.dumps(body)))
-    cls = api_error_for_status(response.status_code)
+    cls = fields.error_class or api_error_for_status(response.status_code)
     # Every text that comes from the answer is shown to people, so none of it may carry a secret back.
     return cls(
         response.status_code,

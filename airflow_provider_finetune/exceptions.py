@@ -32,6 +32,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
+    "ServiceQuotaExceededError",
     "UnprocessableEntityError",
     "UnsafeToRetryError",
     "UnsupportedCapabilityError",
@@ -195,6 +196,13 @@ class UnprocessableEntityError(FineTuningAPIError):
 
 class RateLimitError(FineTuningAPIError):
     """429: too many requests, or the quota is used up."""
+
+
+class ServiceQuotaExceededError(BadRequestError):
+    """The account's quota for what was asked is used up (AWS ``ServiceQuotaExceededException``).
+
+    Not retried: waiting a few seconds does not raise a quota.
+    """
 
 
 class InternalServerError(FineTuningAPIError):

@@ -188,6 +188,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
     :param max_consecutive_errors: failed polls in a row (after the hook's retries) that fail the wait.
     :param on_changed_request: what to do when this task instance's job was made from another request:
         ``cancel_and_create`` (cancel it if it still runs, then create anew) or ``fail``.
+    :param service_options: the options only the connection's service has, checked by its backend before any
+        request (AWS Bedrock: ``role_arn``, ``output_s3_uri``, ``customization_type``, ``hyperparameters``...).
     """
 
     template_fields: Sequence[str] = (
@@ -200,12 +202,14 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         "seed",
         "metadata",
         "integrations",
+        "service_options",
     )
     template_fields_renderers = {
         "method": "json",
         "hyperparameters": "json",
         "metadata": "json",
         "integrations": "json",
+        "service_options": "json",
     }
     operator_extra_links = (FineTuningJobLink(),)
     ui_color = "#e8f0fe"
@@ -231,9 +235,11 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         cancel_on_timeout: bool = True,
         max_consecutive_errors: int = 10,
         on_changed_request: str = "cancel_and_create",
+        service_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(finetune_conn_id=finetune_conn_id, **kwargs)
+        self.service_options = service_options
         if on_changed_request not in ("cancel_and_create", "fail"):
             raise ValueError(f"on_changed_request must be 'cancel_and_create' or 'fail', got {on_changed_request!r}")
         self.on_changed_request = on_changed_request
@@ -287,6 +293,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             identity=identity,
             on_changed_request=self.on_changed_request,  # type: ignore[arg-type]
             state=context.get("task_state_store"),
+            service_options=self.service_options or None,
         )
         self.log.info("%s fine-tuning job %s (%s)", "Created" if created else "Reattached to", job.id, job.status)
         self.job_id = job.id
@@ -375,6 +382,9 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         ti.xcom_push(key="result_files", value=list(job.result_files))
         ti.xcom_push(key="checkpoints", value=checkpoints)
         ti.xcom_push(key="fine_tuned_model", value=job.fine_tuned_model)
+        for key in ("training_metrics", "validation_metrics"):  # services that report metrics on the job (Bedrock)
+            if (job.model_extra or {}).get(key) is not None:
+                ti.xcom_push(key=key, value=job.model_extra[key])  # type: ignore[index]
         self.log.info("Fine-tuning job %s succeeded: %s", job.id, job.fine_tuned_model)
         return job.fine_tuned_model
 
