@@ -39,6 +39,7 @@ import hmac
 import json
 import logging
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -50,6 +51,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from airflow_provider_finetune.emulator.azure import azure_error, azure_routes, surface_of
+from airflow_provider_finetune.emulator.bedrock import bedrock_routes
+from airflow_provider_finetune.emulator.bedrock_errors import is_bedrock_path
 from airflow_provider_finetune.emulator.config import EmulatorConfig
 from airflow_provider_finetune.emulator.counters import Counters
 from airflow_provider_finetune.emulator.errors import APIError, error_body_for_path, invalid_request
@@ -136,7 +139,7 @@ class EmulatorApp:
             await self.app(scope, receive, send)
             return
         request_id = b"req_" + secrets.token_hex(16).encode()
-        api = scope["path"].startswith(("/v1/", "/openai/"))
+        api = scope["path"].startswith(("/v1/", "/openai/")) or is_bedrock_path(scope["path"])
         azure = surface_of(scope["path"]) is not None
         statuses = self.emulator.counters.statuses if api else None
         if api:
@@ -170,6 +173,7 @@ def create_app(config: EmulatorConfig | None = None) -> EmulatorApp:
         emulator.close()
 
     routes = _api_routes(emulator) + _azure_routes(emulator) + _admin_routes(emulator)
+    routes += bedrock_routes(emulator, lambda: str(uuid.uuid4()))
     router = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     router.state.emulator = emulator
     faults = FaultMiddleware(router, config.faults, emulator.counters)
