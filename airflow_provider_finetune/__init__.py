@@ -46,7 +46,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "Fine-tuning",
-                "python-modules": ["airflow_provider_finetune.operators.finetune"],
+                "python-modules": [
+                    "airflow_provider_finetune.operators.finetune",
+                    "airflow_provider_finetune.operators.bedrock",
+                ],
             }
         ],
         "sensors": [
@@ -58,7 +61,10 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": "Fine-tuning",
-                "python-modules": ["airflow_provider_finetune.triggers.finetune"],
+                "python-modules": [
+                    "airflow_provider_finetune.triggers.finetune",
+                    "airflow_provider_finetune.triggers.bedrock",
+                ],
             }
         ],
         "extra-links": ["airflow_provider_finetune.links.finetune.FineTuningJobLink"],
