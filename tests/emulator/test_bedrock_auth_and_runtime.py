@@ -248,3 +248,40 @@ def test_deployment_creating_active_converse_and_delete(
     with pytest.raises(ClientError) as caught:
         runtime.converse(modelId=deployment_arn, messages=[question])
     assert error_of(caught) == (404, "ResourceNotFoundException")
+
+
+# -- command line ----------------------------------------------------------------------------------------
+
+
+def test_the_command_line_sets_the_bedrock_dialect(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_finetune.emulator.__main__ import build_parser, config_from_args
+
+    monkeypatch.setenv("FINETUNE_EMULATOR_AWS_SECRET_ACCESS_KEY", "secret-from-env")
+    monkeypatch.setenv("FINETUNE_EMULATOR_BEDROCK_API_KEY", "ABSK-from-env")
+    args = build_parser().parse_args(
+        [
+            "--aws-access-key-id",
+            "AKIAFROMFLAG00000000",
+            "--aws-region",
+            "eu-west-1",
+            "--aws-account-id",
+            "210987654321",
+            "--s3-endpoint-url",
+            "http://127.0.0.1:5000",
+            "--deployment-seconds",
+            "2",
+        ]
+    )
+    config = config_from_args(args).bedrock
+    assert (config.access_key_id, config.secret_access_key, config.api_key) == (
+        "AKIAFROMFLAG00000000",
+        "secret-from-env",
+        "ABSK-from-env",
+    )
+    assert (config.region, config.account_id, config.s3_endpoint_url, config.deployment_seconds) == (
+        "eu-west-1",
+        "210987654321",
+        "http://127.0.0.1:5000",
+        2.0,
+    )
+    assert "secret-from-env" not in repr(config) and "ABSK-from-env" not in repr(config)
