@@ -25,6 +25,7 @@ ARN a create request can name), ``bucket`` (an S3 bucket of its own, already mad
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from collections.abc import Callable, Iterator
@@ -59,6 +60,14 @@ ROLE_ARN = "arn:aws:iam::123456789012:role/BedrockFineTuning"
 FAST_SPEED = 600.0
 
 _buckets = itertools.count(1)
+
+
+@functools.cache
+def _session() -> Any:
+    """One boto3 session for every test client: the service models are read once."""
+    import boto3
+
+    return boto3.session.Session()
 
 
 def conversation_records(count: int = 8, *, start: int = 0) -> list[dict[str, Any]]:
@@ -113,14 +122,13 @@ class BedrockEmulator:
         return self._clients[key]
 
     def _new_client(self, service: str, secret: str | None, **config: Any) -> Any:
-        import boto3
         from botocore.config import Config
 
         endpoints = {"bedrock": self.control_url, "bedrock-runtime": self.runtime_url, "s3": self.s3_endpoint_url}
         config.setdefault("retries", {"total_max_attempts": 1})
         if service == "s3":
             config.setdefault("s3", {"addressing_style": "path"})
-        return boto3.session.Session().client(
+        return _session().client(
             service,  # type: ignore[call-overload]
             region_name=self.region,
             endpoint_url=endpoints[service],

@@ -15,6 +15,10 @@ details in :mod:`airflow_provider_finetune.emulator.azure`), with the server's r
 
 Their answers carry ``apim-request-id`` and their errors have Azure's shapes.
 
+AWS Bedrock's control plane and runtime are served under ``/bedrock`` and ``/bedrock-runtime`` (boto3's
+``endpoint_url``), with SigV4 checked by botocore and AWS's errors
+(:mod:`airflow_provider_finetune.emulator.bedrock`).
+
 Every answer carries ``x-request-id``; every error has the API's shape
 ``{"error": {"message", "type", "param", "code"}}``. Requests authenticate with
 ``Authorization: Bearer <key>`` or ``api-key: <key>``; the checkpoint permission endpoints need the admin

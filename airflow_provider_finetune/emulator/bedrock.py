@@ -93,6 +93,7 @@ class BedrockDialect:
         prepared = self.jobs.prepare(body)
         if isinstance(prepared, str):
             return prepared
+        self.s3.connect()
         training = await asyncio.to_thread(self._read, body["trainingDataConfig"]["s3Uri"])
         validators = (body.get("validationDataConfig") or {}).get("validators") or []
         checked = await asyncio.to_thread(self._read, validators[0]["s3Uri"]) if validators else None
@@ -107,6 +108,7 @@ class BedrockDialect:
     async def write_outputs(self) -> None:
         """Write the metrics files of jobs that have completed since the last look, to their output S3 URI."""
         for job, files in self.jobs.pending_outputs():
+            self.s3.connect()
             try:
                 for uri, data in files.items():
                     await asyncio.to_thread(self.s3.write, uri, data)

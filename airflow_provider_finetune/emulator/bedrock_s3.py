@@ -41,14 +41,18 @@ class S3Storage:
         self._client: Any = None
         self._lock = threading.Lock()
 
+    def connect(self) -> None:
+        """Make the S3 client now (in the event loop's thread: botocore's session is not shared across threads)."""
+        self._s3()
+
     def _s3(self) -> Any:
         with self._lock:
             if self._client is None:
                 import botocore.config
-                import botocore.session
 
-                session = botocore.session.Session()
-                self._client = session.create_client(
+                from airflow_provider_finetune.emulator.bedrock_shapes import botocore_session
+
+                self._client = botocore_session().create_client(
                     "s3",
                     region_name=self._config.region,
                     endpoint_url=self._config.s3_endpoint_url,

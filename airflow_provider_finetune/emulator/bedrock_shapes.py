@@ -17,14 +17,25 @@ from typing import Any
 
 from airflow_provider_finetune.emulator.bedrock_errors import AWSError, validation
 
-__all__ = ["check_input", "read_query"]
+__all__ = ["botocore_session", "check_input", "read_query"]
+
+
+@functools.cache
+def botocore_session() -> Any:
+    """One botocore session for the emulator: its loader reads each service model once."""
+    import botocore.session
+
+    return botocore.session.Session()
+
+
+@functools.cache
+def _service(service: str) -> Any:
+    return botocore_session().get_service_model(service)
 
 
 @functools.cache
 def _operation(service: str, name: str) -> Any:
-    import botocore.session
-
-    return botocore.session.get_session().get_service_model(service).operation_model(name)
+    return _service(service).operation_model(name)
 
 
 @functools.cache
