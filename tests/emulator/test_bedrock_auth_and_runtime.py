@@ -3,6 +3,7 @@ custom models, deployments and Converse, driven by boto3's ``bedrock`` and ``bed
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
 from airflow_provider_finetune.emulator import FaultConfig, ManualClock
 from tests.bedrock_fixtures import (
@@ -95,6 +96,19 @@ def test_a_credential_scoped_elsewhere_is_refused(
     assert message in answer.json()["message"]
 
 
+def test_a_request_signed_twenty_minutes_ago_has_expired(
+    bedrock: BedrockEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import botocore.auth
+
+    now = botocore.auth.get_current_datetime()
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now - datetime.timedelta(minutes=20))
+    with pytest.raises(ClientError) as caught:
+        bedrock.client().list_model_customization_jobs()
+    assert error_of(caught) == (403, "InvalidSignatureException")
+    assert "Signature expired" in caught.value.response["Error"]["Message"]
+
+
 def test_no_authorization_is_a_missing_token(bedrock: BedrockEmulator) -> None:
     answer = httpx.get(bedrock.control_url + "/model-customization-jobs", timeout=10)
     assert answer.status_code == 403
@@ -146,6 +160,15 @@ def test_throttling_is_a_throttling_exception(make_bedrock: Callable[..., Bedroc
         emu.client().list_model_customization_jobs()
     assert error_of(caught) == (429, "ThrottlingException")
     assert emu.server.emulator.counters.faults["429"] == 1
+
+
+def test_a_dropped_connection_reaches_boto3_as_a_connection_error(
+    make_bedrock: Callable[..., BedrockEmulator],
+) -> None:
+    emu = make_bedrock(faults=FaultConfig(drop_rate=1.0, match="/bedrock/"))
+    with pytest.raises((ConnectionClosedError, EndpointConnectionError)):
+        emu.client().list_model_customization_jobs()
+    assert emu.server.emulator.counters.faults["drop"] == 1
 
 
 def test_server_errors_and_lost_create_answers(make_bedrock: Callable[..., BedrockEmulator]) -> None:
@@ -284,4 +307,5 @@ def test_the_command_line_sets_the_bedrock_dialect(monkeypatch: pytest.MonkeyPat
         "http://127.0.0.1:5000",
         2.0,
     )
-    assert "secret-from-env" not in repr(config) and "ABSK-from-env" not in repr(config)
+    assert "secret-from-env" not in repr(config)
+    assert "ABSK-from-env" not in repr(config)
