@@ -45,7 +45,7 @@ from airflow_provider_finetune.emulator.bedrock_errors import (
 )
 from airflow_provider_finetune.emulator.bedrock_jobs import BedrockJobs, in_window, iso, page_of, short_id
 from airflow_provider_finetune.emulator.bedrock_s3 import S3Error, S3Storage
-from airflow_provider_finetune.emulator.bedrock_shapes import check_input, read_query
+from airflow_provider_finetune.emulator.bedrock_shapes import check_input, check_uri, read_query
 from airflow_provider_finetune.emulator.inference import answer_from
 from airflow_provider_finetune.emulator.store import Record
 
@@ -433,7 +433,8 @@ def bedrock_routes(emulator: Emulator, request_id: Callable[[], str]) -> list[Ro
                 raise AWSError(
                     404, "UnknownOperationException", f"No operation {request.method} {path[len(prefix) :]}."
                 )
-            _, _, handler, params = found
+            _, operation, handler, params = found
+            check_uri("bedrock-runtime" if prefix == RUNTIME_PREFIX else "bedrock", operation, params)
             body = _json_body(raw)
             status, payload = await handler(dialect, request, params, body)
         except AWSError as exc:

@@ -36,7 +36,7 @@ from airflow_provider_finetune.emulator.bedrock_catalog import (
     find_bedrock_model,
 )
 from airflow_provider_finetune.emulator.bedrock_data import DataError, check_dataset
-from airflow_provider_finetune.emulator.bedrock_errors import conflict, not_found, validation
+from airflow_provider_finetune.emulator.bedrock_errors import access_denied, conflict, not_found, validation
 from airflow_provider_finetune.emulator.bedrock_s3 import S3Error
 from airflow_provider_finetune.emulator.config import EmulatorConfig
 from airflow_provider_finetune.emulator.counters import Counters
@@ -167,6 +167,12 @@ class BedrockJobs:
             raise conflict(f"A model customization job with the name {body['jobName']} already exists.")
         if body["customModelName"] in self._models:
             raise conflict(f"A custom model with the name {body['customModelName']} already exists.")
+        role_account = body["roleArn"].split(":")[4]
+        if role_account and role_account != self._bedrock.account_id:
+            raise access_denied(
+                f"The caller is not authorized to perform iam:PassRole on {body['roleArn']}: the role belongs to "
+                f"account {role_account}, not {self._bedrock.account_id}."
+            )
         customization_type = body.get("customizationType") or FINE_TUNING
         base = self._base_model(body["baseModelIdentifier"])
         if customization_type not in base.customizations:

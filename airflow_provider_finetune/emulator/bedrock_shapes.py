@@ -17,7 +17,7 @@ from typing import Any
 
 from airflow_provider_finetune.emulator.bedrock_errors import AWSError, validation
 
-__all__ = ["botocore_session", "check_input", "read_query"]
+__all__ = ["botocore_session", "check_input", "check_uri", "read_query"]
 
 
 @functools.cache
@@ -61,6 +61,19 @@ def check_input(service: str, operation: str, body: dict[str, Any]) -> None:
     """
     shape = _operation(service, operation).input_shape
     _check_structure(shape, body, "", body_only=True)
+
+
+def check_uri(service: str, operation: str, params: dict[str, str]) -> None:
+    """Check the members an operation takes from its URI (``jobIdentifier``...): pattern and length.
+
+    :param params: the URI's labels, percent-decoded, by name.
+    """
+    shape = _operation(service, operation).input_shape
+    for name, member in shape.members.items():
+        if member.serialization.get("location") == "uri":
+            label = member.serialization.get("name", name)
+            if label in params:
+                _check(member, params[label], name)
 
 
 def _check(shape: Any, value: Any, where: str) -> None:

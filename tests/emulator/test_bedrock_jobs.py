@@ -172,6 +172,22 @@ def test_missing_job_is_resource_not_found(bedrock: BedrockEmulator) -> None:
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
 
 
+def test_a_malformed_identifier_is_a_validation_exception(bedrock: BedrockEmulator) -> None:
+    with pytest.raises(ClientError) as caught:
+        bedrock.client().get_model_customization_job(jobIdentifier="not a name!")
+    assert error_code(caught) == "ValidationException"
+    assert "jobIdentifier" in caught.value.response["Error"]["Message"]
+
+
+def test_a_role_of_another_account_is_access_denied(bedrock: BedrockEmulator) -> None:
+    uri = bedrock.put_jsonl("role/train.jsonl", conversation_records())
+    body = bedrock.job_body("other-role", uri, roleArn="arn:aws:iam::999999999999:role/Elsewhere")
+    with pytest.raises(ClientError) as caught:
+        bedrock.client().create_model_customization_job(**body)
+    assert error_code(caught) == "AccessDeniedException"
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
 def test_same_client_request_token_makes_one_job(bedrock: BedrockEmulator) -> None:
     uri = bedrock.put_jsonl("token/train.jsonl", conversation_records())
     body = bedrock.job_body("tokened", uri, clientRequestToken="run-2024-01-01-task-a")
