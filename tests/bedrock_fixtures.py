@@ -21,6 +21,10 @@ ARN a create request can name), ``bucket`` (an S3 bucket of its own, already mad
 ``client(service)`` (a boto3 client with those credentials and no retries), ``put_jsonl(key, records)``
 (writes JSONL to the bucket, returns its ``s3://`` URI), ``read_s3(uri)``, ``job_body(...)`` (a valid
 ``CreateModelCustomizationJob`` request), ``server`` (the :class:`EmulatorServer`, for its counters).
+
+Every answer a ``bedrock`` or ``bedrock-runtime`` client of ``client()`` receives is checked against
+botocore's service model (the operation's output shape; for an error, ``x-amzn-ErrorType`` and a
+``message``); ``checked`` lists the operations whose answers passed.
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ class BedrockEmulator:
     secret_access_key: str = field(default=SECRET_ACCESS_KEY, repr=False)
     api_key: str | None = field(default=API_KEY, repr=False)
     role_arn: str = ROLE_ARN
+    checked: list[str] = field(default_factory=list)
     _clients: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -128,14 +133,34 @@ class BedrockEmulator:
         config.setdefault("retries", {"total_max_attempts": 1})
         if service == "s3":
             config.setdefault("s3", {"addressing_style": "path"})
-        return _session().client(
-            service,  # type: ignore[call-overload]
+        client = _session().client(
+            service,
             region_name=self.region,
             endpoint_url=endpoints[service],
             aws_access_key_id=self.access_key_id,
             aws_secret_access_key=secret or self.secret_access_key,
             config=Config(**config),
         )
+        if service != "s3":
+            client.meta.events.register(f"response-received.{service}", functools.partial(self._conform, service))
+        return client
+
+    def _conform(self, service: str, response_dict: Any, **_: Any) -> None:
+        """Check an answer of the dialect against botocore's service model: its output shape, or an AWS error."""
+        from airflow_provider_finetune.emulator.bedrock_shapes import check_output
+
+        if response_dict is None:  # the connection was lost: nothing to check
+            return
+        headers = {name.lower(): value for name, value in response_dict["headers"].items()}
+        body = json.loads(response_dict.get("body") or b"{}")
+        assert headers.get("x-amzn-requestid"), "every answer carries x-amzn-RequestId"
+        if response_dict["status_code"] >= 300:
+            assert headers.get("x-amzn-errortype"), f"an error without x-amzn-ErrorType: {body}"
+            assert isinstance(body.get("message"), str), body
+            return
+        operation = response_dict["context"]["operation_name"]
+        check_output(service, operation, body)
+        self.checked.append(operation)
 
     def put_jsonl(self, key: str, records: list[Any]) -> str:
         """Write records (objects, or raw strings as lines) as JSONL to the bucket; return the ``s3://`` URI."""

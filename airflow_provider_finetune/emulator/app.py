@@ -125,7 +125,8 @@ class Emulator:
 class EmulatorApp:
     """The ASGI app :func:`create_app` returns.
 
-    It stamps ``x-request-id`` on every answer (and ``apim-request-id`` on those under ``/openai``), counts
+    It stamps ``x-request-id`` on every answer (``apim-request-id`` on those under ``/openai``,
+    ``x-amzn-RequestId`` on Bedrock's), counts
     API answers (``/v1`` and ``/openai``) by status and the connections API requests come over, then hands
     the request to the fault injector and the routes.
 
@@ -145,6 +146,7 @@ class EmulatorApp:
         request_id = b"req_" + secrets.token_hex(16).encode()
         api = scope["path"].startswith(("/v1/", "/openai/")) or is_bedrock_path(scope["path"])
         azure = surface_of(scope["path"]) is not None
+        aws = is_bedrock_path(scope["path"])
         statuses = self.emulator.counters.statuses if api else None
         if api:
             self.emulator.counters.connection(scope.get("client"))
@@ -155,6 +157,10 @@ class EmulatorApp:
                 headers = [*message.get("headers", []), (b"x-request-id", request_id)]
                 if azure:
                     headers.append((b"apim-request-id", request_id[len(b"req_") :]))
+                if aws:
+                    headers.append(
+                        (b"x-amzn-RequestId", str(uuid.UUID(bytes=bytes.fromhex(request_id[4:].decode()))).encode())
+                    )
                 message = {**message, "headers": headers}
                 if statuses is not None:
                     statuses[str(message["status"])] += 1
@@ -177,7 +183,7 @@ def create_app(config: EmulatorConfig | None = None) -> EmulatorApp:
         emulator.close()
 
     routes = _api_routes(emulator) + _azure_routes(emulator) + _admin_routes(emulator)
-    routes += bedrock_routes(emulator, lambda: str(uuid.uuid4()))
+    routes += bedrock_routes(emulator)
     router = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     router.state.emulator = emulator
     faults = FaultMiddleware(router, config.faults, emulator.counters)

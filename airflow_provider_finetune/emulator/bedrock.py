@@ -14,9 +14,10 @@ Every request is authenticated first (:mod:`~airflow_provider_finetune.emulator.
 checked by botocore, or a Bedrock API key as ``Authorization: Bearer``); its body and query are checked
 against the operation's shapes (:mod:`~airflow_provider_finetune.emulator.bedrock_shapes`). Errors are
 ``restJson1``'s: the status, ``x-amzn-ErrorType`` and ``{"message": ...}``; answers carry
-``x-amzn-RequestId``. A deployment is ``Creating`` for ``BedrockConfig.deployment_seconds`` (divided by the
-speed), then ``Active``. botocore is optional for the package: without it every Bedrock request is
-answered ``500 InternalServerException`` saying that the dialect needs it.
+``x-amzn-RequestId`` (stamped by the app). A deployment is ``Creating`` for
+``BedrockConfig.deployment_seconds`` (divided by the speed), then ``Active``. botocore is optional for the
+package: without it every Bedrock request is answered ``500 InternalServerException`` saying that the dialect
+needs it.
 """
 
 from __future__ import annotations
@@ -378,31 +379,25 @@ def _match(template: str, segments: list[str]) -> dict[str, str] | None:
     return params
 
 
-def _answer(status: int, payload: Any, request_id: str) -> Response:
+def _answer(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:
     content = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-    return Response(
-        content, status_code=status, media_type="application/json", headers={"x-amzn-RequestId": request_id}
-    )
+    return Response(content, status_code=status, media_type="application/json", headers=dict(headers or {}))
 
 
-def _error(exc: AWSError, request_id: str) -> Response:
-    response = _answer(exc.status, exc.body(), request_id)
-    response.headers.update(exc.headers())
-    return response
+def _error(exc: AWSError) -> Response:
+    return _answer(exc.status, exc.body(), exc.headers())
 
 
-def bedrock_routes(emulator: Emulator, request_id: Callable[[], str]) -> list[Route]:
+def bedrock_routes(emulator: Emulator) -> list[Route]:
     """The routes of both Bedrock services, under :data:`BEDROCK_PREFIX` and :data:`RUNTIME_PREFIX`.
 
-    :param emulator: the emulator (its config, store and counters).
-    :param request_id: makes the ``x-amzn-RequestId`` of an answer.
+    :param emulator: the emulator (its config, store and counters). The app stamps ``x-amzn-RequestId``.
     """
     dialect: BedrockDialect | None = None
     counters = emulator.counters
 
     async def endpoint(request: Request) -> Response:
         nonlocal dialect
-        rid = request_id()
         raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
         path = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else str(raw_path)
         prefix = RUNTIME_PREFIX if path.startswith(RUNTIME_PREFIX + "/") else BEDROCK_PREFIX
@@ -438,11 +433,11 @@ def bedrock_routes(emulator: Emulator, request_id: Callable[[], str]) -> list[Ro
             body = _json_body(raw)
             status, payload = await handler(dialect, request, params, body)
         except AWSError as exc:
-            return _error(exc, rid)
+            return _error(exc)
         except Exception:
             logger.exception("Error while handling a Bedrock request")
-            return _error(AWSError(500, "InternalServerException", "The emulator failed to handle the request."), rid)
-        return _answer(status, payload, rid)
+            return _error(AWSError(500, "InternalServerException", "The emulator failed to handle the request."))
+        return _answer(status, payload)
 
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH"]
     return [

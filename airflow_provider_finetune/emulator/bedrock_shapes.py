@@ -17,7 +17,10 @@ from typing import Any
 
 from airflow_provider_finetune.emulator.bedrock_errors import AWSError, validation
 
-__all__ = ["botocore_session", "check_input", "check_uri", "read_query"]
+__all__ = ["botocore_session", "check_input", "check_output", "check_uri", "read_query"]
+
+
+_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 
 
 @functools.cache
@@ -61,6 +64,16 @@ def check_input(service: str, operation: str, body: dict[str, Any]) -> None:
     """
     shape = _operation(service, operation).input_shape
     _check_structure(shape, body, "", body_only=True)
+
+
+def check_output(service: str, operation: str, body: dict[str, Any]) -> None:
+    """Check an answer's body against the operation's output shape (the conformance tests' check).
+
+    :raises AWSError: naming the member that is missing or of the wrong shape.
+    """
+    shape = _operation(service, operation).output_shape
+    if shape is not None:
+        _check_structure(shape, body, "", body_only=True)
 
 
 def check_uri(service: str, operation: str, params: dict[str, str]) -> None:
@@ -114,6 +127,8 @@ def _check(shape: Any, value: Any, where: str) -> None:
         _check_range(shape, value, where)
     elif kind == "boolean" and not isinstance(value, bool):
         raise _violation(value, where, "Member must be a boolean")
+    elif kind == "timestamp" and not (isinstance(value, str) and _ISO.fullmatch(value)):
+        raise _violation(value, where, "Member must be an ISO 8601 timestamp")
 
 
 def _check_structure(shape: Any, value: dict[str, Any], prefix: str, *, body_only: bool = False) -> None:

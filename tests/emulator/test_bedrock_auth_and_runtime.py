@@ -264,6 +264,7 @@ def test_deployment_creating_active_converse_and_delete(
         runtime.converse(modelId=job["outputModelArn"], messages=[question])
     assert error_of(caught) == (400, "ValidationException")
 
+    client.list_custom_model_deployments(nameContains="add", sortOrder="Ascending", maxResults=1)
     client.delete_custom_model_deployment(customModelDeploymentIdentifier=deployment_arn)
     with pytest.raises(ClientError) as caught:
         client.get_custom_model_deployment(customModelDeploymentIdentifier=deployment_arn)
@@ -271,6 +272,18 @@ def test_deployment_creating_active_converse_and_delete(
     with pytest.raises(ClientError) as caught:
         runtime.converse(modelId=deployment_arn, messages=[question])
     assert error_of(caught) == (404, "ResourceNotFoundException")
+    # Every answer above conformed to botocore's output shapes (the fixture's check).
+    assert set(emu.checked) >= {
+        "CreateModelCustomizationJob",
+        "GetModelCustomizationJob",
+        "GetCustomModel",
+        "ListCustomModels",
+        "CreateCustomModelDeployment",
+        "GetCustomModelDeployment",
+        "ListCustomModelDeployments",
+        "DeleteCustomModelDeployment",
+        "Converse",
+    }
 
 
 # -- command line ----------------------------------------------------------------------------------------
@@ -309,3 +322,14 @@ def test_the_command_line_sets_the_bedrock_dialect(monkeypatch: pytest.MonkeyPat
     )
     assert "secret-from-env" not in repr(config)
     assert "ABSK-from-env" not in repr(config)
+
+
+def test_the_routes_are_the_service_models_operations() -> None:
+    import botocore.session
+
+    from airflow_provider_finetune.emulator.bedrock import OPERATIONS
+
+    session = botocore.session.get_session()
+    for prefix, method, template, operation, _ in OPERATIONS:
+        model = session.get_service_model(prefix.strip("/")).operation_model(operation)
+        assert (model.http["method"], model.http["requestUri"]) == (method, template), operation
