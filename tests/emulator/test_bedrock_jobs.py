@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -203,6 +204,17 @@ def test_same_client_request_token_makes_one_job(bedrock: BedrockEmulator) -> No
     with pytest.raises(ClientError) as caught:
         client.create_model_customization_job(**changed)
     assert error_code(caught) == "ConflictException"
+
+
+def test_concurrent_creates_with_one_token_make_one_job(bedrock: BedrockEmulator) -> None:
+    # The data is read from S3 between the checks and the creation: creates racing through it still make one job.
+    uri = bedrock.put_jsonl("race/train.jsonl", conversation_records())
+    body = bedrock.job_body("raced", uri, clientRequestToken="same-token-raced")
+    clients = [bedrock.client(max_pool_connections=1 + index) for index in range(4)]  # one client per thread
+    with ThreadPoolExecutor(4) as pool:
+        arns = set(pool.map(lambda client: client.create_model_customization_job(**body)["jobArn"], clients))
+    assert len(arns) == 1
+    assert bedrock.server.emulator.counters.jobs_created == 1
 
 
 def test_a_job_name_in_use_is_a_conflict(bedrock: BedrockEmulator) -> None:
