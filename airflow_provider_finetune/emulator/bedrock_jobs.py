@@ -13,9 +13,10 @@ custom model (``GetCustomModel``) and writes its metrics to the output S3 URI, a
 ``<output>/model-customization-job-<id>/training_artifacts/step_wise_training_metrics.csv`` and, with
 validation data, ``.../validation_artifacts/post_fine_tuning_validation/validation/validation_metrics.csv``.
 
-Job names are unique in the account (a name in use is a ``ConflictException``, as is a custom model
-name in use); a ``clientRequestToken`` sent again with the same request gives the same job, with another
-request a ``ConflictException``.
+Job names are unique in the account: a name in use is a ``ValidationException`` "The provided job name is
+currently in use." (what the service answers, and what Airflow's amazon provider looks for), and so is a
+custom model name in use. A ``clientRequestToken`` sent again with the same request gives the same job;
+with another request it is a ``ConflictException``.
 """
 
 from __future__ import annotations
@@ -157,16 +158,13 @@ class BedrockJobs:
     def prepare(self, body: dict[str, Any]) -> CreateJob | str:
         """Check a create request (its shape already checked); return it ready, or the ARN of the job it repeats.
 
-        :raises AWSError: ``ValidationException`` naming the field, ``ConflictException`` for a name in use
-            or a token sent before with another request.
+        :raises AWSError: ``ValidationException`` naming the field or for a name in use, ``ConflictException``
+            for a token sent before with another request.
         """
         existing = self._repeat(body)
         if existing is not None:
             return existing
-        if body["jobName"] in self._by_name:
-            raise conflict(f"A model customization job with the name {body['jobName']} already exists.")
-        if body["customModelName"] in self._models:
-            raise conflict(f"A custom model with the name {body['customModelName']} already exists.")
+        self._check_names(body)
         role_account = body["roleArn"].split(":")[4]
         if role_account and role_account != self._bedrock.account_id:
             raise access_denied(
@@ -190,6 +188,12 @@ class BedrockJobs:
         batch_size = int(float(hyperparameters.get("batchSize", "8")))
         base_arn = f"arn:aws:bedrock:{self._bedrock.region}::foundation-model/{base.model_id}"
         return CreateJob(body, base, base_arn, customization_type, epochs, batch_size, hyperparameters)
+
+    def _check_names(self, body: dict[str, Any]) -> None:
+        if body["jobName"] in self._by_name:
+            raise validation("The provided job name is currently in use.")
+        if body["customModelName"] in self._models:
+            raise validation("The provided model name is currently in use.")
 
     def _repeat(self, body: dict[str, Any]) -> str | None:
         client_token = body.get("clientRequestToken")
@@ -276,10 +280,7 @@ class BedrockJobs:
         existing = self._repeat(body)
         if existing is not None:
             return existing
-        if body["jobName"] in self._by_name:
-            raise conflict(f"A model customization job with the name {body['jobName']} already exists.")
-        if body["customModelName"] in self._models:
-            raise conflict(f"A custom model with the name {body['customModelName']} already exists.")
+        self._check_names(body)
         now = self._clock()
         job_id = short_id(self._store.seed, "bedrock-job", self._store.new_id("bedrock-job-"))
         base = prepared.base

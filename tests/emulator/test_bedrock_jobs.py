@@ -217,13 +217,19 @@ def test_concurrent_creates_with_one_token_make_one_job(bedrock: BedrockEmulator
     assert bedrock.server.emulator.counters.jobs_created == 1
 
 
-def test_a_job_name_in_use_is_a_conflict(bedrock: BedrockEmulator) -> None:
+def test_a_job_name_in_use_is_refused_as_aws_does(bedrock: BedrockEmulator) -> None:
     create(bedrock, "taken")
     with pytest.raises(ClientError) as caught:
         create(bedrock, "taken", customModelName="another-model")
-    assert error_code(caught) == "ConflictException"
-    assert "taken" in caught.value.response["Error"]["Message"]
+    # AWS's answer, which Airflow's BedrockCustomizeModelOperator matches on (its message, exactly).
+    assert error_code(caught) == "ValidationException"
+    assert caught.value.response["Error"]["Message"] == "The provided job name is currently in use."
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    with pytest.raises(ClientError) as caught:
+        create(bedrock, "not-taken", customModelName="taken-model")
+    assert error_code(caught) == "ValidationException"
+    assert caught.value.response["Error"]["Message"] == "The provided model name is currently in use."
+    assert bedrock.server.emulator.counters.jobs_created == 1
 
 
 @pytest.mark.parametrize(
