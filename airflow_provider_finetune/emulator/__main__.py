@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=_BEDROCK.deployment_seconds,
         help="simulated seconds a custom model deployment stays Creating (default: %(default)g)",
     )
+    aws.add_argument(
+        "--bedrock-max-active-jobs",
+        type=int,
+        help="quota of customization jobs in progress at once (ServiceQuotaExceededException beyond it; default: none)",
+    )
     faults = parser.add_argument_group("fault injection (seeded, per /v1, /openai and /bedrock request)")
     faults.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws (default: %(default)s)")
     faults.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered 500/502/503")
@@ -174,6 +179,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
             account_id=args.aws_account_id,
             s3_endpoint_url=args.s3_endpoint_url or os.environ.get(S3_ENDPOINT_URL_ENV) or None,
             deployment_seconds=args.deployment_seconds,
+            max_active_jobs=args.bedrock_max_active_jobs,
         ),
     )
 

@@ -18,6 +18,7 @@ __all__ = [
     "conflict",
     "is_bedrock_path",
     "not_found",
+    "quota_exceeded",
     "validation",
 ]
 
@@ -76,6 +77,11 @@ def not_found(message: str) -> AWSError:
 def conflict(message: str) -> AWSError:
     """A 400 ``ConflictException`` (the service model gives it status 400)."""
     return AWSError(400, "ConflictException", message)
+
+
+def quota_exceeded(message: str) -> AWSError:
+    """A 400 ``ServiceQuotaExceededException``."""
+    return AWSError(400, "ServiceQuotaExceededException", message)
 
 
 def access_denied(message: str) -> AWSError:

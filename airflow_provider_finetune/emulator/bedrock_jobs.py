@@ -37,7 +37,13 @@ from airflow_provider_finetune.emulator.bedrock_catalog import (
     find_bedrock_model,
 )
 from airflow_provider_finetune.emulator.bedrock_data import DataError, check_dataset
-from airflow_provider_finetune.emulator.bedrock_errors import access_denied, conflict, not_found, validation
+from airflow_provider_finetune.emulator.bedrock_errors import (
+    access_denied,
+    conflict,
+    not_found,
+    quota_exceeded,
+    validation,
+)
 from airflow_provider_finetune.emulator.bedrock_s3 import S3Error
 from airflow_provider_finetune.emulator.config import EmulatorConfig
 from airflow_provider_finetune.emulator.counters import Counters
@@ -165,6 +171,7 @@ class BedrockJobs:
         if existing is not None:
             return existing
         self._check_names(body)
+        self._check_quota()
         role_account = body["roleArn"].split(":")[4]
         if role_account and role_account != self._bedrock.account_id:
             raise access_denied(
@@ -188,6 +195,18 @@ class BedrockJobs:
         batch_size = int(float(hyperparameters.get("batchSize", "8")))
         base_arn = f"arn:aws:bedrock:{self._bedrock.region}::foundation-model/{base.model_id}"
         return CreateJob(body, base, base_arn, customization_type, epochs, batch_size, hyperparameters)
+
+    def _check_quota(self) -> None:
+        quota = self._bedrock.max_active_jobs
+        if quota is None:
+            return
+        now = self._clock()
+        active = sum(1 for job in self._jobs.values() if job_state(job, now).status in ("InProgress", "Stopping"))
+        if active >= quota:
+            raise quota_exceeded(
+                f"The number of model customization jobs in progress ({active}) has reached the account's quota "
+                f"of {quota}. Wait for a job to end, or ask for a quota increase."
+            )
 
     def _check_names(self, body: dict[str, Any]) -> None:
         if body["jobName"] in self._by_name:
@@ -281,6 +300,7 @@ class BedrockJobs:
         if existing is not None:
             return existing
         self._check_names(body)
+        self._check_quota()
         now = self._clock()
         job_id = short_id(self._store.seed, "bedrock-job", self._store.new_id("bedrock-job-"))
         base = prepared.base

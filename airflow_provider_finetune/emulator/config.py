@@ -174,6 +174,8 @@ class BedrockConfig:
     :param s3_endpoint_url: where the S3 service is; AWS's own endpoint for the region when ``None``.
     :param deployment_seconds: seconds (at speed 1.0) a custom model deployment stays ``Creating``.
     :param stopping_seconds: seconds (at speed 1.0) a stopped job stays ``Stopping``.
+    :param max_active_jobs: the account's quota of customization jobs in progress (``InProgress`` or
+        ``Stopping``) at once; a create beyond it is ``ServiceQuotaExceededException``. No quota when ``None``.
     """
 
     access_key_id: str = "AKIAEMULATOR00000000"
@@ -184,6 +186,7 @@ class BedrockConfig:
     s3_endpoint_url: str | None = None
     deployment_seconds: float = 10.0
     stopping_seconds: float = 5.0
+    max_active_jobs: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("access_key_id", "secret_access_key", "api_key", "region"):
@@ -192,6 +195,8 @@ class BedrockConfig:
                 raise ValueError(f"bedrock {name} must be a non-empty string without spaces")
         if not (len(self.account_id) == 12 and self.account_id.isdigit()):
             raise ValueError(f"bedrock account_id must be 12 digits, got {self.account_id!r}")
+        if self.max_active_jobs is not None and self.max_active_jobs < 1:
+            raise ValueError(f"bedrock max_active_jobs must be at least 1, got {self.max_active_jobs}")
         if self.deployment_seconds < 0 or self.stopping_seconds < 0:
             raise ValueError("bedrock deployment_seconds and stopping_seconds must not be negative")
 

@@ -306,6 +306,8 @@ def test_the_command_line_sets_the_bedrock_dialect(monkeypatch: pytest.MonkeyPat
             "http://127.0.0.1:5000",
             "--deployment-seconds",
             "2",
+            "--bedrock-max-active-jobs",
+            "3",
         ]
     )
     config = config_from_args(args).bedrock
@@ -320,6 +322,7 @@ def test_the_command_line_sets_the_bedrock_dialect(monkeypatch: pytest.MonkeyPat
         "http://127.0.0.1:5000",
         2.0,
     )
+    assert config.max_active_jobs == 3
     assert "secret-from-env" not in repr(config)
     assert "ABSK-from-env" not in repr(config)
 

@@ -348,3 +348,14 @@ def test_other_customization_types(manual: BedrockEmulator, clock: ManualClock) 
     for arn, kind in ((cpt, "CONTINUED_PRE_TRAINING"), (distill, "DISTILLATION"), (rft, "REINFORCEMENT_FINE_TUNING")):
         job = client.get_model_customization_job(jobIdentifier=arn)
         assert (job["status"], job["customizationType"]) == ("Completed", kind), job.get("failureMessage")
+
+
+def test_jobs_beyond_the_quota_are_refused(make_bedrock: Callable[..., BedrockEmulator], clock: ManualClock) -> None:
+    emu = make_bedrock(clock=clock, speed=1.0, bedrock={"max_active_jobs": 1})
+    create(emu, "within-quota")
+    with pytest.raises(ClientError) as caught:
+        create(emu, "beyond-quota")
+    assert error_code(caught) == "ServiceQuotaExceededException"
+    assert "quota of 1" in caught.value.response["Error"]["Message"]
+    clock.advance(300.0)  # the first job has completed: room for another
+    assert create(emu, "beyond-quota")
