@@ -107,18 +107,18 @@ class BedrockDialect:
             return exc
 
     async def write_outputs(self) -> None:
-        """Write the metrics files of jobs that have completed since the last look, to their output S3 URI."""
+        """Write the metrics files of jobs that have completed since the last look, to their output S3 URI.
+
+        Each job's files are tried once: a location that cannot be written is logged, not retried on every read.
+        """
         for job, files in self.jobs.pending_outputs():
             self.s3.connect()
+            self.jobs.outputs_written(job)
             try:
                 for uri, data in files.items():
                     await asyncio.to_thread(self.s3.write, uri, data)
             except S3Error as exc:
-                logger.warning(
-                    "The metrics of Bedrock job %s could not be written (tried again later): %s", job.id, exc
-                )
-                continue
-            self.jobs.outputs_written(job)
+                logger.warning("The metrics of Bedrock job %s could not be written: %s", job.id, exc)
 
     # -- deployments -------------------------------------------------------------------------------------
 

@@ -188,7 +188,10 @@ class BedrockJobs:
         self._check_customization(body, customization_type)
         hyperparameters = self._hyperparameters(base, body.get("hyperParameters") or {}, customization_type)
         if not body["trainingDataConfig"].get("s3Uri"):
-            raise validation("trainingDataConfig.s3Uri is required for this customization type.")
+            raise validation(
+                "trainingDataConfig.s3Uri is required: the emulator reads training data from S3 "
+                "(invocation logs as training data are not emulated)."
+            )
         epochs = int(float(hyperparameters.get("epochCount", "1")))
         rft = (body.get("customizationConfig") or {}).get("rftConfig") or {}
         epochs = int((rft.get("hyperParameters") or {}).get("epochCount", epochs))
@@ -545,7 +548,7 @@ class BedrockJobs:
         return files
 
     def outputs_written(self, job: SimJob) -> None:
-        """Note that a job's metrics files are in S3."""
+        """Note that a job's metrics files have been written (or tried)."""
         job.record["outputs_written"] = True
         self._store.save(JOB_KIND, job.record)
 
