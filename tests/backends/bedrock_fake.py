@@ -260,6 +260,8 @@ class FakeBedrock:
     problems: list[str] = field(default_factory=list)
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     creates_made: int = 0
+    #: Called with each job a ``GetModelCustomizationJob`` (or a list) is about to answer (a test moves it on here).
+    before_get: Callable[[dict[str, Any]], None] | None = None
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:
@@ -346,6 +348,8 @@ class FakeBedrock:
         job = self._find(params["jobIdentifier"])
         if job is None:
             return aws_error(404, "ResourceNotFoundException", f"Job {params['jobIdentifier']} not found")
+        if self.before_get is not None:
+            self.before_get(job)
         return httpx.Response(200, json={k: v for k, v in job.items() if v is not None})
 
     def _list_model_customization_jobs(self, params: dict[str, Any]) -> httpx.Response:
@@ -353,6 +357,9 @@ class FakeBedrock:
         start = int(params.get("nextToken") or 0)
         size = int(params.get("maxResults") or 100)
         chunk = jobs[start : start + size]
+        if self.before_get is not None:
+            for job in chunk:
+                self.before_get(job)
         summaries = [
             {
                 k: j[k]
@@ -438,6 +445,31 @@ class FakeBedrock:
             return aws_error(404, "ResourceNotFoundException", "not found")
         del self.deployments[found["customModelDeploymentArn"]]
         return httpx.Response(200, json={})
+
+
+def connect_bedrock(
+    monkeypatch: Any, *, key: bool = False, token: str | None = None, conn_id: str = "ft_bedrock_test"
+) -> Any:
+    """A hook of a Bedrock connection reaching the fake, signing with an Airflow AWS connection (or an API key)."""
+    from airflow_provider_finetune.client import RetryPolicy
+    from airflow_provider_finetune.hooks.finetune import FineTuningHook
+
+    aws_extra: dict[str, Any] = {"region_name": REGION}
+    if token:
+        aws_extra["aws_session_token"] = token
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_BEDROCK_TEST",
+        json.dumps({"conn_type": "aws", "login": ACCESS_KEY, "password": SECRET_KEY, "extra": aws_extra}),
+    )
+    conn: dict[str, Any] = {
+        "conn_type": "finetune",
+        "host": ENDPOINT,
+        "extra": {"service": "bedrock", "region_name": REGION, "aws_conn_id": "aws_bedrock_test", "max_retries": 3},
+    }
+    if key:
+        conn["password"] = API_KEY
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+    return FineTuningHook(conn_id, retry_policy=RetryPolicy(initial_delay=0, max_delay=0, jitter=0))
 
 
 @contextlib.contextmanager

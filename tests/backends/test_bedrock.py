@@ -43,9 +43,9 @@ from tests.backends.bedrock_fake import (
     API_KEY,
     ENDPOINT,
     ROLE_ARN,
-    SECRET_KEY,
     FakeBedrock,
     aws_error,
+    connect_bedrock,
     serve_fake_bedrock,
 )
 
@@ -75,23 +75,8 @@ def _policy() -> RetryPolicy:
 
 
 def connect(monkeypatch: pytest.MonkeyPatch, *, key: bool = False, token: str | None = None) -> FineTuningHook:
-    """A Bedrock connection reaching the fake, signing with an Airflow AWS connection (or a Bedrock API key)."""
-    aws_extra: dict[str, Any] = {"region_name": "us-east-1"}
-    if token:
-        aws_extra["aws_session_token"] = token
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_BEDROCK_TEST",
-        json.dumps({"conn_type": "aws", "login": ACCESS_KEY, "password": SECRET_KEY, "extra": aws_extra}),
-    )
-    conn: dict[str, Any] = {
-        "conn_type": "finetune",
-        "host": ENDPOINT,
-        "extra": {"service": "bedrock", "region_name": "us-east-1", "aws_conn_id": "aws_bedrock_test"},
-    }
-    if key:
-        conn["password"] = API_KEY
-    monkeypatch.setenv("AIRFLOW_CONN_FT_BEDROCK_TEST", json.dumps(conn))
-    return FineTuningHook("ft_bedrock_test", retry_policy=_policy())
+    hook: FineTuningHook = connect_bedrock(monkeypatch, key=key, token=token)
+    return hook
 
 
 @pytest.fixture
