@@ -87,7 +87,7 @@ def test_the_create_operator_fine_tunes_on_bedrock_and_pushes_metrics(fake_bedro
 
 def test_a_failed_job_fails_the_task_with_its_failure_message(fake_bedrock: FakeBedrock) -> None:
     run_to(fake_bedrock, ("Failed", {"failureMessage": "Invalid record at line 3 of train.jsonl"}))
-    with pytest.raises(FineTuningJobFailed, match="Invalid record at line 3 of train.jsonl"):
+    with pytest.raises(FineTuningJobFailed, match=r"Invalid record at line 3 of train\.jsonl"):
         finetune().execute(context())
 
 
