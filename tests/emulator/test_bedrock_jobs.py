@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -359,3 +360,20 @@ def test_jobs_beyond_the_quota_are_refused(make_bedrock: Callable[..., BedrockEm
     assert "quota of 1" in caught.value.response["Error"]["Message"]
     clock.advance(300.0)  # the first job has completed: room for another
     assert create(emu, "beyond-quota")
+
+
+def test_jobs_and_tokens_survive_a_restart(make_bedrock: Callable[..., BedrockEmulator], tmp_path: Path) -> None:
+    database = str(tmp_path / "emulator.db")
+    first = make_bedrock(db_path=database)
+    uri = first.put_jsonl("kept/train.jsonl", conversation_records())
+    body = first.job_body("kept", uri, clientRequestToken="kept-token")
+    arn = first.client().create_model_customization_job(**body)["jobArn"]
+    first.server.stop()
+
+    second = make_bedrock(db_path=database)
+    client = second.client()
+    assert client.get_model_customization_job(jobIdentifier="kept")["jobArn"] == arn
+    assert client.create_model_customization_job(**body)["jobArn"] == arn  # the token is remembered
+    with pytest.raises(ClientError) as caught:
+        client.create_model_customization_job(**{**body, "clientRequestToken": "another-token"})
+    assert caught.value.response["Error"]["Message"] == "The provided job name is currently in use."
