@@ -64,6 +64,8 @@ AWS_ERRORS: dict[str, type[FineTuningAPIError]] = {
 
 # "Value at 'roleArn' failed to satisfy constraint", "1 validation error detected: Value null at 'jobName'".
 _FIELD_IN_MESSAGE = re.compile(r"[Vv]alue (?:.*? )?at '([A-Za-z0-9_.\[\]]+)'")
+# "The provided job name is currently in use.", as Bedrock words a name taken by another job.
+_NAME_IN_USE = re.compile(r"\bname is (?:currently|already) in use\b", re.IGNORECASE)
 _HOST_REGION = re.compile(r"^[a-z0-9-]+\.([a-z]{2}(?:-gov)?-[a-z]+-\d)\.amazonaws\.com(?:\.cn)?$")
 
 
@@ -77,7 +79,8 @@ def read_aws_error(response: httpx.Response, body: Any) -> ErrorFields:
     """Read a restJson1 error: the type from ``x-amzn-ErrorType`` (or ``__type``/``code``), then ``message``.
 
     The type picks the error's class (:data:`AWS_ERRORS`); a ``ValidationException`` names the field at fault
-    where its message does.
+    where its message does, and one that says a name is in use is a conflict (:class:`ConflictError`), which
+    once-only creation resolves by reading the job of that name.
     """
     raw = response.headers.get("x-amzn-ErrorType") or ""
     message = ""
@@ -87,16 +90,20 @@ def read_aws_error(response: httpx.Response, body: Any) -> ErrorFields:
     # "ValidationException:http://internal.amazon.com/coral/..." and "com.amazon.coral#ValidationException".
     error_type = raw.split(":", 1)[0].rsplit("#", 1)[-1] or None
     param = None
+    error_class = AWS_ERRORS.get(error_type or "")
     if error_type == "ValidationException":
         named = _FIELD_IN_MESSAGE.search(message)
         param = named.group(1) if named else None
+        if _NAME_IN_USE.search(message):
+            # Bedrock answers a job (or model, deployment) name in use with a ValidationException: a conflict.
+            error_class = ConflictError
     return ErrorFields(
         message=message,
         code=error_type,
         param=param,
         error_type=error_type,
         request_id=response.headers.get("x-amzn-RequestId") or response.headers.get("x-amz-request-id"),
-        error_class=AWS_ERRORS.get(error_type or ""),
+        error_class=error_class,
     )
 
 

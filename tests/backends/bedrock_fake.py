@@ -315,7 +315,7 @@ class FakeBedrock:
         if token and token in self.tokens:
             return httpx.Response(201, json={"jobArn": self.tokens[token]})
         if any(j["jobName"] == params["jobName"] for j in self.jobs.values()):
-            return aws_error(400, "ConflictException", f"A job with name {params['jobName']} already exists")
+            return aws_error(400, "ValidationException", "The provided job name is currently in use.")
         self.creates_made += 1
         job_id = f"{next(self._ids):012d}"
         arn = f"arn:aws:bedrock:{REGION}:{ACCOUNT}:model-customization-job/amazon.nova-lite-v1:0:300k/{job_id}"

@@ -172,7 +172,8 @@ def test_a_name_in_use_is_found_and_reattached_never_suffixed(hook: FineTuningHo
     again, _ = ensure(hook)
     assert again.id == first.id
     assert len(fake_bedrock.jobs) == 1
-    # ... and once the token is forgotten, the name in use meets ConflictException (400): looked up, reattached.
+    # ... and once the token is forgotten, the name in use meets Bedrock's "The provided job name is currently in
+    # use." (a ValidationException, 400): a conflict, looked up by the name and reattached to.
     fake_bedrock.tokens.clear()
     fake_bedrock.fault("GetModelCustomizationJob", lag)
     again, created = ensure(hook)
@@ -623,6 +624,20 @@ def test_the_job_name_is_the_house_client_id() -> None:
     settings = ConnectionSettings(base_url=ENDPOINT, service="bedrock", region_name="us-east-1")
     name = BedrockBackend(settings).client_job_id("ti-x", "rq-1", 0)
     assert name == client_job_id("ti-x", "rq-1", 0)
+
+
+def test_a_name_in_use_is_a_conflict_and_other_validation_errors_are_not(
+    hook: FineTuningHook, fake_bedrock: FakeBedrock
+) -> None:
+    in_use = aws_error(400, "ValidationException", "The provided job name is currently in use.")
+    fake_bedrock.fault(
+        "GetModelCustomizationJob", lambda r: in_use, lambda r: aws_error(400, "ValidationException", "x")
+    )
+    with pytest.raises(ConflictError):
+        hook.get_job("job-x")
+    with pytest.raises(BadRequestError) as err:
+        hook.get_job("job-x")
+    assert not isinstance(err.value, ConflictError)
 
 
 def test_conflict_exception_is_a_conflict_error(hook: FineTuningHook, fake_bedrock: FakeBedrock) -> None:
