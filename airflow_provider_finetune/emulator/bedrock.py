@@ -132,7 +132,7 @@ class BedrockDialect:
                 return str(repeated["arn"])
         job = self.jobs.find_model(body["modelArn"])
         if any(item["name"] == body["modelDeploymentName"] for item in self._store.records(DEPLOYMENT_KIND).values()):
-            raise validation(f"A custom model deployment with the name {body['modelDeploymentName']} already exists.")
+            raise validation("The provided deployment name is currently in use.")
         now = self._clock()
         deployment_id = short_id(self._store.seed, "deployment", self._store.new_id("bedrock-deployment-"))
         record: Record = {

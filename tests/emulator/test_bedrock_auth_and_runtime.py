@@ -242,6 +242,10 @@ def test_deployment_creating_active_converse_and_delete(
         modelDeploymentName="adder", modelArn=job["outputModelArn"], clientRequestToken="deploy-once"
     )["customModelDeploymentArn"]
     assert again == deployment_arn
+    with pytest.raises(ClientError) as caught:  # the name in use, without the token
+        client.create_custom_model_deployment(modelDeploymentName="adder", modelArn=job["outputModelArn"])
+    assert error_of(caught) == (400, "ValidationException")
+    assert caught.value.response["Error"]["Message"] == "The provided deployment name is currently in use."
     assert deployment_arn.startswith("arn:aws:bedrock:us-east-1:123456789012:custom-model-deployment/")
     deployment = client.get_custom_model_deployment(customModelDeploymentIdentifier=deployment_arn)
     assert deployment["status"] == "Creating"
