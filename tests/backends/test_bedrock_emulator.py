@@ -18,13 +18,9 @@ from airflow_provider_finetune.exceptions import FineTuningJobFailed
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.once import JobIdentity
 from airflow_provider_finetune.statuses import FineTuningJobStatus
-from tests.bedrock_fixtures import (  # noqa: F401 - pytest fixtures
-    BedrockEmulator,
-    bedrock,
-    conversation_records,
-    make_bedrock,
-    moto_s3,
-)
+from tests.bedrock_fixtures import BedrockEmulator, bedrock, conversation_records, make_bedrock, moto_s3
+
+__all__ = ["bedrock", "make_bedrock", "moto_s3"]  # fixtures, used by name
 
 MODEL = "amazon.nova-micro-v1:0:128k"
 
