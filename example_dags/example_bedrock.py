@@ -1,4 +1,4 @@
-"""Weekly retraining of the support assistant on AWS Bedrock: customize, deploy for on-demand inference, evaluate, publish.
+"""Weekly retraining of the support assistant on AWS Bedrock: customize, deploy, evaluate, publish.
 
 What this DAG shows:
 
