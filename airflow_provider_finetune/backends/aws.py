@@ -66,7 +66,7 @@ AWS_ERRORS: dict[str, type[FineTuningAPIError]] = {
 _FIELD_IN_MESSAGE = re.compile(r"[Vv]alue (?:.*? )?at '([A-Za-z0-9_.\[\]]+)'")
 # "The provided job name is currently in use.", as Bedrock words a name taken by another job.
 _NAME_IN_USE = re.compile(r"\bname is (?:currently|already) in use\b", re.IGNORECASE)
-_HOST_REGION = re.compile(r"^[a-z0-9-]+\.([a-z]{2}(?:-gov)?-[a-z]+-\d)\.amazonaws\.com(?:\.cn)?$")
+_HOST_REGION = re.compile(r"^[a-z0-9-]+\.([a-z]{2}(?:-gov)?-[a-z]+-\d)\.(?:amazonaws\.com(?:\.cn)?|api\.aws)$")
 
 
 def region_of_host(host: str) -> str | None:
