@@ -35,7 +35,7 @@ from airflow_provider_finetune.exceptions import (
     UnsupportedCapabilityError,
 )
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
-from airflow_provider_finetune.models import FineTuningJob
+from airflow_provider_finetune.models import CreateFineTuningJobRequest, FineTuningJob, build_request
 from airflow_provider_finetune.once import JobIdentity, client_job_id
 from airflow_provider_finetune.statuses import FineTuningJobStatus
 from tests.backends.bedrock_fake import (
@@ -644,3 +644,59 @@ def test_conflict_exception_is_a_conflict_error(hook: FineTuningHook, fake_bedro
     fake_bedrock.fault("StopModelCustomizationJob", lambda r: aws_error(400, "ConflictException", "busy"))
     with pytest.raises(ConflictError):
         hook.cancel_job("job-x")
+
+
+def test_every_call_of_the_backend_is_a_bedrock_operation_and_conforms(hook: FineTuningHook) -> None:
+    """Each call the backend can build reaches one operation of botocore's model, with a request that conforms."""
+    from tests.backends.bedrock_fake import request_problems
+
+    backend = hook.backend
+    assert isinstance(backend, BedrockBackend)
+    request = build_request(
+        CreateFineTuningJobRequest, {"model": MODEL, "training_file": TRAIN, "validation_file": VALID}
+    )
+    body = backend.job_body(request, OPTIONS)
+    arn = "arn:aws:bedrock:us-east-1:123456789012:model-customization-job/amazon.nova-lite-v1:0:300k/abcdefabcdef"
+    model_arn = "arn:aws:bedrock:us-east-1:123456789012:custom-model/amazon.nova-lite-v1:0:300k/abcdefabcdef"
+    calls = {
+        "CreateModelCustomizationJob": backend.create_prepared_job(body, job_id="ft-abc-0"),
+        "GetModelCustomizationJob": backend.job_call("GET", arn),
+        "ListModelCustomizationJobs": backend.list_jobs("token-2", 50, None),
+        "StopModelCustomizationJob": backend.job_call("POST", "ft-abc-0", "cancel"),
+        "CreateCustomModelDeployment": backend.create_deployment("weekly", model_arn, tags={"team": "ml"}),
+        "GetCustomModelDeployment": backend.get_deployment("weekly"),
+        "DeleteCustomModelDeployment": backend.delete_deployment("weekly"),
+    }
+    with httpx.Client(base_url=ENDPOINT + "/") as client:
+        for operation, call in calls.items():
+            reached, problems, _ = request_problems(call.build(client))
+            assert reached == operation
+            assert problems == [], problems
+    assert not calls["CreateModelCustomizationJob"].idempotent
+    assert not calls["CreateCustomModelDeployment"].idempotent
+
+
+def test_the_validator_refuses_what_botocore_refuses() -> None:
+    from tests.backends.bedrock_fake import service_model, validate_against_shape
+
+    shape = service_model().operation_model("CreateModelCustomizationJob").input_shape
+    problems = validate_against_shape(
+        shape,
+        {
+            "jobName": "bad name!",
+            "roleArn": ROLE_ARN,
+            "baseModelIdentifier": MODEL,
+            "trainingDataConfig": {"s3Uri": TRAIN},
+            "outputDataConfig": {"s3Uri": "s3://b/"},
+            "hyperParameters": {"epochCount": 2},
+            "customizationType": "DPO",
+            "nope": 1,
+        },
+    )
+    text = "\n".join(problems)
+    assert "customModelName: required member missing" in text
+    assert "jobName: 'bad name!' does not match" in text
+    assert "hyperParameters.epochCount: expected a string" in text
+    assert "customizationType: 'DPO' is not one of" in text
+    assert "outputDataConfig.s3Uri: 's3://b/' does not match" in text
+    assert "nope: not a member" in text
