@@ -49,6 +49,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_finetune.operators.finetune",
                     "airflow_provider_finetune.operators.bedrock",
+                    "airflow_provider_finetune.operators.evaluate",
                 ],
             }
         ],
@@ -64,6 +65,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_finetune.triggers.finetune",
                     "airflow_provider_finetune.triggers.bedrock",
+                    "airflow_provider_finetune.triggers.quota",
                 ],
             }
         ],

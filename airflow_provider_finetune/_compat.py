@@ -7,4 +7,9 @@ try:  # Airflow 3.2+
 except ImportError:  # Airflow 3.1
     from airflow.configuration import conf
 
-__all__ = ["conf"]
+try:  # Airflow 3.2+
+    from airflow.sdk.exceptions import AirflowFailException
+except ImportError:  # Airflow 3.1
+    from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
+
+__all__ = ["AirflowFailException", "conf"]

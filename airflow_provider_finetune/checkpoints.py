@@ -15,9 +15,19 @@ from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.waiting import Outcome, Pause
 
 if TYPE_CHECKING:
+    from airflow_provider_finetune.early_stopping import EarlyStopping
     from airflow_provider_finetune.models import FineTuningJob, FineTuningJobCheckpoint
 
-__all__ = ["CheckpointCondition", "ReadCheckpoints", "Verdict", "best_checkpoint", "judge", "watch_checkpoints"]
+__all__ = [
+    "CheckpointCondition",
+    "ReadCheckpoints",
+    "Verdict",
+    "best_checkpoint",
+    "judge",
+    "judge_early_stopping",
+    "metric_of",
+    "watch_checkpoints",
+]
 
 
 @dataclass(frozen=True)
@@ -56,9 +66,9 @@ class CheckpointCondition:
             return None
         if self.metric is None:
             return max(checkpoints, key=lambda c: c.step_number or 0)
-        candidates = [c for c in checkpoints if _metric(c, self.metric) is not None]
+        candidates = [c for c in checkpoints if metric_of(c, self.metric) is not None]
         if self.threshold is not None:
-            candidates = [c for c in candidates if self._meets(_metric(c, self.metric))]
+            candidates = [c for c in candidates if self._meets(metric_of(c, self.metric))]
         return best_checkpoint(candidates, self.metric, self.mode)
 
     def _meets(self, value: float | None) -> bool:
@@ -68,7 +78,8 @@ class CheckpointCondition:
         return value <= self.threshold if self.mode == "min" else value >= self.threshold
 
 
-def _metric(checkpoint: FineTuningJobCheckpoint, name: str) -> float | None:
+def metric_of(checkpoint: FineTuningJobCheckpoint, name: str) -> float | None:
+    """A checkpoint's metric ``name`` (one the service added included), or ``None`` when it has none."""
     value = getattr(checkpoint.metrics, name, None)
     if value is None and checkpoint.metrics is not None and checkpoint.metrics.model_extra:
         value = checkpoint.metrics.model_extra.get(name)
@@ -79,7 +90,7 @@ def best_checkpoint(
     checkpoints: Sequence[FineTuningJobCheckpoint], metric: str, mode: str = "min"
 ) -> FineTuningJobCheckpoint | None:
     """The checkpoint with the lowest (``min``) or highest (``max``) metric; ties go to the later step."""
-    scored = [(value, c.step_number or 0, c) for c in checkpoints if (value := _metric(c, metric)) is not None]
+    scored = [(value, c.step_number or 0, c) for c in checkpoints if (value := metric_of(c, metric)) is not None]
     if not scored:
         return None
     if mode == "min":
@@ -92,14 +103,17 @@ class Verdict:
     """What one look at a job and its checkpoints says about a checkpoint wait.
 
     :param status: ``found`` (a checkpoint meets the condition), ``job_ended`` (none does, and the job has
-        ended: none ever will), or ``None`` (wait on).
+        ended: none ever will), ``early_stopped`` (the job ran out of patience: the checkpoint is its best), or
+        ``None`` (wait on).
     :param checkpoint: the checkpoint found.
     :param message: what happened, for people.
+    :param early_stopping: for ``early_stopped``, what the rule saw (best value and step, evaluations since).
     """
 
     status: str | None
     checkpoint: FineTuningJobCheckpoint | None = None
     message: str = ""
+    early_stopping: dict[str, Any] | None = None
 
 
 def judge(
@@ -118,6 +132,26 @@ def judge(
     return Verdict(None, None, f"Job {job.id} ({job.status.value}) has {len(checkpoints)} checkpoint(s)")
 
 
+def judge_early_stopping(
+    rule: EarlyStopping, job: FineTuningJob, checkpoints: Sequence[FineTuningJobCheckpoint]
+) -> Verdict | None:
+    """An ``early_stopped`` verdict when a running job's checkpoints have run out of the rule's patience.
+
+    The checkpoints are the whole history of the evaluations, so no state is kept between two looks.
+    """
+    from airflow_provider_finetune.early_stopping import EARLY_STOPPED, Progress, checkpoint_evaluations
+
+    if job.status.is_terminal():
+        return None
+    named = [c for c in checkpoints if c.fine_tuned_model_checkpoint]
+    progress = Progress(checkpointed=bool(named)).add(rule, checkpoint_evaluations(rule, checkpoints))
+    best = best_checkpoint(named, rule.metric, rule.mode)
+    if best is None or not progress.should_stop(rule):
+        return None
+    message = f"Job {job.id} stopped early: {progress.reason(rule)}"
+    return Verdict(EARLY_STOPPED, best, message, progress.to_json())
+
+
 class ReadCheckpoints(NamedTuple):
     """Step of :func:`watch_checkpoints`: read the job, then its checkpoints; send ``(job, checkpoints)``."""
 
@@ -132,8 +166,13 @@ def watch_checkpoints(
     poll_interval: float = 60.0,
     max_consecutive_errors: int = 10,
     clock: Callable[[], float] = time.time,
+    early_stopping: EarlyStopping | None = None,
 ) -> Generator[ReadCheckpoints | Pause, Any, Outcome]:
     """Wait until a checkpoint meets ``condition``, with no I/O.
+
+    With ``early_stopping``, the wait also ends ``early_stopped`` (the job still running: the caller stops it)
+    when the job's checkpoints have not improved on the rule's metric for its patience; the outcome's
+    checkpoint is then the best one.
 
     The rules of :func:`~airflow_provider_finetune.waiting.watch`: transient failures in a row, an absolute
     deadline, pauses of ``poll_interval`` at most.
@@ -156,8 +195,16 @@ def watch_checkpoints(
             errors = 0
             job, checkpoints = seen
             verdict = judge(condition, job, checkpoints)
+            if verdict.status is None and early_stopping is not None:
+                verdict = judge_early_stopping(early_stopping, job, checkpoints) or verdict
             if verdict.status is not None:
-                return Outcome(verdict.status, job_id, verdict.message, checkpoint=verdict.checkpoint)
+                return Outcome(
+                    verdict.status,
+                    job_id,
+                    verdict.message,
+                    checkpoint=verdict.checkpoint,
+                    early_stopping=verdict.early_stopping,
+                )
         now = clock()
         if deadline is not None and now >= deadline:
             return Outcome(WAIT_TIMEOUT, job_id, f"No checkpoint of {job_id} met {condition} before the deadline")

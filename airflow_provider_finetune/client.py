@@ -29,8 +29,10 @@ from airflow_provider_finetune.exceptions import (
     FineTuningAPIError,
     FineTuningConnectionError,
     FineTuningError,
+    FineTuningNotAllowedError,
     FineTuningTimeoutError,
     InvalidRequestError,
+    QuotaExceededError,
     UnsafeToRetryError,
     api_error_for_status,
 )
@@ -299,7 +301,10 @@ def exchange(
             if outcome.is_success:
                 return outcome
             error = _api_error(outcome, settings, read_error or read_openai_error)
-            should = _should_retry_status(outcome)
+            # A quota refusal is waited for by the caller, not here; a final refusal is not retried at all.
+            should = _should_retry_status(outcome) and not isinstance(
+                error, QuotaExceededError | FineTuningNotAllowedError
+            )
             ambiguous = outcome.status_code == 408 or outcome.status_code >= 500
             cause: BaseException = error
         elif isinstance(outcome, httpx.TransportError):
@@ -330,6 +335,10 @@ def _should_retry_status(response: httpx.Response) -> bool:
     return response.status_code in RETRYABLE_STATUSES or response.status_code >= 500
 
 
+#: Kinds of refusal (see :class:`ErrorFields`).
+Refusal = Literal["quota", "final"]
+
+
 @dataclass(frozen=True)
 class ErrorFields:
     """What an error answer says, read from a service's own error shape.
@@ -341,6 +350,10 @@ class ErrorFields:
     :param request_id: the id the service gave the request, for its support.
     :param error_class: the error class the service's own error type calls for, where its HTTP status does not
         say (AWS answers a name in use with 400 ``ConflictException``); the status decides when ``None``.
+    :param refusal: what kind of refusal the answer is, where it is more than an error: ``quota`` (a
+        quota that frees up with time: the caller waits and tries again) or ``final`` (the service will not
+        do it for this account until a person acts: never retried).
+    :param quota: for a quota refusal, what the quota counts, in words.
     """
 
     message: str = ""
@@ -349,6 +362,8 @@ class ErrorFields:
     error_type: str | None = None
     request_id: str | None = None
     error_class: type[FineTuningAPIError] | None = None
+    refusal: Refusal | None = None
+    quota: str | None = None
 
 
 #: Reads an error answer (its JSON body, or ``None`` when it had none) into :class:`ErrorFields`.
@@ -356,21 +371,53 @@ ErrorReader = Callable[[httpx.Response, Any], ErrorFields]
 
 
 def read_openai_error(response: httpx.Response, body: Any) -> ErrorFields:
-    """Read OpenAI's ``{"error": {"message", "type", "param", "code"}}`` (or a bare message)."""
+    """Read OpenAI's ``{"error": {"message", "type", "param", "code"}}`` (or a bare message).
+
+    Its quota refusals (see :func:`openai_refusal`) are told apart from a transient rate limit.
+    """
     fields = ErrorFields(request_id=response.headers.get("x-request-id"))
     if isinstance(body, dict):
         detail = body.get("error", body)
         if isinstance(detail, dict):
-            return replace(
+            fields = replace(
                 fields,
                 message=str(detail.get("message") or ""),
                 code=_opt_str(detail.get("code")),
                 param=_opt_str(detail.get("param")),
                 error_type=_opt_str(detail.get("type")),
             )
+            return openai_refusal(response.status_code, fields)
         if isinstance(detail, str):
             return replace(fields, message=detail)
     return fields
+
+
+#: OpenAI's quota refusals of a fine-tuning create, by code, and what each quota counts.
+OPENAI_QUOTAS = {
+    "daily_rate_limit_exceeded": "fine-tuning jobs created per day for the base model",
+    # With the type ``invalid_request_error``: the cap on active jobs (an ordinary request rate limit has the
+    # same code with the type ``requests`` or ``tokens``, and is retried as transient).
+    "rate_limit_exceeded": "active fine-tuning jobs for the base model",
+}
+#: OpenAI's codes of a refusal that no wait clears: the account's billing quota is used up.
+OPENAI_FINAL = frozenset({"insufficient_quota"})
+
+
+def openai_refusal(status: int, fields: ErrorFields) -> ErrorFields:
+    """Mark OpenAI's refusals: a quota that frees up with time, or one that needs a person.
+
+    * ``429 daily_rate_limit_exceeded``: the daily number of fine-tuning creates per base model is used up;
+    * ``429 rate_limit_exceeded`` of type ``invalid_request_error``: the organisation has as many active jobs
+      on the base model as it may ("This fine-tune request has been rate-limited...");
+    * ``insufficient_quota`` (code or type): the billing quota is used up; final.
+    """
+    if fields.code in OPENAI_FINAL or fields.error_type in OPENAI_FINAL:
+        return replace(fields, refusal="final")
+    if status != 429 or fields.code not in OPENAI_QUOTAS:
+        return fields
+    if fields.code == "rate_limit_exceeded" and fields.error_type != "invalid_request_error":
+        return fields
+    return replace(fields, refusal="quota", quota=OPENAI_QUOTAS[fields.code])
 
 
 def _api_error(response: httpx.Response, settings: ConnectionSettings, read_error: ErrorReader) -> FineTuningAPIError:
@@ -387,15 +434,21 @@ def _api_error(response: httpx.Response, settings: ConnectionSettings, read_erro
         body = json.loads(settings.redact(json.dumps(body)))
     cls = fields.error_class or api_error_for_status(response.status_code)
     # Every text that comes from the answer is shown to people, so none of it may carry a secret back.
-    return cls(
-        response.status_code,
-        settings.redact(message),
-        code=_redacted(fields.code, settings),
-        param=_redacted(fields.param, settings),
-        error_type=_redacted(fields.error_type, settings),
-        request_id=_redacted(fields.request_id, settings),
-        body=body,
-    )
+    kwargs: dict[str, Any] = {
+        "code": _redacted(fields.code, settings),
+        "param": _redacted(fields.param, settings),
+        "error_type": _redacted(fields.error_type, settings),
+        "request_id": _redacted(fields.request_id, settings),
+        "body": body,
+    }
+    text = settings.redact(message)
+    if fields.refusal == "quota":
+        return QuotaExceededError(
+            response.status_code, text, quota=fields.quota, retry_after=retry_after(response.headers), **kwargs
+        )
+    if fields.refusal == "final":
+        return FineTuningNotAllowedError(response.status_code, text, **kwargs)
+    return cls(response.status_code, text, **kwargs)
 
 
 def _redacted(text: str | None, settings: ConnectionSettings) -> str | None:

@@ -13,6 +13,7 @@ when no host is given) and ``aws_conn_id``, the Airflow AWS connection whose cre
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, cast
 
 from airflow_provider_finetune.client import (
@@ -42,6 +43,12 @@ def settings_from_connection(conn: Any, *, mask: Any = None) -> ConnectionSettin
     base_url = _base_url(conn.host, conn.port, conn.schema, extra.get("scheme"))
     if service == "bedrock" and not conn.host:
         base_url = _bedrock_url(region)
+    if service == "fireworks":
+        base_url = _fireworks_base_url(conn.host, base_url, extra.get("account_id"))
+    if service == "together" and not conn.host:
+        from airflow_provider_finetune.backends.together import DEFAULT_BASE_URL as TOGETHER_BASE_URL
+
+        base_url = TOGETHER_BASE_URL
     api_key = conn.password or extra.get("api_key") or ""
     headers = _headers_extra(extra.get("extra_headers"))
     if mask is not None:
@@ -86,6 +93,23 @@ def _base_url(host: str | None, port: int | None, schema: str | None, scheme: st
     netloc = f"{host}:{port}" if port else host
     path = f"/{schema.strip('/')}" if schema else ""
     return f"{scheme or 'https'}://{netloc}{path}"
+
+
+def _fireworks_base_url(host: str | None, base_url: str, account_id: Any) -> str:
+    """Fireworks' base URL for one account: ``{host}/v1/accounts/{account_id}`` (``api.fireworks.ai`` by default)."""
+    from airflow_provider_finetune.backends.fireworks import DEFAULT_BASE_URL
+
+    root = (base_url if host else DEFAULT_BASE_URL).rstrip("/")
+    if "/accounts/" in root:
+        return root  # the account is in the URL already
+    if not isinstance(account_id, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", account_id):
+        raise InvalidRequestError(
+            f"account_id: a Fireworks connection needs its account id (lowercase letters, digits and '-'), "
+            f"got {account_id!r}",
+            field="account_id",
+        )
+    root = root.removesuffix("/v1")
+    return f"{root}/v1/accounts/{account_id}"
 
 
 def _headers_extra(raw: Any) -> dict[str, str]:

@@ -26,13 +26,14 @@ __all__ = [
     "FineTuningConnectionError",
     "FineTuningError",
     "FineTuningJobFailed",
+    "FineTuningNotAllowedError",
     "FineTuningTimeoutError",
     "InternalServerError",
     "InvalidRequestError",
     "NotFoundError",
     "PermissionDeniedError",
+    "QuotaExceededError",
     "RateLimitError",
-    "ServiceQuotaExceededError",
     "UnprocessableEntityError",
     "UnsafeToRetryError",
     "UnsupportedCapabilityError",
@@ -198,10 +199,38 @@ class RateLimitError(FineTuningAPIError):
     """429: too many requests, or the quota is used up."""
 
 
-class ServiceQuotaExceededError(BadRequestError):
-    """The account's quota for what was asked is used up (AWS ``ServiceQuotaExceededException``).
+class QuotaExceededError(RateLimitError):
+    """The service refused a create for a quota that frees up with time: active jobs, creates per day.
 
-    Not retried: waiting a few seconds does not raise a quota.
+    Not retried by the request core: the create operator waits for the quota (deferred, or on the worker)
+    and tries again, up to its deadline. Its backend's error reader says which answers are one.
+
+    :param quota: what the quota counts, in words (``active fine-tuning jobs``...), when the reader knows.
+    :param retry_after: the seconds the service asked to wait (``retry-after``), if it said.
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        quota: str | None = None,
+        retry_after: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.quota = quota
+        self.retry_after = retry_after
+        super().__init__(status_code, message, **kwargs)
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {**super()._kwargs(), "quota": self.quota, "retry_after": self.retry_after}
+
+
+class FineTuningNotAllowedError(RateLimitError):
+    """A 429 that no wait clears: the service will not fine-tune for this account until a person acts.
+
+    OpenAI's ``insufficient_quota`` (the billing quota is used up) is one. Never retried, by the request core
+    nor by Airflow: the create operator fails its task at once, in one line.
     """
 
 

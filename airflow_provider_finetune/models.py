@@ -661,6 +661,8 @@ class JobState(BaseModel):
     estimated_finish: int | None = None
     fine_tuned_model: str | None = None
     error: JobError | None = None
+    #: The cost so far, where the service reports one (a budget cap reads it).
+    total_price: float | None = None
 
     @field_validator("error")
     @classmethod

@@ -47,6 +47,7 @@ from airflow_provider_finetune.statuses import FAILURE_STATUSES
 __all__ = [
     "CLIENT_JOB_ID_FIELD",
     "CLOCK_SKEW",
+    "ECHOED_REQUEST",
     "MAX_GENERATIONS",
     "MAX_WALK",
     "NO_STATE_STORE",
@@ -193,13 +194,34 @@ def tagged_body(body: Mapping[str, Any], tag: str, *, job_metadata: bool) -> tup
     return sent, fingerprint
 
 
+#: Extra field of a canonical job: the create fields the service's job reports, named as in the create body
+#: (its backend fills it where the service echoes more than model, files and seed; Together does).
+ECHOED_REQUEST = "echoed_request"
+
+
 def _same_request_fields(job: FineTuningJob, body: Mapping[str, Any]) -> bool:
-    """Whether a job echoes the fields of a request that every service echoes back."""
+    """Whether a job echoes the fields of a request: those every service echoes back, and any more it reports.
+
+    Each field the job reports under :data:`ECHOED_REQUEST` must equal the request's where the request gave it
+    (inside an object, key by key); a field the request left out (the service's default) is not compared.
+    """
     if job.model != body.get("model") or job.training_file != body.get("training_file"):
         return False
     if (job.validation_file or None) != (body.get("validation_file") or None):
         return False
-    return body.get("seed") is None or job.seed == body.get("seed")
+    if body.get("seed") is not None and job.seed != body.get("seed"):
+        return False
+    echoed = (job.model_extra or {}).get(ECHOED_REQUEST)
+    if not isinstance(echoed, Mapping):
+        return True
+    return _agrees(echoed, body)
+
+
+def _agrees(reported: Any, given: Any) -> bool:
+    """Whether what a job reports agrees with what was asked: objects key by key, where both have the key."""
+    if isinstance(reported, Mapping) and isinstance(given, Mapping):
+        return all(_agrees(reported[key], given[key]) for key in reported if given.get(key) is not None)
+    return bool(reported == given)
 
 
 def ensure_job(

@@ -19,6 +19,8 @@ from collections.abc import Callable, Collection, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from airflow_provider_finetune.budget import OVER_BUDGET, progress_of
+from airflow_provider_finetune.early_stopping import EARLY_STOPPED
 from airflow_provider_finetune.exceptions import (
     ConflictError,
     FineTuningConnectionError,
@@ -29,8 +31,10 @@ from airflow_provider_finetune.exceptions import (
 from airflow_provider_finetune.statuses import RUNNING, TERMINAL
 
 if TYPE_CHECKING:
+    from airflow_provider_finetune.budget import Budget
+    from airflow_provider_finetune.early_stopping import EarlyStopping, Progress
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
-    from airflow_provider_finetune.models import FineTuningJob, FineTuningJobEvent, JobState
+    from airflow_provider_finetune.models import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent, JobState
 
 __all__ = [
     "TERMINAL",
@@ -62,6 +66,8 @@ EVENTS_PER_POLL = 50
 EVENTS_PAGE_MAX = 100
 #: Events a wait that ends reads at most: a bound for a wait that logged its last line long ago.
 EVENTS_AT_END = 1000
+#: Events a wait that needs the job's whole history (early stopping, on its first read) reads at most.
+HISTORY_EVENTS = 10_000
 
 # Failures that a later poll may not see again: the hook already retried them, the wait keeps going.
 TRANSIENT = (FineTuningConnectionError, RateLimitError, InternalServerError, ConflictError)
@@ -71,11 +77,15 @@ class Poll(NamedTuple):
     """Step of :func:`watch`: read the job and its events newer than ``after_event``.
 
     When the job is in one of ``ends`` (the wait is over), every event newer than ``after_event`` is read
-    (see :func:`read_back`), so that the wait logs the job to its end before it ends.
+    (see :func:`read_back`), so that the wait logs the job to its end before it ends. With ``history``, so
+    they are on every read, from the job's first event when ``after_event`` is ``None``: a wait that judges
+    every evaluation (early stopping) misses none. With ``checkpoints``, the job's checkpoints are read too.
     """
 
     after_event: str | None
     ends: frozenset[str] = TERMINAL
+    history: bool = False
+    checkpoints: bool = False
 
 
 class Pause(NamedTuple):
@@ -86,10 +96,11 @@ class Pause(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """What one poll saw: the job (whole, or its state only), and its events newer than the last one seen."""
+    """What one poll saw: the job (whole, or its state only), its new events, its checkpoints if asked for."""
 
     job: FineTuningJob | JobState
     events: list[FineTuningJobEvent] = field(default_factory=list)
+    checkpoints: list[FineTuningJobCheckpoint] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,8 @@ class Outcome:
     :param message: what happened, for people.
     :param last_event_id: the newest event seen, so that a later wait does not log old ones again.
     :param checkpoint: the checkpoint a checkpoint wait found.
+    :param early_stopping: for a job that stopped improving, what its wait saw
+        (:meth:`~airflow_provider_finetune.early_stopping.Progress.to_json`).
     """
 
     status: str
@@ -109,15 +122,19 @@ class Outcome:
     message: str
     last_event_id: str | None = None
     checkpoint: Any = None
+    early_stopping: dict[str, Any] | None = None
 
     def payload(self) -> dict[str, Any]:
         """The JSON-safe form, as a trigger event carries it."""
-        return {
+        payload: dict[str, Any] = {
             "status": self.status,
             "job_id": self.job_id,
             "message": self.message,
             "last_event_id": self.last_event_id,
         }
+        if self.early_stopping is not None:
+            payload["early_stopping"] = self.early_stopping
+        return payload
 
 
 Watch = Generator[Poll | Pause, Observation | FineTuningError, Outcome]
@@ -135,8 +152,17 @@ def watch(
     clock: Callable[[], float] = time.time,
     rng: Callable[[], float] = random.random,
     events: bool = True,
+    early_stopping: EarlyStopping | None = None,
+    budget: Budget | None = None,
 ) -> Watch:
     """Poll a job until it reaches one of ``targets`` or a terminal status, the deadline, or too many errors.
+
+    With ``early_stopping``, the wait also ends (status
+    :data:`~airflow_provider_finetune.early_stopping.EARLY_STOPPED`, the job still running) once the job's
+    validation metric has not improved for the rule's patience and the job has a checkpoint to return. Its
+    evaluations are the metrics events (every one of them: each poll reads all the events since the last;
+    the first, the job's whole history, so that a restarted wait judges as the first one did), or, where
+    the service keeps no event log, the checkpoints.
 
     ``paused`` (and any status the service adds) is a waiting state: the wait goes on. Each poll logs the
     job's new events as progress lines (step, losses, ETA) and never logs an event twice.
@@ -153,13 +179,19 @@ def watch(
     :param rng: the source of jitter, in [0, 1).
     :param events: whether the service keeps an event log; without one, each change of status is logged
         instead (the first status seen included), so that the wait still says how the job goes.
+    :param early_stopping: the rule that stops a job whose metric no longer improves.
+    :param budget: the job's cost cap: once the job has cost more (as the service reports it, or its trained
+        tokens, or the share of its steps done), the wait ends :data:`~airflow_provider_finetune.budget.OVER_BUDGET`.
     """
     logger = log or logging.getLogger(__name__)
     ends = frozenset(targets) | TERMINAL
     errors = 0
     last_status: str | None = None
+    progress = _fresh_progress(early_stopping)
+    done: float | None = None  # the share of the training steps done, for the budget
+    history, checkpoints = early_stopping is not None and events, early_stopping is not None and not events
     while True:
-        seen: Observation | FineTuningError | None = yield Poll(last_event_id, ends)
+        seen: Observation | FineTuningError | None = yield Poll(last_event_id, ends, history, checkpoints)
         if isinstance(seen, Observation):
             errors = 0
             status = seen.job.status.value
@@ -171,6 +203,18 @@ def watch(
                 last_event_id = seen.events[-1].id
             if status in ends:
                 return Outcome(status, job_id, _ended(seen.job), last_event_id)
+            if budget is not None:
+                done = progress_of(seen.events, done)
+                overspent = budget.overspent(seen.job, done)
+                if overspent is not None:
+                    logger.info("%s", overspent)
+                    return Outcome(OVER_BUDGET, job_id, overspent, last_event_id)
+            if early_stopping is not None and progress is not None:
+                progress = _judge(early_stopping, progress, seen, logger)
+                if progress.should_stop(early_stopping):
+                    reason = f"Job {job_id} stopped early: {progress.reason(early_stopping)}"
+                    logger.info("%s", reason)
+                    return Outcome(EARLY_STOPPED, job_id, reason, last_event_id, early_stopping=progress.to_json())
         elif isinstance(seen, TRANSIENT):
             errors += 1
             logger.warning("Could not read job %s (%d in a row): %s", job_id, errors, seen)
@@ -190,6 +234,34 @@ def watch(
         wait = next_pause(seen.job if isinstance(seen, Observation) else None, poll_interval, now, rng())
         seen = None  # a waiting trigger keeps no copy of the job through its pause (memory per trigger)
         yield Pause(wait if deadline is None else min(wait, max(deadline - now, 0.0)))
+
+
+def _fresh_progress(rule: EarlyStopping | None) -> Progress | None:
+    from airflow_provider_finetune.early_stopping import Progress
+
+    return None if rule is None else Progress()
+
+
+def _judge(rule: EarlyStopping, progress: Progress, seen: Observation, logger: Any) -> Progress:
+    """Fold one poll's evaluations into the progress; say once when patience runs out before any checkpoint."""
+    from dataclasses import replace
+
+    from airflow_provider_finetune.early_stopping import checkpoint_evaluations, event_evaluations, has_checkpoint_event
+
+    before = progress
+    if seen.checkpoints is not None:
+        progress = progress.add(rule, checkpoint_evaluations(rule, seen.checkpoints))
+        checkpointed = bool(seen.checkpoints)
+    else:
+        progress = progress.add(rule, event_evaluations(rule, seen.events))
+        checkpointed = has_checkpoint_event(seen.events)
+    if checkpointed and not progress.checkpointed:
+        progress = replace(progress, checkpointed=True)
+    if progress.out_of_patience(rule) and not progress.checkpointed and not before.out_of_patience(rule):
+        logger.info(
+            "[%s] %s; training goes on until it makes a checkpoint to return", seen.job.id, progress.reason(rule)
+        )
+    return progress
 
 
 def _log_events(logger: Any, job_id: str, seen: Observation, *, everything: bool) -> None:
@@ -295,56 +367,65 @@ def newer_events(events_newest_first: Iterable[FineTuningJobEvent], after: str |
     return fresh
 
 
-def read_back(events_newest_first: Sequence[FineTuningJobEvent], after: str | None, has_more: bool) -> str | None:
+def read_back(
+    events_newest_first: Sequence[FineTuningJobEvent], after: str | None, has_more: bool, *, history: bool = False
+) -> str | None:
     """The cursor of the next older page to read for a wait that is over, or ``None`` when none is needed.
 
     A wait that is over reads every event newer than ``after`` (the last one it logged), page by page back
     in time, up to :data:`EVENTS_AT_END` events. A wait that has logged none has no place to go on from: it
     logs the newest page (the job's end), as a first poll does, and does not replay the job's whole history.
+    A wait that needs the ``history`` (see :class:`Poll`) does replay it, up to :data:`HISTORY_EVENTS` events.
 
     :param events_newest_first: the events read so far, newest first.
     :param after: the newest event the wait has logged.
     :param has_more: whether the service has older events than the last page read.
+    :param history: whether the wait needs every event, from the job's first when ``after`` is ``None``.
     """
-    if after is None or not has_more or not events_newest_first or len(events_newest_first) >= EVENTS_AT_END:
+    bound = HISTORY_EVENTS if history else EVENTS_AT_END
+    if (after is None and not history) or not has_more or not events_newest_first:
+        return None
+    if len(events_newest_first) >= bound:
         return None
     if any(event.id == after for event in events_newest_first):
         return None
     return events_newest_first[-1].id
 
 
-def observe(
-    hook: FineTuningHook, job_id: str, after_event: str | None, ends: Collection[str] = TERMINAL
-) -> Observation:
-    """Read a job and its new events with the sync client (all of them once the job is in ``ends``)."""
+def observe(hook: FineTuningHook, job_id: str, poll: Poll) -> Observation:
+    """Read a job, its new events and (when asked for) its checkpoints with the sync client.
+
+    Every event newer than ``poll.after_event`` is read once the job is in ``poll.ends``, and on every read
+    of a ``poll.history``.
+    """
     job = hook.get_job(job_id)
+    checkpoints = list(hook.iter_checkpoints(job_id, limit=100)) if poll.checkpoints else None
     if not hook.backend.supports("events"):
-        return Observation(job)
-    over = job.status.value in ends
+        return Observation(job, checkpoints=checkpoints)
+    over = poll.history or job.status.value in poll.ends
     # A wait that is over wants every event since its last line: the largest page saves reads back.
     page = hook.list_events(job_id, limit=EVENTS_PAGE_MAX if over else EVENTS_PER_POLL)
     events = list(page.data)
-    while over and (cursor := read_back(events, after_event, page.has_more)) is not None:
+    while over and (cursor := read_back(events, poll.after_event, page.has_more, history=poll.history)) is not None:
         page = hook.list_events(job_id, after=cursor, limit=EVENTS_PAGE_MAX)
         events += page.data
-    return Observation(job, newer_events(events, after_event))
+    return Observation(job, newer_events(events, poll.after_event), checkpoints)
 
 
-async def aobserve(
-    hook: FineTuningHook, job_id: str, after_event: str | None, ends: Collection[str] = TERMINAL
-) -> Observation:
-    """Read a job and its new events with the async client (all of them once the job is in ``ends``)."""
+async def aobserve(hook: FineTuningHook, job_id: str, poll: Poll) -> Observation:
+    """Read a job, its new events and (when asked for) its checkpoints with the async client, as :func:`observe`."""
     job = await hook.aget_job(job_id)
+    checkpoints = [c async for c in hook.aiter_checkpoints(job_id, limit=100)] if poll.checkpoints else None
     if not hook.backend.supports("events"):
-        return Observation(job)
-    over = job.status.value in ends
+        return Observation(job, checkpoints=checkpoints)
+    over = poll.history or job.status.value in poll.ends
     # A wait that is over wants every event since its last line: the largest page saves reads back.
     page = await hook.alist_events(job_id, limit=EVENTS_PAGE_MAX if over else EVENTS_PER_POLL)
     events = list(page.data)
-    while over and (cursor := read_back(events, after_event, page.has_more)) is not None:
+    while over and (cursor := read_back(events, poll.after_event, page.has_more, history=poll.history)) is not None:
         page = await hook.alist_events(job_id, after=cursor, limit=EVENTS_PAGE_MAX)
         events += page.data
-    return Observation(job, newer_events(events, after_event))
+    return Observation(job, newer_events(events, poll.after_event), checkpoints)
 
 
 def wait_sync(
@@ -358,7 +439,7 @@ def wait_sync(
             sleep(step.seconds)
         else:
             try:
-                reply = observe(hook, job_id, step.after_event, step.ends)
+                reply = observe(hook, job_id, step)
             except FineTuningError as err:
                 reply = err
         try:
@@ -376,7 +457,7 @@ async def wait_async(hook: FineTuningHook, job_id: str, steps: Watch) -> Outcome
             await asyncio.sleep(step.seconds)
         else:
             try:
-                reply = await aobserve(hook, job_id, step.after_event, step.ends)
+                reply = await aobserve(hook, job_id, step)
             except FineTuningError as err:
                 reply = err
         try:

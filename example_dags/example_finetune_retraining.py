@@ -18,7 +18,6 @@ lower). The data is the Brightwave Home support set of ``data/`` (see ``data/gen
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from datetime import timedelta
@@ -108,31 +107,17 @@ with DAG(
     def evaluate(model: str, params: Any = None) -> dict[str, Any]:
         """Ask the new model the held-out prompts; the score is the share of answers holding the expected phrase.
 
-        The base model answers the same prompts, as the baseline the fine-tuning has to beat.
+        The base model answers the same prompts, as the baseline the fine-tuning has to beat. (The scoring is
+        the evaluation gate's, ``FineTuningEvaluateOperator``, used here as functions: see
+        ``example_guarded_sweep`` for the gate as a task.)
         """
         from airflow_provider_finetune.hooks.finetune import FineTuningHook
+        from airflow_provider_finetune.operators.evaluate import read_examples, score_model
 
         hook = FineTuningHook(CONN_ID)
-        rows = [json.loads(line) for line in (DATA / "support_eval.jsonl").read_text().splitlines() if line]
-
-        def score(name: str) -> float:
-            hits = 0
-            for row in rows:
-                body = {"model": name, "messages": row["messages"], "temperature": 0, "max_completion_tokens": 200}
-                answer = hook.chat_completion(body)["choices"][0]["message"]["content"]
-                hit = row["expected"].lower() in answer.lower()
-                hits += hit
-                log.info(
-                    "[%s] %s %s: expected %r, got %r",
-                    name,
-                    row["id"],
-                    "PASS" if hit else "MISS",
-                    row["expected"],
-                    answer,
-                )
-            return hits / len(rows)
-
-        result = {"model": model, "score": score(model), "baseline_score": score(BASE_MODEL), "prompts": len(rows)}
+        examples = read_examples((DATA / "support_eval.jsonl").read_text(), needs_expected=True)
+        new, base = (score_model(hook, name, examples, scoring="contains", log=log) for name in (model, BASE_MODEL))
+        result = {"model": model, "score": new.score, "baseline_score": base.score, "prompts": len(examples)}
         log.info("Evaluation of %s: score %.2f (base model %.2f)", model, result["score"], result["baseline_score"])
         min_score = float(params["min_score"])
         if result["score"] < min_score:

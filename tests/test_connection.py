@@ -219,16 +219,6 @@ def test_bedrock_has_a_backend(use: Any) -> None:
     assert hook.settings.base_url == "https://bedrock.us-east-1.amazonaws.com"
 
 
-@pytest.mark.parametrize("service", ["fireworks", "together"])
-def test_services_without_a_backend_yet_say_so(use: Any, service: str) -> None:
-    hook = use({"conn_type": "finetune", "password": KEY, "extra": {"service": service}})
-    assert hook.settings.service == service  # a known service: the connection itself is fine
-    with pytest.raises(InvalidRequestError) as info:
-        hook.backend  # noqa: B018
-    assert info.value.field == "service"
-    assert f"{service!r} has no backend" in str(info.value)
-
-
 # -- the README's connections ---------------------------------------------------------------------------------
 
 

@@ -31,7 +31,6 @@ from airflow_provider_finetune.exceptions import (
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
-    ServiceQuotaExceededError,
 )
 
 __all__ = [
@@ -51,7 +50,6 @@ MISSING_EXTRA = "AWS credentials need apache-airflow-providers-amazon: pip insta
 AWS_ERRORS: dict[str, type[FineTuningAPIError]] = {
     "ThrottlingException": RateLimitError,
     "TooManyRequestsException": RateLimitError,
-    "ServiceQuotaExceededException": ServiceQuotaExceededError,
     "ValidationException": BadRequestError,
     "TooManyTagsException": BadRequestError,
     "ConflictException": ConflictError,
@@ -104,6 +102,9 @@ def read_aws_error(response: httpx.Response, body: Any) -> ErrorFields:
         error_type=error_type,
         request_id=response.headers.get("x-amzn-RequestId") or response.headers.get("x-amz-request-id"),
         error_class=error_class,
+        # A service quota (concurrent customization jobs...) frees up as jobs end: waited for, then tried again.
+        refusal="quota" if error_type == "ServiceQuotaExceededException" else None,
+        quota="Bedrock service quota" if error_type == "ServiceQuotaExceededException" else None,
     )
 
 

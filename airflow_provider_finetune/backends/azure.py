@@ -231,12 +231,14 @@ class AzureAuthoringBackend(_AzureBackend):
             return read_openai_error(response, body)
         inner = detail.get("innererror")
         inner_code = inner.get("code") if isinstance(inner, dict) else None
-        return ErrorFields(
-            message=str(detail.get("message") or ""),
-            code=None if detail.get("code") is None else str(detail["code"]),
-            param=None if detail.get("target") is None else str(detail["target"]),
-            error_type=None if inner_code is None else str(inner_code),
-            request_id=self._request_id(response),
+        return azure_refusal(
+            ErrorFields(
+                message=str(detail.get("message") or ""),
+                code=None if detail.get("code") is None else str(detail["code"]),
+                param=None if detail.get("target") is None else str(detail["target"]),
+                error_type=None if inner_code is None else str(inner_code),
+                request_id=self._request_id(response),
+            )
         )
 
     def job_body(self, request: CreateFineTuningJobRequest) -> dict[str, Any]:
@@ -271,6 +273,19 @@ class AzureAuthoringBackend(_AzureBackend):
         return Call("POST", path, lambda response: response.json(), json=rest)
 
 
+#: Azure's code of a refusal for its fine-tuning quota (jobs running and queued per resource): waited for.
+AZURE_QUOTA_CODE = "quotaExceeded"
+
+
+def azure_refusal(fields: ErrorFields) -> ErrorFields:
+    """Mark Azure's quota refusal (``quotaExceeded``, on both surfaces); ``tooManyRequests`` stays transient."""
+    if fields.code != AZURE_QUOTA_CODE:
+        return fields
+    from dataclasses import replace
+
+    return replace(fields, refusal="quota", quota="fine-tuning jobs running and queued on the Azure resource")
+
+
 def _numbers_only(block: Any) -> dict[str, Any]:
     if not isinstance(block, Mapping):
         return {}
@@ -289,8 +304,8 @@ class AzureV1Backend(_AzureBackend):
         return super().auth()
 
     def read_error(self, response: httpx.Response, body: Any) -> ErrorFields:
-        """OpenAI's error shape with Azure's request id header."""
-        fields = read_openai_error(response, body)
+        """OpenAI's error shape with Azure's request id header and Azure's quota refusal."""
+        fields = azure_refusal(read_openai_error(response, body))
         if fields.request_id is None:
             from dataclasses import replace
 

@@ -24,6 +24,7 @@ from airflow_provider_finetune.client import ErrorFields, read_openai_error
 from airflow_provider_finetune.exceptions import UnsupportedCapabilityError
 
 if TYPE_CHECKING:
+    from airflow_provider_finetune.budget import PriceEstimate
     from airflow_provider_finetune.client import ConnectionSettings
 
 __all__ = [
@@ -283,4 +284,12 @@ class Backend:
 
     def job_url(self, job_id: str) -> str | None:
         """The job's page on the service's dashboard, or ``None`` where there is none (no broken links)."""
+        return None
+
+    def estimate_price(self, body: Mapping[str, Any]) -> Call[PriceEstimate] | None:
+        """The service's own estimate of what a create ``body`` will cost, where it makes one; else ``None``.
+
+        Without one, a budget cap estimates from the training data and a price. (Together's estimate, which also
+        says whether the account may proceed, is asked by its backend before every create and checked as well.)
+        """
         return None

@@ -204,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr,
         flush=True,
     )
+    together = f"http://{args.host}:{args.port}/together/v1"
+    print(f"finetune-emulator: Together AI's dialect at {together} (its SDK's base_url)", file=sys.stderr, flush=True)
     uvicorn.run(
         app,
         host=args.host,

@@ -19,6 +19,15 @@ AWS Bedrock's control plane and runtime are served under ``/bedrock`` and ``/bed
 ``endpoint_url``), with SigV4 checked by botocore and AWS's errors
 (:mod:`airflow_provider_finetune.emulator.bedrock`).
 
+Fireworks AI's own dialect is served too (:mod:`airflow_provider_finetune.emulator.fireworks`), with the
+server's root as the SDK's base URL: ``/v1/accounts/{account_id}/datasets...``, ``.../supervisedFineTuningJobs``,
+``.../dpoJobs``, ``.../reinforcementFineTuningJobs`` (``:cancel``, ``:resume``) and
+``/inference/v1/chat/completions``; its errors are ``{"code": <gRPC code>, "message", "details": []}``.
+
+Together AI's dialect is served under ``/together/v1`` (its SDK's base URL is ``{root}/together/v1``; details in
+:mod:`airflow_provider_finetune.emulator.together`), with the presigned upload addresses under
+``/together/storage`` and ``POST /_emulator/together/account`` to make its price estimate refuse jobs.
+
 Every answer carries ``x-request-id``; every error has the API's shape
 ``{"error": {"message", "type", "param", "code"}}``. Requests authenticate with
 ``Authorization: Bearer <key>`` or ``api-key: <key>``; the checkpoint permission endpoints need the admin
@@ -62,12 +71,14 @@ from airflow_provider_finetune.emulator.counters import Counters
 from airflow_provider_finetune.emulator.errors import APIError, error_body_for_path, invalid_request
 from airflow_provider_finetune.emulator.faults import RAW_SEND_KEY, FaultMiddleware
 from airflow_provider_finetune.emulator.files import FileService
+from airflow_provider_finetune.emulator.fireworks import fireworks_error_body, fireworks_routes
 from airflow_provider_finetune.emulator.graders import run_grader, validate_grader
 from airflow_provider_finetune.emulator.inference import InferenceService
 from airflow_provider_finetune.emulator.jobs import JobService
 from airflow_provider_finetune.emulator.params import parse_body
 from airflow_provider_finetune.emulator.permissions import PermissionService
 from airflow_provider_finetune.emulator.store import Store
+from airflow_provider_finetune.emulator.together import together_routes
 from airflow_provider_finetune.models import CreateFileRequest
 
 __all__ = ["Emulator", "EmulatorApp", "create_app"]
@@ -93,6 +104,7 @@ class Emulator:
         self.permissions = PermissionService(self.store, self.jobs, config.clock)
         self.inference = InferenceService(self.jobs, self.files, config.clock, self.store.seed)
         self.faults: FaultMiddleware | None = None
+        self.together: Any = None
 
     def authenticate(self, headers: Mapping[str, str], *, admin: bool = False) -> None:
         """Check the request's key; raise 401 for a missing or wrong key, 403 for a non-admin key."""
@@ -144,7 +156,7 @@ class EmulatorApp:
             await self.app(scope, receive, send)
             return
         request_id = b"req_" + secrets.token_hex(16).encode()
-        api = scope["path"].startswith(("/v1/", "/openai/")) or is_bedrock_path(scope["path"])
+        api = scope["path"].startswith(("/v1/", "/openai/", "/together/")) or is_bedrock_path(scope["path"])
         azure = surface_of(scope["path"]) is not None
         aws = is_bedrock_path(scope["path"])
         statuses = self.emulator.counters.statuses if api else None
@@ -182,8 +194,14 @@ def create_app(config: EmulatorConfig | None = None) -> EmulatorApp:
         yield
         emulator.close()
 
-    routes = _api_routes(emulator) + _azure_routes(emulator) + _admin_routes(emulator)
-    routes += bedrock_routes(emulator)
+    routes = [
+        *_api_routes(emulator),
+        *_azure_routes(emulator),
+        *_fireworks_routes(emulator),
+        *_together_routes(emulator),
+        *_admin_routes(emulator),
+        *bedrock_routes(emulator),
+    ]
     router = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     router.state.emulator = emulator
     faults = FaultMiddleware(router, config.faults, emulator.counters)
@@ -485,6 +503,50 @@ def _azure_routes(emulator: Emulator) -> list[Route]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Fireworks routes
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _fireworks_routes(emulator: Emulator) -> list[Route]:
+    """Fireworks' routes (``/v1/accounts/{account_id}/...``): Bearer keys, gateway-shaped errors."""
+
+    def wrap(key: str, handler: _Handler) -> _Handler:
+        async def endpoint(request: Request) -> Response:
+            emulator.counters.requests[key] += 1
+            try:
+                emulator.authenticate(request.headers)
+                result = await handler(request)
+            except APIError as exc:
+                return _json(fireworks_error_body(exc), exc.status, exc.headers)
+            except Exception:
+                logger.exception("Error while handling %s", key)
+                failure = APIError(500, "The emulator failed to handle the request.", error_type="server_error")
+                return _json(fireworks_error_body(failure), 500)
+            return result if isinstance(result, Response) else _json(result)
+
+        return endpoint
+
+    helpers = {"body": _body, "query": _query, "form": _form, "form_file": _form_file}
+    return fireworks_routes(emulator, wrap, helpers)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Together routes
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _together_routes(emulator: Emulator) -> list[Route]:
+    """Together AI's dialect under ``/together/v1`` (see :mod:`airflow_provider_finetune.emulator.together`)."""
+
+    def endpoint(key: str, handler: _Handler) -> _Handler:
+        return _endpoint(emulator, key, handler, admin=False, counted=True)
+
+    helpers = {"body": _body, "query": _query, "form": _form, "json": _json}
+    routes, emulator.together = together_routes(emulator, endpoint, helpers)
+    return routes
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Admin routes
 # ---------------------------------------------------------------------------------------------------------
 
@@ -514,6 +576,7 @@ def _admin_routes(emulator: Emulator) -> list[Route]:
         except (ValueError, TypeError) as exc:
             raise invalid_request(str(exc)) from None
         emulator.faults.configure(config)
+        emulator.jobs.faults = config
         return config.as_dict()
 
     def admin(key: str, handler: _Handler) -> _Handler:

@@ -489,7 +489,7 @@ def azure_routes(emulator: Any, wrap: _Wrap, json_response: _Json, helpers: Mapp
     async def a_create_job(request: Request) -> Any:
         version = _authoring_version(request)
         body = authoring_create_body(await body_of(request), version)
-        rendered = jobs.create(body)
+        rendered = jobs.create(body, dialect="azure")
         location = f"{request.base_url}openai/fine_tuning/jobs/{rendered['id']}?api-version={version.name}"
         return json_response(authoring_job_of(rendered["id"], version, rendered), 201, {"Location": location})
 
@@ -585,7 +585,7 @@ def azure_routes(emulator: Any, wrap: _Wrap, json_response: _Json, helpers: Mapp
 
     async def v_create_job(request: Request) -> Any:
         _v1_version(request)
-        return jobs.create(await body_of(request))
+        return jobs.create(await body_of(request), dialect="azure")
 
     async def v_list_jobs(request: Request) -> Any:
         _v1_version(request)

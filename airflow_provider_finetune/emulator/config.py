@@ -98,6 +98,15 @@ class FaultConfig:
     :param after_processing: when true, a request that draws a 5xx, 429 or drop is first handled (a job
         is created, a job is cancelled...) and only its answer is lost, the case that makes a blind retry
         create a second job; when false (the default) the request is refused before it is handled.
+    :param max_active_jobs: the service's cap on active jobs, which refuses a create with a quota error in
+        the service's words: per base model on OpenAI's dialect, jobs running and queued per resource on
+        Azure's; 0 for none.
+    :param max_daily_jobs: OpenAI's cap on creates per base model in 24 hours (``daily_rate_limit_exceeded``);
+        0 for none.
+    :param refuse_fine_tuning: answer every create with OpenAI's final refusal, ``insufficient_quota`` (the
+        organisation's billing quota is used up).
+    :param reported_price: US dollars per million trained tokens that jobs report as ``total_price`` (the
+        cost so far, as services that bill by report do, e.g. Together); 0 reports none, as OpenAI.
     """
 
     seed: int = 0
@@ -109,6 +118,10 @@ class FaultConfig:
     latency_jitter: float = 0.0
     match: str | None = None
     after_processing: bool = False
+    max_active_jobs: int = 0
+    max_daily_jobs: int = 0
+    refuse_fine_tuning: bool = False
+    reported_price: float = 0.0
 
     def __post_init__(self) -> None:
         rates = (self.error_rate, self.rate_limit_rate, self.drop_rate)
@@ -119,6 +132,8 @@ class FaultConfig:
             )
         if self.latency < 0 or self.latency_jitter < 0 or self.retry_after < 0:
             raise ValueError("latency, latency_jitter and retry_after must not be negative")
+        if self.max_active_jobs < 0 or self.max_daily_jobs < 0 or self.reported_price < 0:
+            raise ValueError("max_active_jobs, max_daily_jobs and reported_price must not be negative")
 
     @property
     def active(self) -> bool:

@@ -124,6 +124,8 @@ def azure_error_body(
     azure_code = _AUTHORING_CODES.get(status, "internalFailure" if status >= 500 else "invalidPayload")
     if status == 409 and code == "invalid_job_state":
         azure_code = "unexpectedEntityState"
+    if code == "quotaExceeded":
+        azure_code = code
     error: dict[str, Any] = {"code": azure_code, "message": message or azure_code, "details": []}
     if param is not None:
         error["target"] = param

@@ -44,6 +44,10 @@ _SERVER_ERRORS = (
 logger = logging.getLogger(__name__)
 
 
+#: The paths of API requests, the only ones faults are injected into.
+_API_PREFIXES = ("/v1/", "/openai/", "/together/")
+
+
 class _DroppedConnection(Exception):
     """Raised after the response started, when the socket cannot be reached: the server closes it."""
 
@@ -85,9 +89,7 @@ class FaultMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Serve one ASGI connection, perhaps with a fault."""
         config = self.config
-        api = scope["type"] == "http" and (
-            scope["path"].startswith(("/v1/", "/openai/")) or is_bedrock_path(scope["path"])
-        )
+        api = scope["type"] == "http" and (scope["path"].startswith(_API_PREFIXES) or is_bedrock_path(scope["path"]))
         if not api or not config.active:
             await self.app(scope, receive, send)
             return

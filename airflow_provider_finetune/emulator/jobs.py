@@ -19,7 +19,7 @@ from typing import Any
 from airflow_provider_finetune.emulator.catalog import BaseModelInfo, find_base_model
 from airflow_provider_finetune.emulator.config import EmulatorConfig
 from airflow_provider_finetune.emulator.counters import Counters
-from airflow_provider_finetune.emulator.errors import conflict, invalid_request, not_found
+from airflow_provider_finetune.emulator.errors import APIError, conflict, invalid_request, not_found
 from airflow_provider_finetune.emulator.files import FileService
 from airflow_provider_finetune.emulator.graders import check_grader
 from airflow_provider_finetune.emulator.params import newest_first_page, parse_body, parse_limit
@@ -71,6 +71,8 @@ class JobService:
         self._models: dict[str, tuple[str, int | None]] = {}
         # File checks by (file id, method, role, legacy): files never change, so neither does the verdict.
         self._checked: dict[tuple[str, str, str, bool], _FileCheck] = {}
+        #: The service's quotas and reported costs (changed at run time through ``/_emulator/faults``).
+        self.faults = config.faults
         for record in store.records("job").values():
             self._index(SimJob(record))
 
@@ -120,11 +122,15 @@ class JobService:
 
     # -- create ------------------------------------------------------------------------------------------
 
-    def create(self, body: Any) -> dict[str, Any]:
-        """Create a job (``POST /fine_tuning/jobs``) and return it."""
+    def create(self, body: Any, *, dialect: str = "openai") -> dict[str, Any]:
+        """Create a job (``POST /fine_tuning/jobs``) and return it.
+
+        :param dialect: whose quotas and words apply: ``openai`` or ``azure``.
+        """
         request = parse_body(CreateFineTuningJobRequest, body)
         method_type = request.method.type if request.method else "supervised"
         base = self._base_model(request.model, method_type)
+        self._check_quota(request.model if base is None else base.id, dialect)
         training = self._file(request.training_file, "training_file")
         validation = self._file(request.validation_file, "validation_file") if request.validation_file else None
         block = getattr(request.method, method_type, None) if request.method else None
@@ -176,6 +182,51 @@ class JobService:
         self._index(job)
         self._counters.jobs_created += 1
         return self.render(job, now)
+
+    def _check_quota(self, model: str, dialect: str) -> None:
+        """Refuse a create the service's quotas do not allow, in the service's words (a 429 each)."""
+        faults = self.faults
+        if faults.refuse_fine_tuning and dialect == "openai":
+            raise APIError(
+                429,
+                "You exceeded your current quota, please check your plan and billing details. For more "
+                "information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.",
+                error_type="insufficient_quota",
+                code="insufficient_quota",
+            )
+        now = self._clock()
+        if faults.max_active_jobs:
+            per_model = dialect == "openai"
+            statuses = [
+                job.snapshot(now).status for job in self._jobs.values() if not per_model or job.record["model"] == model
+            ]
+            active = [status for status in statuses if status not in TERMINAL]
+            if len(active) >= faults.max_active_jobs:
+                running = sum(1 for status in active if status == "running")
+                if per_model:
+                    raise APIError(
+                        429,
+                        "This fine-tune request has been rate-limited. Your organization has reached the maximum "
+                        f"of {faults.max_active_jobs} active requests ({running} running, {len(active) - running} "
+                        f"pending) for the model '{model}'.",
+                        code="rate_limit_exceeded",
+                    )
+                raise APIError(
+                    429,
+                    f"Quota exceeded: this resource has {len(active)} fine-tuning jobs running or queued, the most "
+                    "its quota allows. Try again when one of them has finished, or cancel one.",
+                    code="quotaExceeded",
+                )
+        if faults.max_daily_jobs and dialect == "openai":
+            since = now - 86_400
+            made = sum(1 for job in self._jobs.values() if job.record["model"] == model and job.record["t0"] >= since)
+            if made >= faults.max_daily_jobs:
+                raise APIError(
+                    429,
+                    "This fine-tune request has been rate-limited. Your organization has reached the maximum of "
+                    f"{faults.max_daily_jobs} fine-tuning requests per day for the model '{model}'.",
+                    code="daily_rate_limit_exceeded",
+                )
 
     def _base_model(self, name: str, method_type: str) -> BaseModelInfo | None:
         """The base model of a request (``None`` when continuing from a fine-tuned model)."""
@@ -390,7 +441,7 @@ class JobService:
         if succeeded and record["result_file"] is None:
             self._write_results(job, snap.finished_at or now)
         plan = record["plan"]
-        return {
+        rendered = {
             "object": "fine_tuning.job",
             "id": job.id,
             "model": record["model"],
@@ -414,6 +465,19 @@ class JobService:
             "metadata": record["metadata"],
             "user_provided_suffix": record["suffix"],
         }
+        if self.faults.reported_price:
+            rendered["total_price"] = self._cost_so_far(record, snap.steps_done)
+        return rendered
+
+    def _cost_so_far(self, record: Record, steps_done: int) -> float:
+        """What the job has cost so far, in US dollars: the tokens of the steps trained, at the reported price."""
+        plan = record["plan"]
+        if plan is None or not plan["steps"]:
+            return 0.0
+        trained = (
+            plan["tokens"] * record["hyperparameters"]["n_epochs"] * min(steps_done, plan["steps"]) / plan["steps"]
+        )
+        return round(trained * self.faults.reported_price / 1_000_000, 6)
 
     def _write_results(self, job: SimJob, finished_at: float) -> None:
         file_record = self._files.create(

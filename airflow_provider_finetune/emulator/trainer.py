@@ -17,6 +17,10 @@ Time, in seconds of wall clock:
   time: ``validating_files``, then ``queued``, then ``running`` (one span per step), then ``succeeded``.
   A bad file ends the job ``failed`` at the end of validation; a forced failure (metadata
   ``emulator_force_failure``) ends it ``failed`` half-way through training; a cancel ends it at once.
+
+A job whose metadata holds ``emulator_overfit_after`` (a share of training, e.g. ``"0.3"``) overfits from
+that point on: its training loss still falls, but its validation loss jumps above anything it reached before
+and keeps rising, so that it never improves again (what early stopping is for).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from airflow_provider_finetune.emulator.store import Record, token
 
 __all__ = [
     "FORCE_FAILURE_KEY",
+    "OVERFIT_KEY",
     "TERMINAL",
     "EventRow",
     "SimJob",
@@ -39,6 +44,7 @@ __all__ = [
     "auto_batch_size",
     "auto_n_epochs",
     "durations",
+    "overfit_point",
     "plan_training",
     "requested_hyperparameters",
     "resolve_hyperparameters",
@@ -46,6 +52,9 @@ __all__ = [
 
 #: Metadata key that makes a job fail half-way through training, with the key's value as error code.
 FORCE_FAILURE_KEY = "emulator_force_failure"
+#: Metadata key whose value (a share of training in (0, 1), e.g. ``"0.3"``) makes the validation loss stop
+#: improving from that point of training on.
+OVERFIT_KEY = "emulator_overfit_after"
 #: Statuses a job never leaves.
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -193,8 +202,14 @@ def _unit(seed: int, step: int, salt: int) -> float:
     return _mix(_mix(seed * 1_000_003 + salt) ^ step) / 2.0**64
 
 
-def metrics_at(seed: int, step: int, steps: int, *, validation: bool) -> dict[str, float]:
-    """Training metrics at a step: losses that fall and accuracies that rise, with seeded noise."""
+def metrics_at(
+    seed: int, step: int, steps: int, *, validation: bool, overfit_after: float | None = None
+) -> dict[str, float]:
+    """Training metrics at a step: losses that fall and accuracies that rise, with seeded noise.
+
+    With ``overfit_after`` (a share of training), the validation loss past that point is above every value
+    it took before (its noise is at most 0.05 either side of its curve; the jump is 0.1) and rises.
+    """
     start = 1.4 + 1.2 * _unit(seed, 0, 1)
     floor = 0.08 + 0.3 * _unit(seed, 0, 2)
     progress = step / max(steps, 1)
@@ -207,10 +222,23 @@ def metrics_at(seed: int, step: int, steps: int, *, validation: bool) -> dict[st
     }
     if validation:
         valid_loss = floor * 1.15 + (start - floor) * math.exp(-3.5 * progress) + 0.1 * (_unit(seed, step, 5) - 0.5)
+        if overfit_after is not None and progress > overfit_after:
+            turn = floor * 1.15 + (start - floor) * math.exp(-3.5 * overfit_after)
+            valid_loss = turn + 0.1 + 1.5 * (progress - overfit_after) + 0.05 * _unit(seed, step, 5)
         valid_loss = max(0.001, valid_loss)
         result["valid_loss"] = round(valid_loss, 4)
         result["valid_mean_token_accuracy"] = round(_clamp(1 - valid_loss / 3 + 0.04 * (_unit(seed, step, 6) - 0.5)), 4)
     return result
+
+
+def overfit_point(metadata: Mapping[str, Any] | None) -> float | None:
+    """The share of training after which the job overfits (metadata :data:`OVERFIT_KEY`), if it is one in (0, 1)."""
+    raw = (metadata or {}).get(OVERFIT_KEY)
+    try:
+        point = float(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+    return point if point is not None and 0.0 < point < 1.0 else None
 
 
 def _clamp(value: float) -> float:
@@ -570,6 +598,7 @@ class SimJob:
             step,
             plan["steps"] if plan else 1,
             validation=self.record.get("validation_file") is not None,
+            overfit_after=overfit_point(self.record.get("metadata")),
         )
 
     def results_csv(self) -> bytes:

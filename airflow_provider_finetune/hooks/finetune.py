@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from airflow_provider_finetune.backends import backend_for
 from airflow_provider_finetune.backends.base import Call
 from airflow_provider_finetune.backends.openai import MAX_PART_SIZE, OpenAIBackend
+from airflow_provider_finetune.budget import PriceEstimate
 from airflow_provider_finetune.client import (
     DEFAULT_BASE_URL,
     ConnectionSettings,
@@ -393,6 +394,11 @@ class FineTuningHook(BaseHook):
     async def acreate_job(self, request: CreateFineTuningJobRequest | Mapping[str, Any]) -> FineTuningJob:
         """Async :meth:`create_job`."""
         return await self._acall(self.backend.create_job(request))
+
+    def estimate_price(self, request: CreateFineTuningJobRequest) -> PriceEstimate | None:
+        """The service's own estimate of what creating ``request`` will cost, where it makes one; else ``None``."""
+        call = self.backend.estimate_price(self.backend.job_body(request))
+        return None if call is None else self._call(call)
 
     def ensure_job(
         self,

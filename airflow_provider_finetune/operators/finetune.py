@@ -10,11 +10,11 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path, PurePath
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
 
 from airflow.sdk import BaseOperator
 
@@ -25,8 +25,11 @@ from airflow_provider_finetune.job_actions import ActionRule
 from airflow_provider_finetune.links.finetune import FineTuningJobLink
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
+    from airflow_provider_finetune.budget import Budget
+    from airflow_provider_finetune.early_stopping import EarlyStopping
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
     from airflow_provider_finetune.models import CreateFineTuningJobRequest, FineTuningJob
     from airflow_provider_finetune.training_data import Method
@@ -42,6 +45,7 @@ __all__ = [
     "FineTuningJobOperator",
     "FineTuningJobPauseOperator",
     "FineTuningJobResumeOperator",
+    "stop_early",
     "task_tag",
 ]
 
@@ -165,7 +169,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
     XComs: the return value is ``fine_tuned_model``; ``job_id`` is pushed as soon as the job exists, and
     on success ``status``, ``trained_tokens``, ``result_files``, ``checkpoints`` (with their metrics)
-    and, for services with a dashboard, ``job_url``.
+    and, for services with a dashboard, ``job_url``; with ``max_cost``, ``estimated_cost`` and
+    ``total_price``.
 
     :param model: the base model.
     :param training_file: the id of the uploaded training file.
@@ -189,7 +194,44 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
     :param on_changed_request: what to do when this task instance's job was made from another request:
         ``cancel_and_create`` (cancel it if it still runs, then create anew) or ``fail``.
     :param service_options: the options only the connection's service has, checked by its backend before any
-        request (AWS Bedrock: ``role_arn``, ``output_s3_uri``, ``customization_type``, ``hyperparameters``...).
+        request (AWS Bedrock: ``role_arn``, ``output_s3_uri``, ``customization_type``, ``hyperparameters``...;
+        Fireworks: ``learning_rate``, ``lora_rank``, ``output_model``...; Together: ``training_type``, ``lora_r``,
+        ``learning_rate``, ``from_checkpoint``...).
+        Where the service estimates a job's price before it is made (Together), the estimate is asked first,
+        the task fails before the create when the service says the account may not proceed, and the estimate
+        goes to XCom (``price_estimate``, ``estimated_cost``) with the job; on success the service's
+        ``total_price`` and early-stopping results go to XCom when it reports them.
+    :param early_stopping: stop the job when its validation metric has not improved for a number of
+        evaluations, and return its best checkpoint's model instead of the final one:
+        ``{"metric": "valid_loss", "mode": "min", "patience": 3, "min_delta": 0.0, "action": "cancel"}``
+        (every key optional; ``action: "pause"`` pauses where the service can, else cancels). The
+        evaluations are the job's metrics events, or its checkpoints where the service keeps no event log.
+        XComs ``early_stopped``, ``early_stopping_reason`` and ``best_checkpoint`` say what happened.
+    :param max_active_jobs: before creating, count the service's active jobs (validating, queued, running,
+        paused) on the base model and wait until fewer than this many are active; this task instance's own
+        job does not count. The wait, like a create the service refuses for a quota (active jobs, creates per
+        day), is deferred to the triggerer when ``deferrable`` (on the worker otherwise), tries again every
+        ``quota_retry_interval`` and ends at the deadline (``timeout``). An Airflow pool bounds a sweep as
+        well: a pool of that many slots with ``include_deferred=True`` runs that many of its tasks at a time.
+    :param quota_retry_interval: seconds between tries while a quota is waited for, where the service does
+        not say how long to wait (``retry-after``).
+    :param max_cost: the most the job may cost, in the currency of ``price_per_million_tokens``. Before
+        creating, the cost is estimated (tokens per epoch x epochs x price): above ``max_cost`` the task
+        fails before anything is billed, with the estimate in the message. While the job runs, its trained
+        tokens (or the cost the service reports) past ``max_cost`` cancel it and fail the task. XComs:
+        ``estimated_cost`` before creating, ``total_price`` (the final cost) when the job ends.
+    :param price_per_million_tokens: the training price per million trained tokens: a number, a mapping
+        from base model to price, or a callable that takes the base model and returns its price. The
+        provider ships no price table. Needed with ``max_cost``.
+    :param training_tokens: estimated tokens of one epoch of the training file (templated), e.g. the
+        ``estimated_tokens`` XCom of :class:`FineTuningFileUploadOperator`; with ``max_cost`` and without
+        it, the training file is downloaded and counted before creating.
+    :param training_examples: examples in the training file (templated), e.g. the upload's ``examples``
+        XCom: the epochs ``n_epochs: "auto"`` resolves to depend on it.
+    :param skip_if_unchanged: when the last successful job of this DAG and task trained on the same data
+        (content digest) with the same request (fingerprint), and the service still shows it succeeded with
+        its model, return that model instead of training again (XComs ``reused_job_id``,
+        ``skipped_because``); see :mod:`airflow_provider_finetune.unchanged`.
     """
 
     template_fields: Sequence[str] = (
@@ -203,6 +245,11 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         "metadata",
         "integrations",
         "service_options",
+        "early_stopping",
+        "max_active_jobs",
+        "max_cost",
+        "training_tokens",
+        "training_examples",
     )
     template_fields_renderers = {
         "method": "json",
@@ -210,9 +257,13 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         "metadata": "json",
         "integrations": "json",
         "service_options": "json",
+        "early_stopping": "json",
     }
     operator_extra_links = (FineTuningJobLink(),)
     ui_color = "#e8f0fe"
+    #: The job whose model the task returned, for lineage; an earlier job's id when that was reused.
+    _returned_job: FineTuningJob | None = None
+    _reused_job_id: str | None = None
 
     def __init__(
         self,
@@ -235,14 +286,34 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         cancel_on_timeout: bool = True,
         max_consecutive_errors: int = 10,
         on_changed_request: str = "cancel_and_create",
+        early_stopping: dict[str, Any] | None = None,
+        max_active_jobs: int | str | None = None,
+        quota_retry_interval: float = 600.0,
+        max_cost: float | str | None = None,
+        price_per_million_tokens: float | Mapping[str, float] | Callable[[str], float] | None = None,
+        training_tokens: int | str | None = None,
+        training_examples: int | str | None = None,
         service_options: dict[str, Any] | None = None,
+        skip_if_unchanged: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(finetune_conn_id=finetune_conn_id, **kwargs)
         self.service_options = service_options
+        self.early_stopping = early_stopping
+        self.skip_if_unchanged = skip_if_unchanged
         if on_changed_request not in ("cancel_and_create", "fail"):
             raise ValueError(f"on_changed_request must be 'cancel_and_create' or 'fail', got {on_changed_request!r}")
+        if not quota_retry_interval > 0:
+            raise ValueError(f"quota_retry_interval must be positive, got {quota_retry_interval!r}")
+        if max_cost is not None and price_per_million_tokens is None:
+            raise ValueError("max_cost needs price_per_million_tokens: the provider ships no price table")
         self.on_changed_request = on_changed_request
+        self.max_active_jobs = max_active_jobs
+        self.quota_retry_interval = float(quota_retry_interval)
+        self.max_cost = max_cost
+        self.price_per_million_tokens = price_per_million_tokens
+        self.training_tokens = training_tokens
+        self.training_examples = training_examples
         self.model = model
         self.training_file = training_file
         self.validation_file = validation_file
@@ -282,28 +353,44 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         return build_request(CreateFineTuningJobRequest, {k: v for k, v in fields.items() if v is not None})
 
     def execute(self, context: Context) -> str | None:
-        """Create (or reattach to) the job, then wait for it unless told not to."""
-        from airflow_provider_finetune.once import JobIdentity
-
-        request = self.build_request()
+        """Create (or reattach to) the job once its budget and the service's quotas allow, then wait for it."""
         started = time.time()
-        identity = JobIdentity(task_tag(context), since=_run_start(context))
-        job, created = self.hook.ensure_job(
-            request,
-            identity=identity,
-            on_changed_request=self.on_changed_request,  # type: ignore[arg-type]
-            state=context.get("task_state_store"),
-            service_options=self.service_options or None,
-        )
+        return self._run(context, None if self.timeout is None else started + self.timeout)
+
+    def execute_after_quota(self, context: Context, event: dict[str, Any], deadline: float | None = None) -> str | None:
+        """Resume after a quota wait in the triggerer: create now (or wait again), or fail at the deadline."""
+        from airflow_provider_finetune.exceptions import FineTuningError
+        from airflow_provider_finetune.quota import QUOTA_READY
+
+        if not isinstance(event, Mapping) or event.get("status") != QUOTA_READY:
+            message = event.get("message") if isinstance(event, Mapping) else None
+            raise FineTuningError(str(message or f"Unexpected trigger event: {event!r}"))
+        return self._run(context, deadline)
+
+    def _run(self, context: Context, deadline: float | None) -> str | None:
+        request = self.build_request()
+        if self.skip_if_unchanged:
+            request, reused = self._unless_unchanged(context, request)
+            if reused is not None:
+                return reused
+        rule = self._early_stopping_rule()
+        if rule is not None and (stopped := self._stopped_before(context, rule)) is not None:
+            return stopped
+        estimate = self._price_before_create(context, request)
+        budget = self._budget(context, request, estimate)
+        job, created = self._create(context, request, deadline)
         self.log.info("%s fine-tuning job %s (%s)", "Created" if created else "Reattached to", job.id, job.status)
         self.job_id = job.id
         self._push_job(context, job)
+        if estimate is not None:
+            context["ti"].xcom_push(key="price_estimate", value=estimate.to_xcom())
+            if estimate.estimated_total_price is not None:
+                context["ti"].xcom_push(key="estimated_cost", value=estimate.estimated_total_price)
         if not self.wait_for_completion:
             return None
         if job.status.is_terminal():
             return self._finish(context, job)
 
-        deadline = None if self.timeout is None else started + self.timeout
         if self.deferrable:
             from airflow_provider_finetune.triggers.finetune import FineTuningJobTrigger
 
@@ -315,6 +402,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
                     deadline=deadline,
                     cancel_on_kill=self.cancel_on_kill,
                     max_consecutive_errors=self.max_consecutive_errors,
+                    early_stopping=None if rule is None else rule.to_json(),
+                    budget=None if budget is None else budget.to_json(),
                 ),
                 method_name="execute_complete",
             )
@@ -327,8 +416,187 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             max_consecutive_errors=self.max_consecutive_errors,
             log=self.log,
             events=self.hook.backend.supports("events"),
+            early_stopping=rule,
+            budget=budget,
         )
         return self._complete(context, wait_sync(self.hook, job.id, steps))
+
+    def _price_before_create(self, context: Context, request: CreateFineTuningJobRequest) -> Any:
+        """Give the backend the service's options; ask the price where the service estimates one.
+
+        Not asked again once the task's state store names this task instance's job (a retry reattaches to it).
+        """
+        from airflow_provider_finetune.exceptions import InvalidRequestError
+
+        backend = self.hook.backend
+        use_options = getattr(backend, "use_options", None)
+        if use_options is None:
+            if self.service_options and not backend.service_options:
+                raise InvalidRequestError(
+                    f"service_options: {backend.label} takes no options of its own", field="service_options"
+                )
+            return None
+        use_options(self.service_options)
+        state = context.get("task_state_store")
+        check_price = getattr(backend, "check_price", None)
+        if check_price is None or (state is not None and state.get("job_id")):
+            return None
+        return check_price(self.hook, request)
+
+    # -- budget and quotas -------------------------------------------------------------------------------
+
+    def _budget(self, context: Context, request: CreateFineTuningJobRequest, priced: Any = None) -> Budget | None:
+        """The job's budget, refused before anything is billed when its estimate is above ``max_cost``.
+
+        :param priced: the service's price estimate already asked for (Together's), if any.
+        """
+        if self.max_cost is None or self.max_cost == "":
+            return None
+        from dataclasses import replace
+
+        from airflow_provider_finetune.budget import estimate
+
+        assert self.price_per_million_tokens is not None  # checked when the operator was made
+        tokens, examples = self.training_tokens, self.training_examples
+        if tokens is None or tokens == "" or tokens == "None":
+            tokens, examples = self._count_training_file(request)
+        budget = estimate(
+            request,
+            max_cost=self.max_cost,
+            price=self.price_per_million_tokens,
+            tokens_per_epoch=tokens,
+            examples=examples,
+        )
+        if priced is not None and priced.estimated_total_price is not None:
+            budget = replace(budget, service_estimate=priced.estimated_total_price)
+        elif (service := self.hook.estimate_price(request)) is not None:
+            # the service's own estimate, where it makes one, is the one checked
+            budget = replace(budget, service_estimate=service.total)
+        context["ti"].xcom_push(key="estimated_cost", value=round(budget.estimated_cost, 6))
+        budget.check_estimate()
+        self.log.info("Estimated cost %s, within max_cost %g", budget.describe(), budget.max_cost)
+        return budget
+
+    def _count_training_file(self, request: CreateFineTuningJobRequest) -> tuple[int, int]:
+        """Tokens per epoch and examples of the training file, read back from the service and checked."""
+        import io
+
+        from airflow_provider_finetune.training_data import validate_file
+
+        method = request.method.type if request.method is not None else "supervised"
+        content = self.hook.get_file_content(request.training_file)
+        report = validate_file(io.BytesIO(content), method=method, min_examples=1, name=request.training_file)
+        self.log.info(
+            "%s: %d examples, about %d tokens per epoch", request.training_file, report.examples, report.tokens
+        )
+        return report.tokens, report.examples
+
+    def _create(
+        self, context: Context, request: CreateFineTuningJobRequest, deadline: float | None
+    ) -> tuple[FineTuningJob, bool]:
+        """Create (or reattach to) the job once the service's quotas allow it, waiting for them as needed.
+
+        A wait that must pause is deferred when ``deferrable`` (the task resumes in :meth:`execute_after_quota`);
+        on the worker it sleeps. Every create goes through the hook's once-only ``ensure_job``.
+        """
+        from airflow_provider_finetune.exceptions import FineTuningError, FineTuningNotAllowedError, QuotaExceededError
+        from airflow_provider_finetune.once import JobIdentity
+        from airflow_provider_finetune.quota import QUOTA_READY, await_quota, clock_time, wait_quota_sync
+        from airflow_provider_finetune.waiting import Pause
+
+        identity = JobIdentity(task_tag(context), since=_run_start(context))
+        state = context.get("task_state_store")
+        own = state.get("job_id") if state is not None else None
+        max_active = _count_or_none(self.max_active_jobs, "max_active_jobs")
+        wake_at, reason = time.time(), ""
+        while True:
+            steps = await_quota(
+                request.model,
+                max_active_jobs=max_active,
+                wake_at=wake_at,
+                deadline=deadline,
+                interval=self.quota_retry_interval,
+                reason=reason,
+                log=self.log,
+            )
+            tag, own_id = identity.tag, str(own) if own else None
+            waited = wait_quota_sync(self.hook, steps, tag=tag, own_job_id=own_id, until_pause=self.deferrable)
+            if isinstance(waited, Pause):
+                self._defer_quota(
+                    request.model, time.time() + waited.seconds, deadline, reason, max_active, tag, own_id
+                )
+            if waited.status != QUOTA_READY:
+                raise FineTuningError(waited.message)
+            try:
+                return self.hook.ensure_job(
+                    request,
+                    identity=identity,
+                    on_changed_request=self.on_changed_request,  # type: ignore[arg-type]
+                    state=state,
+                    service_options=self.service_options if self.hook.backend.service_options else None,
+                )
+            except QuotaExceededError as err:
+                wake_at = time.time() + (err.retry_after or self.quota_retry_interval)
+                quota = err.quota or "fine-tuning jobs"
+                reason = f"the service's quota of {quota} ({err.message})"
+                self.log.info(
+                    "%s refused to create the job for its quota of %s: %s; trying again at %s%s",
+                    self.hook.backend.label,
+                    quota,
+                    err.message,
+                    clock_time(wake_at),
+                    "" if deadline is None else f", until the deadline at {clock_time(deadline)}",
+                )
+            except FineTuningNotAllowedError as err:
+                from airflow_provider_finetune._compat import AirflowFailException
+
+                raise AirflowFailException(
+                    f"{self.hook.backend.label} will not fine-tune for this account until a person acts "
+                    f"(billing or access), so the task is not retried: {err}"
+                ) from None
+
+    def _defer_quota(
+        self,
+        model: str,
+        wake_at: float,
+        deadline: float | None,
+        reason: str,
+        max_active: int | None,
+        tag: str,
+        own_job_id: str | None,
+    ) -> NoReturn:
+        """Hand the rest of a quota wait to the triggerer; the task resumes in :meth:`execute_after_quota`."""
+        from airflow_provider_finetune.triggers.quota import FineTuningQuotaTrigger
+
+        self.defer(
+            trigger=FineTuningQuotaTrigger(
+                model,
+                wake_at=wake_at,
+                finetune_conn_id=self.finetune_conn_id,
+                max_active_jobs=max_active,
+                interval=self.quota_retry_interval,
+                deadline=deadline,
+                reason=reason,
+                tag=tag,
+                own_job_id=own_job_id,
+            ),
+            method_name="execute_after_quota",
+            kwargs={"deadline": deadline},
+        )
+
+    def _push_cost(self, context: Context, job: FineTuningJob) -> float | None:
+        """Push the job's cost as it ended (``total_price``): as the service reports it, or its tokens at the price."""
+        from airflow_provider_finetune.budget import final_cost, price_for
+
+        price = (
+            None
+            if self.price_per_million_tokens is None
+            else price_for(self.price_per_million_tokens, job.model or self.model)
+        )
+        cost = final_cost(job, price)
+        if cost is not None:
+            context["ti"].xcom_push(key="total_price", value=cost)
+        return cost
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str | None:
         """Resume after the trigger fired: check the event, re-read the job, finish."""
@@ -337,6 +605,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         return self._complete(context, _outcome(event, Outcome))
 
     def _complete(self, context: Context, outcome: Outcome) -> str | None:
+        from airflow_provider_finetune.budget import OVER_BUDGET
+        from airflow_provider_finetune.early_stopping import EARLY_STOPPED
         from airflow_provider_finetune.exceptions import FineTuningError, FineTuningJobFailed
         from airflow_provider_finetune.waiting import TERMINAL, WAIT_ERROR, WAIT_TIMEOUT
 
@@ -350,15 +620,110 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
                 self.hook.cancel_job(job.id)
                 self.log.info("Cancelled job %s because the wait timed out", job.id)
             raise FineTuningJobFailed(job.id, job.status.value, outcome.message)
-        if outcome.status not in TERMINAL:
+        if outcome.status == EARLY_STOPPED and not job.status.is_terminal():
+            return self._stop_early(context, job, outcome)
+        if outcome.status == OVER_BUDGET and not job.status.is_terminal():
+            return self._stop_over_budget(context, job, outcome)
+        if outcome.status not in TERMINAL and outcome.status not in (EARLY_STOPPED, OVER_BUDGET):
             raise FineTuningError(f"Unexpected status {outcome.status!r} for job {job.id}")
         return self._finish(context, job)
+
+    def _early_stopping_rule(self) -> EarlyStopping | None:
+        """The early-stopping rule, checked against the request and the service before anything is sent."""
+        from airflow_provider_finetune.early_stopping import EarlyStopping
+        from airflow_provider_finetune.exceptions import InvalidRequestError
+
+        rule = EarlyStopping.of(self.early_stopping)
+        if rule is None:
+            return None
+        if rule.metric.startswith(("valid_", "full_valid_")) and not self.validation_file:
+            raise InvalidRequestError(
+                f"early_stopping.metric {rule.metric!r} is a validation metric: the job needs a validation_file",
+                field="validation_file",
+            )
+        # The result of a job stopped early is its best checkpoint, and stopping it is cancelling (or pausing) it.
+        self.hook.require("checkpoints")
+        self.hook.require("cancel")
+        return rule
+
+    def _stop_early(self, context: Context, job: FineTuningJob, outcome: Outcome) -> str:
+        """Stop a job that ran out of patience (pause where asked and possible, else cancel); return its best model."""
+        from airflow_provider_finetune.early_stopping import EarlyStopping
+
+        rule = EarlyStopping.of(self.early_stopping)
+        assert rule is not None
+        store = context.get("task_state_store")
+        if store is not None:  # a retry after a crash from here on returns this job's best, not a new job's
+            store.set(EARLY_STOPPED_KEY, {"job_id": job.id, "reason": outcome.message})
+        job = stop_early(self.hook, job.id, rule, outcome.message, self.log)
+        return self._return_best(context, job, rule, outcome.message)
+
+    def _stopped_before(self, context: Context, rule: EarlyStopping) -> str | None:
+        """The best model of the job an earlier try of this task instance stopped early (Airflow 3.3+), if any.
+
+        Without it a retry after a crash between the stop and the XComs would find its job cancelled, and
+        make a new one.
+        """
+        store = context.get("task_state_store")
+        record = store.get(EARLY_STOPPED_KEY) if store is not None else None
+        if not isinstance(record, Mapping) or not record.get("job_id"):
+            return None
+        job = self.hook.get_job(str(record["job_id"]))
+        if job.status.value != "cancelled" and job.status.value not in statuses.PAUSED:
+            return None  # resumed by a person since: this try waits for it as usual
+        self.log.info("Job %s was stopped early by an earlier try of this task", job.id)
+        self.job_id = job.id
+        self._push_job(context, job)
+        return self._return_best(context, job, rule, str(record.get("reason") or ""))
+
+    def _return_best(self, context: Context, job: FineTuningJob, rule: EarlyStopping, reason: str) -> str:
+        """Push what early stopping did and return the best checkpoint's model of a job it stopped."""
+        from airflow_provider_finetune.checkpoints import best_checkpoint
+        from airflow_provider_finetune.exceptions import FineTuningError
+
+        checkpoints = self._checkpoints(job)
+        best = best_checkpoint([c for c in checkpoints if c.fine_tuned_model_checkpoint], rule.metric, rule.mode)
+        if best is None or not best.fine_tuned_model_checkpoint:
+            raise FineTuningError(f"Job {job.id} stopped early, but none of its checkpoints reports {rule.metric}")
+        model: str = best.fine_tuned_model_checkpoint
+        best_json = _checkpoint_json(best)
+        ti = context["ti"]
+        ti.xcom_push(key="status", value=job.status.value)
+        ti.xcom_push(key="early_stopped", value=True)
+        ti.xcom_push(key="early_stopping_reason", value=reason)
+        ti.xcom_push(key="best_checkpoint", value=best_json)
+        ti.xcom_push(key="checkpoints", value=[_checkpoint_json(c) for c in checkpoints])
+        ti.xcom_push(key="trained_tokens", value=job.trained_tokens)
+        ti.xcom_push(key="fine_tuned_model", value=model)
+        self.log.info("Returning the best checkpoint of job %s: %s", job.id, model)
+        return model
+
+    def _checkpoints(self, job: FineTuningJob) -> list[Any]:
+        if not self.hook.backend.supports("checkpoints"):
+            return []
+        return list(self.hook.iter_checkpoints(job.id, limit=100))
+
+    def _stop_over_budget(self, context: Context, job: FineTuningJob, outcome: Outcome) -> str:
+        """Cancel a job that has cost more than ``max_cost`` and fail the task, saying so."""
+        from airflow_provider_finetune.budget import BudgetExceededError
+        from airflow_provider_finetune.exceptions import ConflictError
+
+        try:
+            job = self.hook.cancel_job(job.id)
+        except ConflictError:  # it ended between the read and the cancel
+            job = self.hook.get_job(job.id)
+        context["ti"].xcom_push(key="status", value=job.status.value)
+        cost = self._push_cost(context, job)
+        cap = float(_number(self.max_cost))
+        message = f"{outcome.message}: cancelled it ({job.status.value})"
+        raise BudgetExceededError(message, cost=cap if cost is None else cost, max_cost=cap)
 
     def _finish(self, context: Context, job: FineTuningJob) -> str | None:
         from airflow_provider_finetune.exceptions import FineTuningJobFailed
 
         ti = context["ti"]
         ti.xcom_push(key="status", value=job.status.value)
+        self._push_cost(context, job)
         if job.status.value != statuses.SUCCEEDED:
             raise FineTuningJobFailed(
                 job.id,
@@ -367,17 +732,9 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
                 code=job.error.code if job.error else None,
                 param=job.error.param if job.error else None,
             )
-        checkpoints = [
-            {
-                "id": c.id,
-                "step_number": c.step_number,
-                "fine_tuned_model_checkpoint": c.fine_tuned_model_checkpoint,
-                "metrics": c.metrics.model_dump(mode="json", exclude_none=True) if c.metrics else {},
-            }
-            for c in (
-                self.hook.iter_checkpoints(job.id, limit=100) if self.hook.backend.supports("checkpoints") else ()
-            )
-        ]
+        checkpoints = [_checkpoint_json(c) for c in self._checkpoints(job)]
+        if self.early_stopping is not None:
+            ti.xcom_push(key="early_stopped", value=False)
         ti.xcom_push(key="trained_tokens", value=job.trained_tokens)
         ti.xcom_push(key="result_files", value=list(job.result_files))
         ti.xcom_push(key="checkpoints", value=checkpoints)
@@ -385,8 +742,127 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         for key in ("training_metrics", "validation_metrics"):  # services that report metrics on the job (Bedrock)
             if (job.model_extra or {}).get(key) is not None:
                 ti.xcom_push(key=key, value=job.model_extra[key])  # type: ignore[index]
+        reported = job.model_extra or {}
+        early = {k: reported[k] for k in EARLY_STOPPING_FIELDS if reported.get(k) is not None}
+        if early:
+            ti.xcom_push(key="early_stopping", value=early)
+        self._succeeded(context, job)
         self.log.info("Fine-tuning job %s succeeded: %s", job.id, job.fine_tuned_model)
         return job.fine_tuned_model
+
+    # -- no retraining on unchanged data (skip_if_unchanged) -----------------------------------------------
+
+    def _unless_unchanged(
+        self, context: Context, request: CreateFineTuningJobRequest
+    ) -> tuple[CreateFineTuningJobRequest, str | None]:
+        """The last successful job's model when nothing changed; else the request, tagged with its data digest."""
+        from airflow_provider_finetune import unchanged
+
+        ti = context["ti"]
+        digests, unknown = unchanged.file_digests(self.hook, request, self._uploaded_digests(context))
+        if unknown is not None:
+            self.log.info("Training: %s", unknown)
+            return request, None
+        digest = unchanged.data_digest(digests)
+        fingerprint = unchanged.settings_fingerprint(request.to_body())
+        ti.xcom_push(key=unchanged.DIGEST_KEY, value=digest)
+        ti.xcom_push(key=unchanged.FINGERPRINT_KEY, value=fingerprint)
+        backend = self.hook.backend
+        if backend.supports("job_metadata"):
+            limit = backend.limits.max_metadata_keys
+            tagged = unchanged.tagged_metadata(request.metadata, digest, fingerprint, limit)
+            request = request.model_copy(update={"metadata": tagged})
+        if self._has_own_job(context):
+            self.log.info("Training: an earlier try of this task instance made a job, which is reattached to")
+            return request, None
+        pulled = ti.xcom_pull(
+            task_ids=ti.task_id, key=unchanged.RECORD_KEY, include_prior_dates=True, map_indexes=_map_index(ti)
+        )
+        record = unchanged.TrainingRecord.from_json(pulled)
+        if record is None:
+            self.log.info("Training: no earlier successful job of this task to compare with")
+            return request, None
+        job, why = unchanged.reuse_refusal(
+            record,
+            digest=digest,
+            fingerprint=fingerprint,
+            finetune_conn_id=self.finetune_conn_id,
+            model=request.model,
+            hook=self.hook,
+        )
+        if job is None:
+            self.log.info("Training: %s", why)
+            return request, None
+        self.log.info("Not training again, nothing paid: %s. Returning its model %s", why, job.fine_tuned_model)
+        self.job_id = job.id
+        self._push_job(context, job)
+        ti.xcom_push(key=unchanged.REUSED_KEY, value=job.id)
+        self._reused_job_id = job.id
+        ti.xcom_push(key=unchanged.SKIPPED_KEY, value=why)
+        return request, self._finish(context, job)
+
+    def _uploaded_digests(self, context: Context) -> dict[str, Any]:
+        """What the upstream upload tasks recorded of their files (content SHA-256, size), by file id."""
+        from airflow_provider_finetune.unchanged import FILE_DIGEST_KEY
+
+        upstream = sorted(self.upstream_task_ids)
+        if not upstream:
+            return {}
+        values = context["ti"].xcom_pull(task_ids=upstream, key=FILE_DIGEST_KEY)
+        found: dict[str, Any] = {}
+        for value in values if isinstance(values, list) else [values]:
+            if isinstance(value, Mapping) and isinstance(value.get("file_id"), str):
+                found[value["file_id"]] = value
+        return found
+
+    def _has_own_job(self, context: Context) -> bool:
+        """Whether an earlier try of this task instance may have made a job (then it is reattached to, not skipped)."""
+        if getattr(context["ti"], "try_number", 1) <= 1:
+            return False
+        if not self.hook.backend.supports("job_metadata"):
+            return True  # no tag to look for: a retry never skips
+        return self.hook.find_job_by_tag(task_tag(context)) is not None
+
+    def _succeeded(self, context: Context, job: FineTuningJob) -> None:
+        """Keep the job for lineage, and (``skip_if_unchanged``) the record the next run compares itself with."""
+        self._returned_job = job
+        if self.skip_if_unchanged:
+            self._record_training(context, job)
+
+    def _record_training(self, context: Context, job: FineTuningJob) -> None:
+        """Leave the record the next run compares itself with: the job, its model, data digest and fingerprint."""
+        from airflow_provider_finetune import unchanged
+
+        ti = context["ti"]
+        digest, fingerprint = (
+            ti.xcom_pull(task_ids=ti.task_id, key=key, map_indexes=_map_index(ti))
+            for key in (unchanged.DIGEST_KEY, unchanged.FINGERPRINT_KEY)
+        )
+        if job.fine_tuned_model and isinstance(digest, str) and isinstance(fingerprint, str):
+            record = unchanged.TrainingRecord(job.id, job.fine_tuned_model, digest, fingerprint, self.finetune_conn_id)
+            ti.xcom_push(key=unchanged.RECORD_KEY, value=record.to_json())
+
+    # -- lineage (called by apache-airflow-providers-openlineage's listener, when it is installed) ----------
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        """The training data as inputs, and the job's service, base model and hyperparameters as a run facet."""
+        from airflow_provider_finetune.lineage import operator_lineage
+
+        return operator_lineage(self.hook, self.build_request(), job_id=self.job_id)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """As on start, with the fine-tuned model as output and the job's id and trained tokens."""
+        from airflow_provider_finetune.lineage import operator_lineage
+
+        job = self._returned_job
+        return operator_lineage(
+            self.hook,
+            self.build_request(),
+            job_id=job.id if job is not None else self.job_id,
+            fine_tuned_model=job.fine_tuned_model if job is not None else None,
+            trained_tokens=job.trained_tokens if job is not None else None,
+            reused_job_id=self._reused_job_id,
+        )
 
     def on_kill(self) -> None:
         """Cancel the job when a person kills the task while it waits on the worker."""
@@ -403,11 +879,61 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             self.log.warning("Could not cancel fine-tuning job %s: %s", self.job_id, err)
 
 
+#: A job's early-stopping results, pushed to XCom (``early_stopping``) when the service reports them.
+EARLY_STOPPING_FIELDS = ("early_stopped", "early_stopping_best_step", "early_stopping_best_metric")
+#: Key of the record, in the task state store, of a job this task instance stopped early.
+EARLY_STOPPED_KEY = "early_stopped_job"
+
+
+def stop_early(hook: FineTuningHook, job_id: str, rule: EarlyStopping, reason: str, log: Any) -> FineTuningJob:
+    """Stop a job that ran out of patience: pause it where asked and the service can, else cancel it.
+
+    A job that ended (or was stopped) between the read and the action is left as it is.
+    """
+    from airflow_provider_finetune.early_stopping import stop_action
+    from airflow_provider_finetune.exceptions import ConflictError
+
+    action = stop_action(rule, can_pause=hook.backend.supports("pause_resume"))
+    try:
+        job = hook.pause_job(job_id) if action == "pause" else hook.cancel_job(job_id)
+    except ConflictError:
+        job = hook.get_job(job_id)
+    log.info("%s; job %s: %s -> %s", reason, job.id, action, job.status.value)
+    return job
+
+
+def _checkpoint_json(checkpoint: Any) -> dict[str, Any]:
+    """A checkpoint as the ``checkpoints`` XCom carries it."""
+    return {
+        "id": checkpoint.id,
+        "step_number": checkpoint.step_number,
+        "fine_tuned_model_checkpoint": checkpoint.fine_tuned_model_checkpoint,
+        "metrics": checkpoint.metrics.model_dump(mode="json", exclude_none=True) if checkpoint.metrics else {},
+    }
+
+
+def _map_index(ti: Any) -> int:
+    index = getattr(ti, "map_index", -1)
+    return -1 if index is None else int(index)
+
+
 def _failure_message(job: FineTuningJob) -> str:
     text = f"Fine-tuning job {job.id} ended {job.status.value}"
     if job.error is not None:
         text += f": {job.error.describe()}"
     return text
+
+
+def _count_or_none(value: Any, name: str) -> int | None:
+    """A positive count as rendered (``"3"`` from a template), or ``None`` when not given."""
+    from airflow_provider_finetune.exceptions import InvalidRequestError
+
+    if value is None or value == "" or value == "None":
+        return None
+    number = _number(value)
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        raise InvalidRequestError(f"{name} must be a whole number of 1 or more, got {value!r}", field=name)
+    return number
 
 
 def _outcome(event: Any, outcome_cls: type[Outcome]) -> Outcome:
@@ -421,6 +947,7 @@ def _outcome(event: Any, outcome_cls: type[Outcome]) -> Outcome:
         job_id=str(event["job_id"]),
         message=str(event.get("message") or ""),
         last_event_id=event.get("last_event_id"),
+        early_stopping=dict(event["early_stopping"]) if isinstance(event.get("early_stopping"), Mapping) else None,
     )
 
 
@@ -790,6 +1317,12 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
             size, sha256 = _measure(stream, start)
             if size == 0:
                 raise InvalidRequestError(f"{name} is empty", field="file")
+            if self.hook.backend.file_reference == "dataset":
+                # A dataset is named by its content's digest: a retry, or an answer lost, finds the same one.
+                stream.seek(start)
+                dataset = cast("Any", self.hook.backend).upload_dataset(self.hook, stream, name, size, sha256, examples)
+                self.log.info("Uploaded %s (%d bytes) as dataset %s, ready for training", name, size, dataset)
+                return self._pushed(context, dataset, size, sha256, examples, tokens)
             if size > self.hook.upload_threshold:
                 self.hook.require("uploads")  # a file this large goes up in parts: refused before any request
             recorded = _digest_filename(name, sha256) if self.digest_in_filename else name
@@ -803,12 +1336,23 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
             self._record(context, intent)
         finally:
             stream.close()
+        return self._pushed(
+            context, uploaded.id, uploaded.bytes if uploaded.bytes is not None else size, sha256, examples, tokens
+        )
+
+    @staticmethod
+    def _pushed(
+        context: Context, file_id: str, size: int, sha256: str, examples: int | None, tokens: int | None
+    ) -> str:
+        """Push what the upload made and holds; return the file id (or dataset name)."""
         ti = context["ti"]
-        ti.xcom_push(key="file_id", value=uploaded.id)
-        ti.xcom_push(key="bytes", value=uploaded.bytes if uploaded.bytes is not None else size)
+        ti.xcom_push(key="file_id", value=file_id)
+        ti.xcom_push(key="bytes", value=size)
         ti.xcom_push(key="examples", value=examples)
         ti.xcom_push(key="estimated_tokens", value=tokens)
-        return uploaded.id
+        # The content's digest with the file id: a create task with skip_if_unchanged compares data by it.
+        ti.xcom_push(key="file_digest", value={"file_id": file_id, "sha256": sha256, "bytes": size})
+        return file_id
 
     # -- once-only upload ----------------------------------------------------------------------------------
 
@@ -923,31 +1467,40 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
 
     def _open(self) -> tuple[IO[bytes], str]:
         """Open the source for reading; the name is the one given, else the source's own."""
-        from airflow_provider_finetune.exceptions import InvalidRequestError
+        stream, name = open_source(self.source, field="source")
+        return stream, self.filename or name
 
-        source = self.source
-        if isinstance(source, str) and _URL.match(source):
-            from airflow.sdk import ObjectStoragePath
 
-            source = ObjectStoragePath(source)
-        if isinstance(source, str | os.PathLike):
-            path = Path(source)
-            try:
-                return path.open("rb"), self.filename or path.name
-            except OSError as err:
-                raise InvalidRequestError(f"cannot read {path}: {err.strerror or err}", field="source") from err
-        opener = getattr(source, "open", None)
-        if not callable(opener):
-            raise InvalidRequestError(
-                f"source must be a path, a URL or an object with open(), got {type(source).__name__}",
-                field="source",
-            )
+def open_source(source: Any, *, field: str) -> tuple[IO[bytes], str]:
+    """Open a file for reading bytes; return it and its own name.
+
+    :param source: a local path, a URL that ``ObjectStoragePath`` understands, or an object with ``open()``.
+    :param field: the argument it was given as, for the error.
+    :raises InvalidRequestError: naming ``field``, when it cannot be read.
+    """
+    from airflow_provider_finetune.exceptions import InvalidRequestError
+
+    if isinstance(source, str) and _URL.match(source):
+        from airflow.sdk import ObjectStoragePath
+
+        source = ObjectStoragePath(source)
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
         try:
-            stream = opener("rb")
+            return path.open("rb"), path.name
         except OSError as err:
-            raise InvalidRequestError(f"cannot read {source}: {err.strerror or err}", field="source") from err
-        own_name = getattr(source, "name", None)
-        return stream, self.filename or (own_name if isinstance(own_name, str) and own_name else "data.jsonl")
+            raise InvalidRequestError(f"cannot read {path}: {err.strerror or err}", field=field) from err
+    opener = getattr(source, "open", None)
+    if not callable(opener):
+        raise InvalidRequestError(
+            f"{field} must be a path, a URL or an object with open(), got {type(source).__name__}", field=field
+        )
+    try:
+        stream = opener("rb")
+    except OSError as err:
+        raise InvalidRequestError(f"cannot read {source}: {err.strerror or err}", field=field) from err
+    own_name = getattr(source, "name", None)
+    return stream, own_name if isinstance(own_name, str) and own_name else "data.jsonl"
 
 
 # -- checkpoint permissions ------------------------------------------------------------------------------------

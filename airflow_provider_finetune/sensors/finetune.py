@@ -20,7 +20,8 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow_provider_finetune import statuses
 from airflow_provider_finetune._compat import conf
 from airflow_provider_finetune._templating import is_template, number
-from airflow_provider_finetune.checkpoints import CheckpointCondition, judge
+from airflow_provider_finetune.checkpoints import CheckpointCondition, judge, judge_early_stopping
+from airflow_provider_finetune.early_stopping import EARLY_STOPPED, EarlyStopping
 from airflow_provider_finetune.exceptions import FineTuningError, InvalidRequestError
 from airflow_provider_finetune.waiting import TERMINAL, WAIT_ERROR, WAIT_TIMEOUT
 
@@ -311,6 +312,10 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
     :param timeout: how long to wait before failing with ``AirflowSensorTimeout``.
     :param mode: ``poke`` or ``reschedule`` (templated). A templated mode takes effect when the task runs;
         until then the scheduler treats the sensor as one that may reschedule (see :attr:`reschedule`).
+    :param early_stopping: stop the job when its checkpoints have not improved on a metric for a number of
+        them (``{"metric": "valid_loss", "mode": "min", "patience": 2, "action": "cancel"}``, see
+        :class:`~airflow_provider_finetune.early_stopping.EarlyStopping`), and return its best checkpoint;
+        XComs ``early_stopped`` and ``early_stopping_reason`` say so.
     """
 
     template_fields: Sequence[str] = ("job_id", "min_checkpoints", "metric", "threshold", "metric_mode", "mode")
@@ -325,9 +330,11 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
         metric_mode: str = "min",
         finetune_conn_id: str = "finetune_default",
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        early_stopping: dict[str, Any] | EarlyStopping | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(job_id=job_id, finetune_conn_id=finetune_conn_id, deferrable=deferrable, **kwargs)
+        self.early_stopping = EarlyStopping.of(early_stopping)  # checked when the DAG file is parsed
         self.min_checkpoints: Any = min_checkpoints
         self.metric: Any = metric
         self.threshold: Any = threshold
@@ -392,6 +399,9 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
         verdict = judge(self.condition, job, checkpoints)
         if verdict.checkpoint is not None:
             return PokeReturnValue(is_done=True, xcom_value=self._found(context, verdict.checkpoint))
+        stop = None if self.early_stopping is None else judge_early_stopping(self.early_stopping, job, checkpoints)
+        if stop is not None and stop.checkpoint is not None:
+            return PokeReturnValue(is_done=True, xcom_value=self._stopped(context, stop.checkpoint, stop.message))
         if verdict.status == "job_ended":
             self._fail_ended(job, len(checkpoints))
         self.log.info("%s; waiting for %s", verdict.message, self.condition)
@@ -400,6 +410,8 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
     def execute(self, context: Context) -> Any:
         """Poke on the worker, or defer at once to the triggerer when ``deferrable``."""
         self.hook.require("checkpoints")  # a service without checkpoints is refused before any request
+        if self.early_stopping is not None:
+            self.hook.require("cancel")
         if not self.deferrable:
             return super().execute(context)
         from airflow_provider_finetune.triggers.finetune import FineTuningCheckpointTrigger
@@ -414,6 +426,7 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
                 mode=self.condition.mode,
                 poll_interval=self.poke_interval,
                 deadline=self._deadline(),
+                early_stopping=None if self.early_stopping is None else self.early_stopping.to_json(),
             ),
             method_name="execute_complete",
             timeout=self._defer_timeout(),
@@ -423,18 +436,19 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
         """Resume after the trigger fired: check the event against what it may say, then finish."""
         from airflow_provider_finetune.models import FineTuningJobCheckpoint
 
-        status = _event(event, self.job_id, {"found", "job_ended", WAIT_TIMEOUT, WAIT_ERROR})["status"]
+        allowed = {"found", "job_ended", WAIT_TIMEOUT, WAIT_ERROR} | ({EARLY_STOPPED} if self.early_stopping else set())
+        status = _event(event, self.job_id, allowed)["status"]
         message = str(event.get("message") or "")
         if status == WAIT_TIMEOUT:
             raise _sensor_timeout(message or f"No checkpoint of job {self.job_id} met {self.condition} in time")
         if status == WAIT_ERROR:
             raise FineTuningError(message or f"Could not read the checkpoints of job {self.job_id}")
-        if status == "found":
+        if status in ("found", EARLY_STOPPED):
             try:
                 found = FineTuningJobCheckpoint.model_validate(event.get("checkpoint"))
             except ValueError:  # pydantic's ValidationError is one
                 raise FineTuningError(f"Unexpected trigger event for job {self.job_id}: {event!r}") from None
-            return self._found(context, found)
+            return self._found(context, found) if status == "found" else self._stopped(context, found, message)
         # job_ended: the trigger read the checkpoints before the job, so a last checkpoint written as the
         # job ended may be missing from what it saw. One more look settles it.
         job = self.hook.get_job(self.job_id)
@@ -444,6 +458,16 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
             return self._found(context, verdict.checkpoint)
         self._fail_ended(job, len(checkpoints))
         raise FineTuningError(message)  # unreachable: the job has ended
+
+    def _stopped(self, context: Context, best: FineTuningJobCheckpoint, reason: str) -> str | None:
+        """Stop a job that ran out of patience (pause or cancel, as the rule and the service allow); its best."""
+        from airflow_provider_finetune.operators.finetune import stop_early
+
+        assert self.early_stopping is not None
+        stop_early(self.hook, self.job_id, self.early_stopping, reason, self.log)
+        context["ti"].xcom_push(key="early_stopped", value=True)
+        context["ti"].xcom_push(key="early_stopping_reason", value=reason)
+        return self._found(context, best)
 
     def _found(self, context: Context, chosen: FineTuningJobCheckpoint) -> str | None:
         metrics = chosen.metrics.model_dump(mode="json", exclude_none=True) if chosen.metrics else {}

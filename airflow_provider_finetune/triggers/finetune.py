@@ -13,6 +13,8 @@ from typing import Any
 from airflow.exceptions import AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_finetune.budget import Budget
+from airflow_provider_finetune.early_stopping import EarlyStopping
 from airflow_provider_finetune.exceptions import FineTuningError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.triggers.poller import shared_poller
@@ -20,6 +22,7 @@ from airflow_provider_finetune.waiting import (
     TERMINAL,
     WAIT_ERROR,
     Outcome,
+    wait_async,
     watch,
 )
 
@@ -31,7 +34,9 @@ class FineTuningJobTrigger(BaseTrigger):
 
     Fires exactly one event, whose payload is ``{"status", "job_id", "message", "last_event_id"}``:
     ``status`` is the job's status when it reached one of ``target_statuses`` or a terminal one, or
-    ``timeout`` when the deadline passed, or ``error`` when the job could not be read.
+    ``timeout`` when the deadline passed, or ``error`` when the job could not be read. With
+    ``early_stopping``, it may also be ``early_stopped`` (the job still runs: the task stops it), with what the
+    wait saw under ``early_stopping`` (best value and step, evaluations since); the message gives the reason.
 
     :param job_id: the job.
     :param finetune_conn_id: the connection.
@@ -42,6 +47,11 @@ class FineTuningJobTrigger(BaseTrigger):
         mark success); never on a triggerer restart.
     :param max_consecutive_errors: failed polls in a row, after the hook's own retries, that end the wait.
     :param last_event_id: the newest event already logged, so that it is not logged again.
+    :param early_stopping: the early-stopping rule
+        (:meth:`~airflow_provider_finetune.early_stopping.EarlyStopping.to_json`). A restarted trigger
+        rebuilds what it knew by reading the job's history again.
+    :param budget: the job's cost cap (:meth:`~airflow_provider_finetune.budget.Budget.to_json`): past it, the
+        event's status is ``over_budget`` (the job still runs: the task cancels it).
     """
 
     def __init__(
@@ -55,8 +65,12 @@ class FineTuningJobTrigger(BaseTrigger):
         cancel_on_kill: bool = True,
         max_consecutive_errors: int = 10,
         last_event_id: str | None = None,
+        early_stopping: dict[str, Any] | None = None,
+        budget: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.early_stopping = None if early_stopping is None else dict(early_stopping)
+        self.budget = None if budget is None else dict(budget)
         self.job_id = job_id
         self.finetune_conn_id = finetune_conn_id
         self.poll_interval = float(poll_interval)
@@ -79,6 +93,8 @@ class FineTuningJobTrigger(BaseTrigger):
                 "cancel_on_kill": self.cancel_on_kill,
                 "max_consecutive_errors": self.max_consecutive_errors,
                 "last_event_id": self.last_event_id,
+                "early_stopping": self.early_stopping,
+                "budget": self.budget,
             },
         )
 
@@ -94,6 +110,7 @@ class FineTuningJobTrigger(BaseTrigger):
             message = f"Connection {self.finetune_conn_id!r} cannot be used: {err}"
             yield TriggerEvent(Outcome(WAIT_ERROR, self.job_id, message, self.last_event_id).payload())
             return
+        rule = EarlyStopping.of(self.early_stopping)
         steps = watch(
             self.job_id,
             targets=self.target_statuses,
@@ -103,9 +120,15 @@ class FineTuningJobTrigger(BaseTrigger):
             last_event_id=self.last_event_id,
             log=self.log,
             events=poller.events,
+            early_stopping=rule,
+            budget=Budget.of(self.budget),
         )
         try:
-            outcome = await poller.wait(self.job_id, steps, poll_interval=self.poll_interval)
+            if rule is not None and not poller.events:
+                # Judged on checkpoints, which the shared poller does not read: this wait reads for itself.
+                outcome = await wait_async(hook, self.job_id, steps)
+            else:
+                outcome = await poller.wait(self.job_id, steps, poll_interval=self.poll_interval)
         except FineTuningError as err:
             outcome = Outcome(WAIT_ERROR, self.job_id, str(err), self.last_event_id)
         yield TriggerEvent(outcome.payload())
@@ -128,7 +151,9 @@ class FineTuningCheckpointTrigger(BaseTrigger):
     """Wait until a job has enough checkpoints, or one whose metric meets a threshold.
 
     Fires one event: ``{"status": "found", "job_id", "checkpoint": {...}, "message"}`` with the chosen
-    checkpoint, or ``{"status": "job_ended" | "timeout" | "error", "job_id", "message"}``.
+    checkpoint, or ``{"status": "job_ended" | "timeout" | "error", "job_id", "message"}``. With
+    ``early_stopping``, also ``{"status": "early_stopped", "job_id", "checkpoint": {...}, "message",
+    "early_stopping": {...}}`` when the checkpoints stopped improving (the job still runs: the task stops it).
 
     :param job_id: the job.
     :param finetune_conn_id: the connection.
@@ -139,6 +164,8 @@ class FineTuningCheckpointTrigger(BaseTrigger):
     :param poll_interval: seconds between polls.
     :param deadline: absolute deadline, seconds since the epoch.
     :param max_consecutive_errors: failed polls in a row that end the wait.
+    :param early_stopping: the early-stopping rule
+        (:meth:`~airflow_provider_finetune.early_stopping.EarlyStopping.to_json`), judged on the checkpoints.
     """
 
     def __init__(
@@ -153,8 +180,10 @@ class FineTuningCheckpointTrigger(BaseTrigger):
         poll_interval: float = 60.0,
         deadline: float | None = None,
         max_consecutive_errors: int = 10,
+        early_stopping: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.early_stopping = None if early_stopping is None else dict(early_stopping)
         self.job_id = job_id
         self.finetune_conn_id = finetune_conn_id
         self.min_checkpoints = int(min_checkpoints)
@@ -179,6 +208,7 @@ class FineTuningCheckpointTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "deadline": self.deadline,
                 "max_consecutive_errors": self.max_consecutive_errors,
+                "early_stopping": self.early_stopping,
             },
         )
 
@@ -194,6 +224,7 @@ class FineTuningCheckpointTrigger(BaseTrigger):
             deadline=self.deadline,
             poll_interval=self.poll_interval,
             max_consecutive_errors=self.max_consecutive_errors,
+            early_stopping=EarlyStopping.of(self.early_stopping),
         )
         step = next(steps)
         while True:
@@ -216,4 +247,6 @@ class FineTuningCheckpointTrigger(BaseTrigger):
         payload: dict[str, Any] = {"status": outcome.status, "job_id": self.job_id, "message": outcome.message}
         if outcome.checkpoint is not None:
             payload["checkpoint"] = outcome.checkpoint.model_dump(mode="json")
+        if outcome.early_stopping is not None:
+            payload["early_stopping"] = outcome.early_stopping
         yield TriggerEvent(payload)

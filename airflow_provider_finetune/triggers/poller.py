@@ -15,7 +15,9 @@ open in one *round*:
 * a job whose wait is over (it ended, or reached a status waited for) has its remaining events read in full,
   back to the last one its wait logged (the newest page when it has logged none), whatever the budget: a wait
   fires only after it has logged the job to its end. Those reads are charged to the budget, which may run
-  into debt that the reads of the jobs still going on repay.
+  into debt that the reads of the jobs still going on repay. So are those of a wait that judges every
+  evaluation of its job (early stopping: ``Poll.history``), which has all its job's new events read on every
+  poll (its whole history on its first).
 
 A round never answers a request later than it was due, so sharing never costs notice latency, and the
 requests a poll interval costs grow with the pages of the list, not with the jobs.
@@ -100,6 +102,7 @@ class _Wait:
     window: float = 0.0
     after_event: str | None = None
     ends: frozenset[str] = TERMINAL
+    history: bool = False  # wants every event on every read (see Poll.history)
     asking: bool = False  # a read is owed to it (so that it is answered once)
     twin: _Wait | None = None  # another wait on the same job in the same round
 
@@ -246,7 +249,10 @@ class JobPoller:
         except Exception as err:  # a bug in the rules: the trigger fails with it, as if it had taken the step
             wait.outcome.set_exception(err)
             return
-        wait.after_event, wait.ends = step.after_event, step.ends
+        if step.checkpoints:  # a wait the poller cannot serve (its trigger reads by itself instead)
+            wait.outcome.set_exception(ValueError("the shared poller does not read checkpoints"))
+            return
+        wait.after_event, wait.ends, wait.history = step.after_event, step.ends, step.history
         if wait.job_id not in self.memory:  # first sight: wait a moment for the others starting now
             wait.due = max(wait.due, self.clock() + FIRST_SIGHT_GATHER)
             wait.window = max(wait.window, FIRST_SIGHT_GATHER)
@@ -473,7 +479,7 @@ class JobPoller:
     ) -> list[asyncio.Future[None]]:
         # A wait that is over reads whatever the budget, and is charged for it: the budget may run into debt,
         # which the reads of the jobs still going on repay, so that it holds on average.
-        over = [wait for wait in waits.each() if job.status.value in wait.ends]
+        over = [wait for wait in waits.each() if wait.history or job.status.value in wait.ends]
         if not self.events or not (read_events or over or self.every_poll):
             for wait in waits.each():
                 self._settle(wait, Observation(job))
@@ -536,7 +542,7 @@ class JobPoller:
 def _read_back(events: list[FineTuningJobEvent], over: list[_Wait], has_more: bool) -> str | None:
     """The next older page that one of the waits that are over still needs, if any."""
     for wait in over:
-        cursor = read_back(events, wait.after_event, has_more)
+        cursor = read_back(events, wait.after_event, has_more, history=wait.history)
         if cursor is not None:
             return cursor
     return None

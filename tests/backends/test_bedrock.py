@@ -30,8 +30,8 @@ from airflow_provider_finetune.exceptions import (
     FineTuningError,
     InvalidRequestError,
     NotFoundError,
+    QuotaExceededError,
     RateLimitError,
-    ServiceQuotaExceededError,
     UnsupportedCapabilityError,
 )
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
@@ -322,7 +322,7 @@ def test_service_quota_is_its_own_error_and_not_retried(hook: FineTuningHook, fa
         "CreateModelCustomizationJob",
         lambda r: aws_error(400, "ServiceQuotaExceededException", "Too many jobs in progress"),
     )
-    with pytest.raises(ServiceQuotaExceededError, match="Too many jobs"):
+    with pytest.raises(QuotaExceededError, match="Too many jobs"):
         ensure(hook)
     assert fake_bedrock.operations.count("CreateModelCustomizationJob") == 1
     assert fake_bedrock.creates_made == 0

@@ -99,6 +99,7 @@ def test_the_command_serves_until_interrupted() -> None:
         out, err = process.communicate(timeout=30)
     assert process.returncode == 0
     assert f"serving http://127.0.0.1:{port}/v1" in err
+    assert f"Together AI's dialect at http://127.0.0.1:{port}/together/v1" in err
     assert key not in out + err
 
 

@@ -24,6 +24,9 @@ DAG_IDS = {
     "example_finetune_retraining",
     "example_finetune_rft",
     "example_finetune_sweep",
+    "example_fireworks_finetune",
+    "example_together_finetune",
+    "example_guarded_sweep",
 }
 ASSET_NAME = "finetune_support_assistant"
 DATA_FILES = {

@@ -1,0 +1,714 @@
+"""Together AI's own fine-tuning API (``https://api.together.ai/v1``), translated, never approximated.
+
+Together is not OpenAI-compatible for fine-tuning; the installed ``together`` SDK (generated from Together's
+OpenAPI document) is the reference for every route, field and status used here:
+
+* jobs are ``/fine-tunes``: create, retrieve, list, ``/{id}/cancel``, ``/{id}/events``, ``/{id}/checkpoints``;
+  before a create, ``/fine-tunes/estimate-price`` says what the job will cost and whether the account may
+  proceed (:meth:`TogetherBackend.price_call`);
+* a file upload is three requests: ``POST /files`` (form fields ``purpose``, ``file_name``, ``file_type``,
+  ``checksum``; no content) answered ``302`` with ``Location`` (where to ``PUT`` the content) and
+  ``X-Together-File-Id``; the ``PUT`` of the content to that address (the API key is never sent there); and
+  ``POST /files/{id}/preprocess``, the service's check of the file, whose verdict is read before the file is
+  used (:class:`TogetherAuth` carries the three out as one exchange of the request core);
+* statuses ``pending``, ``queued``, ``running``, ``compressing``, ``uploading``, ``cancel_requested``,
+  ``cancelled``, ``error``, ``user_error``, ``completed`` (:data:`TOGETHER_STATUSES`);
+* a job's ``model_output_name`` is the canonical ``fine_tuned_model``; ``total_price``, ``early_stopped``,
+  ``early_stopping_best_step`` and ``early_stopping_best_metric`` are kept as the job reports them;
+* jobs carry no metadata and the client cannot choose their id: a create is made once-only by the intent
+  record and a search of recent jobs by the request's own fields (``once_only = "intent"``).
+
+OpenAI's ``learning_rate_multiplier`` is refused (Together takes an absolute learning rate, in the service's
+own options); Together's own options (:data:`OPTION_FIELDS`: LoRA or full training, learning rate,
+checkpoints, evaluations, continuing from a checkpoint, early stopping...) are given as ``service_options``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import IO, Any, ClassVar, Literal
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+
+from airflow_provider_finetune.backends.base import Call, Capabilities, Limits, model
+from airflow_provider_finetune.backends.openai import OpenAIBackend
+from airflow_provider_finetune.client import path_param
+from airflow_provider_finetune.exceptions import InvalidRequestError
+from airflow_provider_finetune.models import (
+    CreateFineTuningJobRequest,
+    FileObject,
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobEvent,
+    Page,
+)
+from airflow_provider_finetune.once import ECHOED_REQUEST
+from airflow_provider_finetune.statuses import FineTuningJobStatus
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "OPTION_FIELDS",
+    "TOGETHER_STATUSES",
+    "PriceEstimate",
+    "PriceRefusedError",
+    "TogetherAuth",
+    "TogetherBackend",
+    "TogetherOptions",
+]
+
+#: Together's API, as the SDK names it.
+DEFAULT_BASE_URL = "https://api.together.ai/v1"
+#: The answers to a ``PUT`` of the content that are followed again to their ``Location``, as the SDK does.
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: The most redirects a ``PUT`` of the content follows (the SDK's bound).
+MAX_REDIRECTS = 20
+#: Extension key that carries an upload's content from its :class:`Call` to :class:`TogetherAuth`.
+UPLOAD_EXTENSION = "finetune.together_upload"
+#: Files the three-request upload takes (larger ones need Together's multipart upload, not built here).
+MAX_SINGLE_UPLOAD = 5 * 1024**3
+
+_S = FineTuningJobStatus
+#: Together's job statuses, each onto its canonical one.
+TOGETHER_STATUSES: dict[str, FineTuningJobStatus] = {
+    "pending": _S.QUEUED,
+    "queued": _S.QUEUED,
+    "running": _S.RUNNING,
+    # The model is trained; the job is still making it available: not ended, not yet succeeded.
+    "compressing": _S.RUNNING,
+    "uploading": _S.RUNNING,
+    "cancel_requested": _S.CANCELLING,
+    "cancelled": _S.CANCELLED,
+    "error": _S.FAILED,
+    "user_error": _S.FAILED,
+    "completed": _S.SUCCEEDED,
+}
+
+#: Fields Together's request type (the SDK's ``FinetuneRequest``) requires, with the SDK's defaults.
+SDK_DEFAULTS: dict[str, Any] = {
+    "n_epochs": 1,
+    "learning_rate": 0.00001,
+    "warmup_ratio": 0.0,
+    "max_grad_norm": 1.0,
+    "weight_decay": 0.0,
+}
+
+#: The create fields a Together job reports back, compared with the request's when a lost create is looked for.
+_ECHOED = (
+    "n_epochs",
+    "batch_size",
+    "learning_rate",
+    "n_checkpoints",
+    "n_evals",
+    "suffix",
+    "from_checkpoint",
+    "training_type",
+    "training_method",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "random_seed",
+)
+
+#: Together's ``training_method`` for each canonical method.
+_METHODS = {"supervised": "sft", "dpo": "dpo"}
+
+
+class TogetherOptions(BaseModel):
+    """Together's own create fields (``service_options``), validated before any request.
+
+    Field names and types are those of the SDK's ``FinetuneRequest``; see Together's documentation for each.
+    ``training_type`` is ``"lora"`` (the default) or ``"full"``; ``lora_*`` apply to LoRA only.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    training_type: Literal["lora", "full"] = "lora"
+    lora_r: StrictInt | None = Field(default=None, ge=1)
+    lora_alpha: StrictInt | None = Field(default=None, ge=1)
+    lora_dropout: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
+    lora_trainable_modules: StrictStr | None = None
+    learning_rate: StrictFloat | StrictInt | None = Field(default=None, gt=0)
+    n_checkpoints: StrictInt | None = Field(default=None, ge=1)
+    n_evals: StrictInt | None = Field(default=None, ge=0)
+    max_seq_length: StrictInt | None = Field(default=None, ge=1)
+    packing: StrictBool | None = None
+    warmup_ratio: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
+    max_grad_norm: StrictFloat | StrictInt | None = Field(default=None, ge=0)
+    weight_decay: StrictFloat | StrictInt | None = Field(default=None, ge=0)
+    gradient_accumulation_steps: StrictInt | None = Field(default=None, ge=1)
+    train_on_inputs: StrictBool | Literal["auto"] | None = None
+    from_checkpoint: StrictStr | None = Field(default=None, min_length=1)
+    early_stopping_enabled: StrictBool | None = None
+    early_stopping_patience: StrictInt | None = Field(default=None, ge=1)
+    early_stopping_min_delta: StrictFloat | StrictInt | None = Field(default=None, ge=0)
+    early_stopping_warmup_evals: StrictInt | None = Field(default=None, ge=0)
+    dpo_normalize_logratios_by_length: StrictBool | None = None
+    rpo_alpha: StrictFloat | StrictInt | None = None
+    simpo_gamma: StrictFloat | StrictInt | None = None
+
+
+#: The names of Together's own options.
+OPTION_FIELDS = tuple(TogetherOptions.model_fields)
+
+
+class PriceEstimate(BaseModel):
+    """Together's answer to ``POST /fine-tunes/estimate-price`` (either of its two shapes)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    estimation_available: bool
+    allowed_to_proceed: bool | None = None
+    estimated_total_price: float | None = None
+    estimated_train_token_count: float | None = None
+    estimated_eval_token_count: float | None = None
+    user_limit: float | None = None
+    unavailable_reason: str | None = None
+
+    def to_xcom(self) -> dict[str, Any]:
+        """The estimate as JSON primitives, for XCom."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class PriceRefusedError(InvalidRequestError):
+    """Together says the account may not proceed with a job: refused before the create, with the price."""
+
+
+def _timestamp(value: Any) -> int | None:
+    """Together's ISO 8601 times as Unix seconds (a number is kept)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return int(value)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return None
+
+
+def _canonical_status(value: Any) -> Any:
+    if isinstance(value, str) and value in TOGETHER_STATUSES:
+        return TOGETHER_STATUSES[value].value
+    return value  # a status Together adds later parses as an unknown, non-terminal one
+
+
+def job_from(data: Any) -> Any:
+    """Together's job onto the canonical one; Together's own fields ride along as they are."""
+    if not isinstance(data, dict):
+        return data
+    status = data.get("status")
+    canonical = _canonical_status(status)
+    ended = canonical in ("succeeded", "failed", "cancelled")
+    job: dict[str, Any] = {
+        **{k: v for k, v in data.items() if k not in ("events", "created_at", "updated_at", "status")},
+        "object": "fine_tuning.job",
+        "id": data.get("id"),
+        "status": canonical,
+        "together_status": status,
+        "model": data.get("model"),
+        "created_at": _timestamp(data.get("created_at")),
+        "updated_at": data.get("updated_at"),
+        "finished_at": _timestamp(data.get("updated_at")) if ended else None,
+        "fine_tuned_model": data.get("model_output_name"),
+        "training_file": data.get("training_file"),
+        "validation_file": data.get("validation_file") or None,
+        "trained_tokens": data.get("token_count") if canonical == "succeeded" else None,
+        "hyperparameters": {
+            k: v for k, v in (("n_epochs", data.get("n_epochs")), ("batch_size", data.get("batch_size"))) if v
+        }
+        or None,
+        "method": _method_from(data.get("training_method")),
+        "result_files": [],
+        "integrations": [],
+        "metadata": None,
+    }
+    if isinstance(job["hyperparameters"], dict) and job["hyperparameters"].get("batch_size") == "max":
+        job["hyperparameters"] = {**job["hyperparameters"], "batch_size": None}
+    job[ECHOED_REQUEST] = {name: data[name] for name in _ECHOED if data.get(name) is not None}
+    if canonical == "failed":
+        job["error"] = {"code": status, "message": _last_error(data.get("events")), "param": None}
+    return job
+
+
+def _method_from(block: Any) -> Any:
+    if not isinstance(block, dict):
+        return None
+    kind = {"sft": "supervised", "dpo": "dpo"}.get(str(block.get("method")))
+    return {"type": kind} if kind else None
+
+
+def _last_error(events: Any) -> str:
+    for event in reversed(events or []):
+        if isinstance(event, dict) and str(event.get("level", "")).lower() == "error":
+            return str(event.get("message") or "")
+    return "the job ended with an error"
+
+
+def _event_id(job_id: str, event: Mapping[str, Any]) -> str:
+    given = event.get("hash")
+    if isinstance(given, str) and given:
+        return f"{job_id}:{given}"
+    blob = f"{event.get('created_at')}|{event.get('type')}|{event.get('message')}"
+    return f"{job_id}:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _events_page(job_id: str, after: str | None, limit: int | None) -> Any:
+    """Together's whole event list (oldest first, no cursor) as a canonical page: newest first, cut at ``after``."""
+
+    def translate(data: Any) -> Any:
+        items = data.get("data") if isinstance(data, dict) else None
+        events = []
+        for item in reversed(items or []):
+            if not isinstance(item, dict):
+                continue
+            level = str(item.get("level") or "info").lower()
+            events.append(
+                {
+                    **item,
+                    "object": "fine_tuning.job.event",
+                    "id": _event_id(job_id, item),
+                    "created_at": _timestamp(item.get("created_at")),
+                    "level": {"warning": "warn", "": "info"}.get(level, level),
+                    "message": item.get("message") or "",
+                    "type": "message",
+                    "together_type": item.get("type"),
+                }
+            )
+        if after is not None:
+            ids = [event["id"] for event in events]
+            events = events[ids.index(after) + 1 :] if after in ids else []
+        more = limit is not None and len(events) > limit
+        if limit is not None:
+            events = events[:limit]
+        return {"object": "list", "data": events, "has_more": more}
+
+    return translate
+
+
+def _checkpoints_page(job_id: str) -> Any:
+    """Together's checkpoints: each named the way ``from_checkpoint`` takes it, ``{job_id}:{step}``."""
+
+    def translate(data: Any) -> Any:
+        items = data.get("data") if isinstance(data, dict) else None
+        checkpoints = [
+            {
+                **item,
+                "object": "fine_tuning.job.checkpoint",
+                "id": f"{job_id}:{item.get('step')}",
+                "created_at": _timestamp(item.get("created_at")),
+                "fine_tuned_model_checkpoint": f"{job_id}:{item.get('step')}",
+                "fine_tuning_job_id": job_id,
+                "step_number": item.get("step"),
+                "metrics": {},
+            }
+            for item in items or []
+            if isinstance(item, dict)
+        ]
+        checkpoints.sort(key=lambda item: item["step_number"] or 0, reverse=True)
+        return {"object": "list", "data": checkpoints, "has_more": False}
+
+    return translate
+
+
+def file_from(data: Any) -> Any:
+    """Together's file (``FileType``, ``Processed``) onto the canonical file; the service's check is read."""
+    if not isinstance(data, dict):
+        return data
+    report = data.get("validation_report")
+    processing = data.get("processing_status")
+    status = "processed" if data.get("Processed") else "uploaded"
+    details = None
+    if processing in ("FAILED", "INVALID_FORMAT") or (isinstance(report, dict) and report.get("valid") is False):
+        status = "error"
+        details = (report or {}).get("error") if isinstance(report, dict) else None
+        details = details or f"processing status {processing}"
+    return {**data, "object": "file", "status": status, "status_details": details}
+
+
+def checked_file(response: httpx.Response) -> FileObject:
+    """The file the service checked after the upload; a file it found invalid is refused here, by name."""
+    file = FileObject.model_validate(file_from(response.json()))
+    if file.status == "error":
+        raise InvalidRequestError(
+            f"training file: Together's check of {file.filename or file.id} ({file.id}) failed: {file.status_details}",
+            field="file",
+        )
+    return file
+
+
+class TogetherAuth(httpx.Auth):
+    """Together's Bearer key, sent to the API's own origin only; and the three requests of a file upload.
+
+    A request carrying :data:`UPLOAD_EXTENSION` is ``POST /files``: its ``302`` is followed by the ``PUT`` of
+    the content to ``Location`` (without the key: it is a presigned address elsewhere; further redirects of
+    the ``PUT`` are followed again, as the SDK does) and then ``POST /files/{id}/preprocess``, whose answer
+    (the file as the service checked it) is the answer of the whole exchange. The request core classifies it
+    like any other: an upload is a create, never sent again while its outcome is unknown.
+
+    :param key: the API key.
+    :param base_url: the API's base URL (its origin receives the key).
+    """
+
+    def __init__(self, key: str, base_url: str) -> None:
+        self._key = key
+        self._origin = _origin(base_url)
+        self._base = base_url.rstrip("/") + "/"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._origin!r})"
+
+    def _sign(self, request: httpx.Request) -> httpx.Request:
+        if self._key and _origin(str(request.url)) == self._origin:
+            request.headers["Authorization"] = f"Bearer {self._key}"
+        return request
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """Authenticate; carry an upload through its redirect, content and check."""
+        content = request.extensions.get(UPLOAD_EXTENSION)
+        response = yield self._sign(request)
+        if content is None or response.status_code not in REDIRECTS:
+            return
+        location = response.headers.get("location")
+        file_id = response.headers.get("x-together-file-id")
+        if not location or not file_id:
+            return  # the request core reports the answer as it is
+        target = urljoin(str(request.url), location)
+        for _ in range(MAX_REDIRECTS + 1):
+            put = httpx.Request("PUT", target, content=content, headers={"Content-Length": str(len(content))})
+            response = yield put  # no key: the content goes to a presigned address
+            if response.status_code not in REDIRECTS or not response.headers.get("location"):
+                break
+            target = urljoin(target, response.headers["location"])
+        if response.status_code != 200:
+            return
+        check = httpx.Request("POST", f"{self._base}files/{path_param('file_id', file_id)}/preprocess")
+        yield self._sign(check)
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+@dataclass(frozen=True)
+class _UploadCall(Call[FileObject]):
+    """``POST /files`` that carries its content to :class:`TogetherAuth` (sent by the ``PUT`` after the redirect)."""
+
+    content: bytes = b""
+
+    def build(self, client: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+        """The form of ``POST /files``, with the content in the request's extensions."""
+        assert self.multipart is not None
+        data, _ = self.multipart()
+        files = {key: (None, value) for key, value in data.items()}
+        return client.build_request("POST", self.path, files=files, extensions={UPLOAD_EXTENSION: self.content})
+
+
+class TogetherBackend(OpenAIBackend):
+    """Together AI's fine-tuning API (see the module's description)."""
+
+    service: ClassVar[str] = "together"
+    label: ClassVar[str] = "Together AI"
+    once_only = "intent"
+
+    capabilities = Capabilities(
+        pause_resume=False,
+        checkpoint_permissions=False,
+        graders=False,
+        uploads=False,
+        job_metadata=False,
+        metadata_filter=False,
+    )
+    limits = Limits(
+        max_suffix_length=40,
+        max_metadata_keys=0,
+        hyperparameters_auto=False,
+        methods=frozenset({"supervised", "dpo"}),
+    )
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self.options = TogetherOptions()
+
+    def use_options(self, options: Mapping[str, Any] | None) -> None:
+        """Take Together's own create fields (``service_options``); a bad one is refused, by name, here.
+
+        :raises InvalidRequestError: naming the option.
+        """
+        try:
+            self.options = TogetherOptions.model_validate(dict(options or {}))
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "service_options"
+            raise InvalidRequestError(
+                f"Invalid fine-tuning request: service_options.{where}: {first['msg']} "
+                f"(Together's options: {', '.join(OPTION_FIELDS)})",
+                field=f"service_options.{where}",
+            ) from None
+
+    # -- how requests authenticate and read ----------------------------------------------------------------
+
+    def auth(self) -> httpx.Auth | None:
+        """Bearer key to Together's origin only; uploads through their redirect and check."""
+        return TogetherAuth(self.settings.api_key, self.settings.base_url)
+
+    def job_url(self, job_id: str) -> str | None:
+        """None: Together's published API names no page for a job (no link that may be broken)."""
+        return None
+
+    # -- translation ---------------------------------------------------------------------------------------
+
+    def job_from(self, data: Any) -> Any:
+        """Together's job onto the canonical one."""
+        return job_from(data)
+
+    def job_body(self, request: CreateFineTuningJobRequest) -> dict[str, Any]:
+        """Together's create body (``FinetuneRequest``) for a canonical request and the service's options.
+
+        :raises InvalidRequestError: for what Together cannot be asked (metadata, integrations, a learning-rate
+            multiplier, a seed out of range), naming the field.
+        """
+        self._check_request(request)
+        if request.integrations:
+            raise InvalidRequestError(
+                "Invalid fine-tuning request: integrations: Together takes Weights & Biases settings of its own "
+                "(wandb_*), which carry a secret and are not sent by this provider",
+                field="integrations",
+            )
+        options = self.options
+        method = request.method.type if request.method is not None else "supervised"
+        block = getattr(request.method, method, None) if request.method is not None else None
+        hyper = block.hyperparameters.to_body() if block is not None and block.hyperparameters else {}
+        if hyper.get("learning_rate_multiplier") not in (None, "auto"):
+            raise InvalidRequestError(
+                "Invalid fine-tuning request: method.hyperparameters.learning_rate_multiplier: Together takes an "
+                "absolute learning rate, not a multiplier; give service_options.learning_rate",
+                field="learning_rate_multiplier",
+            )
+        unknown = sorted(set(hyper) - {"n_epochs", "batch_size", "learning_rate_multiplier", "beta"})
+        if unknown:
+            raise InvalidRequestError(
+                f"Invalid fine-tuning request: method.hyperparameters.{unknown[0]}: Together has no such setting",
+                field=unknown[0],
+            )
+        body: dict[str, Any] = {"model": request.model, "training_file": request.training_file}
+        if request.validation_file:
+            body["validation_file"] = request.validation_file
+        for name in ("n_epochs", "batch_size"):
+            if hyper.get(name) not in (None, "auto"):  # "auto": the service's own default, by leaving it out
+                body[name] = hyper[name]
+        # The request type requires these; where the request gives none, the values the SDK sends by default.
+        for name, default in SDK_DEFAULTS.items():
+            value = getattr(options, name, None)
+            body.setdefault(name, default if value is None else value)
+        if request.suffix is not None:
+            body["suffix"] = request.suffix
+        if request.seed is not None:
+            body["random_seed"] = request.seed
+        body["training_method"] = self._training_method(method, hyper, options)
+        body["training_type"] = self._training_type(options)
+        for name in OPTION_FIELDS:
+            value = getattr(options, name)
+            if (
+                value is None
+                or name.startswith(("lora_", "dpo_", "rpo_", "simpo_"))
+                or name
+                in (
+                    "training_type",
+                    "train_on_inputs",
+                )
+            ):
+                continue
+            body[name] = value
+        if options.early_stopping_enabled and not request.validation_file:
+            raise InvalidRequestError(
+                "Invalid fine-tuning request: service_options.early_stopping_enabled: Together stops early on the "
+                "validation loss, so a validation_file is needed",
+                field="service_options.early_stopping_enabled",
+            )
+        return body
+
+    def _training_method(self, method: str, hyper: Mapping[str, Any], options: TogetherOptions) -> dict[str, Any]:
+        if method == "dpo":
+            block: dict[str, Any] = {"method": "dpo"}
+            if hyper.get("beta") not in (None, "auto"):
+                block["dpo_beta"] = hyper["beta"]
+            for name in ("dpo_normalize_logratios_by_length", "rpo_alpha", "simpo_gamma"):
+                if getattr(options, name) is not None:
+                    block[name] = getattr(options, name)
+            return block
+        if options.rpo_alpha is not None or options.simpo_gamma is not None:
+            raise InvalidRequestError(
+                "Invalid fine-tuning request: service_options: rpo_alpha and simpo_gamma are DPO settings",
+                field="service_options",
+            )
+        return {"method": _METHODS["supervised"], "train_on_inputs": options.train_on_inputs or "auto"}
+
+    def _training_type(self, options: TogetherOptions) -> dict[str, Any]:
+        lora = {
+            name: getattr(options, name)
+            for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_trainable_modules")
+            if getattr(options, name) is not None
+        }
+        if options.training_type == "full":
+            if lora:
+                raise InvalidRequestError(
+                    f"Invalid fine-tuning request: service_options.{next(iter(lora))}: a LoRA setting, but "
+                    "training_type is 'full'",
+                    field=f"service_options.{next(iter(lora))}",
+                )
+            return {"type": "Full"}
+        # The API requires the rank and alpha of a LoRA job; the SDK fills them from the model's limits. They are
+        # asked for here instead of guessed: the request must say what it trains.
+        for name in ("lora_r", "lora_alpha"):
+            if name not in lora:
+                raise InvalidRequestError(
+                    f"Invalid fine-tuning request: service_options.{name}: a LoRA job (the default training_type) "
+                    "must give lora_r and lora_alpha",
+                    field=f"service_options.{name}",
+                )
+        return {"type": "Lora", **lora}
+
+    # -- the price before paying ---------------------------------------------------------------------------
+
+    def price_call(self, body: Mapping[str, Any]) -> Call[PriceEstimate]:
+        """``POST /fine-tunes/estimate-price`` for a create body :meth:`job_body` made."""
+        estimate: dict[str, Any] = {"training_file": body["training_file"]}
+        for name in ("from_checkpoint", "model", "n_epochs", "n_evals", "validation_file"):
+            if body.get(name) is not None:
+                estimate[name] = body[name]
+        method = body.get("training_method") or {"method": "sft", "train_on_inputs": "auto"}
+        estimate["training_method"] = method
+        training_type = dict(body.get("training_type") or {})
+        estimate["training_type"] = training_type
+        return Call("POST", "fine-tunes/estimate-price", model(PriceEstimate), json=estimate)
+
+    def refuse_if_not_allowed(self, estimate: PriceEstimate) -> None:
+        """Fail before the create when Together says the account may not proceed, with the estimated price.
+
+        :raises PriceRefusedError: naming the estimated price and the account's limit.
+        """
+        if estimate.estimation_available and estimate.allowed_to_proceed is False:
+            price = "unknown" if estimate.estimated_total_price is None else f"${estimate.estimated_total_price:.2f}"
+            limit = "" if estimate.user_limit is None else f" (the account's limit is ${estimate.user_limit:.2f})"
+            raise PriceRefusedError(
+                f"Together says this account may not proceed with the fine-tuning job: its estimated price is "
+                f"{price}{limit}; no job was created",
+                field="training_file",
+            )
+
+    def check_price(self, hook: Any, request: CreateFineTuningJobRequest) -> PriceEstimate:
+        """Ask the price of the job ``request`` makes, through ``hook``; refused when the account may not proceed.
+
+        :raises PriceRefusedError: before any create, with the estimated price.
+        """
+        estimate: PriceEstimate = hook._call(self.price_call(self.job_body(request)))
+        self.refuse_if_not_allowed(estimate)
+        return estimate
+
+    async def acheck_price(self, hook: Any, request: CreateFineTuningJobRequest) -> PriceEstimate:
+        """Async :meth:`check_price`."""
+        estimate: PriceEstimate = await hook._acall(self.price_call(self.job_body(request)))
+        self.refuse_if_not_allowed(estimate)
+        return estimate
+
+    # -- jobs ----------------------------------------------------------------------------------------------
+
+    def create_prepared_job(self, body: Mapping[str, Any], *, job_id: str | None = None) -> Call[FineTuningJob]:
+        """``POST /fine-tunes``: not re-sent when its outcome is unknown. Together takes no client-chosen id."""
+        if job_id is not None:
+            self.require("client_job_id")
+        return Call("POST", "fine-tunes", self._job(), json=dict(body), idempotent=False)
+
+    def list_jobs(
+        self, after: str | None, limit: int | None, metadata: Mapping[str, str] | None
+    ) -> Call[Page[FineTuningJob]]:
+        """``GET /fine-tunes``: every job, newest first (the list takes no cursor, limit or filter)."""
+        if metadata:
+            self.require("metadata_filter")
+        if after is not None:
+            raise InvalidRequestError("after: Together's job list does not page", field="after")
+        return Call("GET", "fine-tunes", model(Page[FineTuningJob], self._jobs_page))
+
+    def _jobs_page(self, data: Any) -> Any:
+        items = data.get("data") if isinstance(data, dict) else None
+        jobs = [job_from(item) for item in items or []]
+        jobs.sort(key=lambda job: job.get("created_at") or 0, reverse=True)
+        return {"object": "list", "data": jobs, "has_more": False}
+
+    def list_job_states(self, after: str | None, limit: int | None) -> Any:
+        """The job list read as lean states."""
+        from airflow_provider_finetune.models import JobState
+
+        if after is not None:
+            raise InvalidRequestError("after: Together's job list does not page", field="after")
+        return Call("GET", "fine-tunes", model(Page[JobState], self._jobs_page))
+
+    def job_call(self, method: str, job_id: str, action: str | None = None) -> Call[FineTuningJob]:
+        """``GET /fine-tunes/{id}`` or ``POST /fine-tunes/{id}/cancel``."""
+        if action in ("pause", "resume"):
+            self.require("pause_resume", job_id=job_id)
+        path = f"fine-tunes/{path_param('job_id', job_id)}" + (f"/{action}" if action else "")
+        return Call(method, path, self._job())
+
+    def events(self, job_id: str, after: str | None, limit: int | None) -> Call[Page[FineTuningJobEvent]]:
+        """``GET /fine-tunes/{id}/events``: the whole log, read newest first and cut at ``after`` here."""
+        path = f"fine-tunes/{path_param('job_id', job_id)}/events"
+        return Call("GET", path, model(Page[FineTuningJobEvent], _events_page(job_id, after, limit)))
+
+    def checkpoints(self, job_id: str, after: str | None, limit: int | None) -> Call[Page[FineTuningJobCheckpoint]]:
+        """``GET /fine-tunes/{id}/checkpoints``, newest first."""
+        if after is not None:
+            raise InvalidRequestError("after: Together's checkpoint list does not page", field="after")
+        path = f"fine-tunes/{path_param('job_id', job_id)}/checkpoints"
+        return Call("GET", path, model(Page[FineTuningJobCheckpoint], _checkpoints_page(job_id)))
+
+    def next_page(self, call: Any, page: Any) -> Any:
+        """Together's lists come whole: there is never a next page."""
+        return None
+
+    # -- files ---------------------------------------------------------------------------------------------
+
+    def get_file(self, file_id: str) -> Call[FileObject]:
+        """``GET /files/{id}``."""
+        return self.file_call("GET", file_id, model(FileObject, file_from))
+
+    def list_files(self, purpose: str | None, after: str | None, limit: int | None) -> Call[Page[FileObject]]:
+        """``GET /files``: every file (no cursor); ``purpose`` is matched here, newest first."""
+        if after is not None:
+            raise InvalidRequestError("after: Together's file list does not page", field="after")
+
+        def translate(data: Any) -> Any:
+            items = [file_from(item) for item in (data.get("data") if isinstance(data, dict) else None) or []]
+            kept = [item for item in items if purpose is None or item.get("purpose") == purpose]
+            kept.sort(key=lambda item: item.get("created_at") or 0, reverse=True)
+            return {"object": "list", "data": kept, "has_more": False}
+
+        return Call("GET", "files", model(Page[FileObject], translate))
+
+    def create_file(self, stream: IO[bytes], name: str, purpose: str) -> Call[FileObject]:
+        """The three-request upload (see :class:`TogetherAuth`), answered by the service's check of the file."""
+        kind = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+        if kind not in ("jsonl", "parquet", "csv"):
+            raise InvalidRequestError(
+                f"file: Together takes .jsonl, .parquet or .csv files, not {name!r}", field="file"
+            )
+        content = stream.read()
+        if len(content) > MAX_SINGLE_UPLOAD:
+            raise InvalidRequestError(
+                f"file: {name} is {len(content)} bytes; Together's multipart upload (over 5 GB) is not built here",
+                field="file",
+            )
+        form = {
+            "purpose": purpose,
+            "file_name": name,
+            "file_type": kind,
+            "checksum": hashlib.sha256(content).hexdigest(),
+        }
+        return _UploadCall(
+            "POST", "files", checked_file, multipart=lambda: (form, {}), idempotent=False, content=content
+        )
