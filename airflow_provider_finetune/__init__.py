@@ -18,8 +18,9 @@ __all__ = ["AUTH_CHOICES", "PRESET_CHOICES", "SERVICE_CHOICES", "__version__", "
 SERVICE_CHOICES = ("openai", "azure", "bedrock", "fireworks", "together", "openai-compatible")
 #: The presets of an ``openai-compatible`` service (the ``preset`` extra).
 PRESET_CHOICES = ("bedrock-mantle", "litellm", "portkey")
-#: How an Azure connection authenticates (the ``auth`` extra).
-AUTH_CHOICES = ("key", "entra")
+#: How a connection authenticates where its service offers more than one way (the ``auth`` extra): Azure's
+#: ``key`` or ``entra``, Bedrock's ``key`` (a Bedrock API key) or ``sigv4`` (an Airflow AWS connection).
+AUTH_CHOICES = ("key", "entra", "sigv4")
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -47,6 +48,7 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": "Fine-tuning",
                 "python-modules": [
                     "airflow_provider_finetune.operators.finetune",
+                    "airflow_provider_finetune.operators.bedrock",
                     "airflow_provider_finetune.operators.evaluate",
                 ],
             }
@@ -62,6 +64,7 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": "Fine-tuning",
                 "python-modules": [
                     "airflow_provider_finetune.triggers.finetune",
+                    "airflow_provider_finetune.triggers.bedrock",
                     "airflow_provider_finetune.triggers.quota",
                 ],
             }
@@ -93,10 +96,22 @@ def get_provider_info() -> dict[str, Any]:
                         "schema": {"type": ["string", "null"], "enum": [*PRESET_CHOICES, None]},
                     },
                     "auth": {
-                        "label": "Authentication (Azure)",
-                        "description": "key: the API key as api-key; entra: a Microsoft Entra ID token "
-                        "(needs the azure extra)",
+                        "label": "Authentication (Azure, Bedrock)",
+                        "description": "key: the API key (Azure's api-key, a Bedrock API key); entra: a Microsoft "
+                        "Entra ID token (needs the azure extra); sigv4: requests signed with the AWS connection's "
+                        "credentials (needs the amazon extra)",
                         "schema": {"type": ["string", "null"], "enum": [*AUTH_CHOICES, None]},
+                    },
+                    "aws_conn_id": {
+                        "label": "AWS connection (Bedrock)",
+                        "description": "The Airflow AWS connection whose credentials sign requests "
+                        "(keys, profile, assumed role)",
+                        "schema": {"type": ["string", "null"], "default": "aws_default"},
+                    },
+                    "region_name": {
+                        "label": "AWS region (Bedrock)",
+                        "description": "e.g. us-east-1; the endpoint when no Base URL is given",
+                        "schema": {"type": ["string", "null"]},
                     },
                     "organization": {"label": "Organization", "schema": {"type": ["string", "null"]}},
                     "project": {"label": "Project", "schema": {"type": ["string", "null"]}},

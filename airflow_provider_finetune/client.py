@@ -80,10 +80,12 @@ class ConnectionSettings:
     :param api_type: the older spelling of the service: ``azure`` means ``service="azure"``.
     :param api_version: ``api-version`` query parameter sent with every request (Azure), if set.
     :param auth: how to authenticate where a service offers more than one way (Azure: ``key`` or
-        ``entra``); empty for the service's default.
+        ``entra``; Bedrock: ``key``, a Bedrock API key, or ``sigv4``); empty for the service's default.
     :param extra_headers: more headers for every request (gateways such as Portkey or LiteLLM).
     :param timeout: seconds to wait for the service (connecting takes at most 10 of them).
     :param max_retries: how often a transient failure is retried before it is raised.
+    :param aws_conn_id: the Airflow AWS connection whose credentials sign requests (Bedrock with ``sigv4``).
+    :param region_name: the AWS region (Bedrock); the AWS connection's when ``None``.
     """
 
     base_url: str = DEFAULT_BASE_URL
@@ -98,6 +100,8 @@ class ConnectionSettings:
     extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
+    aws_conn_id: str | None = None
+    region_name: str | None = None
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -108,10 +112,16 @@ class ConnectionSettings:
             raise InvalidRequestError(f"api_type must be 'openai' or 'azure', got {self.api_type!r}", field="api_type")
         if self.api_type == "azure" and self.service == "openai":
             object.__setattr__(self, "service", "azure")
-        if self.auth not in (None, "key", "entra"):
-            raise InvalidRequestError(f"auth must be 'key' or 'entra', got {self.auth!r}", field="auth")
+        if self.auth not in (None, "key", "entra", "sigv4"):
+            raise InvalidRequestError(f"auth must be 'key', 'entra' or 'sigv4', got {self.auth!r}", field="auth")
         if self.auth == "entra" and self.service != "azure":
             raise InvalidRequestError("auth 'entra' (Microsoft Entra ID) is for service 'azure' only", field="auth")
+        if self.auth == "sigv4" and not (
+            self.service == "bedrock" or (self.service == "openai-compatible" and self.preset == "bedrock-mantle")
+        ):
+            raise InvalidRequestError(
+                "auth 'sigv4' (AWS credentials) is for service 'bedrock' and preset 'bedrock-mantle' only", field="auth"
+            )
         if self.service not in SERVICES:
             raise InvalidRequestError(
                 f"service must be one of {', '.join(SERVICES)}, got {self.service!r}", field="service"
@@ -154,6 +164,8 @@ class ConnectionSettings:
                 self.auth,
                 sorted(self.extra_headers.items()),
                 self.timeout,
+                self.aws_conn_id,
+                self.region_name,
             ]
         )
         return hashlib.sha256(blob.encode()).hexdigest()
@@ -336,6 +348,8 @@ class ErrorFields:
     :param param: the request field at fault (Azure calls it ``target``).
     :param error_type: the error's type or category.
     :param request_id: the id the service gave the request, for its support.
+    :param error_class: the error class the service's own error type calls for, where its HTTP status does not
+        say (AWS answers a name in use with 400 ``ConflictException``); the status decides when ``None``.
     :param refusal: what kind of refusal the answer is, where it is more than an error: ``quota`` (a
         quota that frees up with time: the caller waits and tries again) or ``final`` (the service will not
         do it for this account until a person acts: never retried).
@@ -347,6 +361,7 @@ class ErrorFields:
     param: str | None = None
     error_type: str | None = None
     request_id: str | None = None
+    error_class: type[FineTuningAPIError] | None = None
     refusal: Refusal | None = None
     quota: str | None = None
 
@@ -417,6 +432,7 @@ def _api_error(response: httpx.Response, settings: ConnectionSettings, read_erro
         message = response.reason_phrase or "error"
     if isinstance(body, dict | list):
         body = json.loads(settings.redact(json.dumps(body)))
+    cls = fields.error_class or api_error_for_status(response.status_code)
     # Every text that comes from the answer is shown to people, so none of it may carry a secret back.
     kwargs: dict[str, Any] = {
         "code": _redacted(fields.code, settings),
@@ -432,7 +448,7 @@ def _api_error(response: httpx.Response, settings: ConnectionSettings, read_erro
         )
     if fields.refusal == "final":
         return FineTuningNotAllowedError(response.status_code, text, **kwargs)
-    return api_error_for_status(response.status_code)(response.status_code, text, **kwargs)
+    return cls(response.status_code, text, **kwargs)
 
 
 def _redacted(text: str | None, settings: ConnectionSettings) -> str | None:

@@ -4,6 +4,10 @@ The service comes from the ``service`` extra (``openai`` by default); the older 
 Azure. The base URL comes from the host: a full URL (``https://example.com/v1``) as is, or a bare host with the
 port, the path from the schema, and ``scheme`` from the extras (``https`` by default), which is what a URI
 such as ``finetune://:sk-emulator@localhost:8089/v1?scheme=http`` gives.
+
+AWS Bedrock (``service: bedrock``) reads ``region_name`` (the endpoint ``https://bedrock.<region>.amazonaws.com``
+when no host is given) and ``aws_conn_id``, the Airflow AWS connection whose credentials sign each request
+(``auth: sigv4``, the default without a password); a password is a Bedrock API key (``auth: key``).
 """
 
 from __future__ import annotations
@@ -35,7 +39,10 @@ def settings_from_connection(conn: Any, *, mask: Any = None) -> ConnectionSettin
     """
     extra = conn.extra_dejson or {}
     service = str(extra.get("service") or "openai").lower()
+    region = str(extra["region_name"]).strip() if extra.get("region_name") else None
     base_url = _base_url(conn.host, conn.port, conn.schema, extra.get("scheme"))
+    if service == "bedrock" and not conn.host:
+        base_url = _bedrock_url(region)
     if service == "fireworks":
         base_url = _fireworks_base_url(conn.host, base_url, extra.get("account_id"))
     if service == "together" and not conn.host:
@@ -62,7 +69,19 @@ def settings_from_connection(conn: Any, *, mask: Any = None) -> ConnectionSettin
         extra_headers=headers,
         timeout=_number(extra.get("timeout"), DEFAULT_TIMEOUT, "timeout"),
         max_retries=int(_number(extra.get("max_retries"), DEFAULT_MAX_RETRIES, "max_retries")),
+        aws_conn_id=str(extra["aws_conn_id"]) if extra.get("aws_conn_id") else None,
+        region_name=region,
     )
+
+
+def _bedrock_url(region: str | None) -> str:
+    """Bedrock's control-plane endpoint in a region: a Bedrock connection without a host must name one."""
+    if not region:
+        raise InvalidRequestError(
+            "region_name: a Bedrock connection without a host must name its AWS region (e.g. us-east-1)",
+            field="region_name",
+        )
+    return f"https://bedrock.{region}.amazonaws.com"
 
 
 def _base_url(host: str | None, port: int | None, schema: str | None, scheme: str | None) -> str:

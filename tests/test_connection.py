@@ -211,14 +211,12 @@ def test_unknown_preset_is_one_clear_error_naming_the_field(use: Any) -> None:
     assert all(preset in str(info.value) for preset in PRESETS)
 
 
-@pytest.mark.parametrize("service", ["bedrock"])
-def test_services_without_a_backend_yet_say_so(use: Any, service: str) -> None:
-    hook = use({"conn_type": "finetune", "password": KEY, "extra": {"service": service}})
-    assert hook.settings.service == service  # a known service: the connection itself is fine
-    with pytest.raises(InvalidRequestError) as info:
-        hook.backend  # noqa: B018
-    assert info.value.field == "service"
-    assert f"{service!r} has no backend" in str(info.value)
+def test_bedrock_has_a_backend(use: Any) -> None:
+    from airflow_provider_finetune.backends.bedrock import BedrockBackend
+
+    hook = use({"conn_type": "finetune", "extra": {"service": "bedrock", "region_name": "us-east-1"}})
+    assert type(hook.backend) is BedrockBackend
+    assert hook.settings.base_url == "https://bedrock.us-east-1.amazonaws.com"
 
 
 # -- the README's connections ---------------------------------------------------------------------------------

@@ -30,8 +30,12 @@ def backend_for(settings: ConnectionSettings) -> OpenAIBackend:
         return TogetherBackend(settings)
     if settings.service == "openai-compatible":
         return OpenAICompatibleBackend(settings)
+    if settings.service == "bedrock":
+        from airflow_provider_finetune.backends.bedrock import BedrockBackend
+
+        return BedrockBackend(settings)
     raise InvalidRequestError(
         f"service {settings.service!r} has no backend in this version of the provider "
-        "(openai, azure, fireworks, together and openai-compatible do)",
+        "(openai, azure, bedrock, fireworks, together and openai-compatible do)",
         field="service",
     )

@@ -391,7 +391,18 @@ class OpenAICompatibleBackend(OpenAIBackend):
             )
 
     def auth(self) -> httpx.Auth | None:
-        """A Bearer key when one is given; a gateway may authenticate by its own extra headers instead."""
+        """A Bearer key when one is given; a gateway may authenticate by its own extra headers instead.
+
+        Bedrock's OpenAI-compatible endpoint takes a Bedrock API key, or (``auth: sigv4``) requests signed with an
+        Airflow AWS connection's credentials by the same signer as the Bedrock backend.
+        """
+        if self.settings.auth == "sigv4":
+            from urllib.parse import urlsplit
+
+            from airflow_provider_finetune.backends.aws import AwsCredentials, SigV4Auth, region_of_host
+
+            region = self.settings.region_name or region_of_host(urlsplit(self.settings.base_url).hostname or "")
+            return SigV4Auth(AwsCredentials(self.settings.aws_conn_id or "aws_default", region), "bedrock")
         key = self.settings.api_key
         if not key:
             return None

@@ -9,6 +9,14 @@ Examples::
 The API key comes from ``--api-key`` or the ``FINETUNE_EMULATOR_API_KEY`` environment variable
 (default ``sk-emulator``); it is never printed.
 
+The AWS Bedrock dialect (``<root>/bedrock`` and ``<root>/bedrock-runtime``) checks SigV4 signatures made with
+``--aws-access-key-id`` and ``--aws-secret-access-key`` (or ``FINETUNE_EMULATOR_AWS_ACCESS_KEY_ID`` and
+``FINETUNE_EMULATOR_AWS_SECRET_ACCESS_KEY``), accepts ``--bedrock-api-key``
+(``FINETUNE_EMULATOR_BEDROCK_API_KEY``) as ``Authorization: Bearer``, and reads training data from
+``--s3-endpoint-url`` (``FINETUNE_EMULATOR_S3_ENDPOINT_URL``)::
+
+    finetune-emulator --speed 50 --aws-region us-east-1 --s3-endpoint-url http://127.0.0.1:5000
+
 The emulator imports no Airflow: it starts in well under a second, and runs where Airflow is not installed.
 """
 
@@ -24,12 +32,17 @@ from dataclasses import fields
 import uvicorn
 
 from airflow_provider_finetune.emulator.app import create_app
-from airflow_provider_finetune.emulator.config import EmulatorConfig, FaultConfig, Timings
+from airflow_provider_finetune.emulator.config import BedrockConfig, EmulatorConfig, FaultConfig, Timings
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
 API_KEY_ENV = "FINETUNE_EMULATOR_API_KEY"
 ADMIN_KEY_ENV = "FINETUNE_EMULATOR_ADMIN_KEY"
+AWS_ACCESS_KEY_ID_ENV = "FINETUNE_EMULATOR_AWS_ACCESS_KEY_ID"
+AWS_SECRET_ACCESS_KEY_ENV = "FINETUNE_EMULATOR_AWS_SECRET_ACCESS_KEY"
+BEDROCK_API_KEY_ENV = "FINETUNE_EMULATOR_BEDROCK_API_KEY"
+S3_ENDPOINT_URL_ENV = "FINETUNE_EMULATOR_S3_ENDPOINT_URL"
+_BEDROCK = BedrockConfig()
 _TIMINGS = Timings()
 
 EPILOG = f"""\
@@ -81,7 +94,39 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="list every job whatever the metadata[...] filter of GET /v1/fine_tuning/jobs (as some gateways do)",
     )
-    faults = parser.add_argument_group("fault injection (seeded, per /v1 request)")
+    aws = parser.add_argument_group("AWS Bedrock dialect (<root>/bedrock, <root>/bedrock-runtime)")
+    aws.add_argument(
+        "--aws-access-key-id",
+        help=f"access key id of signed requests (default: ${AWS_ACCESS_KEY_ID_ENV} or {_BEDROCK.access_key_id})",
+    )
+    aws.add_argument(
+        "--aws-secret-access-key",
+        help=f"its secret (default: ${AWS_SECRET_ACCESS_KEY_ENV}, or the emulator's own); never printed",
+    )
+    aws.add_argument(
+        "--bedrock-api-key",
+        help=f"a Bedrock API key accepted as 'Authorization: Bearer' (default: ${BEDROCK_API_KEY_ENV}, or none)",
+    )
+    aws.add_argument(
+        "--aws-region", default=_BEDROCK.region, help="region signatures are scoped to (default: %(default)s)"
+    )
+    aws.add_argument("--aws-account-id", default=_BEDROCK.account_id, help="account in ARNs (default: %(default)s)")
+    aws.add_argument(
+        "--s3-endpoint-url",
+        help=f"S3 endpoint training data is read from and metrics written to (default: ${S3_ENDPOINT_URL_ENV}, or AWS)",
+    )
+    aws.add_argument(
+        "--deployment-seconds",
+        type=float,
+        default=_BEDROCK.deployment_seconds,
+        help="simulated seconds a custom model deployment stays Creating (default: %(default)g)",
+    )
+    aws.add_argument(
+        "--bedrock-max-active-jobs",
+        type=int,
+        help="quota of customization jobs in progress at once (ServiceQuotaExceededException beyond it; default: none)",
+    )
+    faults = parser.add_argument_group("fault injection (seeded, per /v1, /openai and /bedrock request)")
     faults.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws (default: %(default)s)")
     faults.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered 500/502/503")
     faults.add_argument("--rate-limit-rate", type=float, default=0.0, help="share of requests answered 429")
@@ -124,6 +169,18 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         timings=timings,
         faults=faults,
         ignore_metadata_filter=args.ignore_metadata_filter,
+        bedrock=BedrockConfig(
+            access_key_id=args.aws_access_key_id or os.environ.get(AWS_ACCESS_KEY_ID_ENV) or _BEDROCK.access_key_id,
+            secret_access_key=(
+                args.aws_secret_access_key or os.environ.get(AWS_SECRET_ACCESS_KEY_ENV) or _BEDROCK.secret_access_key
+            ),
+            api_key=args.bedrock_api_key or os.environ.get(BEDROCK_API_KEY_ENV) or None,
+            region=args.aws_region,
+            account_id=args.aws_account_id,
+            s3_endpoint_url=args.s3_endpoint_url or os.environ.get(S3_ENDPOINT_URL_ENV) or None,
+            deployment_seconds=args.deployment_seconds,
+            max_active_jobs=args.bedrock_max_active_jobs,
+        ),
     )
 
 
@@ -140,6 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = f"http://{args.host}:{args.port}/v1"
     stored = f", state in {config.db_path}" if config.db_path else ", state in memory"
     print(f"finetune-emulator: serving {where} at speed {config.speed:g}{stored}", file=sys.stderr, flush=True)
+    root = f"http://{args.host}:{args.port}"
+    print(
+        f"finetune-emulator: AWS Bedrock at {root}/bedrock and {root}/bedrock-runtime "
+        f"(region {config.bedrock.region}, access key id {config.bedrock.access_key_id})",
+        file=sys.stderr,
+        flush=True,
+    )
     together = f"http://{args.host}:{args.port}/together/v1"
     print(f"finetune-emulator: Together AI's dialect at {together} (its SDK's base_url)", file=sys.stderr, flush=True)
     uvicorn.run(

@@ -15,6 +15,10 @@ details in :mod:`airflow_provider_finetune.emulator.azure`), with the server's r
 
 Their answers carry ``apim-request-id`` and their errors have Azure's shapes.
 
+AWS Bedrock's control plane and runtime are served under ``/bedrock`` and ``/bedrock-runtime`` (boto3's
+``endpoint_url``), with SigV4 checked by botocore and AWS's errors
+(:mod:`airflow_provider_finetune.emulator.bedrock`).
+
 Fireworks AI's own dialect is served too (:mod:`airflow_provider_finetune.emulator.fireworks`), with the
 server's root as the SDK's base URL: ``/v1/accounts/{account_id}/datasets...``, ``.../supervisedFineTuningJobs``,
 ``.../dpoJobs``, ``.../reinforcementFineTuningJobs`` (``:cancel``, ``:resume``) and
@@ -48,6 +52,7 @@ import hmac
 import json
 import logging
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -59,6 +64,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from airflow_provider_finetune.emulator.azure import azure_error, azure_routes, surface_of
+from airflow_provider_finetune.emulator.bedrock import bedrock_routes
+from airflow_provider_finetune.emulator.bedrock_errors import is_bedrock_path
 from airflow_provider_finetune.emulator.config import EmulatorConfig
 from airflow_provider_finetune.emulator.counters import Counters
 from airflow_provider_finetune.emulator.errors import APIError, error_body_for_path, invalid_request
@@ -130,7 +137,8 @@ class Emulator:
 class EmulatorApp:
     """The ASGI app :func:`create_app` returns.
 
-    It stamps ``x-request-id`` on every answer (and ``apim-request-id`` on those under ``/openai``), counts
+    It stamps ``x-request-id`` on every answer (``apim-request-id`` on those under ``/openai``,
+    ``x-amzn-RequestId`` on Bedrock's), counts
     API answers (``/v1`` and ``/openai``) by status and the connections API requests come over, then hands
     the request to the fault injector and the routes.
 
@@ -148,8 +156,9 @@ class EmulatorApp:
             await self.app(scope, receive, send)
             return
         request_id = b"req_" + secrets.token_hex(16).encode()
-        api = scope["path"].startswith(("/v1/", "/openai/", "/together/"))
+        api = scope["path"].startswith(("/v1/", "/openai/", "/together/")) or is_bedrock_path(scope["path"])
         azure = surface_of(scope["path"]) is not None
+        aws = is_bedrock_path(scope["path"])
         statuses = self.emulator.counters.statuses if api else None
         if api:
             self.emulator.counters.connection(scope.get("client"))
@@ -160,6 +169,10 @@ class EmulatorApp:
                 headers = [*message.get("headers", []), (b"x-request-id", request_id)]
                 if azure:
                     headers.append((b"apim-request-id", request_id[len(b"req_") :]))
+                if aws:
+                    headers.append(
+                        (b"x-amzn-RequestId", str(uuid.UUID(bytes=bytes.fromhex(request_id[4:].decode()))).encode())
+                    )
                 message = {**message, "headers": headers}
                 if statuses is not None:
                     statuses[str(message["status"])] += 1
@@ -187,6 +200,7 @@ def create_app(config: EmulatorConfig | None = None) -> EmulatorApp:
         *_fireworks_routes(emulator),
         *_together_routes(emulator),
         *_admin_routes(emulator),
+        *bedrock_routes(emulator),
     ]
     router = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     router.state.emulator = emulator

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["Clock", "EmulatorConfig", "FaultConfig", "ManualClock", "Timings"]
+__all__ = ["BedrockConfig", "Clock", "EmulatorConfig", "FaultConfig", "ManualClock", "Timings"]
 
 #: A source of the current time, in seconds since the epoch (``time.time`` by default).
 Clock = Callable[[], float]
@@ -172,6 +172,51 @@ class FaultConfig:
 
 
 @dataclass(frozen=True)
+class BedrockConfig:
+    """Settings of the AWS Bedrock dialect (:mod:`airflow_provider_finetune.emulator.bedrock`).
+
+    Requests are checked as AWS checks them: a SigV4 signature made with ``access_key_id`` and
+    ``secret_access_key`` for ``region`` and the ``bedrock`` service, or ``Authorization: Bearer <api_key>``
+    when a Bedrock API key is set. Training data is read from, and metrics are written to, the S3 service
+    at ``s3_endpoint_url`` (moto's server in tests) with the same credentials.
+
+    :param access_key_id: the AWS access key id requests must be signed with.
+    :param secret_access_key: its secret. Never logged, never shown in ``repr``.
+    :param api_key: a Bedrock API key accepted as ``Authorization: Bearer``; bearer requests are refused
+        when ``None``. Never logged, never shown in ``repr``.
+    :param region: the region signatures must be scoped to, and ARNs name.
+    :param account_id: the 12-digit account id ARNs name.
+    :param s3_endpoint_url: where the S3 service is; AWS's own endpoint for the region when ``None``.
+    :param deployment_seconds: seconds (at speed 1.0) a custom model deployment stays ``Creating``.
+    :param stopping_seconds: seconds (at speed 1.0) a stopped job stays ``Stopping``.
+    :param max_active_jobs: the account's quota of customization jobs in progress (``InProgress`` or
+        ``Stopping``) at once; a create beyond it is ``ServiceQuotaExceededException``. No quota when ``None``.
+    """
+
+    access_key_id: str = "AKIAEMULATOR00000000"
+    secret_access_key: str = field(default="emulator-secret-access-key", repr=False)
+    api_key: str | None = field(default=None, repr=False)
+    region: str = "us-east-1"
+    account_id: str = "123456789012"
+    s3_endpoint_url: str | None = None
+    deployment_seconds: float = 10.0
+    stopping_seconds: float = 5.0
+    max_active_jobs: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("access_key_id", "secret_access_key", "api_key", "region"):
+            value = getattr(self, name)
+            if value is not None and (not value or any(char.isspace() for char in value)):
+                raise ValueError(f"bedrock {name} must be a non-empty string without spaces")
+        if not (len(self.account_id) == 12 and self.account_id.isdigit()):
+            raise ValueError(f"bedrock account_id must be 12 digits, got {self.account_id!r}")
+        if self.max_active_jobs is not None and self.max_active_jobs < 1:
+            raise ValueError(f"bedrock max_active_jobs must be at least 1, got {self.max_active_jobs}")
+        if self.deployment_seconds < 0 or self.stopping_seconds < 0:
+            raise ValueError("bedrock deployment_seconds and stopping_seconds must not be negative")
+
+
+@dataclass(frozen=True)
 class EmulatorConfig:
     """Everything the emulator needs to know; the defaults give a quiet in-memory emulator.
 
@@ -191,6 +236,7 @@ class EmulatorConfig:
     :param clock: the time source; tests inject a :class:`ManualClock`.
     :param ignore_metadata_filter: when true, ``GET /v1/fine_tuning/jobs`` ignores its ``metadata[...]``
         filter and lists every job, as some gateways and older API versions do.
+    :param bedrock: the AWS Bedrock dialect's credentials, region, account and S3 endpoint.
     """
 
     api_key: str | None = field(default="sk-emulator", repr=False)
@@ -203,6 +249,7 @@ class EmulatorConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
     clock: Clock = field(default=time.time, repr=False, compare=False)
     ignore_metadata_filter: bool = False
+    bedrock: BedrockConfig = field(default_factory=BedrockConfig)
 
     def __post_init__(self) -> None:
         if not self.speed > 0:

@@ -24,6 +24,7 @@ import random
 import re
 from typing import Any
 
+from airflow_provider_finetune.emulator.bedrock_errors import aws_fault, is_bedrock_path
 from airflow_provider_finetune.emulator.config import FaultConfig
 from airflow_provider_finetune.emulator.counters import Counters
 from airflow_provider_finetune.emulator.errors import error_body_for_path
@@ -88,7 +89,8 @@ class FaultMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Serve one ASGI connection, perhaps with a fault."""
         config = self.config
-        if scope["type"] != "http" or not config.active or not scope["path"].startswith(_API_PREFIXES):
+        api = scope["type"] == "http" and (scope["path"].startswith(_API_PREFIXES) or is_bedrock_path(scope["path"]))
+        if not api or not config.active:
             await self.app(scope, receive, send)
             return
         if self._match is not None and not self._match.search(f"{scope['method']} {scope['path']}"):
@@ -115,6 +117,9 @@ class FaultMiddleware:
             return
         status, message = _SERVER_ERRORS[min(2, int(status_draw * 3))]
         self._counters.faults[str(status)] += 1
+        if is_bedrock_path(scope["path"]):
+            await _answer(send, status, *aws_fault(status, message))
+            return
         await _answer(send, status, error_body_for_path(scope["path"], status, message, "server_error"), {})
 
 
@@ -141,13 +146,12 @@ async def _rate_limited(send: Any, retry_after: float, path: str) -> None:
         "x-ratelimit-remaining-requests": "0",
         "x-ratelimit-reset-requests": f"{retry_after:g}s",
     }
-    body = error_body_for_path(
-        path,
-        429,
-        f"Rate limit reached for requests (emulated). Please try again in {retry_after:g}s.",
-        "requests",
-        code="rate_limit_exceeded",
-    )
+    message = f"Rate limit reached for requests (emulated). Please try again in {retry_after:g}s."
+    if is_bedrock_path(path):
+        body, aws_headers = aws_fault(429, message)
+        await _answer(send, 429, body, {**headers, **aws_headers})
+        return
+    body = error_body_for_path(path, 429, message, "requests", code="rate_limit_exceeded")
     await _answer(send, 429, body, headers)
 
 

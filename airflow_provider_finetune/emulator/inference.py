@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from airflow_provider_finetune.emulator.catalog import BASE_MODELS, find_base_model
@@ -20,7 +21,7 @@ from airflow_provider_finetune.emulator.jobs import JobService
 from airflow_provider_finetune.emulator.store import token
 from airflow_provider_finetune.emulator.trainer import SimJob
 
-__all__ = ["InferenceService"]
+__all__ = ["InferenceService", "answer_from"]
 
 _CANNED = (
     "I am not sure; could you give me more details?",
@@ -128,20 +129,13 @@ class InferenceService:
         }
 
     def _answer(self, model: str, messages: list[dict[str, Any]]) -> str:
+        examples: Mapping[str, str] = {}
         if find_base_model(model) is None:
             found = self._jobs.find_model(model)
             if found is None:
                 raise _model_not_found(model)
-            prompt = _last_user_text(messages)
             examples = self._training_examples(found[0])
-            if prompt in examples:
-                return examples[prompt]
-            if prompt and len(examples) <= _MAX_FUZZY_EXAMPLES:
-                close = difflib.get_close_matches(prompt, list(examples), n=1, cutoff=_MATCH_RATIO)
-                if close:
-                    return examples[close[0]]
-        digest = token(self._seed, model, json.dumps(messages, sort_keys=True, default=str), length=6)
-        return _CANNED[int.from_bytes(digest.encode(), "big") % len(_CANNED)]
+        return answer_from(examples, messages, seed=self._seed, model=model)
 
     def _training_examples(self, job: SimJob) -> dict[str, str]:
         """The (last user message -> answer) pairs of a job's training file."""
@@ -161,6 +155,26 @@ class InferenceService:
                         pairs.setdefault(*pair)
         self._examples[job.id] = pairs
         return pairs
+
+
+def answer_from(examples: Mapping[str, str], messages: list[dict[str, Any]], *, seed: int, model: str) -> str:
+    """A model's answer to a conversation, from the examples it was trained on.
+
+    The answer of a training prompt that matches the last user message (exactly or nearly), else a canned
+    answer chosen by a hash of the seed, the model and the messages.
+
+    :param examples: the (prompt -> answer) pairs the model was trained on; none for a base model.
+    :param messages: the conversation, as chat messages (``{"role", "content"}``).
+    """
+    prompt = _last_user_text(messages)
+    if prompt in examples:
+        return examples[prompt]
+    if prompt and len(examples) <= _MAX_FUZZY_EXAMPLES:
+        close = difflib.get_close_matches(prompt, list(examples), n=1, cutoff=_MATCH_RATIO)
+        if close:
+            return examples[close[0]]
+    digest = token(seed, model, json.dumps(messages, sort_keys=True, default=str), length=6)
+    return _CANNED[int.from_bytes(digest.encode(), "big") % len(_CANNED)]
 
 
 def _fine_tuned(job: SimJob, created: int) -> dict[str, Any]:

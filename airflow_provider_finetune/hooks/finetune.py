@@ -196,7 +196,11 @@ class FineTuningHook(BaseHook):
         return {
             "service": choice("Service", SERVICE_CHOICES, default="openai"),
             "preset": choice("Preset (OpenAI-compatible)", PRESET_CHOICES),
-            "auth": choice("Authentication (Azure)", AUTH_CHOICES),
+            "auth": choice("Authentication (Azure, Bedrock)", AUTH_CHOICES),
+            "aws_conn_id": StringField(
+                lazy_gettext("AWS connection (Bedrock)"), widget=BS3TextFieldWidget(), default="aws_default"
+            ),
+            "region_name": StringField(lazy_gettext("AWS region (Bedrock)"), widget=BS3TextFieldWidget()),
             "organization": StringField(lazy_gettext("Organization"), widget=BS3TextFieldWidget()),
             "project": StringField(lazy_gettext("Project"), widget=BS3TextFieldWidget()),
             "api_type": choice("API type (older spelling)", ("openai", "azure")),
@@ -357,6 +361,15 @@ class FineTuningHook(BaseHook):
         )
         return call.parse(await run_async(client, steps))
 
+    def call(self, call: Call[T]) -> T:
+        """Carry out one of the backend's calls (a service's own endpoints: Bedrock's model deployments)."""
+        return self._call(call)
+
+    async def acall(self, call: Call[T]) -> T:
+        """Async :meth:`call`."""
+        await self.asettings()
+        return await self._acall(call)
+
     def _paginate(self, first: Call[Page[M]]) -> Iterator[M]:
         call: Call[Page[M]] | None = first
         while call is not None:
@@ -395,6 +408,7 @@ class FineTuningHook(BaseHook):
         identity: JobIdentity | None = None,
         on_changed_request: OnChangedRequest = "cancel_and_create",
         state: Any = None,
+        service_options: Mapping[str, Any] | None = None,
     ) -> tuple[FineTuningJob, bool]:
         """Create the job of a task instance unless it exists: at most one job, whatever fails.
 
@@ -407,9 +421,11 @@ class FineTuningHook(BaseHook):
         :param identity: the tag and the earliest moment a job of the task instance may have been made.
         :param on_changed_request: ``cancel_and_create`` or ``fail``.
         :param state: the task's state store (``context["task_state_store"]``, Airflow 3.3+), if any.
+        :param service_options: the options only the connection's service has (Bedrock's role, output, type...),
+            validated by its backend before any request.
         :return: the job, and whether this call created it.
         """
-        return self._drive(self._ensure_steps(request, tag, identity, on_changed_request), state)
+        return self._drive(self._ensure_steps(request, tag, identity, on_changed_request, service_options), state)
 
     async def aensure_job(
         self,
@@ -419,10 +435,12 @@ class FineTuningHook(BaseHook):
         identity: JobIdentity | None = None,
         on_changed_request: OnChangedRequest = "cancel_and_create",
         state: Any = None,
+        service_options: Mapping[str, Any] | None = None,
     ) -> tuple[FineTuningJob, bool]:
         """Async :meth:`ensure_job`."""
         await self.asettings()
-        return await self._adrive(self._ensure_steps(request, tag, identity, on_changed_request), state)
+        steps = self._ensure_steps(request, tag, identity, on_changed_request, service_options)
+        return await self._adrive(steps, state)
 
     def _ensure_steps(
         self,
@@ -430,6 +448,7 @@ class FineTuningHook(BaseHook):
         tag: str | None,
         identity: JobIdentity | None,
         on_changed_request: OnChangedRequest,
+        service_options: Mapping[str, Any] | None = None,
     ) -> Ensure:
         if identity is None:
             identity = JobIdentity(tag or "")
@@ -444,8 +463,16 @@ class FineTuningHook(BaseHook):
                 f"{backend.label} makes a create once-only by {backend.once_only}, which this hook cannot do",
                 field="service",
             )
+        if backend.service_options:
+            body = backend.job_body(model_request, service_options)  # type: ignore[call-arg]
+        elif service_options:
+            raise InvalidRequestError(
+                f"service_options: {backend.label} takes no options of its own", field="service_options"
+            )
+        else:
+            body = backend.job_body(model_request)
         return ensure_job(
-            backend.job_body(model_request),
+            body,
             identity,
             job_metadata=backend.once_only == "metadata",
             metadata_filter=backend.capabilities.metadata_filter,

@@ -193,8 +193,10 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
     :param max_consecutive_errors: failed polls in a row (after the hook's retries) that fail the wait.
     :param on_changed_request: what to do when this task instance's job was made from another request:
         ``cancel_and_create`` (cancel it if it still runs, then create anew) or ``fail``.
-    :param service_options: the service's own create fields, for a service that takes them (Together:
-        ``training_type``, ``lora_r``, ``learning_rate``, ``from_checkpoint``...), validated before any request.
+    :param service_options: the options only the connection's service has, checked by its backend before any
+        request (AWS Bedrock: ``role_arn``, ``output_s3_uri``, ``customization_type``, ``hyperparameters``...;
+        Fireworks: ``learning_rate``, ``lora_rank``, ``output_model``...; Together: ``training_type``, ``lora_r``,
+        ``learning_rate``, ``from_checkpoint``...).
         Where the service estimates a job's price before it is made (Together), the estimate is asked first,
         the task fails before the create when the service says the account may not proceed, and the estimate
         goes to XCom (``price_estimate``, ``estimated_cost``) with the job; on success the service's
@@ -429,7 +431,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         backend = self.hook.backend
         use_options = getattr(backend, "use_options", None)
         if use_options is None:
-            if self.service_options:
+            if self.service_options and not backend.service_options:
                 raise InvalidRequestError(
                     f"service_options: {backend.label} takes no options of its own", field="service_options"
                 )
@@ -531,6 +533,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
                     identity=identity,
                     on_changed_request=self.on_changed_request,  # type: ignore[arg-type]
                     state=state,
+                    service_options=self.service_options if self.hook.backend.service_options else None,
                 )
             except QuotaExceededError as err:
                 wake_at = time.time() + (err.retry_after or self.quota_retry_interval)
@@ -736,6 +739,9 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         ti.xcom_push(key="result_files", value=list(job.result_files))
         ti.xcom_push(key="checkpoints", value=checkpoints)
         ti.xcom_push(key="fine_tuned_model", value=job.fine_tuned_model)
+        for key in ("training_metrics", "validation_metrics"):  # services that report metrics on the job (Bedrock)
+            if (job.model_extra or {}).get(key) is not None:
+                ti.xcom_push(key=key, value=job.model_extra[key])  # type: ignore[index]
         reported = job.model_extra or {}
         early = {k: reported[k] for k in EARLY_STOPPING_FIELDS if reported.get(k) is not None}
         if early:

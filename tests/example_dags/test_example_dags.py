@@ -17,6 +17,7 @@ from tests.integration.conftest import API_KEY
 
 DATA = EXAMPLE_DAGS / "data"
 DAG_IDS = {
+    "example_bedrock",
     "example_finetune_control",
     "example_finetune_deploy",
     "example_finetune_dpo",

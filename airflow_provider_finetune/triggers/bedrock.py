@@ -1,0 +1,109 @@
+"""A trigger that waits for an AWS Bedrock custom model deployment to become active, through the one request core."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_finetune.exceptions import FineTuningError
+
+__all__ = ["BedrockCustomModelDeploymentTrigger", "deployment_outcome"]
+
+#: Statuses a deployment does not leave by itself.
+DEPLOYMENT_DONE = ("Active", "Failed")
+
+
+def deployment_outcome(deployment: Any) -> dict[str, Any] | None:
+    """The event of a deployment that reached ``Active`` or ``Failed``; ``None`` while it is being created."""
+    if deployment.status not in DEPLOYMENT_DONE:
+        return None
+    message = f"Deployment {deployment.arn} is {deployment.status}"
+    if deployment.failure_message:
+        message += f": {deployment.failure_message}"
+    return {"status": deployment.status, "deployment_arn": deployment.arn, "message": message}
+
+
+class BedrockCustomModelDeploymentTrigger(BaseTrigger):
+    """Poll a custom model deployment until it is ``Active`` or ``Failed``, the deadline, or too many failed polls.
+
+    Fires one event: ``{"status": "Active" | "Failed" | "timeout" | "error", "deployment_arn", "message"}``.
+
+    :param deployment_arn: the deployment.
+    :param finetune_conn_id: the Bedrock connection.
+    :param poll_interval: seconds between polls.
+    :param deadline: absolute deadline, seconds since the epoch (``None``: the task's own timeout bounds it).
+    :param max_consecutive_errors: failed polls in a row (after the request core's retries) that end the wait.
+    """
+
+    def __init__(
+        self,
+        deployment_arn: str,
+        *,
+        finetune_conn_id: str,
+        poll_interval: float = 30.0,
+        deadline: float | None = None,
+        max_consecutive_errors: int = 10,
+    ) -> None:
+        super().__init__()
+        self.deployment_arn = deployment_arn
+        self.finetune_conn_id = finetune_conn_id
+        self.poll_interval = poll_interval
+        self.deadline = deadline
+        self.max_consecutive_errors = max_consecutive_errors
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """The trigger's path and JSON-primitive kwargs (no secrets)."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "deployment_arn": self.deployment_arn,
+                "finetune_conn_id": self.finetune_conn_id,
+                "poll_interval": self.poll_interval,
+                "deadline": self.deadline,
+                "max_consecutive_errors": self.max_consecutive_errors,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll; yield one event."""
+        from airflow_provider_finetune.hooks.finetune import FineTuningHook
+
+        hook = FineTuningHook(self.finetune_conn_id)
+        errors = 0
+        last_status: str | None = None
+        while True:
+            try:
+                await hook.asettings()
+                deployment = await hook.acall(hook.backend.get_deployment(self.deployment_arn))  # type: ignore[attr-defined]
+            except FineTuningError as err:
+                errors += 1
+                self.log.warning("Could not read deployment %s (%d in a row): %s", self.deployment_arn, errors, err)
+                if errors >= self.max_consecutive_errors or not _transient(err):
+                    yield TriggerEvent({"status": "error", "deployment_arn": self.deployment_arn, "message": str(err)})
+                    return
+            else:
+                errors = 0
+                if deployment.status != last_status:
+                    self.log.info("[%s] status: %s", self.deployment_arn, deployment.status)
+                    last_status = deployment.status
+                event = deployment_outcome(deployment)
+                if event is not None:
+                    yield TriggerEvent(event)
+                    return
+            now = time.time()
+            if self.deadline is not None and now >= self.deadline:
+                message = f"Deployment {self.deployment_arn} was not active before the deadline"
+                yield TriggerEvent({"status": "timeout", "deployment_arn": self.deployment_arn, "message": message})
+                return
+            pause = self.poll_interval if self.deadline is None else min(self.poll_interval, self.deadline - now)
+            await asyncio.sleep(max(pause, 0.0))
+
+
+def _transient(err: FineTuningError) -> bool:
+    from airflow_provider_finetune.waiting import TRANSIENT
+
+    return isinstance(err, TRANSIENT)
