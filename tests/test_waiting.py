@@ -214,6 +214,24 @@ def test_the_poll_that_ends_the_wait_logs_every_event_it_read(caplog: pytest.Log
     assert outcome.last_event_id == "ev-30"
 
 
+def test_a_job_that_ends_with_100_unread_events_is_logged_in_one_record(caplog: pytest.LogCaptureFixture) -> None:
+    """One log record per poll: in the triggerer each record is a synchronous send to its supervisor."""
+    caplog.set_level(logging.INFO, logger="test.wait")
+    many = [event(f"ev-{i}", f"line {i}") for i in range(1, 101)]
+    run([seen("running"), seen("succeeded", *many)])
+    assert len(caplog.records) == 1
+    assert caplog.records[0].getMessage().splitlines() == [
+        "[ftjob-1] 100 events:",
+        *(f"[ftjob-1] line {i}" for i in range(1, 101)),
+    ]
+
+
+def test_a_poll_with_one_new_event_logs_it_as_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="test.wait")
+    run([seen("running", event("ev-1", "line 1")), seen("succeeded")])
+    assert [r.getMessage() for r in caplog.records] == ["[ftjob-1] line 1"]
+
+
 def test_a_wait_for_a_target_status_asks_for_its_events_in_full_once_there() -> None:
     _, polls, _ = run([seen("queued"), seen("running")], targets={"running"})
     assert all("running" in poll.ends and "succeeded" in poll.ends for poll in polls)
