@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
@@ -45,6 +46,14 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+HEAD = re.compile(r"\[\S+\] \d+ events( \(\d+ earlier not shown\))?:$")
+
+
+def lines(records: list[logging.LogRecord]) -> list[str]:
+    """The progress lines of log records, a poll's head line ("[job] N events:") left out."""
+    return [line for r in records for line in r.getMessage().splitlines() if not HEAD.match(line)]
 
 
 def run(replies: list, clock: Clock | None = None, **kwargs):
@@ -123,8 +132,8 @@ def test_events_are_logged_once_each(caplog: pytest.LogCaptureFixture) -> None:
     outcome, polls, _ = run(replies)
     assert [p.after_event for p in polls] == [None, "ev-2", "ev-2"]
     assert outcome.last_event_id == "ev-3"
-    messages = [r.getMessage() for r in caplog.records]
-    assert [m.split("] ")[1] for m in messages] == ["first", "second", "third"]
+    assert [line.split("] ")[1] for line in lines(caplog.records)] == ["first", "second", "third"]
+    assert len(caplog.records) == 2  # one record per poll with events
 
 
 def test_newer_events_stop_at_the_last_seen() -> None:
@@ -202,15 +211,16 @@ def test_the_poll_that_ends_the_wait_logs_every_event_it_read(caplog: pytest.Log
     caplog.set_level(logging.INFO, logger="test.wait")
     many = [event(f"ev-{i}", f"line {i}") for i in range(1, 31)]
     run([seen("running", *many[:25]), seen("succeeded", *many[25:])])
-    messages = [r.getMessage() for r in caplog.records]
+    shown = caplog.records[0].getMessage().splitlines()
     # While the job runs, a poll shows its newest lines and counts the others ...
-    assert messages[0] == f"[ftjob-1] {25 - MAX_LINES_PER_POLL} earlier events not shown"
-    assert len(messages) == 1 + MAX_LINES_PER_POLL + 5
+    assert shown[0] == f"[ftjob-1] {MAX_LINES_PER_POLL} events ({25 - MAX_LINES_PER_POLL} earlier not shown):"
+    assert shown[1:] == [f"[ftjob-1] line {i}" for i in range(26 - MAX_LINES_PER_POLL, 26)]
+    assert len(lines(caplog.records)) == MAX_LINES_PER_POLL + 5
     caplog.clear()
     caplog.set_level(logging.INFO, logger="test.wait")
     outcome, _, _ = run([seen("running", many[0]), seen("succeeded", *many[1:])])
     # ... the poll that sees it end shows every line it read: the job's last lines are its outcome.
-    assert [r.getMessage() for r in caplog.records] == [f"[ftjob-1] line {i}" for i in range(1, 31)]
+    assert lines(caplog.records) == [f"[ftjob-1] line {i}" for i in range(1, 31)]
     assert outcome.last_event_id == "ev-30"
 
 
@@ -252,7 +262,8 @@ def test_a_worker_wait_reads_back_every_event_of_a_job_that_ended(
     steps = watch("ftjob-1", last_event_id="ev-5", log=logging.getLogger("test.wait"))
     outcome = wait_sync(hook, "ftjob-1", steps, sleep=lambda _: None)
     assert outcome.status == "succeeded"
-    assert [r.getMessage() for r in caplog.records] == [f"[ftjob-1] line {i}" for i in range(6, 151)]
+    assert lines(caplog.records) == [f"[ftjob-1] line {i}" for i in range(6, 151)]
+    assert len(caplog.records) == 1  # the whole end of the job, read in two pages, in one record
     assert reads.call_count == 2
     assert reads.calls[0].request.url.params["limit"] == str(EVENTS_PAGE_MAX)
     assert reads.calls[1].request.url.params["after"] == f"ev-{150 - EVENTS_PAGE_MAX + 1}"
