@@ -265,9 +265,11 @@ def _judge(rule: EarlyStopping, progress: Progress, seen: Observation, logger: A
 
 
 def _log_events(logger: Any, job_id: str, seen: Observation, *, everything: bool) -> None:
-    """Log a poll's new events as progress lines, in one record (all of them when the wait ends: a job's last
-    lines are its outcome).
+    """Log a poll's new events as progress lines, all in one record.
 
+    When the wait ends, every event it read is shown (a job's last lines are its outcome); before, the newest
+    :data:`MAX_LINES_PER_POLL`. One record however many lines: in the triggerer each log record is a synchronous
+    send from the trigger runner to its supervisor, so a job that ends with 100 unread events costs one, not 100.
     A function of its own so that nothing it makes stays in the wait's frame through the pause: kept that long,
     a slice of events would outlive young collections and count towards a full one.
     """
@@ -276,8 +278,6 @@ def _log_events(logger: Any, job_id: str, seen: Observation, *, everything: bool
     if len(shown) == 1 and not hidden:
         logger.info("%s", describe_event(seen.job, shown[0]))
     elif shown:
-        # One record for the poll, however many lines: in the triggerer each record is a synchronous send
-        # from the trigger runner to its supervisor, so a job that ends with 100 unread events costs one, not 100.
         head = f"[{job_id}] {len(shown)} events" + (f" ({hidden} earlier not shown)" if hidden else "") + ":"
         logger.info("%s", "\n".join([head, *(describe_event(seen.job, event) for event in shown)]))
 

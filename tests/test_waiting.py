@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 
 import pytest
 
@@ -29,6 +28,7 @@ from airflow_provider_finetune.waiting import (
     watch,
 )
 from tests.hooks.conftest import FakeAPI, api, connection, event, hook, job, page
+from tests.logged import progress_lines as lines
 
 __all__ = ["api", "connection", "hook"]  # the hook's fixtures, for the wait on the worker
 
@@ -46,14 +46,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-HEAD = re.compile(r"\[\S+\] \d+ events( \(\d+ earlier not shown\))?:$")
-
-
-def lines(records: list[logging.LogRecord]) -> list[str]:
-    """The progress lines of log records, a poll's head line ("[job] N events:") left out."""
-    return [line for r in records for line in r.getMessage().splitlines() if not HEAD.match(line)]
 
 
 def run(replies: list, clock: Clock | None = None, **kwargs):

@@ -14,6 +14,7 @@ from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer, T
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.triggers.finetune import FineTuningJobTrigger
 from tests.integration.conftest import chat_lines
+from tests.logged import progress_lines
 
 pytestmark = pytest.mark.integration
 
@@ -56,9 +57,9 @@ async def test_a_lone_wait_logs_the_job_to_its_end(
 
     # A line may end with the ETA of the job as last read (the events can be read just after it ended).
     lines = [
-        re.sub(r" \(ETA [^)]*\)$", "", r.getMessage())
-        for r in caplog.records
-        if r.getMessage().startswith(f"[{job.id}] ")
+        re.sub(r" \(ETA [^)]*\)$", "", line)
+        for line in progress_lines(caplog.records)
+        if line.startswith(f"[{job.id}] ")
     ]
     everything = [e async for e in hook.aiter_events(job.id, limit=100)][::-1]  # oldest first
     total = everything[-4].data["total_steps"]

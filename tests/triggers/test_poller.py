@@ -17,6 +17,7 @@ from airflow_provider_finetune.triggers import poller as poller_module
 from airflow_provider_finetune.triggers.poller import FORGET_AFTER, LIST_PAGE_SIZE, JobPoller
 from airflow_provider_finetune.waiting import MAX_LINES_PER_POLL, Outcome, watch
 from tests.hooks.conftest import event, job
+from tests.logged import progress_lines
 
 
 class FakeService:
@@ -321,11 +322,8 @@ async def wait_all(poller: JobPoller, job_ids: list[str], interval: float, **kwa
 
 
 def lines_of(caplog: pytest.LogCaptureFixture, job_id: str) -> list[str]:
-    return [
-        r.getMessage().removeprefix(f"[{job_id}] ")
-        for r in caplog.records
-        if r.name == "tests.poller.waits" and r.getMessage().startswith(f"[{job_id}] ")
-    ]
+    records = [r for r in caplog.records if r.name == "tests.poller.waits"]
+    return [line.removeprefix(f"[{job_id}] ") for line in progress_lines(records) if line.startswith(f"[{job_id}] ")]
 
 
 async def test_every_ended_job_logs_all_its_events_before_its_wait_fires(caplog: pytest.LogCaptureFixture) -> None:
@@ -494,6 +492,7 @@ async def test_a_wait_logs_in_the_context_of_its_trigger(caplog: pytest.LogCaptu
     finally:
         log.removeHandler(recorder)
     assert [o.status for o in outcomes] == ["succeeded", "succeeded"]
-    assert len(seen) >= 6
+    assert len([line for message, _ in seen for line in message.splitlines()]) >= 6
     for message, bound in seen:
-        assert bound == f"trigger-of-{message[1:12]}", message
+        for line in message.splitlines():
+            assert bound == f"trigger-of-{line[1:12]}", message
