@@ -282,7 +282,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 
 def progress_lines(events: list[str], job_id: str) -> list[str]:
-    return [e for e in events if e.startswith(f"[{job_id}] step ")]
+    """The job's step lines: a wait logs each poll's events as one record of many lines."""
+    return [line for e in events for line in e.splitlines() if line.startswith(f"[{job_id}] step ")]
 
 
 def test_weekly_run_defers_to_the_triggerer_and_publishes_the_model(deployment: Deployment) -> None:
