@@ -41,6 +41,11 @@ SHOW = re.compile(
 )
 MESSAGE = re.compile(r"^\S+ \[\s*\w+\s*\] (?P<message>.*?)\s+\[(?P<logger>[^\]\s]+)\](?: [^\[\]]*)?$")
 STEP = re.compile(r"\] step (\d+)/(\d+)")
+# A multi-line record: its first line has the time and level, its last the logger, the others neither.
+CONTINUED = re.compile(r"^\[[\w.:-]+\] ")
+START = re.compile(r"^\S+ \[\s*\w+\s*\] ")
+END = re.compile(r"\s+\[[^\]\s]+\](?: [^\[\]]*)?$")
+HEAD = re.compile(r"\] \d+ events( \(\d+ earlier not shown\))?:$")
 
 
 def main() -> int:
@@ -109,13 +114,32 @@ def _follow(command: list[str], env: dict[str, str], log_path: Path) -> dict[str
         subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as child,
     ):
         assert child.stdout is not None
+        record: list[str] = []  # a log record's lines: a poll's progress lines come as one record
         for line in child.stdout:
             log.write(line)
             if line.startswith(SUMMARY):
                 summary = json.loads(line[len(SUMMARY) :])
-            elif SHOW.search(line) and (shown := _shown(line)):
-                print(shown, flush=True)
+            elif record and CONTINUED.match(line):
+                record.append(line)
+            else:
+                _echo(record)
+                record = [line]
+        _echo(record)
     return summary
+
+
+def _echo(record: list[str]) -> None:
+    """Print the lines worth showing of one log record (of one line, or of a poll's progress lines)."""
+    if not record or not SHOW.search(record[-1] if len(record) > 1 else record[0]):
+        return
+    if len(record) == 1:
+        texts = [record[0]]
+    else:
+        first, last = START.sub("", record[0]), END.sub("", record[-1].rstrip())
+        texts = [first, *record[1:-1], last]
+    for text in texts:
+        if not HEAD.search(text) and (shown := _shown(text)):
+            print(shown, flush=True)
 
 
 def _shown(line: str) -> str | None:
