@@ -112,9 +112,11 @@ def test_example_dags_import_with_no_errors(example_dag_bag: Any) -> None:
         assert dag.catchup is False, dag_id
         assert dag.start_date is not None, dag_id
         assert "What this DAG shows" in (dag.doc_md or ""), dag_id
+        # One connection per example; Bedrock's names its own (its credentials are an AWS connection's).
+        expected = "finetune_bedrock" if dag_id == "example_bedrock" else "finetune_default"
         for task in dag.tasks:
             if hasattr(task, "finetune_conn_id"):
-                assert task.finetune_conn_id == "finetune_default", (dag_id, task.task_id)
+                assert task.finetune_conn_id == expected, (dag_id, task.task_id)
 
 
 def test_poll_intervals_look_like_production_by_default() -> None:
