@@ -110,7 +110,8 @@ class Capabilities:
 
     :param events: the job's event log (a wait without events logs status changes instead).
     :param checkpoints: the job's checkpoints.
-    :param pause_resume: pausing and resuming a job.
+    :param pause: pausing a job.
+    :param resume: resuming a paused job.
     :param cancel: cancelling a job.
     :param checkpoint_permissions: sharing a checkpoint with other projects.
     :param graders: running and validating graders.
@@ -124,7 +125,8 @@ class Capabilities:
 
     events: bool = True
     checkpoints: bool = True
-    pause_resume: bool = True
+    pause: bool = True
+    resume: bool = True
     cancel: bool = True
     checkpoint_permissions: bool = True
     graders: bool = True
@@ -144,7 +146,8 @@ class Capabilities:
 CAPABILITY_NAMES = {
     "events": "job events",
     "checkpoints": "checkpoints",
-    "pause_resume": "pausing and resuming jobs",
+    "pause": "pausing jobs",
+    "resume": "resuming jobs",
     "cancel": "cancelling jobs",
     "checkpoint_permissions": "checkpoint permissions",
     "graders": "graders",

@@ -266,7 +266,7 @@ def _detail(user: BaseUser, record: JobRecord, session: Any) -> dict[str, Any]:
         if job.hyperparameters
         else None,
         "job_url": hook.job_url(job.id),
-        "supports": {name: backend.supports(name) for name in ("events", "checkpoints", "pause_resume", "cancel")},
+        "supports": {name: backend.supports(name) for name in ("events", "checkpoints", "pause", "resume", "cancel")},
         "metrics": _metrics(events),
         "events": [
             {"id": e.id, "created_at": e.created_at, "level": e.level, "type": e.type, "message": e.message}
