@@ -221,6 +221,8 @@ class Backend:
     #: How a create is made once-only: ``metadata`` (the tag and fingerprint ride on the job), ``intent`` (an intent
     #: record in the task's state store, and the request's fields), ``client_job_id`` or ``idempotency_token``.
     once_only: ClassVar[OnceOnly] = "metadata"
+    #: Whether a reinforcement job is graded by the method's OpenAI grader (Fireworks grades with an evaluator).
+    reinforcement_grader: ClassVar[bool] = True
 
     capabilities: Capabilities = Capabilities()
     limits: Limits = Limits()

@@ -207,6 +207,7 @@ class FireworksBackend(OpenAIBackend):
     label: ClassVar[str] = "Fireworks"
     file_reference = "dataset"
     once_only = "client_job_id"
+    reinforcement_grader = False  # an evaluator, given in service_options; a grader is refused by name
 
     capabilities = Capabilities(
         events=True,  # read from the job's jobProgress: one progress line per change

@@ -265,9 +265,13 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         self.max_consecutive_errors = max_consecutive_errors
         self.job_id: str | None = None
 
-    def build_request(self) -> CreateFineTuningJobRequest:
-        """Validate the rendered arguments into a request; a bad one raises before anything is sent."""
-        from airflow_provider_finetune.models import CreateFineTuningJobRequest, build_request
+    def build_request(self, *, grader_required: bool = True) -> CreateFineTuningJobRequest:
+        """Validate the rendered arguments into a request; a bad one raises before anything is sent.
+
+        :param grader_required: whether a reinforcement method needs an OpenAI grader (not where the service
+            grades otherwise: the backend's ``reinforcement_grader``).
+        """
+        from airflow_provider_finetune.models import GRADER_REQUIRED, CreateFineTuningJobRequest, build_request
         from airflow_provider_finetune.once import room_for_tags
 
         if isinstance(self.metadata, Mapping):
@@ -283,13 +287,17 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             "metadata": self.metadata or None,
             "integrations": self.integrations or None,
         }
-        return build_request(CreateFineTuningJobRequest, {k: v for k, v in fields.items() if v is not None})
+        return build_request(
+            CreateFineTuningJobRequest,
+            {k: v for k, v in fields.items() if v is not None},
+            validation_context={GRADER_REQUIRED: grader_required},
+        )
 
     def execute(self, context: Context) -> str | None:
         """Create (or reattach to) the job, then wait for it unless told not to."""
         from airflow_provider_finetune.once import JobIdentity
 
-        request = self.build_request()
+        request = self.build_request(grader_required=self.hook.backend.reinforcement_grader)
         started = time.time()
         identity = JobIdentity(task_tag(context), since=_run_start(context))
         estimate = self._price_before_create(context, request)
