@@ -223,6 +223,8 @@ class Backend:
     once_only: ClassVar[OnceOnly] = "metadata"
     #: Whether a reinforcement job is graded by the method's OpenAI grader (Fireworks grades with an evaluator).
     reinforcement_grader: ClassVar[bool] = True
+    #: Whose JSONL formats training files are checked by (:data:`airflow_provider_finetune.training_data.Rules`).
+    training_data_rules: ClassVar[Literal["openai", "together"]] = "openai"
 
     capabilities: Capabilities = Capabilities()
     limits: Limits = Limits()

@@ -415,6 +415,7 @@ class TogetherBackend(OpenAIBackend):
     label: ClassVar[str] = "Together AI"
     once_only = "intent"
 
+    training_data_rules = "together"
     capabilities = Capabilities(
         pause=False,
         resume=False,

@@ -818,7 +818,13 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
             examples: int | None = None
             tokens: int | None = None
             if self.validate and self.purpose == "fine-tune":
-                report = validate_file(stream, method=method, min_examples=self.min_examples, name=name)
+                report = validate_file(
+                    stream,
+                    method=method,
+                    min_examples=self.min_examples,
+                    name=name,
+                    rules=self.hook.backend.training_data_rules,
+                )
                 examples, tokens = report.examples, report.tokens
                 self.log.info(
                     "%s is valid %s training data (%s format): %d examples, about %d tokens per epoch "
