@@ -31,6 +31,7 @@ from pydantic import (
     StrictStr,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -39,6 +40,7 @@ from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.statuses import TERMINAL_STATUSES, FineTuningJobStatus
 
 __all__ = [
+    "GRADER_REQUIRED",
     "MAX_UPLOAD_BYTES",
     "TERMINAL_STATUSES",
     "APIObject",
@@ -759,11 +761,26 @@ class DpoMethodRequest(RequestModel):
     hyperparameters: DpoHyperparametersRequest | None = None
 
 
-class ReinforcementMethodRequest(RequestModel):
-    """The ``reinforcement`` block of a job request: a grader is required."""
+#: Validation context key of :func:`build_request`: ``False`` for a service that grades reinforcement jobs by
+#: other means than an OpenAI grader (Fireworks' evaluator); a grader is required otherwise.
+GRADER_REQUIRED = "grader_required"
 
-    grader: Grader
+
+def _grader_required(info: ValidationInfo) -> bool:
+    return bool((info.context or {}).get(GRADER_REQUIRED, True))
+
+
+class ReinforcementMethodRequest(RequestModel):
+    """The ``reinforcement`` block of a job request: a grader is required (see :data:`GRADER_REQUIRED`)."""
+
+    grader: Grader | None = None
     hyperparameters: ReinforcementHyperparametersRequest | None = None
+
+    @model_validator(mode="after")
+    def _has_grader(self, info: ValidationInfo) -> ReinforcementMethodRequest:
+        if self.grader is None and _grader_required(info):
+            raise _FieldValueError("grader", "reinforcement fine-tuning needs a grader")
+        return self
 
 
 _METHOD_BLOCKS = ("supervised", "dpo", "reinforcement")
@@ -781,14 +798,14 @@ class MethodRequest(RequestModel):
     reinforcement: ReinforcementMethodRequest | None = None
 
     @model_validator(mode="after")
-    def _block_matches_type(self) -> MethodRequest:
+    def _block_matches_type(self, info: ValidationInfo) -> MethodRequest:
         for block in _METHOD_BLOCKS:
             if block != self.type and getattr(self, block) is not None:
                 raise _FieldValueError(
                     block,
                     f"a {block!r} block does not go with method type {self.type!r}; set type to {block!r}",
                 )
-        if self.type == "reinforcement" and self.reinforcement is None:
+        if self.type == "reinforcement" and self.reinforcement is None and _grader_required(info):
             raise _FieldValueError("reinforcement.grader", "reinforcement fine-tuning needs a grader")
         return self
 
@@ -1146,11 +1163,19 @@ def _merge_union_members(problems: list[_Problem]) -> list[_Problem]:
     return merged
 
 
-def build_request(model_cls: type[_R], data: Mapping[str, Any] | None = None, /, **fields: Any) -> _R:
+def build_request(
+    model_cls: type[_R],
+    data: Mapping[str, Any] | None = None,
+    /,
+    *,
+    validation_context: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> _R:
     """Validate a request, raising :class:`InvalidRequestError` that names the offending field.
 
     :param model_cls: the request model, e.g. :class:`CreateFineTuningJobRequest`.
     :param data: the request's fields as a mapping (e.g. rendered operator arguments).
+    :param validation_context: what the validators are told of the service (:data:`GRADER_REQUIRED`).
     :param fields: more fields; they win over ``data``.
     :return: the validated request.
     :raises InvalidRequestError: when the input breaks a rule; ``field`` is the dotted path of the first
@@ -1161,7 +1186,7 @@ def build_request(model_cls: type[_R], data: Mapping[str, Any] | None = None, /,
         raise InvalidRequestError(f"Invalid {label}: expected a mapping of fields, got {type(data).__name__}")
     payload = {**(data or {}), **fields}
     try:
-        return model_cls.model_validate(payload)
+        return model_cls.model_validate(payload, context=dict(validation_context or {}))
     except ValidationError as exc:
         problems = _merge_union_members([_problem(error, payload) for error in exc.errors()])
         text = "; ".join(problem.render() for problem in problems)

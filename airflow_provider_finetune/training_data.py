@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Final, Literal, get_args
 
@@ -44,6 +44,7 @@ __all__ = [
     "TOKENS_PER_IMAGE",
     "TOKENS_PER_MESSAGE",
     "Method",
+    "Rules",
     "TrainingDataError",
     "TrainingFileReport",
     "TrainingIssue",
@@ -59,8 +60,11 @@ Method = Literal["supervised", "dpo", "reinforcement"]
 #: Every method :func:`validate_jsonl` knows.
 METHODS: Final[tuple[str, ...]] = get_args(Method)
 
-#: The formats a file can have, as :attr:`TrainingFileReport.format` names them.
-FORMATS: Final[tuple[str, ...]] = ("chat", "prompt_completion", "preference", "reinforcement")
+#: Whose JSONL formats a file is checked by: OpenAI's (also Azure's and the gateways'), or Together's.
+Rules = Literal["openai", "together"]
+
+#: The formats a file can have, as :attr:`TrainingFileReport.format` names them (``text``: Together's generic).
+FORMATS: Final[tuple[str, ...]] = ("chat", "prompt_completion", "preference", "reinforcement", "text")
 
 #: Roles a message may have, in the order error messages list them.
 ROLES: Final[tuple[str, ...]] = ("system", "developer", "user", "assistant", "tool", "function")
@@ -83,6 +87,7 @@ _FORMAT_LABELS: Final = {
     "prompt_completion": "prompt-completion",
     "preference": "preference",
     "reinforcement": "reinforcement",
+    "text": "generic text",
 }
 _CHAT_KEYS: Final = ("messages", "tools", "parallel_tool_calls", "functions")
 _PROMPT_COMPLETION_KEYS: Final = ("prompt", "completion")
@@ -319,6 +324,7 @@ def validate_jsonl(
     name: str = "training file",
     field: str = "training_file",
     max_issues: int = 100,
+    rules: Rules = "openai",
 ) -> TrainingFileReport:
     """Check the lines of a JSONL training file for a fine-tuning method.
 
@@ -333,6 +339,8 @@ def validate_jsonl(
     :param name: what to call the file in the error message.
     :param field: the request field the file is given in, for the error (``validation_file``...).
     :param max_issues: stop collecting issues after this many; later ones are only counted.
+    :param rules: whose formats the file must follow: ``openai``, or ``together`` (conversational
+        ``messages``, instruction ``prompt``/``completion``, generic ``text``; preference data for ``dpo``).
     :return: the counts and token estimate of the file.
     :raises TrainingDataError: if the file has any problem, listing them all.
     :raises InvalidRequestError: if ``method`` is not a known method.
@@ -346,6 +354,7 @@ def validate_jsonl(
         field=field,
         max_issues=max_issues,
         path=None,
+        rules=rules,
     )
 
 
@@ -358,6 +367,7 @@ def validate_file(
     name: str | None = None,
     field: str = "training_file",
     max_issues: int = 100,
+    rules: Rules = "openai",
 ) -> TrainingFileReport:
     """Check a JSONL training file, read line by line: memory does not grow with the file's size.
 
@@ -370,6 +380,8 @@ def validate_file(
         ``"training file"``.
     :param field: the request field the file is given in, for the error (``validation_file``...).
     :param max_issues: stop collecting issues after this many; later ones are only counted.
+    :param rules: whose formats the file must follow: ``openai``, or ``together`` (conversational
+        ``messages``, instruction ``prompt``/``completion``, generic ``text``; preference data for ``dpo``).
     :return: the counts and token estimate of the file.
     :raises TrainingDataError: if the file has any problem, listing them all.
     :raises InvalidRequestError: if the file cannot be read, or ``method`` is not a known method.
@@ -380,6 +392,7 @@ def validate_file(
         "max_line_bytes": max_line_bytes,
         "field": field,
         "max_issues": max_issues,
+        "rules": rules,
     }
     if isinstance(source, str | os.PathLike):
         path = os.fspath(source)
@@ -446,11 +459,15 @@ def _validate(
     field: str = "training_file",
     max_issues: int = 100,
     path: str | None = None,
+    rules: str = "openai",
 ) -> TrainingFileReport:
     if isinstance(lines, bytes | bytearray | str):
         raise TypeError("lines must be an iterable of lines (e.g. data.splitlines()), not one whole text")
     if method not in METHODS:
         raise InvalidRequestError(f"method must be one of {', '.join(METHODS)}, not {_short(method)}", field="method")
+    checkers = _TOGETHER_CHECKERS if rules == "together" else _CHECKERS
+    if method not in checkers:
+        raise InvalidRequestError(f"method: Together has no {method} fine-tuning", field="method")
     issues = _Issues(max_issues)
     examples = 0
     total_tokens = 0
@@ -470,7 +487,7 @@ def _validate(
             # Only a blank line if something follows: the last one is what a final newline leaves.
             pending_blank = lineno
             continue
-        example = _check_line(lineno, raw, method, max_line_bytes, issues)
+        example = _check_line(lineno, raw, checkers[method], max_line_bytes, issues)
         if example is None:
             continue
         examples += 1
@@ -508,7 +525,11 @@ def _validate(
 
 
 def _check_line(
-    lineno: int, raw: bytes | str | _LongLine, method: str, max_line_bytes: int, issues: _Issues
+    lineno: int,
+    raw: bytes | str | _LongLine,
+    check: Callable[[_Example, dict[str, Any]], None],
+    max_line_bytes: int,
+    issues: _Issues,
 ) -> _Example | None:
     """Check one non-empty line; return ``None`` for a blank line (reported here), else the example."""
     example = _Example(lineno, issues)
@@ -565,7 +586,7 @@ def _check_line(
         example.issue(None, f"must be a JSON object, not {_kind(value)}")
         return example
     try:
-        _CHECKERS[method](example, value)
+        check(example, value)
     except RecursionError:
         # Tool definitions are measured by serialising them; a pathological nesting stops that.
         example.issue(None, "nested too deeply")
@@ -725,6 +746,85 @@ _CHECKERS: Final = {
     "dpo": _check_dpo,
     "reinforcement": _check_reinforcement,
 }
+
+
+# --- Together's formats (docs.together.ai, "Data preparation"; the SDK's JSONL_REQUIRED_COLUMNS_MAP) -----------
+
+_TOGETHER_ROLES: Final = ("system", "user", "assistant", "tool")
+
+
+def _check_together_supervised(ex: _Example, obj: dict[str, Any]) -> None:
+    if "messages" in obj:
+        ex.format = "chat"
+        _check_together_messages(ex, obj["messages"], "messages", needs_assistant=True)
+    elif any(key in obj for key in _PROMPT_COMPLETION_KEYS):
+        ex.format = "prompt_completion"
+        for key in _PROMPT_COMPLETION_KEYS:
+            _check_together_text(ex, obj, key)
+    elif "text" in obj:
+        ex.format = "text"
+        _check_together_text(ex, obj, "text")
+    elif any(key in obj for key in _PREFERENCE_KEYS):
+        ex.issue(None, "looks like a preference (dpo) example; supervised examples have messages, prompt or text")
+    else:
+        ex.issue(
+            None,
+            "none of Together's formats: conversational (messages), instruction (prompt and completion) or "
+            f"generic text (text); keys: {_keys(obj)}",
+        )
+
+
+def _check_together_dpo(ex: _Example, obj: dict[str, Any]) -> None:
+    ex.format = "preference"
+    inner = obj.get("input", _MISSING)
+    if not isinstance(inner, dict):
+        ex.issue("input", "required: an object with messages" if inner is _MISSING else "must be an object")
+    else:
+        _check_together_messages(ex, inner.get("messages", _MISSING), "input.messages", needs_assistant=False)
+    for key in ("preferred_output", "non_preferred_output"):
+        output = obj.get(key, _MISSING)
+        if not isinstance(output, list) or not output:
+            ex.issue(key, "required: a non-empty list of assistant messages")
+            continue
+        _check_together_messages(ex, output, key, needs_assistant=True)
+        if any(isinstance(m, dict) and m.get("role") != "assistant" for m in output):
+            ex.issue(key, "holds only assistant messages")
+
+
+def _check_together_messages(ex: _Example, messages: Any, where: str, *, needs_assistant: bool) -> None:
+    if not isinstance(messages, list) or not messages:
+        ex.issue(
+            where, "required: a non-empty list of messages" if messages is _MISSING else "must be a non-empty list"
+        )
+        return
+    for i, message in enumerate(messages):
+        at = f"{where}[{i}]"
+        if not isinstance(message, dict):
+            ex.issue(at, f"must be an object, not {_kind(message)}")
+            continue
+        if message.get("role") not in _TOGETHER_ROLES:
+            ex.issue(f"{at}.role", f"must be one of {', '.join(_TOGETHER_ROLES)}, not {_short(message.get('role'))}")
+        content = message.get("content")
+        if isinstance(content, str):
+            ex.text(content)
+        elif not isinstance(content, list) and not message.get("tool_calls"):
+            ex.issue(f"{at}.content", f"must be a string or a list of content parts, not {_kind(content)}")
+    if needs_assistant and not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
+        ex.issue(where, "has no assistant message to learn from")
+
+
+def _check_together_text(ex: _Example, obj: dict[str, Any], key: str) -> None:
+    value = obj.get(key, _MISSING)
+    if value is _MISSING:
+        ex.issue(key, "required")
+    elif not isinstance(value, str):
+        ex.issue(key, f"must be a string, not {_kind(value)}")
+    else:
+        ex.text(value)
+
+
+#: Together's checker for each of its methods (it has no reinforcement fine-tuning).
+_TOGETHER_CHECKERS: Final = {"supervised": _check_together_supervised, "dpo": _check_together_dpo}
 
 
 # --- messages --------------------------------------------------------------------------------------------

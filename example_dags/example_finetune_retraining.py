@@ -6,11 +6,18 @@ What this DAG shows:
 * fine-tuning without holding a worker slot for the hours a job takes (``deferrable=True``); a retry or a
   crash never starts a second job for the same run;
 * choosing the best checkpoint by its validation loss from the operator's ``checkpoints`` XCom, with
-  ``airflow_provider_finetune.checkpoints.best_checkpoint``;
+  ``airflow_provider_finetune.checkpoints.best_checkpoint``; where the service lists no checkpoints (Fireworks)
+  or none reports a validation loss (Together), the job's final model is used, and the log says so;
 * evaluating the fine-tuned model on held-out prompts through chat completions, with the hook's client,
   and refusing to publish a model that scores below ``min_score``;
 * publishing the model as an event of the ``FINE_TUNED_MODEL_ASSET`` Asset, its name and metrics in the
   event's ``extra``, so that downstream DAGs (``example_finetune_deploy``) are scheduled by it.
+
+The service-specific parts are DAG params: ``base_model``, ``suffix`` (``null`` where the service names the
+model otherwise) and ``service_options`` (the service's own create fields). Their defaults are OpenAI's (and
+Azure OpenAI's); a run on Fireworks or Together changes only the connection and these params, e.g.
+``{"base_model": "accounts/fireworks/models/llama-v3p1-8b-instruct", "suffix": null,
+"service_options": {"output_model": "support-2026w02"}}``.
 
 Waits poll every ``FINETUNE_EXAMPLE_POLL_INTERVAL`` seconds (60 by default; the tests and the demo set it
 lower). The data is the Brightwave Home support set of ``data/`` (see ``data/generate.py``).
@@ -44,7 +51,18 @@ with DAG(
     start_date=pendulum.datetime(2026, 1, 4, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    # "{{ params.service_options }}" renders to the object itself, not to its text.
+    render_template_as_native_obj=True,
     params={
+        "base_model": Param(BASE_MODEL, type="string", description="The model to fine-tune, as the service names it."),
+        "suffix": Param(
+            "support",
+            type=["null", "string"],
+            description="Added (with the run's date) to the fine-tuned model's name; null where the service has none.",
+        ),
+        "service_options": Param(
+            {}, type="object", description="The service's own create fields (FineTuningJobOperator.service_options)."
+        ),
         "min_score": Param(
             0.7,
             type="number",
@@ -71,12 +89,13 @@ with DAG(
 
     fine_tune = FineTuningJobOperator(
         task_id="fine_tune",
-        model=BASE_MODEL,
+        model="{{ params.base_model }}",
         training_file=upload_train.output,
         validation_file=upload_valid.output,
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}},
         # run_after, unlike ds, exists in every run, manual runs without a logical date included.
-        suffix="support-{{ dag_run.run_after | ds_nodash }}",
+        suffix="{% if params.suffix %}{{ params.suffix }}-{{ dag_run.run_after | ds_nodash }}{% endif %}",
+        service_options="{{ params.service_options }}",
         finetune_conn_id=CONN_ID,
         deferrable=True,
         poll_interval=POLL_INTERVAL,
@@ -84,16 +103,27 @@ with DAG(
     )
 
     @task
-    def pick_checkpoint(checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
-        """The checkpoint with the lowest validation loss (the operator pushes every checkpoint's metrics)."""
+    def pick_checkpoint(checkpoints: list[dict[str, Any]], model: str) -> dict[str, Any]:
+        """The checkpoint with the lowest validation loss (the operator pushes every checkpoint's metrics).
+
+        Where the service lists no checkpoints, or none reports a validation loss, the job's final model.
+        """
         from airflow_provider_finetune.checkpoints import best_checkpoint
+        from airflow_provider_finetune.hooks.finetune import FineTuningHook
         from airflow_provider_finetune.models import FineTuningJobCheckpoint
 
         for c in checkpoints:
             log.info("Checkpoint at step %s: %s %s", c["step_number"], c["fine_tuned_model_checkpoint"], c["metrics"])
         best = best_checkpoint([FineTuningJobCheckpoint.model_validate(c) for c in checkpoints], "valid_loss")
         if best is None:
-            raise ValueError("No checkpoint reports a valid_loss: was the job given a validation file?")
+            backend = FineTuningHook(CONN_ID).backend
+            why = (
+                f"{backend.label} lists no checkpoints"
+                if not backend.supports("checkpoints")
+                else "no checkpoint reports a valid_loss"
+            )
+            log.info("Using the job's final model %s: %s", model, why)
+            return {"checkpoint": model, "valid_loss": None}
         log.info(
             "Best checkpoint by valid_loss: %s (step %s, valid_loss %.4f)",
             best.fine_tuned_model_checkpoint,
@@ -116,7 +146,9 @@ with DAG(
 
         hook = FineTuningHook(CONN_ID)
         examples = read_examples((DATA / "support_eval.jsonl").read_text(), needs_expected=True)
-        new, base = (score_model(hook, name, examples, scoring="contains", log=log) for name in (model, BASE_MODEL))
+        new, base = (
+            score_model(hook, name, examples, scoring="contains", log=log) for name in (model, params["base_model"])
+        )
         result = {"model": model, "score": new.score, "baseline_score": base.score, "prompts": len(examples)}
         log.info("Evaluation of %s: score %.2f (base model %.2f)", model, result["score"], result["baseline_score"])
         min_score = float(params["min_score"])
@@ -126,13 +158,18 @@ with DAG(
 
     @task(outlets=[FINE_TUNED_MODEL_ASSET])
     def publish(
-        model: str, job_id: str, best: dict[str, Any], evaluation: dict[str, Any], outlet_events: Any = None
+        model: str,
+        job_id: str,
+        best: dict[str, Any],
+        evaluation: dict[str, Any],
+        outlet_events: Any = None,
+        params: Any = None,
     ) -> dict[str, Any]:
         """Record an event of the asset; its extra tells the DAGs it schedules what to deploy."""
         extra = {
             "fine_tuned_model": model,
             "job_id": job_id,
-            "base_model": BASE_MODEL,
+            "base_model": params["base_model"],
             "checkpoint": best["checkpoint"],
             "valid_loss": best["valid_loss"],
             "score": evaluation["score"],
@@ -142,6 +179,6 @@ with DAG(
         log.info("Published fine-tuned model %s to asset %s: %s", model, FINE_TUNED_MODEL_ASSET.name, extra)
         return extra
 
-    best = pick_checkpoint(XComArg(fine_tune, key="checkpoints"))
+    best = pick_checkpoint(XComArg(fine_tune, key="checkpoints"), fine_tune.output)
     evaluation = evaluate(fine_tune.output)
     publish(fine_tune.output, XComArg(fine_tune, key="job_id"), best, evaluation)

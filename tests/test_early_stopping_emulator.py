@@ -183,7 +183,7 @@ def test_cancel_where_the_service_cannot_pause(
     server: EmulatorServer, monkeypatch: pytest.MonkeyPatch, files: dict[str, str]
 ) -> None:
     emulator = connect(monkeypatch, server, service="openai-compatible")
-    assert not FineTuningHook().backend.supports("pause_resume")
+    assert not FineTuningHook().backend.supports("pause")
     ti = fresh_ti()
     model = operator(files, early_stopping={"patience": 3, "action": "pause"}).execute({"ti": ti})
     assert_stopped_early(ti, model)

@@ -209,7 +209,8 @@ class AzureAuthoringBackend(_AzureBackend):
         preview = "preview" in self.api_version
         self.label = f"Azure OpenAI (api-version {self.api_version})"  # type: ignore[misc]
         self.capabilities = Capabilities(
-            pause_resume=preview,
+            pause=preview,
+            resume=preview,
             checkpoint_permissions=False,
             graders=False,
             job_metadata=False,

@@ -111,7 +111,8 @@ class Capabilities:
 
     :param events: the job's event log (a wait without events logs status changes instead).
     :param checkpoints: the job's checkpoints.
-    :param pause_resume: pausing and resuming a job.
+    :param pause: pausing a job.
+    :param resume: resuming a paused job.
     :param cancel: cancelling a job.
     :param checkpoint_permissions: sharing a checkpoint with other projects.
     :param graders: running and validating graders.
@@ -125,7 +126,8 @@ class Capabilities:
 
     events: bool = True
     checkpoints: bool = True
-    pause_resume: bool = True
+    pause: bool = True
+    resume: bool = True
     cancel: bool = True
     checkpoint_permissions: bool = True
     graders: bool = True
@@ -145,7 +147,8 @@ class Capabilities:
 CAPABILITY_NAMES = {
     "events": "job events",
     "checkpoints": "checkpoints",
-    "pause_resume": "pausing and resuming jobs",
+    "pause": "pausing jobs",
+    "resume": "resuming jobs",
     "cancel": "cancelling jobs",
     "checkpoint_permissions": "checkpoint permissions",
     "graders": "graders",
@@ -222,6 +225,10 @@ class Backend:
     #: Whether the service takes options of its own (the create operator's ``service_options``), checked by
     #: its ``job_body(request, options)``; a service without any refuses them before any request.
     service_options: ClassVar[bool] = False
+    #: Whether a reinforcement job is graded by the method's OpenAI grader (Fireworks grades with an evaluator).
+    reinforcement_grader: ClassVar[bool] = True
+    #: Whose JSONL formats training files are checked by (:data:`airflow_provider_finetune.training_data.Rules`).
+    training_data_rules: ClassVar[Literal["openai", "together"]] = "openai"
 
     capabilities: Capabilities = Capabilities()
     limits: Limits = Limits()

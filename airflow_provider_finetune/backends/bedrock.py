@@ -472,7 +472,8 @@ class BedrockBackend(OpenAIBackend):
     capabilities = Capabilities(
         events=False,
         checkpoints=False,
-        pause_resume=False,
+        pause=False,
+        resume=False,
         checkpoint_permissions=False,
         graders=False,
         uploads=False,
@@ -686,7 +687,7 @@ class BedrockBackend(OpenAIBackend):
     def job_call(self, method: str, job_id: str, action: str | None = None) -> Call[FineTuningJob]:
         """``GetModelCustomizationJob`` (by ARN or name), or ``StopModelCustomizationJob`` for ``cancel``."""
         if action in ("pause", "resume"):
-            self.require("pause_resume", job_id=job_id)
+            self.require(action, job_id=job_id)
         path = f"model-customization-jobs/{path_param('job_id', job_id)}"
         if action is None:
             return Call("GET", path, self._job())

@@ -207,11 +207,13 @@ class FireworksBackend(OpenAIBackend):
     label: ClassVar[str] = "Fireworks"
     file_reference = "dataset"
     once_only = "client_job_id"
+    reinforcement_grader = False  # an evaluator, given in service_options; a grader is refused by name
 
     capabilities = Capabilities(
         events=True,  # read from the job's jobProgress: one progress line per change
         checkpoints=False,
-        pause_resume=False,
+        pause=False,  # Fireworks pauses a job itself; its API has no pause
+        resume=True,  # POST ...:resume
         cancel=True,
         checkpoint_permissions=False,
         graders=False,
@@ -499,7 +501,7 @@ class FireworksBackend(OpenAIBackend):
     def job_call(self, method: str, job_id: str, action: str | None = None) -> Call[FineTuningJob]:
         """``GET`` a job, or ``POST ...:cancel`` / ``...:resume``; pause does not exist and is refused."""
         if action == "pause":
-            self.require("pause_resume", job_id=job_id)
+            self.require("pause", job_id=job_id)
         if action not in (None, "cancel", "resume"):
             raise InvalidRequestError(f"Fireworks jobs have no {action!r} action", field="action")
         collection, ident = self._resource(job_id)

@@ -168,10 +168,8 @@ class OpenAIBackend(Backend):
 
     def job_call(self, method: str, job_id: str, action: str | None = None) -> Call[FineTuningJob]:
         """``GET`` a job, or ``POST`` one of its actions (``cancel``, ``pause``, ``resume``)."""
-        if action in ("pause", "resume"):
-            self.require("pause_resume", job_id=job_id)
-        elif action == "cancel":
-            self.require("cancel", job_id=job_id)
+        if action in ("pause", "resume", "cancel"):
+            self.require(action, job_id=job_id)
         path = f"fine_tuning/jobs/{path_param('job_id', job_id)}" + (f"/{action}" if action else "")
         return Call(method, path, self._job())
 
@@ -330,7 +328,8 @@ PRESETS: dict[str, tuple[str, Capabilities]] = {
     "bedrock-mantle": (
         "Bedrock's OpenAI-compatible endpoint",
         Capabilities(
-            pause_resume=False,
+            pause=False,
+            resume=False,
             suffix=False,
             checkpoint_permissions=False,
             graders=False,
@@ -343,7 +342,8 @@ PRESETS: dict[str, tuple[str, Capabilities]] = {
     "litellm": (
         "LiteLLM proxy",
         Capabilities(
-            pause_resume=False,
+            pause=False,
+            resume=False,
             checkpoints=False,
             checkpoint_permissions=False,
             graders=False,
@@ -356,7 +356,8 @@ PRESETS: dict[str, tuple[str, Capabilities]] = {
     "portkey": (
         "Portkey gateway",
         Capabilities(
-            pause_resume=False,
+            pause=False,
+            resume=False,
             checkpoint_permissions=False,
             graders=False,
             uploads=False,
@@ -387,7 +388,7 @@ class OpenAICompatibleBackend(OpenAIBackend):
             self.label, self.capabilities = PRESETS[preset]  # type: ignore[misc]
         else:
             self.capabilities = Capabilities(
-                pause_resume=False, checkpoint_permissions=False, graders=False, metadata_filter=False
+                pause=False, resume=False, checkpoint_permissions=False, graders=False, metadata_filter=False
             )
 
     def auth(self) -> httpx.Auth | None:

@@ -415,8 +415,10 @@ class TogetherBackend(OpenAIBackend):
     label: ClassVar[str] = "Together AI"
     once_only = "intent"
 
+    training_data_rules = "together"
     capabilities = Capabilities(
-        pause_resume=False,
+        pause=False,
+        resume=False,
         checkpoint_permissions=False,
         graders=False,
         uploads=False,
@@ -651,7 +653,7 @@ class TogetherBackend(OpenAIBackend):
     def job_call(self, method: str, job_id: str, action: str | None = None) -> Call[FineTuningJob]:
         """``GET /fine-tunes/{id}`` or ``POST /fine-tunes/{id}/cancel``."""
         if action in ("pause", "resume"):
-            self.require("pause_resume", job_id=job_id)
+            self.require(action, job_id=job_id)
         path = f"fine-tunes/{path_param('job_id', job_id)}" + (f"/{action}" if action else "")
         return Call(method, path, self._job())
 

@@ -34,7 +34,7 @@ import hmac
 import io
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -118,6 +118,15 @@ def _bad(message: str, param: str | None = None) -> APIError:
     return invalid_request(message, param=param)
 
 
+#: Together's name (the SDK's ``DatasetFormat``) of each format the check finds.
+_DATASET_FORMATS: Final = {
+    "chat": "conversation",
+    "prompt_completion": "instruction",
+    "text": "general",
+    "preference": "preference_openai",
+}
+
+
 class TogetherDialect:
     """Together's answers over the emulator's files and jobs; Together's own job fields kept beside the job.
 
@@ -178,14 +187,20 @@ class TogetherDialect:
         data = self.files.content(record["id"])
         nlines = sum(1 for line in data.splitlines() if line.strip())
         problems = []
-        for method, dataset_format in (("supervised", "conversation"), ("dpo", "preference_openai")):
+        for method in ("supervised", "dpo"):
             try:
-                report = validate_file(io.BytesIO(data), method=method, min_examples=1, name=record["filename"])  # type: ignore[arg-type]
+                report = validate_file(
+                    io.BytesIO(data),
+                    method=method,
+                    min_examples=1,
+                    name=record["filename"],
+                    rules="together",
+                )
             except TrainingDataError as exc:
                 problems.append(exc.message)
                 continue
-            if report.format in ("chat", "preference"):
-                return {"valid": True, "file_id": record["id"], "nlines": nlines, "dataset_format": dataset_format}
+            dataset_format = _DATASET_FORMATS[report.format]
+            return {"valid": True, "file_id": record["id"], "nlines": nlines, "dataset_format": dataset_format}
         return {
             "valid": False,
             "file_id": record["id"],
@@ -270,7 +285,7 @@ class TogetherDialect:
         data = self.files.content(record["id"])
         for method in ("supervised", "dpo"):
             try:
-                return validate_file(io.BytesIO(data), method=method, min_examples=1).tokens
+                return validate_file(io.BytesIO(data), method=method, min_examples=1, rules="together").tokens
             except TrainingDataError:
                 continue
         return 0

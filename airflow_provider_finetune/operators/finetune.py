@@ -332,9 +332,13 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         self.max_consecutive_errors = max_consecutive_errors
         self.job_id: str | None = None
 
-    def build_request(self) -> CreateFineTuningJobRequest:
-        """Validate the rendered arguments into a request; a bad one raises before anything is sent."""
-        from airflow_provider_finetune.models import CreateFineTuningJobRequest, build_request
+    def build_request(self, *, grader_required: bool = True) -> CreateFineTuningJobRequest:
+        """Validate the rendered arguments into a request; a bad one raises before anything is sent.
+
+        :param grader_required: whether a reinforcement method needs an OpenAI grader (not where the service
+            grades otherwise: the backend's ``reinforcement_grader``).
+        """
+        from airflow_provider_finetune.models import GRADER_REQUIRED, CreateFineTuningJobRequest, build_request
         from airflow_provider_finetune.once import room_for_tags
 
         if isinstance(self.metadata, Mapping):
@@ -350,7 +354,11 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             "metadata": self.metadata or None,
             "integrations": self.integrations or None,
         }
-        return build_request(CreateFineTuningJobRequest, {k: v for k, v in fields.items() if v is not None})
+        return build_request(
+            CreateFineTuningJobRequest,
+            {k: v for k, v in fields.items() if v is not None},
+            validation_context={GRADER_REQUIRED: grader_required},
+        )
 
     def execute(self, context: Context) -> str | None:
         """Create (or reattach to) the job once its budget and the service's quotas allow, then wait for it."""
@@ -368,7 +376,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         return self._run(context, deadline)
 
     def _run(self, context: Context, deadline: float | None) -> str | None:
-        request = self.build_request()
+        request = self.build_request(grader_required=self.hook.backend.reinforcement_grader)
         if self.skip_if_unchanged:
             request, reused = self._unless_unchanged(context, request)
             if reused is not None:
@@ -899,7 +907,7 @@ def stop_early(hook: FineTuningHook, job_id: str, rule: EarlyStopping, reason: s
     from airflow_provider_finetune.early_stopping import stop_action
     from airflow_provider_finetune.exceptions import ConflictError
 
-    action = stop_action(rule, can_pause=hook.backend.supports("pause_resume"))
+    action = stop_action(rule, can_pause=hook.backend.supports("pause"))
     try:
         job = hook.pause_job(job_id) if action == "pause" else hook.cancel_job(job_id)
     except ConflictError:
@@ -1306,7 +1314,13 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
             examples: int | None = None
             tokens: int | None = None
             if self.validate and self.purpose == "fine-tune":
-                report = validate_file(stream, method=method, min_examples=self.min_examples, name=name)
+                report = validate_file(
+                    stream,
+                    method=method,
+                    min_examples=self.min_examples,
+                    name=name,
+                    rules=self.hook.backend.training_data_rules,
+                )
                 examples, tokens = report.examples, report.tokens
                 self.log.info(
                     "%s is valid %s training data (%s format): %d examples, about %d tokens per epoch "

@@ -293,7 +293,7 @@ def _detail(user: BaseUser, record: JobRecord, session: Any) -> dict[str, Any]:
         if job.hyperparameters
         else None,
         "job_url": hook.job_url(job.id),
-        "supports": {name: backend.supports(name) for name in ("events", "checkpoints", "pause_resume", "cancel")},
+        "supports": {name: backend.supports(name) for name in ("events", "checkpoints", "pause", "resume", "cancel")},
         "metrics": curves.points,
         "curves": {"source": curves.source, "file_id": curves.file_id},
         "events": [

@@ -170,8 +170,8 @@ def test_what_stable_authoring_cannot_take_is_refused_before_sending(
 @pytest.mark.parametrize(
     ("extra", "call", "capability"),
     [
-        ({"api_type": "azure", "api_version": "2024-10-21"}, lambda h: h.pause_job("ftjob-1"), "pause_resume"),
-        ({"api_type": "azure", "api_version": "2024-10-21"}, lambda h: h.resume_job("ftjob-1"), "pause_resume"),
+        ({"api_type": "azure", "api_version": "2024-10-21"}, lambda h: h.pause_job("ftjob-1"), "pause"),
+        ({"api_type": "azure", "api_version": "2024-10-21"}, lambda h: h.resume_job("ftjob-1"), "resume"),
         ({"service": "azure"}, lambda h: h.list_checkpoint_permissions("ft:x:ckpt"), "checkpoint_permissions"),
         ({"service": "azure"}, lambda h: h.validate_grader({"type": "string_check"}), "graders"),
         ({"service": "azure"}, lambda h: h.create_upload("big.jsonl", 10), "uploads"),

@@ -37,6 +37,8 @@ CONNECTIONS = {
     "azure-v1": {"service": "azure"},
     "litellm": {"service": "openai-compatible", "preset": "litellm"},
     "bedrock-mantle": {"service": "openai-compatible", "preset": "bedrock-mantle"},
+    "fireworks": {"service": "fireworks", "account_id": "acme"},
+    "together": {"service": "together"},
 }
 
 
@@ -50,14 +52,14 @@ def _upload(tmp_path: Path) -> Any:
 
 
 CASES: list[tuple[str, str, str, Callable[[Path], Any]]] = [
-    ("azure-2024-10-21", "pause_resume", "pause", lambda _: FineTuningJobPauseOperator(task_id="p", job_id="ftjob-1")),
+    ("azure-2024-10-21", "pause", "pause", lambda _: FineTuningJobPauseOperator(task_id="p", job_id="ftjob-1")),
     (
         "azure-2024-10-21",
-        "pause_resume",
+        "resume",
         "resume",
         lambda _: FineTuningJobResumeOperator(task_id="r", job_id="ftjob-1"),
     ),
-    ("litellm", "pause_resume", "pause", lambda _: FineTuningJobPauseOperator(task_id="p", job_id="ftjob-1")),
+    ("litellm", "pause", "pause", lambda _: FineTuningJobPauseOperator(task_id="p", job_id="ftjob-1")),
     (
         "azure-v1",
         "checkpoint_permissions",
@@ -85,6 +87,9 @@ CASES: list[tuple[str, str, str, Callable[[Path], Any]]] = [
         lambda _: FineTuningCheckpointSensor(task_id="c", job_id="ftjob-1", deferrable=True),
     ),
     ("azure-v1", "uploads", "large-upload", _upload),
+    ("fireworks", "pause", "pause", lambda _: FineTuningJobPauseOperator(task_id="p", job_id="ft-1")),
+    ("together", "pause", "pause", lambda _: FineTuningJobPauseOperator(task_id="p", job_id="ft-1")),
+    ("together", "resume", "resume", lambda _: FineTuningJobResumeOperator(task_id="r", job_id="ft-1")),
 ]
 
 
@@ -124,7 +129,10 @@ def test_refused_in_one_line_before_any_request(
     assert no_requests.calls.call_count == 0
 
 
-@pytest.mark.parametrize("service", [*list(CONNECTIONS), "openai", "azure-preview"])
+# Fireworks and Together choose the job id or keep an intent, whatever their metadata: tested with their backends.
+@pytest.mark.parametrize(
+    "service", [*(name for name in CONNECTIONS if name not in ("fireworks", "together")), "openai", "azure-preview"]
+)
 def test_how_a_create_is_made_once_only_agrees_with_the_capabilities(
     monkeypatch: pytest.MonkeyPatch, service: str
 ) -> None:
@@ -137,3 +145,16 @@ def test_how_a_create_is_made_once_only_agrees_with_the_capabilities(
     monkeypatch.setenv("AIRFLOW_CONN_FINETUNE_DEFAULT", json.dumps(conn))
     backend = FineTuningHook().backend
     assert backend.once_only == ("metadata" if backend.capabilities.job_metadata else "intent")
+
+
+def test_pause_and_resume_are_separate_capabilities() -> None:
+    from airflow_provider_finetune import job_actions
+    from airflow_provider_finetune.backends.base import CAPABILITY_NAMES, Capabilities
+    from airflow_provider_finetune.backends.fireworks import FireworksBackend
+
+    assert job_actions.PAUSE.capability == "pause"
+    assert job_actions.RESUME.capability == "resume"
+    assert {"pause", "resume"} <= set(Capabilities().names()) <= set(CAPABILITY_NAMES)
+    assert "pause_resume" not in CAPABILITY_NAMES
+    fireworks = FireworksBackend.capabilities
+    assert (fireworks.pause, fireworks.resume) == (False, True)

@@ -468,3 +468,33 @@ async def test_async_ensure_job_after_a_cancelled_job_makes_the_next_generation(
     assert created
     assert second.id == first.id[: -len("0")] + "1"
     assert len(server.emulator.store.records("fw_job")) == 2
+
+
+def test_resume_through_the_operator_while_pause_is_refused_before_any_request(
+    hook: Any, clock: ManualClock, server: EmulatorServer
+) -> None:
+    from airflow_provider_finetune.operators.finetune import FineTuningJobPauseOperator, FineTuningJobResumeOperator
+    from tests.operators.conftest import FakeTI
+
+    assert hook.backend.supports("resume")
+    assert not hook.backend.supports("pause")
+    job = create(hook, upload(hook), "ft-resume-op-0")
+    clock.advance(20)
+    sim_id = next(iter(server.emulator.store.records("fw_job").values()))["sim_id"]
+    server.emulator.jobs.pause(sim_id)
+    clock.advance(30)
+    before = sum(server.emulator.counters.requests.values())
+
+    pause = FineTuningJobPauseOperator(task_id="pause", job_id=job.id, finetune_conn_id="ft_fireworks")
+    with pytest.raises(UnsupportedCapabilityError) as info:
+        pause.execute({"ti": FakeTI()})
+    assert info.value.capability == "pause"
+    assert "\n" not in str(info.value)
+    assert "Fireworks" in str(info.value)
+    assert sum(server.emulator.counters.requests.values()) == before
+
+    resume = FineTuningJobResumeOperator(task_id="resume", job_id=job.id, finetune_conn_id="ft_fireworks")
+    resume.hook.client.event_hooks["request"].append(hook.client.event_hooks["request"][-1])
+    assert resume.execute({"ti": FakeTI()}) in ("queued", "running")
+    clock.advance(100_000)
+    assert hook.get_job(job.id).status == FineTuningJobStatus.SUCCEEDED

@@ -368,7 +368,7 @@ BAD_INPUT: list[tuple[str, Callable[[], Any], str, str]] = [
         "grader-missing-in-block",
         lambda: create(method={"type": "reinforcement", "reinforcement": {}}),
         f"{RL}.grader",
-        JOB + f"{RL}.grader: Field required",
+        JOB + f"{RL}.grader: reinforcement fine-tuning needs a grader",
     ),
     (
         "grader-field-missing",

@@ -112,9 +112,11 @@ def test_example_dags_import_with_no_errors(example_dag_bag: Any) -> None:
         assert dag.catchup is False, dag_id
         assert dag.start_date is not None, dag_id
         assert "What this DAG shows" in (dag.doc_md or ""), dag_id
+        # One connection per example; Bedrock's names its own (its credentials are an AWS connection's).
+        expected = "finetune_bedrock" if dag_id == "example_bedrock" else "finetune_default"
         for task in dag.tasks:
             if hasattr(task, "finetune_conn_id"):
-                assert task.finetune_conn_id == "finetune_default", (dag_id, task.task_id)
+                assert task.finetune_conn_id == expected, (dag_id, task.task_id)
 
 
 def test_poll_intervals_look_like_production_by_default() -> None:
@@ -369,3 +371,59 @@ def test_retraining_runs_on_azure_with_only_the_connection_changed(
     api_routes = [route for route in sent if " /v1/" in route or " /openai/" in route]
     assert all(route.split(" ", 1)[1].startswith(prefix) for route in api_routes), api_routes
     assert sent[f"POST {prefix}fine_tuning/jobs"] == 1
+
+
+VENDOR_RUNS = {
+    "fireworks": (
+        {"service": "fireworks", "account_id": "brightwave"},
+        {
+            "base_model": "accounts/fireworks/models/llama-v3p1-8b-instruct",
+            "suffix": None,
+            "service_options": {"output_model": "support-retraining"},
+        },
+    ),
+    "together": (
+        {"service": "together"},
+        {
+            "base_model": "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference",
+            "service_options": {"lora_r": 16, "lora_alpha": 32, "n_checkpoints": 3},
+        },
+    ),
+}
+
+
+@integration
+@pytest.mark.parametrize("service", list(VENDOR_RUNS))
+def test_retraining_runs_on_a_vendor_with_only_the_connection_and_its_options_changed(
+    serialized_example_dags: Any, emulator_server: EmulatorServer, emulator: Emulator, service: str
+) -> None:
+    extra, conf = VENDOR_RUNS[service]
+    root = emulator_server.base_url.removesuffix("/v1")
+    host = root + "/together/v1" if service == "together" else root
+    conn = {"conn_type": "finetune", "host": host, "password": API_KEY, "extra": extra}
+    dag_id = "example_finetune_retraining"
+    before = emulator.counters()["requests"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW_CONN_FINETUNE_DEFAULT", json.dumps(conn))
+        dag_run = run(serialized_example_dags, dag_id, **conf)
+        job = FineTuningHook().get_job(xcoms(dag_run.run_id, dag_id, "fine_tune")["job_id"])
+    fine_tune = xcoms(dag_run.run_id, dag_id, "fine_tune")
+    assert job.status == "succeeded"
+    assert fine_tune["return_value"] == job.fine_tuned_model
+    after = emulator.counters()["requests"]
+    sent = {route: after[route] - before.get(route, 0) for route in after if after[route] != before.get(route, 0)}
+    api_routes = [route for route in sent if not route.split(" ", 1)[1].startswith("/_emulator")]
+    assert api_routes, "the run sent nothing to the emulator"
+    # Together uploads through presigned addresses under /together/storage; Fireworks infers under /inference.
+    prefix = "/together/" if service == "together" else ("/v1/accounts/", "/inference/v1/")
+    assert all(route.split(" ", 1)[1].startswith(prefix) for route in api_routes), api_routes
+    create = "POST /together/v1/fine-tunes" if service == "together" else "POST /v1/accounts/{account_id}/{collection}"
+    assert sent[create] == 1, sent
+
+    # The service's checkpoints carry no valid_loss (Together) or do not exist (Fireworks): the final model,
+    # said in the log, and no metric made up.
+    best = xcoms(dag_run.run_id, dag_id, "pick_checkpoint")["return_value"]
+    assert best == {"checkpoint": job.fine_tuned_model, "valid_loss": None}
+    published = xcoms(dag_run.run_id, dag_id, "publish")["return_value"]
+    assert published["fine_tuned_model"] == job.fine_tuned_model
+    assert published["base_model"] == conf["base_model"]

@@ -165,3 +165,24 @@ def test_a_retry_that_knows_its_job_does_not_ask_the_price_again(server: Emulato
     assert retry.xcoms["job_id"] == first.xcoms["job_id"]
     assert server.emulator.counters.requests["POST /together/v1/fine-tunes/estimate-price"] == 1
     assert server.emulator.counters.requests["POST /together/v1/fine-tunes"] == 1
+
+
+def test_the_upload_operator_checks_by_together_formats(server: EmulatorServer, tmp_path: Any) -> None:
+    from airflow_provider_finetune.operators.finetune import FineTuningFileUploadOperator
+
+    # Generic text is Together training data (not OpenAI's): checked, then uploaded.
+    source = tmp_path / "text.jsonl"
+    source.write_bytes(jsonl([{"text": f"Brightwave note {i}"} for i in range(12)]))
+    ti = FakeTI()
+    upload_op = FineTuningFileUploadOperator(task_id="up", source=source, finetune_conn_id=CONN_ID)
+    assert upload_op.execute({"ti": ti})  # type: ignore[arg-type]
+    assert ti.xcoms["examples"] == 12
+    # A bad line is named, before any request.
+    lines: list[Any] = [{"text": f"note {i}"} for i in range(12)]
+    lines[6] = {"text": 7}
+    source.write_bytes(jsonl(lines))
+    before = sum(server.emulator.counters.requests.values())
+    bad = FineTuningFileUploadOperator(task_id="up", source=source, finetune_conn_id=CONN_ID)
+    with pytest.raises(InvalidRequestError, match=r"line 7: text: must be a string"):
+        bad.execute({"ti": FakeTI()})  # type: ignore[arg-type]
+    assert sum(server.emulator.counters.requests.values()) == before
