@@ -30,6 +30,11 @@ def fireworks_connection(server: EmulatorServer) -> dict[str, Any]:
 def test_the_fireworks_example_trains_with_fireworks_options(
     serialized_example_dags: Any, emulator_server: EmulatorServer, emulator: Emulator
 ) -> None:
+    def jobs_of_account() -> dict[str, Any]:
+        records = emulator_server.emulator.store.records("fw_job")
+        return {key: r for key, r in records.items() if r["account"] == ACCOUNT}
+
+    before = set(jobs_of_account())  # the server is shared: other tests' jobs may be there
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AIRFLOW_CONN_FINETUNE_DEFAULT", json.dumps(fireworks_connection(emulator_server)))
         dag_run = run(serialized_example_dags, "example_fireworks_finetune")
@@ -39,7 +44,7 @@ def test_the_fireworks_example_trains_with_fireworks_options(
     assert xcoms(dag_run.run_id, "example_fireworks_finetune", "upload_train")["return_value"].startswith(
         f"accounts/{ACCOUNT}/datasets/ds-"
     )
-    jobs = [r for r in emulator_server.emulator.store.records("fw_job").values() if r["account"] == ACCOUNT]
+    jobs = [r for key, r in jobs_of_account().items() if key not in before]
     assert len(jobs) == 1
     body = jobs[0]["body"]
     assert body["learningRate"] == 1e-4
