@@ -281,7 +281,9 @@ def test_200_tasks_through_faults_end_right_with_one_job_each(monkeypatch: pytes
     for t in drill:
         job_id = t.ti.xcoms.get("job_id")
         assert job_id, t
-        if t.fate == "succeeded":
+        # A cancel that came when the job had already succeeded (a busy machine) is done, and the job's end stands.
+        ended = "succeeded" if t.fate == "cancelled" and t.cancel_status == "succeeded" else t.fate
+        if ended == "succeeded":
             assert t.error is None, (t.index, t.error)
             assert t.result is not None
             assert t.result.startswith(f"ft:{MODEL}:emulator:")
@@ -290,9 +292,9 @@ def test_200_tasks_through_faults_end_right_with_one_job_each(monkeypatch: pytes
         else:
             assert isinstance(t.error, FineTuningJobFailed), (t.index, t.fate, t.result)
             assert t.error.job_id == job_id
-            assert t.error.status == t.fate
-            assert t.ti.xcoms["status"] == t.fate
-            if t.fate == "failed":
+            assert t.error.status == ended
+            assert t.ti.xcoms["status"] == ended
+            if ended == "failed":
                 assert t.error.code == FORCED_CODE
                 assert f"[{FORCED_CODE}]" in str(t.error)
             else:
