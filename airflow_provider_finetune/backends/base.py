@@ -21,7 +21,7 @@ import httpx
 from pydantic import BaseModel
 
 from airflow_provider_finetune.client import ErrorFields, read_openai_error
-from airflow_provider_finetune.exceptions import UnsupportedCapabilityError
+from airflow_provider_finetune.exceptions import InvalidRequestError, UnsupportedCapabilityError
 
 if TYPE_CHECKING:
     from airflow_provider_finetune.budget import PriceEstimate
@@ -37,6 +37,7 @@ __all__ = [
     "OnceOnly",
     "json_model",
     "model",
+    "refuse_untranslatable",
     "request_fingerprint",
 ]
 
@@ -205,6 +206,18 @@ def request_fingerprint(body: Mapping[str, Any], *, ignore_metadata: frozenset[s
         kept["metadata"] = metadata
     blob = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return "rq-" + hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def refuse_untranslatable(request: Any, reasons: Mapping[str, str]) -> None:
+    """Refuse, before any request, each given field of ``request`` the service cannot take, saying why.
+
+    :param request: the canonical create request.
+    :param reasons: field name -> why it is refused (and what to use instead).
+    :raises InvalidRequestError: naming the first given field.
+    """
+    for field, why in reasons.items():
+        if getattr(request, field) is not None:
+            raise InvalidRequestError(f"Invalid fine-tuning request: {field}: {why}", field=field)
 
 
 class Backend:

@@ -45,7 +45,7 @@ from pydantic import (
 )
 
 from airflow_provider_finetune.backends.aws import AwsCredentials, SigV4Auth, read_aws_error, region_of_host
-from airflow_provider_finetune.backends.base import Call, Capabilities, HeaderAuth, Limits
+from airflow_provider_finetune.backends.base import Call, Capabilities, HeaderAuth, Limits, refuse_untranslatable
 from airflow_provider_finetune.backends.openai import OpenAIBackend
 from airflow_provider_finetune.client import ErrorFields, path_param
 from airflow_provider_finetune.exceptions import InvalidRequestError
@@ -558,11 +558,7 @@ class BedrockBackend(OpenAIBackend):
             "integrations": "nothing: Bedrock reports metrics to output_s3_uri",
             "hyperparameters": "service_options.hyperparameters (epochCount, batchSize, learningRate...)",
         }
-        for field, use in instead.items():
-            if getattr(request, field) is not None:
-                raise InvalidRequestError(
-                    f"Invalid fine-tuning request: {field}: not a Bedrock option; use {use}", field=field
-                )
+        refuse_untranslatable(request, {field: f"not a Bedrock option; use {use}" for field, use in instead.items()})
         method = request.method
         if method is None:
             return

@@ -37,7 +37,14 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel
 
-from airflow_provider_finetune.backends.base import Call, Capabilities, Limits, model, request_fingerprint
+from airflow_provider_finetune.backends.base import (
+    Call,
+    Capabilities,
+    Limits,
+    model,
+    refuse_untranslatable,
+    request_fingerprint,
+)
 from airflow_provider_finetune.backends.openai import OpenAIBackend, _request
 from airflow_provider_finetune.client import (
     ConnectionSettings,
@@ -393,9 +400,7 @@ class FireworksBackend(OpenAIBackend):
             "metadata": "Fireworks jobs carry no metadata",
             "integrations": "give service_options={'wandb_config': {...}} (Fireworks' wandbConfig) instead",
         }
-        for field, why in refusals.items():
-            if getattr(request, field) is not None:
-                raise InvalidRequestError(f"Invalid fine-tuning request: {field}: {why}", field=field)
+        refuse_untranslatable(request, refusals)
         method = request.method
         block = getattr(method, method.type, None) if method is not None else None
         if getattr(block, "grader", None) is not None:
