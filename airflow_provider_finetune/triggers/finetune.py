@@ -21,6 +21,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_finetune.budget import Budget
 from airflow_provider_finetune.early_stopping import EarlyStopping
 from airflow_provider_finetune.exceptions import FineTuningError
+from airflow_provider_finetune.triggers.offloop import OffLoopLog
 from airflow_provider_finetune.triggers.poller import shared_poller
 from airflow_provider_finetune.waiting import (
     TERMINAL,
@@ -136,6 +137,7 @@ class FineTuningJobTrigger(BaseTrigger):
             yield TriggerEvent(Outcome(WAIT_ERROR, self.job_id, message, self.last_event_id).payload())
             return
         rule = EarlyStopping.of(self.early_stopping)
+        log = OffLoopLog(self.log)  # progress lines never block the triggerer's event loop
         steps = watch(
             self.job_id,
             targets=self.target_statuses,
@@ -143,7 +145,7 @@ class FineTuningJobTrigger(BaseTrigger):
             poll_interval=self.poll_interval,
             max_consecutive_errors=self.max_consecutive_errors,
             last_event_id=self.last_event_id,
-            log=self.log,
+            log=log,
             events=poller.events,
             early_stopping=rule,
             budget=Budget.of(self.budget),
@@ -156,6 +158,7 @@ class FineTuningJobTrigger(BaseTrigger):
                 outcome = await poller.wait(self.job_id, steps, poll_interval=self.poll_interval)
         except FineTuningError as err:
             outcome = Outcome(WAIT_ERROR, self.job_id, str(err), self.last_event_id)
+        await log.flushed()  # the job's last lines before Airflow's "Trigger fired event"
         yield TriggerEvent(outcome.payload())
 
     async def on_kill(self) -> None:

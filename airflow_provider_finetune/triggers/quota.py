@@ -17,6 +17,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_finetune.exceptions import FineTuningError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.quota import QUOTA_ERROR, QuotaOutcome, await_quota, clock_time, wait_quota_async
+from airflow_provider_finetune.triggers.offloop import OffLoopLog
 
 __all__ = ["FineTuningQuotaTrigger"]
 
@@ -82,7 +83,8 @@ class FineTuningQuotaTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Sleep until the next try; with ``max_active_jobs``, look until a slot is free; yield one event."""
         what = self.reason or f"a free slot among at most {self.max_active_jobs} active jobs on {self.model}"
-        self.log.info("Waiting for %s; next look at %s", what, clock_time(self.wake_at))
+        log = OffLoopLog(self.log)
+        log.info("Waiting for %s; next look at %s", what, clock_time(self.wake_at))
         steps = await_quota(
             self.model,
             max_active_jobs=self.max_active_jobs,
@@ -90,7 +92,7 @@ class FineTuningQuotaTrigger(BaseTrigger):
             deadline=self.deadline,
             interval=self.interval,
             reason=self.reason,
-            log=self.log,
+            log=log,
         )
         try:
             outcome = await wait_quota_async(
@@ -98,4 +100,5 @@ class FineTuningQuotaTrigger(BaseTrigger):
             )
         except (FineTuningError, AirflowNotFoundException) as err:  # no such connection, or unusable extras
             outcome = QuotaOutcome(QUOTA_ERROR, f"Connection {self.finetune_conn_id!r} cannot be used: {err}")
+        await log.flushed()
         yield TriggerEvent(outcome.payload())
