@@ -18,24 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 __all__ = ["OffLoopLog"]
 
-_writer: ThreadPoolExecutor | None = None
-_writer_lock = threading.Lock()
-
-
-def _the_writer() -> ThreadPoolExecutor:
-    """The process's one writer thread (made on first use; it finishes what it was given before exit)."""
-    global _writer
-    if _writer is None:
-        with _writer_lock:
-            if _writer is None:
-                _writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finetune-trigger-log")
-    return _writer
+#: The process's one writer thread: started by the first line, it finishes what it was given before exit.
+_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finetune-trigger-log")
 
 
 def _nothing() -> None:
@@ -79,10 +68,9 @@ class OffLoopLog:
         if kwargs.get("exc_info") is True:  # the exception being handled here, not in the writer thread
             kwargs["exc_info"] = sys.exc_info()
         # In the caller's context: the record carries the trigger's ids, as if it had been written here.
-        _the_writer().submit(contextvars.copy_context().run, method, msg, *args, **kwargs)
+        _writer.submit(contextvars.copy_context().run, method, msg, *args, **kwargs)
 
     @staticmethod
     async def flushed() -> None:
         """Return once every line logged so far, by any trigger, is written."""
-        if _writer is not None:
-            await asyncio.wrap_future(_writer.submit(_nothing))
+        await asyncio.wrap_future(_writer.submit(_nothing))
