@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Generic, Literal, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, TypeAlias, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -122,8 +122,14 @@ def _none_as_empty_dict(value: Any) -> Any:
 
 
 _T = TypeVar("_T")
-_ListOrNull: TypeAlias = Annotated[list[_T], BeforeValidator(_none_as_empty_list)]
-_DictOrNull: TypeAlias = Annotated[dict[str, Any], BeforeValidator(_none_as_empty_dict)]
+if TYPE_CHECKING:
+    _ListOrNull: TypeAlias = list[_T]
+    _DictOrNull: TypeAlias = dict[str, Any]
+else:
+    # null is made empty once the value is parsed: a validator before parsing would make pydantic build the
+    # raw JSON as Python objects first (for a page of jobs, every field of every job, most of them ignored).
+    _ListOrNull = Annotated[list[_T] | None, AfterValidator(_none_as_empty_list)]
+    _DictOrNull = Annotated[dict[str, Any] | None, AfterValidator(_none_as_empty_dict)]
 
 
 class _FieldValueError(ValueError):

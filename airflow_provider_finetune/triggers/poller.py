@@ -43,8 +43,9 @@ import math
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_finetune.exceptions import FineTuningError
@@ -169,6 +170,10 @@ class JobPoller:
     _sleeps_until: float = math.inf
     _gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CONCURRENCY))
     _task: asyncio.Task[None] | None = None
+    # Per-job reads (events, reads by id) still to be made, and the tasks that make them (CONCURRENCY at most).
+    _reads: deque[Callable[[], Awaitable[None]]] = field(default_factory=deque)
+    _readers: list[asyncio.Task[None]] = field(default_factory=list)
+    _reading: int = 0
 
     @property
     def events(self) -> bool:
@@ -287,6 +292,32 @@ class JobPoller:
                 await asyncio.sleep(0)
                 began = time.perf_counter()
 
+    def _read_later(self, read: Callable[[], Awaitable[None]]) -> None:
+        """Queue a per-job read, made by one of at most CONCURRENCY readers.
+
+        A read waiting for its turn is a partial on a queue, not a task with its coroutine and context: on a
+        round where hundreds of jobs ended, what waits would otherwise outlive the young collections.
+        """
+        self._reads.append(read)
+        if self._reading < CONCURRENCY:
+            self._reading += 1
+            self._readers.append(asyncio.ensure_future(self._reader()))
+
+    async def _reader(self) -> None:
+        try:
+            while self._reads:
+                await self._reads.popleft()()
+        finally:
+            self._reading -= 1
+
+    async def _reads_done(self) -> None:
+        """Return once every queued read is made (a reader's error is raised here)."""
+        while self._readers:
+            readers, self._readers = self._readers, []
+            for result in await asyncio.gather(*readers, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise result
+
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="finetune-job-poller")
@@ -339,27 +370,23 @@ class JobPoller:
         # ended or changed has been served; they alone are held until the list is read.
         stalest = heapq.nsmallest(int(self.tokens), asks, key=lambda j: self.memory[j].events_read)
         held: dict[str, JobState | FineTuningJob | None] = dict.fromkeys(stalest)
-        reads: list[asyncio.Future[None]] = []
         try:
-
-            def serve(jobs: list[JobState]) -> None:
-                reads.extend(self._serve(jobs, asks, now, held))
-
-            await self._pages(set(asks), serve)
+            await self._pages(set(asks), partial(self._serve, asks=asks, now=now, held=held))
         except FineTuningError as err:
             self._settle_all([w for head in asks.values() for w in head.each()], err)
             asks.clear()
             held.clear()
         for job in sorted((j for j in held.values() if j is not None), key=lambda j: self._priority(j, asks[j.id])):
-            reads += self._answer(job, asks.pop(job.id), now, read_events=self.tokens >= 1)
+            self._answer(job, asks.pop(job.id), now, read_events=self.tokens >= 1)
         held.clear()
         # Not listed: due ones are read by id; the others wait for a later round.
         missing = [job_id for job_id in asks if job_id in due]
         for job_id in [j for j in asks if j not in due]:
             self.pending.extend(asks.pop(job_id).each())
-        reads += [asyncio.ensure_future(self._read_by_id(job_id, asks, now)) for job_id in missing]
+        for job_id in missing:
+            self._read_later(partial(self._read_by_id, job_id, asks, now))
         await self._deliver()
-        await asyncio.gather(*reads)
+        await self._reads_done()
 
     def _remember(self, batch: list[_Wait], now: float) -> None:
         """Note who asks; forget jobs nobody has asked about for a while."""
@@ -384,7 +411,7 @@ class JobPoller:
             self.tokens = min(per_interval, self.tokens + (now - self._refilled) * rate)
         self._refilled = now
 
-    async def _pages(self, wanted: set[str], serve: Callable[[list[JobState]], None]) -> None:
+    async def _pages(self, wanted: set[str], serve: Callable[[Sequence[JobState]], None]) -> None:
         """Read pages of the list, newest first, and ``serve`` the wanted jobs each shows, until every one is seen.
 
         Each page is served, and its waits take their steps, as soon as it is read, by the task that read it: a
@@ -431,7 +458,7 @@ class JobPoller:
             after = end.next_after
 
     async def _list(
-        self, after: str | None, wanted: set[str], serve: Callable[[list[JobState]], None]
+        self, after: str | None, wanted: set[str], serve: Callable[[Sequence[JobState]], None]
     ) -> tuple[str | None, _PageEnd]:
         """Read the page at ``after``, serve the wanted jobs it shows and let their waits step; where it ends."""
         async with self._gate:
@@ -460,34 +487,30 @@ class JobPoller:
         asks: dict[str, _Wait],
         now: float,
         held: dict[str, JobState | FineTuningJob | None] | None = None,
-    ) -> list[asyncio.Future[None]]:
+    ) -> None:
         """Answer the waits on these jobs; jobs whose wait is over or that changed have their events read first.
 
         A job in ``held`` (one of the stalest) is kept there, to be answered once the list is read.
         """
-        reads = []
         for job in sorted(jobs, key=lambda j: self._priority(j, asks[j.id])):
             urgent = self._priority(job, asks[job.id])[0] < 2
             if not urgent and held is not None and job.id in held:
                 held[job.id] = job
                 continue
-            reads += self._answer(job, asks.pop(job.id), now, read_events=self.tokens >= 1 and (urgent or not held))
-        return reads
+            self._answer(job, asks.pop(job.id), now, read_events=self.tokens >= 1 and (urgent or not held))
 
-    def _answer(
-        self, job: JobState | FineTuningJob, waits: _Wait, now: float, *, read_events: bool
-    ) -> list[asyncio.Future[None]]:
+    def _answer(self, job: JobState | FineTuningJob, waits: _Wait, now: float, *, read_events: bool) -> None:
         # A wait that is over reads whatever the budget, and is charged for it: the budget may run into debt,
         # which the reads of the jobs still going on repay, so that it holds on average.
         over = [wait for wait in waits.each() if wait.history or job.status.value in wait.ends]
         if not self.events or not (read_events or over or self.every_poll):
             for wait in waits.each():
                 self._settle(wait, Observation(job))
-            return []
+            return
         self.tokens -= 1
         memory = self.memory.setdefault(job.id, _Memory(asked=now))
         memory.logged_status, memory.events_read = job.status.value, now
-        return [asyncio.ensure_future(self._read_events(job, waits, over))]
+        self._read_later(partial(self._read_events, job, waits, over))
 
     def _priority(self, job: JobState | FineTuningJob, waits: _Wait) -> tuple[int, float]:
         memory = self.memory.get(job.id)
@@ -533,10 +556,9 @@ class JobPoller:
             return
         self.memory.setdefault(job_id, _Memory(asked=now)).created_at = job.created_at
         asks[job_id] = waits
-        reads = self._serve([job], asks, now)
+        self._serve([job], asks, now)  # its events, if read, by a reader (this one may be it)
         del job
         await self._deliver()
-        await asyncio.gather(*reads)
 
 
 def _read_back(events: list[FineTuningJobEvent], over: list[_Wait], has_more: bool) -> str | None:

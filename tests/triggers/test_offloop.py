@@ -63,20 +63,20 @@ async def test_a_write_that_blocks_does_not_hold_up_the_loop(socket: Socket) -> 
     await asyncio.wait_for(log.flushed(), timeout=10)
     ticking.cancel()
     assert [message for message, *_ in socket.written] == [f"[ftjob-1] step {n}/50" for n in range(1, 51)]
-    assert {thread for *_, thread, _ in socket.written} == {"finetune-trigger-log_0"}
+    assert {thread for *_, thread, _ in socket.written} == {"finetune-trigger-log"}
 
 
 async def test_each_line_keeps_its_order_and_the_context_of_its_trigger(socket: Socket) -> None:
-    log = OffLoopLog(logging.getLogger("tests.offloop"))
-
     async def trigger(name: str) -> None:
         trigger_id.set(name)  # what Airflow binds for a trigger's task (its log goes to that task's file)
+        log = OffLoopLog(logging.getLogger("tests.offloop"))  # made in the trigger's run, as the triggers do
+        trigger_id.set("changed later")  # a line is written in the context its log was made in
         for n in range(20):
             log.info("%s line %d", name, n)
             await asyncio.sleep(0)
 
     await asyncio.gather(trigger("a"), trigger("b"))
-    await log.flushed()
+    await OffLoopLog.flushed()
     for name in ("a", "b"):
         mine = [(message, bound) for message, bound, *_ in socket.written if message.startswith(name)]
         assert mine == [(f"{name} line {n}", name) for n in range(20)]
@@ -93,6 +93,28 @@ async def test_an_exception_logged_is_the_one_its_trigger_handled(socket: Socket
     ((message, _, _, exc),) = socket.written
     assert message == "Could not read the job: the service answered nonsense"
     assert exc is raised
+
+
+async def test_a_handler_that_fails_is_reported_and_the_lines_after_it_are_written(
+    socket: Socket, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Broken(logging.Handler):
+        def handle(self, record: logging.LogRecord) -> bool:  # raises where a handler would report and go on
+            if record.getMessage() == "second":
+                raise RuntimeError("the handler broke")
+            return True
+
+    logger = logging.getLogger("tests.offloop")
+    logger.addHandler(broken := Broken())
+    try:
+        log = OffLoopLog(logger)
+        for message in ("first", "second", "third"):
+            log.info(message)
+        await asyncio.wait_for(log.flushed(), timeout=10)
+    finally:
+        logger.removeHandler(broken)
+    assert [message for message, *_ in socket.written] == ["first", "second", "third"]
+    assert "RuntimeError: the handler broke" in capsys.readouterr().err
 
 
 def test_outside_an_event_loop_lines_are_written_at_once(socket: Socket) -> None:
