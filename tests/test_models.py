@@ -25,6 +25,7 @@ from airflow_provider_finetune.models import (
     GraderRunErrors,
     GraderValidation,
     JobError,
+    JobState,
     LabelModelGrader,
     MethodRequest,
     MultiGrader,
@@ -877,3 +878,50 @@ def test_public_names() -> None:
     for name in models.__all__:
         assert hasattr(models, name), name
     assert "build_request" in models.__all__
+
+
+def test_a_page_of_jobs_is_parsed_without_building_its_raw_json_as_python_objects() -> None:
+    """The poller's pages: the fields a job state ignores never become dicts and lists, even for a moment.
+
+    A validator that ran before parsing (to read a ``null`` list as empty) made pydantic build the whole raw
+    page first; whatever was alive when a young collection came then aged into the oldest generation, and
+    brought the full collections that stall a triggerer's loop. Collections are made to come often while a page
+    is parsed, and each looks for a field of a raw job among the objects alive.
+    """
+    import gc
+    import json
+
+    raw = {
+        "object": "fine_tuning.job",
+        "model": "gpt-4o-mini-2024-07-18",
+        "status": "running",
+        "created_at": 1_700_000_000,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}},
+        "hyperparameters": {"n_epochs": 3},
+        "result_files": None,
+        "integrations": [],
+        "raw_page_marker": [1],  # a field no model has: a raw job's dict is the only one with this key
+    }
+    body = json.dumps(
+        {"object": "list", "data": [dict(raw, id=f"ftjob-{i}") for i in range(100)], "has_more": False}
+    ).encode()
+    del raw
+    seen: list[int] = []
+
+    def look(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            seen.append(sum(1 for o in gc.get_objects() if isinstance(o, dict) and "raw_page_marker" in o))
+
+    thresholds = gc.get_threshold()
+    gc.callbacks.append(look)
+    gc.set_threshold(20, 1000, 1000)  # a young collection every 20 allocations (this process only; put back)
+    try:
+        page = Page[JobState].model_validate_json(body)
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.callbacks.remove(look)
+    assert len(page.data) == 100
+    assert seen  # collections came while the page was parsed
+    assert max(seen) == 0
+    assert Page[JobState].model_validate_json(b'{"data": null}').data == []
+    assert FineTuningJob.model_validate_json(body[body.index(b"{", 1) : body.index(b"}, {") + 1]).result_files == []

@@ -18,6 +18,14 @@ tests/deployment/_deploy.py, and then:
    wakes every 0.1 s and reports a wake-up later than ``[triggerer] blocked_main_thread_warning_threshold``,
    0.2 s) while the waits start, run and fire. The target is none.
 
+With ``--gc-log`` every process of the deployment times its full garbage collections (a ``sitecustomize`` in
+the run's folder adds a ``gc.callbacks`` entry that appends each one to ``gc-<pid>.log`` there): the report
+then gives, per phase, the trigger runner's full collections and the longest, beside the warnings. A
+collection stops the event loop for its whole length, whatever the triggers do. ``--gc-freeze`` shows what a
+deployment may choose (the provider never does): the triggerer's supervisor calls ``gc.freeze()`` as it forks
+the trigger runner (``os.register_at_fork``, from the same ``sitecustomize``), as Airflow's scheduler freezes
+before it forks, so that the runner's full collections walk only what it made since.
+
     python tests/benchmarks/bench_triggerer.py --n 200 1000
 
 (``make bench-triggerer`` runs it at 1,000.) Each run takes some minutes: the jobs are made to last long enough
@@ -27,6 +35,7 @@ for every wait to be running together for ``--steady`` seconds.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import shutil
@@ -84,6 +93,8 @@ class Figures:
     fired: int = 0
     blocked: dict[str, list[float]] = field(default_factory=dict)
     emulator_requests: dict[str, int] = field(default_factory=dict)
+    #: The trigger runner's full collections per phase (seconds each), with --gc-log.
+    full_collections: dict[str, list[float]] = field(default_factory=dict)
 
     def per_trigger_kib(self, part: str) -> float:
         return (self.loaded_rss[part] - self.baseline_rss[part]) / self.n / 1024
@@ -92,7 +103,17 @@ class Figures:
 class TriggererBench(ProcessSet):
     """The emulator and one ``airflow triggerer`` in an AIRFLOW_HOME of their own under ``root``."""
 
-    def __init__(self, root: Path, *, n: int, poll_interval: float, speed: float, asyncio_debug: bool) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        n: int,
+        poll_interval: float,
+        speed: float,
+        asyncio_debug: bool,
+        gc_log: bool,
+        gc_freeze: bool = False,
+    ) -> None:
         super().__init__(root)
         self.n = n
         self.poll_interval = poll_interval
@@ -126,6 +147,10 @@ class TriggererBench(ProcessSet):
             }
         )
         (root / "bench_sqlite.py").write_text('CONNECT_ARGS = {"timeout": 60}\n')
+        if gc_log or gc_freeze:
+            (root / "sitecustomize.py").write_text(
+                (GC_LOG.format(folder=str(root)) if gc_log else "") + (GC_FREEZE if gc_freeze else "")
+            )
         if asyncio_debug:  # asyncio then logs each callback that holds the loop over 0.1 s, and what it ran
             self.env["PYTHONASYNCIODEBUG"] = "1"
         self.emulator = httpx.Client(
@@ -225,6 +250,21 @@ class TriggererBench(ProcessSet):
         """Triggers started so far: each writes its task instance's trigger log, "trigger ... starting" first."""
         return len(list((self.home / "logs" / f"dag_id={DAG_ID}").glob("run_id=*/task_id=*/map_index=*/*.trigger.*")))
 
+    def full_collections(self, pid: int, since: float, until: float) -> list[float]:
+        """The full collections process ``pid`` logged between two wall-clock times (with --gc-log)."""
+        log = self.root / f"gc-{pid}.log"
+        if not log.exists():
+            return []
+        found = []
+        for line in log.read_text().splitlines():
+            started, seconds = map(float, line.split())
+            if since <= started < until:
+                found.append(seconds)
+        return found
+
+    def runner_pid(self) -> int:
+        return self.triggerer_processes()[-1].pid
+
     def counters(self) -> dict[str, int]:
         response = self.emulator.get("/_emulator/counters")
         response.raise_for_status()
@@ -232,10 +272,29 @@ class TriggererBench(ProcessSet):
         return {str(k): int(v) for k, v in (data.get("requests", data)).items() if isinstance(v, int)}
 
 
-def run(n: int, *, poll_interval: float, speed: float, steady: float, keep: bool, asyncio_debug: bool) -> Figures:
+def run(
+    n: int,
+    *,
+    poll_interval: float,
+    speed: float,
+    steady: float,
+    keep: bool,
+    asyncio_debug: bool,
+    gc_log: bool,
+    gc_freeze: bool = False,
+) -> Figures:
     root = Path(tempfile.mkdtemp(prefix=f"bench-triggerer-{n}-"))
-    bench = TriggererBench(root, n=n, poll_interval=poll_interval, speed=speed, asyncio_debug=asyncio_debug)
+    bench = TriggererBench(
+        root,
+        n=n,
+        poll_interval=poll_interval,
+        speed=speed,
+        asyncio_debug=asyncio_debug,
+        gc_log=gc_log,
+        gc_freeze=gc_freeze,
+    )
     figures = Figures(n)
+    phases: list[tuple[str, float]] = []  # (phase, wall-clock start)
     try:
         bench.up()
         time.sleep(5)
@@ -243,11 +302,13 @@ def run(n: int, *, poll_interval: float, speed: float, steady: float, keep: bool
         jobs = bench.create_jobs()
         mark = len(bench.log_text())
         began = time.monotonic()
+        phases.append(("start", time.time()))
         bench.defer(jobs)
         bench.wait_until(f"the triggerer to start {n} triggers", lambda: bench.running_triggers() >= n, 600, interval=1)
         figures.claim_seconds = time.monotonic() - began
         figures.blocked["start"] = bench.blocked(mark)
         mark = len(bench.log_text())
+        phases.append(("running", time.time()))
         figures.loaded_rss = bench.rss(steady)
         states = bench.task_states()
         if states.get("deferred", 0) != n:
@@ -255,6 +316,7 @@ def run(n: int, *, poll_interval: float, speed: float, steady: float, keep: bool
         figures.blocked["running"] = bench.blocked(mark)
         mark = len(bench.log_text())
         ended = time.monotonic()
+        phases.append(("fire", time.time()))
         bench.wait_until(
             f"every one of {n} triggers to fire",
             lambda: bench.task_states().get("deferred", 0) == 0,
@@ -266,6 +328,10 @@ def run(n: int, *, poll_interval: float, speed: float, steady: float, keep: bool
         time.sleep(3)
         figures.blocked["fire"] = bench.blocked(mark)
         figures.emulator_requests = bench.counters()
+        if gc_log:
+            runner, bounds = bench.runner_pid(), [*phases, ("", time.time())]
+            for (phase, since), (_, until) in itertools.pairwise(bounds):
+                figures.full_collections[phase] = bench.full_collections(runner, since, until)
     except BaseException:
         print("\n".join(bench.process_tails(60)), file=sys.stderr)
         raise
@@ -292,8 +358,41 @@ def report(f: Figures, poll_interval: float) -> None:
     for phase, found in f.blocked.items():
         worst = f", longest {max(found):.2f} s" if found else ""
         print(f"  blocked-loop warnings while the waits {phase:8s}: {len(found)}{worst}")
+    for phase, pauses in f.full_collections.items():
+        worst = f", longest {max(pauses):.3f} s, {sum(p >= 0.2 for p in pauses)} of 0.2 s or more" if pauses else ""
+        print(f"  the runner's full collections while the waits {phase:8s}: {len(pauses)}{worst}")
     if f.emulator_requests:
         print(f"  emulator requests: {json.dumps(f.emulator_requests, sort_keys=True)}")
+
+
+#: --gc-log: every process of the deployment appends "<wall-clock start> <seconds>" per full collection.
+GC_LOG = """\
+import gc, os, time
+
+_started = [0.0]
+
+
+def _timed(phase, info):
+    if info["generation"] != 2:
+        return
+    if phase == "start":
+        _started[0] = time.time()
+    else:
+        with open(os.path.join({folder!r}, "gc-%d.log" % os.getpid()), "a") as log:
+            log.write("%.3f %.4f\\n" % (_started[0], time.time() - _started[0]))
+
+
+gc.callbacks.append(_timed)
+"""
+
+
+#: --gc-freeze: the triggerer's supervisor freezes what it has as it forks the trigger runner (the child).
+GC_FREEZE = """\
+import gc, os, sys
+
+if sys.argv[1:2] == ["triggerer"]:
+    os.register_at_fork(after_in_child=gc.freeze)
+"""
 
 
 # -- the subcommands run in the deployment's environment --------------------------------------------------
@@ -386,6 +485,14 @@ def main() -> None:
     parser.add_argument(
         "--asyncio-debug", action="store_true", help="run the triggerer with PYTHONASYNCIODEBUG=1 (slow callbacks)"
     )
+    parser.add_argument(
+        "--gc-log", action="store_true", help="time the trigger runner's full garbage collections in each phase"
+    )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="the deployment's choice, shown: gc.freeze() in the trigger runner as the triggerer forks it",
+    )
     args = parser.parse_args()
     for n in args.n:
         figures = run(
@@ -395,6 +502,8 @@ def main() -> None:
             steady=args.steady,
             keep=args.keep,
             asyncio_debug=args.asyncio_debug,
+            gc_log=args.gc_log,
+            gc_freeze=args.gc_freeze,
         )
         report(figures, args.poll_interval)
 

@@ -459,6 +459,23 @@ async def test_a_waiting_trigger_allocates_no_future_or_task_per_poll(monkeypatc
     assert counted.tasks <= 200 + 2 * service.count("list") + service.count("events") + 2 * poller.rounds
 
 
+async def test_jobs_ending_together_queue_their_reads_for_a_few_readers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two hundred jobs end in the same round: their two hundred event reads are made by at most CONCURRENCY
+    tasks, each read waiting its turn on a queue, not each holding a task (and its coroutine) meanwhile."""
+    service = JobsThatEnd({f"ftjob-{i:05d}": 1 for i in range(200)})
+    poller = make_poller(service)
+    service.tick()  # every job ends before the first poll
+    counted = Counted(monkeypatch)
+    outcomes = await wait_all(poller, list(service.ends), interval=60.0)
+    assert {o.status for o in outcomes.values()} == {"succeeded"}
+    assert service.count("events") >= 200  # every ended job's events were read
+    assert service.most_in_flight <= poller_module.CONCURRENCY
+    assert poller.rounds == 1
+    # The round's: its task, one per page of the list, and the readers; none per job.
+    pages = service.count("list")
+    assert counted.tasks - len(service.ends) <= 1 + pages + poller_module.CONCURRENCY
+
+
 async def test_a_wait_logs_in_the_context_of_its_trigger(caplog: pytest.LogCaptureFixture) -> None:
     """The poller takes each wait's steps: its lines still carry what the trigger's task bound (Airflow's ids)."""
     import contextvars
