@@ -453,8 +453,8 @@ async def test_a_waiting_trigger_allocates_no_future_or_task_per_poll(monkeypatc
     assert all(o.status == "succeeded" for o in outcomes)
     assert answers >= 200 * 6
     # Besides one per wait: each request's own (the fake service sleeps, the gate may be waited for), the test
-    # clock's sleeps, and a round's future to sleep on; tasks for pages and event reads (a few a round, one per
-    # ended job), and the 200 tasks of the waits themselves (gather). None per poll.
+    # clock's sleeps, and a round's future to sleep on; tasks for pages and for the readers of single jobs (at
+    # most CONCURRENCY a round, fewer than the event reads), and the 200 tasks of the waits (gather). None per poll.
     assert counted.futures <= 200 + 2 * len(service.calls) + service.ticks + 2 * poller.rounds
     assert counted.tasks <= 200 + 2 * service.count("list") + service.count("events") + 2 * poller.rounds
 
