@@ -112,7 +112,7 @@ class TriggererBench(ProcessSet):
         speed: float,
         asyncio_debug: bool,
         gc_log: bool,
-        gc_freeze: bool = False,
+        gc_freeze: bool,
     ) -> None:
         super().__init__(root)
         self.n = n
@@ -281,7 +281,7 @@ def run(
     keep: bool,
     asyncio_debug: bool,
     gc_log: bool,
-    gc_freeze: bool = False,
+    gc_freeze: bool,
 ) -> Figures:
     root = Path(tempfile.mkdtemp(prefix=f"bench-triggerer-{n}-"))
     bench = TriggererBench(
