@@ -19,8 +19,8 @@ from airflow_provider_finetune.backends.openai import OpenAIBackend
 from airflow_provider_finetune.client import close_shared_async_clients
 from airflow_provider_finetune.early_stopping import EarlyStopping
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
-from airflow_provider_finetune.emulator.trainer import OVERFIT_KEY
-from airflow_provider_finetune.exceptions import InvalidRequestError, UnsupportedCapabilityError
+from airflow_provider_finetune.emulator.trainer import FORCE_FAILURE_KEY, OVERFIT_KEY
+from airflow_provider_finetune.exceptions import FineTuningJobFailed, InvalidRequestError, UnsupportedCapabilityError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.operators.finetune import FineTuningJobOperator
 from airflow_provider_finetune.sensors.finetune import FineTuningCheckpointSensor
@@ -172,6 +172,63 @@ async def test_deferred_the_trigger_stops_it_the_same_way_across_a_triggerer_res
     assert emulator.requests_to(CANCEL) == 1
 
 
+def stop_too_late(monkeypatch: pytest.MonkeyPatch, action: str) -> None:
+    """Hold the hook's cancel or pause until the job has ended on its own, then send it (the service refuses)."""
+    real = getattr(FineTuningHook, action)
+
+    def late(hook: FineTuningHook, job_id: str) -> Any:
+        for _ in range(300):
+            if hook.get_job(job_id).status.is_terminal():
+                return real(hook, job_id)
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} did not end")
+
+    monkeypatch.setattr(FineTuningHook, action, late)
+
+
+def test_a_job_that_succeeds_before_the_stop_is_a_success_not_an_early_stop(
+    emulator: Emulator, files: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verdict came while the job ran; the cancel reached it after it had succeeded: its own model is the result."""
+    ti = fresh_ti()
+    task = operator(files, early_stopping={"patience": 3}, deferrable=True)
+    with pytest.raises(TaskDeferred):
+        task.execute({"ti": ti})
+    job_id = ti.xcoms["job_id"]
+    assert not FineTuningHook().get_job(job_id).status.is_terminal()
+    stop_too_late(monkeypatch, "cancel_job")
+    event = {"status": "early_stopped", "job_id": job_id, "message": f"Job {job_id} stopped early: valid_loss ..."}
+    model = task.execute_complete({"ti": ti}, event)
+    job = FineTuningHook().get_job(job_id)
+    assert job.status.value == "succeeded"
+    assert model == job.fine_tuned_model is not None
+    assert ti.xcoms["early_stopped"] is False
+    assert ti.xcoms["status"] == "succeeded"
+    assert ti.xcoms["fine_tuned_model"] == job.fine_tuned_model
+    assert "best_checkpoint" not in ti.xcoms
+    assert "early_stopping_reason" not in ti.xcoms
+    assert emulator.requests_to(CANCEL) == 1  # sent, and refused: the job had ended
+
+
+def test_a_job_that_fails_before_the_stop_fails_the_task(
+    emulator: Emulator, files: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ti = fresh_ti()
+    task = operator(
+        files, metadata={**OVERFIT, FORCE_FAILURE_KEY: "server_error"}, early_stopping={"patience": 3}, deferrable=True
+    )
+    with pytest.raises(TaskDeferred):
+        task.execute({"ti": ti})
+    job_id = ti.xcoms["job_id"]
+    stop_too_late(monkeypatch, "cancel_job")
+    event = {"status": "early_stopped", "job_id": job_id, "message": f"Job {job_id} stopped early: valid_loss ..."}
+    with pytest.raises(FineTuningJobFailed, match="server_error"):
+        task.execute_complete({"ti": ti}, event)
+    assert ti.xcoms["status"] == "failed"
+    assert "early_stopped" not in ti.xcoms
+    assert "fine_tuned_model" not in ti.xcoms
+
+
 def test_pause_where_the_service_can(emulator: Emulator, files: dict[str, str]) -> None:
     ti = fresh_ti()
     model = operator(files, early_stopping={"patience": 3, "action": "pause"}).execute({"ti": ti})
@@ -295,6 +352,30 @@ def test_the_checkpoint_sensors_pokes_stop_it_the_same_way(emulator: Emulator, f
     assert str(poked.xcom_value).endswith(":ckpt-step-12")
     assert "has not improved" in ti.xcoms["early_stopping_reason"]
     assert FineTuningHook().get_job(job_id).status.value == "paused"
+
+
+def test_the_checkpoint_sensor_judges_a_job_that_ended_before_the_stop_as_any_ended_job(
+    emulator: Emulator, files: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = create_overfitting_job(files)
+    stop_too_late(monkeypatch, "pause_job")
+    sensor = FineTuningCheckpointSensor(
+        task_id="best", job_id=job_id, min_checkpoints=3, early_stopping={"patience": 1, "action": "pause"}
+    )
+    ti = fresh_ti()
+    for _ in range(200):
+        poked = sensor.poke({"ti": ti})  # type: ignore[arg-type]
+        if poked.is_done:
+            break
+        time.sleep(0.05)
+    assert poked.is_done
+    assert FineTuningHook().get_job(job_id).status.value == "succeeded"
+    # It made its three checkpoints: the condition is met by the last, and nothing was stopped.
+    assert str(poked.xcom_value).endswith(":ckpt-step-36")
+    assert ti.xcoms["checkpoint"]["step_number"] == 36
+    assert "early_stopped" not in ti.xcoms
+    assert "early_stopping_reason" not in ti.xcoms
+    assert emulator.requests_to(PAUSE) == 1
 
 
 def test_a_retry_after_the_stop_returns_the_same_checkpoint_and_makes_no_new_job(

@@ -206,7 +206,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         ``{"metric": "valid_loss", "mode": "min", "patience": 3, "min_delta": 0.0, "action": "cancel"}``
         (every key optional; ``action: "pause"`` pauses where the service can, else cancels). The
         evaluations are the job's metrics events, or its checkpoints where the service keeps no event log.
-        XComs ``early_stopped``, ``early_stopping_reason`` and ``best_checkpoint`` say what happened.
+        XComs ``early_stopped``, ``early_stopping_reason`` and ``best_checkpoint`` say what happened. A job
+        that succeeds or fails before the stop reaches it ends the task as any job does.
     :param max_active_jobs: before creating, count the service's active jobs (validating, queued, running,
         paused) on the base model and wait until fewer than this many are active; this task instance's own
         job does not count. The wait, like a create the service refuses for a quota (active jobs, creates per
@@ -654,8 +655,11 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         self.hook.require("cancel")
         return rule
 
-    def _stop_early(self, context: Context, job: FineTuningJob, outcome: Outcome) -> str:
-        """Stop a job that ran out of patience (pause where asked and possible, else cancel); return its best model."""
+    def _stop_early(self, context: Context, job: FineTuningJob, outcome: Outcome) -> str | None:
+        """Stop a job that ran out of patience (pause where asked and possible, else cancel); return its best model.
+
+        A job that succeeded or failed before the stop reached it finishes as any job does.
+        """
         from airflow_provider_finetune.early_stopping import EarlyStopping
 
         rule = EarlyStopping.of(self.early_stopping)
@@ -664,6 +668,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         if store is not None:  # a retry after a crash from here on returns this job's best, not a new job's
             store.set(EARLY_STOPPED_KEY, {"job_id": job.id, "reason": outcome.message})
         job = stop_early(self.hook, job.id, rule, outcome.message, self.log)
+        if ended_before_the_stop(job):  # its own end, not our stop: its result is its own, as for any job
+            return self._finish(context, job)
         return self._return_best(context, job, rule, outcome.message)
 
     def _stopped_before(self, context: Context, rule: EarlyStopping) -> str | None:
@@ -902,7 +908,8 @@ EARLY_STOPPED_KEY = "early_stopped_job"
 def stop_early(hook: FineTuningHook, job_id: str, rule: EarlyStopping, reason: str, log: Any) -> FineTuningJob:
     """Stop a job that ran out of patience: pause it where asked and the service can, else cancel it.
 
-    A job that ended (or was stopped) between the read and the action is left as it is.
+    A job that ended (or was stopped) between the read and the action is left as it is, and returned as it
+    is: :func:`ended_before_the_stop` tells a job that succeeded or failed on its own from one stopped.
     """
     from airflow_provider_finetune.early_stopping import stop_action
     from airflow_provider_finetune.exceptions import ConflictError
@@ -912,8 +919,22 @@ def stop_early(hook: FineTuningHook, job_id: str, rule: EarlyStopping, reason: s
         job = hook.pause_job(job_id) if action == "pause" else hook.cancel_job(job_id)
     except ConflictError:
         job = hook.get_job(job_id)
-    log.info("%s; job %s: %s -> %s", reason, job.id, action, job.status.value)
+    if ended_before_the_stop(job):
+        log.info("%s; job %s %s before it could be stopped (%s)", reason, job.id, job.status.value, action)
+    else:
+        log.info("%s; job %s: %s -> %s", reason, job.id, action, job.status.value)
     return job
+
+
+def ended_before_the_stop(job: FineTuningJob) -> bool:
+    """Whether a job that early stopping tried to stop had succeeded or failed on its own first.
+
+    Such a job was not stopped early, whatever the verdict said: its status and model are its own.
+    """
+    return job.status in _ENDED_ON_ITS_OWN
+
+
+_ENDED_ON_ITS_OWN = frozenset({statuses.FineTuningJobStatus.SUCCEEDED, statuses.FineTuningJobStatus.FAILED})
 
 
 def _checkpoint_json(checkpoint: Any) -> dict[str, Any]:

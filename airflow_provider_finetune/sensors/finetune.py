@@ -451,6 +451,10 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
             return self._found(context, found) if status == "found" else self._stopped(context, found, message)
         # job_ended: the trigger read the checkpoints before the job, so a last checkpoint written as the
         # job ended may be missing from what it saw. One more look settles it.
+        return self._after_the_end(context, message)
+
+    def _after_the_end(self, context: Context, message: str) -> str | None:
+        """The checkpoint that meets the condition among all a job that has ended made; fail if none does."""
         job = self.hook.get_job(self.job_id)
         checkpoints = list(self.hook.iter_checkpoints(self.job_id, limit=100))
         verdict = judge(self.condition, job, checkpoints)
@@ -461,10 +465,12 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
 
     def _stopped(self, context: Context, best: FineTuningJobCheckpoint, reason: str) -> str | None:
         """Stop a job that ran out of patience (pause or cancel, as the rule and the service allow); its best."""
-        from airflow_provider_finetune.operators.finetune import stop_early
+        from airflow_provider_finetune.operators.finetune import ended_before_the_stop, stop_early
 
         assert self.early_stopping is not None
-        stop_early(self.hook, self.job_id, self.early_stopping, reason, self.log)
+        job = stop_early(self.hook, self.job_id, self.early_stopping, reason, self.log)
+        if ended_before_the_stop(job):  # not stopped: judged as any job that ended, on all it made
+            return self._after_the_end(context, f"Job {job.id} ended {job.status.value}")
         context["ti"].xcom_push(key="early_stopped", value=True)
         context["ti"].xcom_push(key="early_stopping_reason", value=reason)
         return self._found(context, best)
