@@ -337,18 +337,23 @@ async def test_the_checkpoint_trigger_stops_on_checkpoints_that_stopped_improvin
     assert emulator.requests_to(CANCEL) == 1
 
 
-def test_the_checkpoint_sensors_pokes_stop_it_the_same_way(emulator: Emulator, files: dict[str, str]) -> None:
-    job_id = create_overfitting_job(files)
+def poke_pausing_sensor(job_id: str, ti: FakeTI) -> Any:
+    """Poke a sensor for the job's third checkpoint, pausing it after one that does not improve, until done."""
     sensor = FineTuningCheckpointSensor(
         task_id="best", job_id=job_id, min_checkpoints=3, early_stopping={"patience": 1, "action": "pause"}
     )
-    ti = fresh_ti()
     for _ in range(200):
         poked = sensor.poke({"ti": ti})  # type: ignore[arg-type]
         if poked.is_done:
-            break
+            return poked
         time.sleep(0.05)
-    assert poked.is_done
+    raise AssertionError("the sensor was never done")
+
+
+def test_the_checkpoint_sensors_pokes_stop_it_the_same_way(emulator: Emulator, files: dict[str, str]) -> None:
+    job_id = create_overfitting_job(files)
+    ti = fresh_ti()
+    poked = poke_pausing_sensor(job_id, ti)
     assert str(poked.xcom_value).endswith(":ckpt-step-12")
     assert "has not improved" in ti.xcoms["early_stopping_reason"]
     assert FineTuningHook().get_job(job_id).status.value == "paused"
@@ -359,16 +364,8 @@ def test_the_checkpoint_sensor_judges_a_job_that_ended_before_the_stop_as_any_en
 ) -> None:
     job_id = create_overfitting_job(files)
     stop_too_late(monkeypatch, "pause_job")
-    sensor = FineTuningCheckpointSensor(
-        task_id="best", job_id=job_id, min_checkpoints=3, early_stopping={"patience": 1, "action": "pause"}
-    )
     ti = fresh_ti()
-    for _ in range(200):
-        poked = sensor.poke({"ti": ti})  # type: ignore[arg-type]
-        if poked.is_done:
-            break
-        time.sleep(0.05)
-    assert poked.is_done
+    poked = poke_pausing_sensor(job_id, ti)
     assert FineTuningHook().get_job(job_id).status.value == "succeeded"
     # It made its three checkpoints: the condition is met by the last, and nothing was stopped.
     assert str(poked.xcom_value).endswith(":ckpt-step-36")
