@@ -28,7 +28,7 @@ from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.models import CreateFineTuningJobRequest, FineTuningJobEvent, build_request
 from airflow_provider_finetune.operators.finetune import FineTuningJobOperator
 from airflow_provider_finetune.training_data import validate_file
-from tests.integration.conftest import API_KEY, Emulator, chat_lines
+from tests.integration.conftest import API_KEY, Emulator, chat_lines, stop_too_late
 from tests.operators.conftest import FakeTI
 
 try:
@@ -226,6 +226,28 @@ async def test_deferred_the_trigger_ends_over_budget_and_the_task_cancels(
     with pytest.raises(BudgetExceededError) as over:
         await asyncio.to_thread(task.execute_complete, {"ti": ti}, event)
     assert_cancelled_over_budget(emulator, ti, over.value, cap)
+
+
+def test_a_job_that_ends_before_the_cancel_reaches_it_is_not_said_to_be_cancelled(
+    emulator: Emulator, training_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator.faults(**{**LIMITS, "reported_price": 1000.0})
+    cap = TOKENS * 3 * 1000.0 / 1e6 / 3
+    ti = fresh_ti()
+    task = operator(training_file, max_cost=cap, training_tokens=TOKENS, deferrable=True)
+    with pytest.raises(TaskDeferred):
+        task.execute({"ti": ti})  # type: ignore[arg-type]
+    job_id = ti.xcoms["job_id"]
+    stop_too_late(monkeypatch, "cancel_job")
+    event = {"status": OVER_BUDGET, "job_id": job_id, "message": f"Job {job_id} costs more than max_cost {cap:g}"}
+    with pytest.raises(BudgetExceededError) as over:
+        task.execute_complete({"ti": ti}, event)  # type: ignore[arg-type]
+    assert str(over.value).endswith(": it had ended succeeded before the cancel reached it")
+    assert "cancelled it" not in str(over.value)
+    assert ti.xcoms["status"] == "succeeded"
+    assert FineTuningHook().get_job(job_id).status.value == "succeeded"
+    assert ti.xcoms["total_price"] > cap
+    assert emulator.requests_to(CANCEL) == 1
 
 
 def test_trained_tokens_past_the_cap_cancel_the_job(emulator: Emulator, training_file: str) -> None:

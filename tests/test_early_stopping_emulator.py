@@ -25,7 +25,7 @@ from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.operators.finetune import FineTuningJobOperator
 from airflow_provider_finetune.sensors.finetune import FineTuningCheckpointSensor
 from airflow_provider_finetune.triggers.finetune import FineTuningCheckpointTrigger, FineTuningJobTrigger
-from tests.integration.conftest import API_KEY, Emulator, chat_lines
+from tests.integration.conftest import API_KEY, Emulator, chat_lines, stop_too_late
 from tests.operators.conftest import FakeStateStore, FakeTI
 
 try:
@@ -170,20 +170,6 @@ async def test_deferred_the_trigger_stops_it_the_same_way_across_a_triggerer_res
     model = task.execute_complete({"ti": ti}, event)
     assert_stopped_early(ti, model)
     assert emulator.requests_to(CANCEL) == 1
-
-
-def stop_too_late(monkeypatch: pytest.MonkeyPatch, action: str) -> None:
-    """Hold the hook's cancel or pause until the job has ended on its own, then send it (the service refuses)."""
-    real = getattr(FineTuningHook, action)
-
-    def late(hook: FineTuningHook, job_id: str) -> Any:
-        for _ in range(300):
-            if hook.get_job(job_id).status.is_terminal():
-                return real(hook, job_id)
-            time.sleep(0.05)
-        raise AssertionError(f"job {job_id} did not end")
-
-    monkeypatch.setattr(FineTuningHook, action, late)
 
 
 def test_a_job_that_succeeds_before_the_stop_is_a_success_not_an_early_stop(

@@ -724,12 +724,14 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
         try:
             job = self.hook.cancel_job(job.id)
+            done = f"cancelled it ({job.status.value})"
         except ConflictError:  # it ended between the read and the cancel
             job = self.hook.get_job(job.id)
+            done = f"it had ended {job.status.value} before the cancel reached it"
         context["ti"].xcom_push(key="status", value=job.status.value)
         cost = self._push_cost(context, job)
         cap = float(_number(self.max_cost))
-        message = f"{outcome.message}: cancelled it ({job.status.value})"
+        message = f"{outcome.message}: {done}"
         raise BudgetExceededError(message, cost=cap if cost is None else cost, max_cost=cap)
 
     def _finish(self, context: Context, job: FineTuningJob) -> str | None:

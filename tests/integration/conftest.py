@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,22 @@ class Emulator:
 
     def requests_to(self, route: str) -> int:
         return int(self.counters()["requests"].get(route, 0))
+
+
+def stop_too_late(monkeypatch: pytest.MonkeyPatch, action: str) -> None:
+    """Hold the hook's cancel or pause until the job has ended on its own, then send it (the service refuses)."""
+    from airflow_provider_finetune.hooks.finetune import FineTuningHook
+
+    real = getattr(FineTuningHook, action)
+
+    def late(hook: Any, job_id: str) -> Any:
+        for _ in range(300):
+            if hook.get_job(job_id).status.is_terminal():
+                return real(hook, job_id)
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} did not end")
+
+    monkeypatch.setattr(FineTuningHook, action, late)
 
 
 @pytest.fixture(scope="session")
