@@ -189,7 +189,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         of the try; a triggerer restart does not reset it.
     :param cancel_on_kill: cancel the job when a person marks the task failed, clears it or marks it
         succeeded.
-    :param cancel_on_timeout: cancel the job when the wait times out, so that it stops costing money.
+    :param cancel_on_timeout: cancel the job when the wait times out, so that it stops costing money. A job
+        found to have succeeded (or failed) on its own by then ends the task as that success (or failure).
     :param max_consecutive_errors: failed polls in a row (after the hook's retries) that fail the wait.
     :param on_changed_request: what to do when this task instance's job was made from another request:
         ``cancel_and_create`` (cancel it if it still runs, then create anew) or ``fail``.
@@ -616,7 +617,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
     def _complete(self, context: Context, outcome: Outcome) -> str | None:
         from airflow_provider_finetune.budget import OVER_BUDGET
         from airflow_provider_finetune.early_stopping import EARLY_STOPPED
-        from airflow_provider_finetune.exceptions import FineTuningError, FineTuningJobFailed
+        from airflow_provider_finetune.exceptions import ConflictError, FineTuningError, FineTuningJobFailed
         from airflow_provider_finetune.waiting import TERMINAL, WAIT_ERROR, WAIT_TIMEOUT
 
         self.job_id = outcome.job_id
@@ -626,9 +627,16 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         context["ti"].xcom_push(key="status", value=job.status.value)
         if outcome.status == WAIT_TIMEOUT:
             if self.cancel_on_timeout and not job.status.is_terminal():
-                self.hook.cancel_job(job.id)
-                self.log.info("Cancelled job %s because the wait timed out", job.id)
-            raise FineTuningJobFailed(job.id, job.status.value, outcome.message)
+                try:
+                    job = self.hook.cancel_job(job.id)
+                    self.log.info("Cancelled job %s because the wait timed out", job.id)
+                except ConflictError:  # it ended between the read and the cancel
+                    job = self.hook.get_job(job.id)
+            if not ended_before_the_stop(job):
+                raise FineTuningJobFailed(job.id, job.status.value, outcome.message)
+            # It succeeded or failed on its own as the wait ran out: that end is the task's result.
+            self.log.info("Job %s ended %s as its wait timed out", job.id, job.status.value)
+            return self._finish(context, job)
         if outcome.status == EARLY_STOPPED and not job.status.is_terminal():
             return self._stop_early(context, job, outcome)
         if outcome.status == OVER_BUDGET and not job.status.is_terminal():

@@ -155,6 +155,31 @@ def test_timeout_fails_the_task_and_cancels_the_job(context: dict[str, Any], api
     assert cancel.call_count == 1
 
 
+def test_a_job_that_succeeds_as_its_wait_times_out_is_a_success(context: dict[str, Any], api: FakeAPI) -> None:
+    """Running when read, succeeded when the cancel reached it (the service refuses): its model is the result."""
+    api.on("GET", f"{JOBS}/ftjob-1", job(status="running"), done())
+    api.on("GET", f"{JOBS}/ftjob-1/checkpoints", page([]))
+    refused = {"error": {"message": "Job has already succeeded", "type": "invalid_request_error"}}
+    conflict = httpx.Response(409, headers={"x-should-retry": "false"}, json=refused)
+    cancel = api.on("POST", f"{JOBS}/ftjob-1/cancel", conflict)
+    model = operator().execute_complete(context, {"status": "timeout", "job_id": "ftjob-1", "message": "deadline"})
+    assert model == "ft:gpt-4o-mini:org::abc"
+    assert context["ti"].xcoms["status"] == "succeeded"
+    assert context["ti"].xcoms["fine_tuned_model"] == model
+    assert cancel.call_count == 1
+
+
+def test_a_job_that_failed_as_its_wait_timed_out_fails_with_its_own_error(
+    context: dict[str, Any], api: FakeAPI
+) -> None:
+    api.on("GET", f"{JOBS}/ftjob-1", job(status="failed", error={"code": "oom", "message": "out of memory"}))
+    cancel = api.on("POST", f"{JOBS}/ftjob-1/cancel", job(status="cancelled"))
+    with pytest.raises(FineTuningJobFailed, match="out of memory") as info:
+        operator().execute_complete(context, {"status": "timeout", "job_id": "ftjob-1", "message": "deadline"})
+    assert info.value.code == "oom"
+    assert cancel.call_count == 0
+
+
 def test_timeout_can_leave_the_job_running(context: dict[str, Any], api: FakeAPI) -> None:
     api.on("GET", f"{JOBS}/ftjob-1", job(status="running"))
     cancel = api.on("POST", f"{JOBS}/ftjob-1/cancel", job(status="cancelled"))
