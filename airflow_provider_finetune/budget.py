@@ -32,6 +32,7 @@ __all__ = [
     "OVER_BUDGET",
     "Budget",
     "BudgetExceededError",
+    "EpochRule",
     "Price",
     "PriceEstimate",
     "auto_epochs",
@@ -39,6 +40,7 @@ __all__ = [
     "final_cost",
     "price_for",
     "progress_of",
+    "requested_epochs",
 ]
 
 #: Outcome status of a wait that ended because the job cost more than ``max_cost``.
@@ -141,15 +143,16 @@ def auto_epochs(examples: int) -> int:
     return _TARGET_EPOCHS
 
 
-def _requested_epochs(request: CreateFineTuningJobRequest) -> Any:
+def requested_epochs(request: CreateFineTuningJobRequest) -> int | None:
+    """The whole number of epochs a canonical request asks for; ``None`` for ``"auto"`` or none."""
     method = request.method
     if method is not None:
         block = getattr(method, method.type, None)
         hyperparameters = getattr(block, "hyperparameters", None)
         if hyperparameters is not None:
-            return getattr(hyperparameters, "n_epochs", None)
+            return _int_or_none(getattr(hyperparameters, "n_epochs", None))
     legacy = request.hyperparameters
-    return getattr(legacy, "n_epochs", None) if legacy is not None else None
+    return _int_or_none(getattr(legacy, "n_epochs", None)) if legacy is not None else None
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,22 @@ def _job_epochs(job: FineTuningJob | JobState) -> int | None:
     return n_epochs if isinstance(n_epochs, int) and not isinstance(n_epochs, bool) and n_epochs > 0 else None
 
 
+@dataclass(frozen=True)
+class EpochRule:
+    """How a service settles a job's epochs, for the estimate: what the create body asks, else its default.
+
+    :param requested: the epochs the create body the service is sent asks for, or ``None`` where it leaves them
+        to the service.
+    :param default: the epochs the service trains for a file of so many examples when the body leaves them to
+        it, by the service's published rule; ``None`` where it publishes none (the estimate is then refused).
+    :param where: where the user gives the epochs on this service, for the refusal.
+    """
+
+    requested: int | None
+    default: Callable[[int], int] | None
+    where: str
+
+
 def estimate(
     request: CreateFineTuningJobRequest,
     *,
@@ -274,6 +293,7 @@ def estimate(
     price: Price,
     tokens_per_epoch: Any,
     examples: Any,
+    epochs: EpochRule | None = None,
 ) -> Budget:
     """The budget of a request: its cap, its price and what its cost is made of.
 
@@ -282,6 +302,9 @@ def estimate(
     :param price: the price per million trained tokens.
     :param tokens_per_epoch: the training file's estimated tokens per epoch.
     :param examples: the training file's examples, for ``n_epochs: "auto"``.
+    :param epochs: how the connection's service settles the epochs (its backend's
+        :meth:`~airflow_provider_finetune.backends.openai.OpenAIBackend.epoch_rule`); without it, the request's
+        ``n_epochs``, and OpenAI's rule for ``"auto"``.
     :raises InvalidRequestError: naming the field, for a value that is not usable.
     """
     cap = _positive_number(max_cost, "max_cost", allow_zero=False)
@@ -291,19 +314,27 @@ def estimate(
         raise InvalidRequestError(
             "training_tokens: the tokens per epoch are needed to estimate the cost", field="training_tokens"
         )
-    requested = _requested_epochs(request)
-    if isinstance(requested, int) and not isinstance(requested, bool):
-        epochs = requested
-    else:
-        count = _count(examples, "training_examples")
-        if count is None:
-            raise InvalidRequestError(
-                'training_examples: n_epochs is "auto", which resolves by the number of examples; give '
-                "training_examples (the upload's examples XCom) or n_epochs",
-                field="training_examples",
-            )
-        epochs = auto_epochs(count)
-    return Budget(max_cost=cap, price=per_million, tokens_per_epoch=tokens, epochs=epochs)
+    rule = epochs or EpochRule(requested_epochs(request), auto_epochs, "n_epochs")
+    if rule.requested is not None:
+        return Budget(max_cost=cap, price=per_million, tokens_per_epoch=tokens, epochs=rule.requested)
+    if rule.default is None:
+        raise InvalidRequestError(
+            f"{rule.where}: the service chooses the epochs of a job that gives none by no published rule, so its "
+            "cost cannot be estimated; give them to use max_cost",
+            field=rule.where,
+        )
+    count = _count(examples, "training_examples")
+    if count is None:
+        raise InvalidRequestError(
+            f'training_examples: the epochs are left to the service ("auto"), which settles them by the number '
+            f"of examples; give training_examples (the upload's examples XCom) or {rule.where}",
+            field="training_examples",
+        )
+    return Budget(max_cost=cap, price=per_million, tokens_per_epoch=tokens, epochs=rule.default(count))
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def progress_of(events: Sequence[FineTuningJobEvent], before: float | None) -> float | None:

@@ -92,6 +92,54 @@ def test_an_unusable_price_is_named(price: Any, message: str) -> None:
     assert (bad.value.field or "").startswith("price_per_million_tokens")
 
 
+def test_each_service_settles_the_epochs_its_own_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The estimate's epochs are those of the body the service is sent; a default is used only where the service
+    publishes its rule (OpenAI's "auto"); elsewhere a cap with no epochs given is refused, naming where to give them.
+    """
+    from airflow_provider_finetune.backends.fireworks import FireworksBackend
+    from airflow_provider_finetune.backends.openai import OpenAIBackend
+    from airflow_provider_finetune.backends.together import TogetherBackend
+    from airflow_provider_finetune.client import ConnectionSettings
+    from tests.backends.bedrock_fake import ROLE_ARN, connect_bedrock
+
+    def budget(backend: Any, method: dict[str, Any] | None, options: dict[str, Any] | None = None) -> Budget:
+        train = {"fireworks": "ds-train", "bedrock": "s3://training-bucket/train.jsonl"}.get(backend.service, "file-1")
+        asked = request(method) if method is not None else request()
+        asked = asked.model_copy(update={"model": "base-model", "training_file": train})
+        rule = backend.epoch_rule(asked, backend.job_body(asked, options))
+        return estimate(asked, max_cost=10, price=1.0, tokens_per_epoch=1000, examples=12, epochs=rule)
+
+    openai = OpenAIBackend(ConnectionSettings(base_url="https://api.openai.com/v1", api_key="k"))
+    assert budget(openai, epochs(2)).epochs == 2
+    assert budget(openai, epochs("auto")).epochs == auto_epochs(12) == 8
+
+    together = TogetherBackend(ConnectionSettings(base_url="https://api.together.ai/v1", api_key="k"))
+    lora = {"lora_r": 8, "lora_alpha": 16}
+    assert budget(together, epochs(2), lora).epochs == 2
+    assert budget(together, epochs("auto"), lora).epochs == 1  # the SDK's default, which the body carries
+
+    fireworks = FireworksBackend(ConnectionSettings(base_url="https://api.fireworks.ai/v1/accounts/acme", api_key="k"))
+    assert budget(fireworks, epochs(3)).epochs == 3
+    assert budget(fireworks, None, {"epochs": 4}).epochs == 4
+    with pytest.raises(InvalidRequestError, match="no published rule") as refused:
+        budget(fireworks, epochs("auto"))
+    assert refused.value.field == "n_epochs"
+
+    bedrock = connect_bedrock(monkeypatch).backend
+    where = {"role_arn": ROLE_ARN, "output_s3_uri": "s3://training-bucket/out/"}
+    assert budget(bedrock, None, {**where, "hyperparameters": {"epochCount": 2}}).epochs == 2
+    rft = {
+        **where,
+        "customization_type": "REINFORCEMENT_FINE_TUNING",
+        "lambda_grader_arn": "arn:aws:lambda:us-east-1:123456789012:function:grade",
+        "hyperparameters": {"epochCount": 5},
+    }
+    assert budget(bedrock, None, rft).epochs == 5
+    with pytest.raises(InvalidRequestError, match="no published rule") as refused:
+        budget(bedrock, None, where)
+    assert refused.value.field == "service_options.hyperparameters.epochCount"
+
+
 def test_progress_is_read_from_the_newest_metrics_event() -> None:
     def metrics(step: int) -> FineTuningJobEvent:
         return FineTuningJobEvent.model_validate(

@@ -242,8 +242,9 @@ class AzureAuthoringBackend(_AzureBackend):
             )
         )
 
-    def job_body(self, request: CreateFineTuningJobRequest) -> dict[str, Any]:
+    def job_body(self, request: CreateFineTuningJobRequest, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Azure's create body: numbers for hyperparameters (``"auto"`` is left to the service's default)."""
+        self._refuse_options(options)
         self._check_request(request)
         if request.integrations and not self.preview:
             raise InvalidRequestError(

@@ -235,9 +235,6 @@ class Backend:
     #: How a create is made once-only: ``metadata`` (the tag and fingerprint ride on the job), ``intent`` (an intent
     #: record in the task's state store, and the request's fields), ``client_job_id`` or ``idempotency_token``.
     once_only: ClassVar[OnceOnly] = "metadata"
-    #: Whether the service takes options of its own (the create operator's ``service_options``), checked by
-    #: its ``job_body(request, options)``; a service without any refuses them before any request.
-    service_options: ClassVar[bool] = False
     #: Whether a reinforcement job is graded by the method's OpenAI grader (Fireworks grades with an evaluator).
     reinforcement_grader: ClassVar[bool] = True
     #: Whose JSONL formats training files are checked by (:data:`airflow_provider_finetune.training_data.Rules`).

@@ -47,6 +47,7 @@ from pydantic import (
 from airflow_provider_finetune.backends.aws import AwsCredentials, SigV4Auth, read_aws_error, region_of_host
 from airflow_provider_finetune.backends.base import Call, Capabilities, HeaderAuth, Limits, refuse_untranslatable
 from airflow_provider_finetune.backends.openai import OpenAIBackend
+from airflow_provider_finetune.budget import EpochRule
 from airflow_provider_finetune.client import ErrorFields, path_param
 from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.models import (
@@ -467,7 +468,6 @@ class BedrockBackend(OpenAIBackend):
     label: ClassVar[str] = "AWS Bedrock"
     file_reference = "s3_uri"
     once_only = "client_job_id"
-    service_options = True
 
     capabilities = Capabilities(
         events=False,
@@ -603,6 +603,16 @@ class BedrockBackend(OpenAIBackend):
                 )
             sent[name] = _as_bedrock_string(_number(name, value, *known[name]))
         return sent
+
+    def epoch_rule(self, request: CreateFineTuningJobRequest, body: Mapping[str, Any]) -> EpochRule:
+        """The body's ``epochCount`` (``service_options.hyperparameters.epochCount``), for a cost estimate.
+
+        Bedrock's default differs by model and is published as no rule: an estimate needs the count given.
+        """
+        rft = body.get("customizationConfig", {}).get("rftConfig", {})
+        count = (rft.get("hyperParameters") or body.get("hyperParameters") or {}).get("epochCount")
+        given = int(count) if isinstance(count, int | str) and str(count).isdigit() else None
+        return EpochRule(given, None, "service_options.hyperparameters.epochCount")
 
     def _customization_config(self, opts: BedrockOptions) -> dict[str, Any]:
         if opts.customization_type == "DISTILLATION":

@@ -46,6 +46,7 @@ from airflow_provider_finetune.backends.base import (
     request_fingerprint,
 )
 from airflow_provider_finetune.backends.openai import OpenAIBackend, _request
+from airflow_provider_finetune.budget import EpochRule
 from airflow_provider_finetune.client import (
     ConnectionSettings,
     ErrorFields,
@@ -242,20 +243,8 @@ class FireworksBackend(OpenAIBackend):
                 field="account_id",
             )
         self.account_id = match.group(1)
-        self._options: dict[str, Any] = {}
         # The collection of each request :meth:`job_body` made, by its fingerprint: a client-chosen id names it.
         self._collections: dict[str, str] = {}
-
-    def use_options(self, options: Mapping[str, Any] | None) -> None:
-        """Take the DAG's Fireworks options (:data:`FIREWORKS_OPTIONS`) for the requests made next.
-
-        Each is checked for its name and type here, before any request; :meth:`job_body` checks it against the
-        job's method.
-        """
-        given = dict(options or {})
-        for key, value in given.items():
-            self._check_option(key, value, None)
-        self._options = given
 
     # -- errors ------------------------------------------------------------------------------------------
 
@@ -345,7 +334,7 @@ class FireworksBackend(OpenAIBackend):
         self._refuse_untranslatable(request)
         method = request.method.type if request.method is not None else "supervised"
         collection = COLLECTIONS[method][0]
-        given = dict(self._options if options is None else options)
+        given = dict(options or {})
         for key, value in given.items():
             self._check_option(key, value, method)
         body: dict[str, Any] = {"dataset": self._dataset_ref(request.training_file, "training_file")}
@@ -384,6 +373,16 @@ class FireworksBackend(OpenAIBackend):
         made = {"collection": collection, **body}
         self._collections[request_fingerprint(made)] = collection
         return made
+
+    def epoch_rule(self, request: CreateFineTuningJobRequest, body: Mapping[str, Any]) -> EpochRule:
+        """The body's ``epochs`` (``n_epochs`` or ``service_options.epochs``), for a cost estimate.
+
+        Fireworks publishes no rule for a job that gives none: an estimate needs them given.
+        """
+        training = body.get("trainingConfig", body)
+        epochs = training.get("epochs")
+        given = epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+        return EpochRule(given, None, "n_epochs")
 
     def client_job_id(self, tag: str, fingerprint: str, generation: int) -> str:
         """``<collection>/<id>``: the id the base class derives, in the collection of the request it is for.
@@ -478,9 +477,11 @@ class FireworksBackend(OpenAIBackend):
 
     # -- jobs --------------------------------------------------------------------------------------------
 
-    def create_job(self, request: CreateFineTuningJobRequest | Mapping[str, Any]) -> Call[FineTuningJob]:
+    def create_job(
+        self, request: CreateFineTuningJobRequest | Mapping[str, Any], options: Mapping[str, Any] | None = None
+    ) -> Call[FineTuningJob]:
         """Create a job with a service-chosen id (use :meth:`create_prepared_job` for a once-only create)."""
-        return self.create_prepared_job(self.job_body(_request(CreateFineTuningJobRequest, request)))
+        return self.create_prepared_job(self.job_body(_request(CreateFineTuningJobRequest, request), options))
 
     def create_prepared_job(self, body: Mapping[str, Any], *, job_id: str | None = None) -> Call[FineTuningJob]:
         """``POST {collection}?{...JobId}=job_id``: the id the client chose makes the create once-only."""

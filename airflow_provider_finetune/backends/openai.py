@@ -15,6 +15,7 @@ import httpx
 from pydantic import BaseModel
 
 from airflow_provider_finetune.backends.base import Backend, Call, Capabilities, HeaderAuth, Limits, json_model, model
+from airflow_provider_finetune.budget import EpochRule, auto_epochs, requested_epochs
 from airflow_provider_finetune.client import path_param
 from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.models import (
@@ -96,10 +97,30 @@ class OpenAIBackend(Backend):
 
         return translate
 
-    def job_body(self, request: CreateFineTuningJobRequest) -> dict[str, Any]:
-        """The create body this service takes for a canonical request; refuses what cannot be translated."""
+    def job_body(self, request: CreateFineTuningJobRequest, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The create body this service takes for a canonical request; refuses what cannot be translated.
+
+        :param request: the canonical request.
+        :param options: the options only the service has (the create operator's ``service_options``), checked
+            here, before any request; a service without any (this one) refuses them.
+        """
+        self._refuse_options(options)
         self._check_request(request)
         return request.to_body()
+
+    def epoch_rule(self, request: CreateFineTuningJobRequest, body: Mapping[str, Any]) -> EpochRule:
+        """How the service settles the epochs of the job ``body`` (from :meth:`job_body`) creates, for a cost estimate.
+
+        Here the request's ``n_epochs``, else (``"auto"``) OpenAI's published rule.
+        """
+        return EpochRule(requested_epochs(request), auto_epochs, "n_epochs")
+
+    def _refuse_options(self, options: Mapping[str, Any] | None) -> None:
+        """Refuse ``service_options`` on a service that has no options of its own."""
+        if options:
+            raise InvalidRequestError(
+                f"service_options: {self.label} takes no options of its own", field="service_options"
+            )
 
     def _check_request(self, request: CreateFineTuningJobRequest) -> None:
         if request.suffix is not None:
@@ -134,9 +155,11 @@ class OpenAIBackend(Backend):
     def _job(self) -> Callable[[httpx.Response], FineTuningJob]:
         return model(FineTuningJob, self.job_from)
 
-    def create_job(self, request: CreateFineTuningJobRequest | Mapping[str, Any]) -> Call[FineTuningJob]:
+    def create_job(
+        self, request: CreateFineTuningJobRequest | Mapping[str, Any], options: Mapping[str, Any] | None = None
+    ) -> Call[FineTuningJob]:
         """``POST /fine_tuning/jobs``: not re-sent when its outcome is unknown."""
-        return self.create_prepared_job(self.job_body(_request(CreateFineTuningJobRequest, request)))
+        return self.create_prepared_job(self.job_body(_request(CreateFineTuningJobRequest, request), options))
 
     def create_prepared_job(self, body: Mapping[str, Any], *, job_id: str | None = None) -> Call[FineTuningJob]:
         """``POST /fine_tuning/jobs`` with a body :meth:`job_body` made (and the provider's tags added).

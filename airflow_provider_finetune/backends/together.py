@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from airflow_provider_finetune.backends.base import Call, Capabilities, Limits, model
 from airflow_provider_finetune.backends.openai import OpenAIBackend
+from airflow_provider_finetune.budget import EpochRule
 from airflow_provider_finetune.client import path_param
 from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.models import (
@@ -154,6 +155,25 @@ class TogetherOptions(BaseModel):
 
 #: The names of Together's own options.
 OPTION_FIELDS = tuple(TogetherOptions.model_fields)
+
+
+def together_options(options: Mapping[str, Any] | TogetherOptions | None) -> TogetherOptions:
+    """Together's own create fields (``service_options``), validated; a bad one is refused, by name.
+
+    :raises InvalidRequestError: naming the option.
+    """
+    if isinstance(options, TogetherOptions):
+        return options
+    try:
+        return TogetherOptions.model_validate(dict(options or {}))
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "service_options"
+        raise InvalidRequestError(
+            f"Invalid fine-tuning request: service_options.{where}: {first['msg']} "
+            f"(Together's options: {', '.join(OPTION_FIELDS)})",
+            field=f"service_options.{where}",
+        ) from None
 
 
 class PriceEstimate(BaseModel):
@@ -432,26 +452,6 @@ class TogetherBackend(OpenAIBackend):
         methods=frozenset({"supervised", "dpo"}),
     )
 
-    def __init__(self, settings: Any) -> None:
-        super().__init__(settings)
-        self.options = TogetherOptions()
-
-    def use_options(self, options: Mapping[str, Any] | None) -> None:
-        """Take Together's own create fields (``service_options``); a bad one is refused, by name, here.
-
-        :raises InvalidRequestError: naming the option.
-        """
-        try:
-            self.options = TogetherOptions.model_validate(dict(options or {}))
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "service_options"
-            raise InvalidRequestError(
-                f"Invalid fine-tuning request: service_options.{where}: {first['msg']} "
-                f"(Together's options: {', '.join(OPTION_FIELDS)})",
-                field=f"service_options.{where}",
-            ) from None
-
     # -- how requests authenticate and read ----------------------------------------------------------------
 
     def auth(self) -> httpx.Auth | None:
@@ -468,8 +468,13 @@ class TogetherBackend(OpenAIBackend):
         """Together's job onto the canonical one."""
         return job_from(data)
 
-    def job_body(self, request: CreateFineTuningJobRequest) -> dict[str, Any]:
+    def job_body(
+        self, request: CreateFineTuningJobRequest, options: Mapping[str, Any] | TogetherOptions | None = None
+    ) -> dict[str, Any]:
         """Together's create body (``FinetuneRequest``) for a canonical request and the service's options.
+
+        :param request: the canonical request.
+        :param options: Together's own create fields (:class:`TogetherOptions`), refused by name when bad.
 
         :raises InvalidRequestError: for what Together cannot be asked (metadata, integrations, a learning-rate
             multiplier, a seed out of range), naming the field.
@@ -481,7 +486,7 @@ class TogetherBackend(OpenAIBackend):
                 "(wandb_*), which carry a secret and are not sent by this provider",
                 field="integrations",
             )
-        options = self.options
+        own = together_options(options)
         method = request.method.type if request.method is not None else "supervised"
         block = getattr(request.method, method, None) if request.method is not None else None
         hyper = block.hyperparameters.to_body() if block is not None and block.hyperparameters else {}
@@ -505,16 +510,16 @@ class TogetherBackend(OpenAIBackend):
                 body[name] = hyper[name]
         # The request type requires these; where the request gives none, the values the SDK sends by default.
         for name, default in SDK_DEFAULTS.items():
-            value = getattr(options, name, None)
+            value = getattr(own, name, None)
             body.setdefault(name, default if value is None else value)
         if request.suffix is not None:
             body["suffix"] = request.suffix
         if request.seed is not None:
             body["random_seed"] = request.seed
-        body["training_method"] = self._training_method(method, hyper, options)
-        body["training_type"] = self._training_type(options)
+        body["training_method"] = self._training_method(method, hyper, own)
+        body["training_type"] = self._training_type(own)
         for name in OPTION_FIELDS:
-            value = getattr(options, name)
+            value = getattr(own, name)
             if (
                 value is None
                 or name.startswith(("lora_", "dpo_", "rpo_", "simpo_"))
@@ -526,7 +531,7 @@ class TogetherBackend(OpenAIBackend):
             ):
                 continue
             body[name] = value
-        if options.early_stopping_enabled and not request.validation_file:
+        if own.early_stopping_enabled and not request.validation_file:
             raise InvalidRequestError(
                 "Invalid fine-tuning request: service_options.early_stopping_enabled: Together stops early on the "
                 "validation loss, so a validation_file is needed",
@@ -575,6 +580,10 @@ class TogetherBackend(OpenAIBackend):
                 )
         return {"type": "Lora", **lora}
 
+    def epoch_rule(self, request: CreateFineTuningJobRequest, body: Mapping[str, Any]) -> EpochRule:
+        """The body's ``n_epochs``: always sent (the SDK's default, 1, where the request leaves it out)."""
+        return EpochRule(int(body["n_epochs"]), None, "n_epochs")
+
     # -- the price before paying ---------------------------------------------------------------------------
 
     def price_call(self, body: Mapping[str, Any]) -> Call[PriceEstimate]:
@@ -603,18 +612,24 @@ class TogetherBackend(OpenAIBackend):
                 field="training_file",
             )
 
-    def check_price(self, hook: Any, request: CreateFineTuningJobRequest) -> PriceEstimate:
-        """Ask the price of the job ``request`` makes, through ``hook``; refused when the account may not proceed.
+    def check_price(
+        self, hook: Any, request: CreateFineTuningJobRequest, options: Mapping[str, Any] | None = None
+    ) -> PriceEstimate:
+        """Ask, through ``hook``, the price of the job ``request`` and Together's ``options`` make; refuse it there.
+
+        Refused when the account may not proceed.
 
         :raises PriceRefusedError: before any create, with the estimated price.
         """
-        estimate: PriceEstimate = hook._call(self.price_call(self.job_body(request)))
+        estimate: PriceEstimate = hook._call(self.price_call(self.job_body(request, options)))
         self.refuse_if_not_allowed(estimate)
         return estimate
 
-    async def acheck_price(self, hook: Any, request: CreateFineTuningJobRequest) -> PriceEstimate:
+    async def acheck_price(
+        self, hook: Any, request: CreateFineTuningJobRequest, options: Mapping[str, Any] | None = None
+    ) -> PriceEstimate:
         """Async :meth:`check_price`."""
-        estimate: PriceEstimate = await hook._acall(self.price_call(self.job_body(request)))
+        estimate: PriceEstimate = await hook._acall(self.price_call(self.job_body(request, options)))
         self.refuse_if_not_allowed(estimate)
         return estimate
 

@@ -387,17 +387,32 @@ class FineTuningHook(BaseHook):
 
     # -- jobs ------------------------------------------------------------------------------------------
 
-    def create_job(self, request: CreateFineTuningJobRequest | Mapping[str, Any]) -> FineTuningJob:
-        """Create a fine-tuning job. Not re-sent when its outcome is unknown: see :meth:`ensure_job`."""
-        return self._call(self.backend.create_job(request))
+    def create_job(
+        self,
+        request: CreateFineTuningJobRequest | Mapping[str, Any],
+        *,
+        service_options: Mapping[str, Any] | None = None,
+    ) -> FineTuningJob:
+        """Create a fine-tuning job. Not re-sent when its outcome is unknown: see :meth:`ensure_job`.
 
-    async def acreate_job(self, request: CreateFineTuningJobRequest | Mapping[str, Any]) -> FineTuningJob:
+        :param service_options: the options only the connection's service has, checked before any request.
+        """
+        return self._call(self.backend.create_job(request, service_options))
+
+    async def acreate_job(
+        self,
+        request: CreateFineTuningJobRequest | Mapping[str, Any],
+        *,
+        service_options: Mapping[str, Any] | None = None,
+    ) -> FineTuningJob:
         """Async :meth:`create_job`."""
-        return await self._acall(self.backend.create_job(request))
+        return await self._acall(self.backend.create_job(request, service_options))
 
-    def estimate_price(self, request: CreateFineTuningJobRequest) -> PriceEstimate | None:
+    def estimate_price(
+        self, request: CreateFineTuningJobRequest, *, service_options: Mapping[str, Any] | None = None
+    ) -> PriceEstimate | None:
         """The service's own estimate of what creating ``request`` will cost, where it makes one; else ``None``."""
-        call = self.backend.estimate_price(self.backend.job_body(request))
+        call = self.backend.estimate_price(self.backend.job_body(request, service_options))
         return None if call is None else self._call(call)
 
     def ensure_job(
@@ -463,14 +478,7 @@ class FineTuningHook(BaseHook):
                 f"{backend.label} makes a create once-only by {backend.once_only}, which this hook cannot do",
                 field="service",
             )
-        if backend.service_options:
-            body = backend.job_body(model_request, service_options)  # type: ignore[call-arg]
-        elif service_options:
-            raise InvalidRequestError(
-                f"service_options: {backend.label} takes no options of its own", field="service_options"
-            )
-        else:
-            body = backend.job_body(model_request)
+        body = backend.job_body(model_request, service_options)
         return ensure_job(
             body,
             identity,

@@ -432,26 +432,17 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         return self._complete(context, wait_sync(self.hook, job.id, steps))
 
     def _price_before_create(self, context: Context, request: CreateFineTuningJobRequest) -> Any:
-        """Give the backend the service's options; ask the price where the service estimates one.
+        """Check the request and the service's options (no request sent); ask the price where the service can.
 
         Not asked again once the task's state store names this task instance's job (a retry reattaches to it).
         """
-        from airflow_provider_finetune.exceptions import InvalidRequestError
-
         backend = self.hook.backend
-        use_options = getattr(backend, "use_options", None)
-        if use_options is None:
-            if self.service_options and not backend.service_options:
-                raise InvalidRequestError(
-                    f"service_options: {backend.label} takes no options of its own", field="service_options"
-                )
-            return None
-        use_options(self.service_options)
+        backend.job_body(request, self.service_options)  # what cannot be sent is refused here, by name
         state = context.get("task_state_store")
         check_price = getattr(backend, "check_price", None)
         if check_price is None or (state is not None and state.get("job_id")):
             return None
-        return check_price(self.hook, request)
+        return check_price(self.hook, request, self.service_options)
 
     # -- budget and quotas -------------------------------------------------------------------------------
 
@@ -470,16 +461,18 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         tokens, examples = self.training_tokens, self.training_examples
         if tokens is None or tokens == "" or tokens == "None":
             tokens, examples = self._count_training_file(request)
+        backend = self.hook.backend
         budget = estimate(
             request,
             max_cost=self.max_cost,
             price=self.price_per_million_tokens,
             tokens_per_epoch=tokens,
             examples=examples,
+            epochs=backend.epoch_rule(request, backend.job_body(request, self.service_options)),
         )
         if priced is not None and priced.estimated_total_price is not None:
             budget = replace(budget, service_estimate=priced.estimated_total_price)
-        elif (service := self.hook.estimate_price(request)) is not None:
+        elif (service := self.hook.estimate_price(request, service_options=self.service_options)) is not None:
             # the service's own estimate, where it makes one, is the one checked
             budget = replace(budget, service_estimate=service.total)
         context["ti"].xcom_push(key="estimated_cost", value=round(budget.estimated_cost, 6))
@@ -543,7 +536,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
                     identity=identity,
                     on_changed_request=self.on_changed_request,  # type: ignore[arg-type]
                     state=state,
-                    service_options=self.service_options if self.hook.backend.service_options else None,
+                    service_options=self.service_options,
                 )
             except QuotaExceededError as err:
                 wake_at = time.time() + (err.retry_after or self.quota_retry_interval)

@@ -440,17 +440,29 @@ def test_ensure_job_creates_once_under_a_client_chosen_id(hook: Any, server: Emu
     from airflow_provider_finetune.once import JobIdentity
 
     dataset = upload(hook)
-    hook.backend.use_options({"epochs": 1, "learning_rate": 1e-4})
+    options = {"epochs": 1, "learning_rate": 1e-4}
     identity = JobIdentity("dag=d,task=t,run=r,map=-1")
-    job, created = hook.ensure_job(request(training_file=dataset), identity=identity)
+    job, created = hook.ensure_job(request(training_file=dataset), identity=identity, service_options=options)
     assert created
     assert job.id.startswith(f"accounts/{ACCOUNT}/supervisedFineTuningJobs/ft-")
     assert job.id.endswith("-0")
-    again, created_again = hook.ensure_job(request(training_file=dataset), identity=identity)
+    again, created_again = hook.ensure_job(request(training_file=dataset), identity=identity, service_options=options)
     assert (again.id, created_again) == (job.id, False)
     assert len(server.emulator.store.records("fw_job")) == 1
     record = next(iter(server.emulator.store.records("fw_job").values()))
     assert record["body"]["learningRate"] == 1e-4
+
+
+def test_the_options_of_a_create_are_its_own_not_the_next_one_s(hook: Any, server: EmulatorServer) -> None:
+    """A backend holds no options between calls: a create without them sends none, whatever came before."""
+    dataset = upload(hook)
+    first = hook.create_job(request(training_file=dataset), service_options={"learning_rate": 1e-4, "epochs": 2})
+    second = hook.create_job(request(training_file=dataset))
+    sent = {record["id"]: record["body"] for record in server.emulator.store.records("fw_job").values()}
+    bodies = [next(b for i, b in sent.items() if job.id.endswith(i)) for job in (first, second)]
+    assert (bodies[0]["learningRate"], bodies[0]["epochs"]) == (1e-4, 2)
+    assert "learningRate" not in bodies[1]
+    assert "epochs" not in bodies[1]
 
 
 async def test_async_ensure_job_after_a_cancelled_job_makes_the_next_generation(

@@ -123,22 +123,21 @@ def test_the_hook_drives_a_whole_lifecycle(
 
     backend = hook.backend
     assert isinstance(backend, TogetherBackend)
-    backend.use_options(LORA)
     asked = request(
         uploaded.id, suffix="weekly", method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}}
     )
-    estimate = backend.check_price(hook, asked)
+    estimate = backend.check_price(hook, asked, LORA)
     assert estimate.allowed_to_proceed is True
     assert estimate.estimated_total_price is not None
     assert estimate.estimated_total_price > 0
 
     state = FakeStateStore()
     identity = JobIdentity("tag-lifecycle", since=clock() - 60)
-    job, created = hook.ensure_job(asked, identity=identity, state=state)
+    job, created = hook.ensure_job(asked, identity=identity, state=state, service_options=LORA)
     assert created
     assert job.status == FineTuningJobStatus.QUEUED
     assert state.values["job_id"] == job.id
-    again, created_again = hook.ensure_job(asked, identity=identity, state=state)
+    again, created_again = hook.ensure_job(asked, identity=identity, state=state, service_options=LORA)
     assert (again.id, created_again) == (job.id, False)
 
     assert [item.id for item in hook.iter_jobs()] == [job.id]
@@ -159,11 +158,11 @@ def test_the_hook_drives_a_whole_lifecycle(
 
     # DPO with full training, continued from a checkpoint; cancelled.
     prefs = hook.upload_file(jsonl(dpo_lines(12)), filename="prefs.jsonl")
-    backend.use_options({"training_type": "full", "from_checkpoint": checkpoints[0].fine_tuned_model_checkpoint})
     follow, _ = hook.ensure_job(
         request(prefs.id, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}}),
         identity=JobIdentity("tag-follow"),
         state=FakeStateStore(),
+        service_options={"training_type": "full", "from_checkpoint": checkpoints[0].fine_tuned_model_checkpoint},
     )
     assert follow.model_extra["from_checkpoint"] == checkpoints[0].fine_tuned_model_checkpoint
     assert follow.method_type == "dpo"
@@ -190,17 +189,20 @@ def test_the_async_hook_drives_a_whole_lifecycle(
         assert uploaded.status == "processed"
         backend = hook.backend
         assert isinstance(backend, TogetherBackend)
-        backend.use_options(LORA)
         asked = request(uploaded.id)
-        assert (await backend.acheck_price(hook, asked)).allowed_to_proceed is True
-        job, created = await hook.aensure_job(asked, identity=JobIdentity("tag-async"), state=FakeStateStore())
+        assert (await backend.acheck_price(hook, asked, LORA)).allowed_to_proceed is True
+        job, created = await hook.aensure_job(
+            asked, identity=JobIdentity("tag-async"), state=FakeStateStore(), service_options=LORA
+        )
         assert created
         clock.advance(3600)
         assert (await hook.aget_job(job.id)).status == FineTuningJobStatus.SUCCEEDED
         assert (await hook.alist_events(job.id)).data
         assert (await hook.alist_checkpoints(job.id)).data
         assert [f.id async for f in hook.aiter_files(purpose="fine-tune")] == [uploaded.id]
-        second, _ = await hook.aensure_job(asked, identity=JobIdentity("tag-async-2"), state=FakeStateStore())
+        second, _ = await hook.aensure_job(
+            asked, identity=JobIdentity("tag-async-2"), state=FakeStateStore(), service_options=LORA
+        )
         assert (await hook.acancel_job(second.id)).status == FineTuningJobStatus.CANCELLING
 
     asyncio.run(lifecycle())
@@ -214,20 +216,18 @@ def test_bad_input_is_refused_by_name_before_anything_is_sent(
     backend = hook.backend
     assert isinstance(backend, TogetherBackend)
     with pytest.raises(InvalidRequestError, match=r"service_options\.lora_r"):
-        backend.use_options({"lora_r": "eight"})
+        backend.job_body(request("file-1"), {"lora_r": "eight"})
     with pytest.raises(InvalidRequestError, match=r"service_options\.lora_rank"):
-        backend.use_options({"lora_rank": 8})
-    backend.use_options({})
+        hook.ensure_job(request("file-1"), identity=JobIdentity("tag-bad"), service_options={"lora_rank": 8})
     with pytest.raises(InvalidRequestError, match="lora_r and lora_alpha"):
         backend.job_body(request("file-1"))
-    backend.use_options(LORA)
     multiplier = {"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 2.0}}}
     with pytest.raises(InvalidRequestError, match="absolute learning rate"):
-        backend.job_body(request("file-1", method=multiplier))
+        backend.job_body(request("file-1", method=multiplier), LORA)
     with pytest.raises(InvalidRequestError, match="metadata"):
-        backend.job_body(request("file-1", metadata={"team": "ml"}))
+        backend.job_body(request("file-1", metadata={"team": "ml"}), LORA)
     with pytest.raises(InvalidRequestError, match="suffix"):
-        backend.job_body(request("file-1", suffix="x" * 41))
+        backend.job_body(request("file-1", suffix="x" * 41), LORA)
     with pytest.raises(InvalidRequestError, match="reinforcement"):
         backend.job_body(
             request(
@@ -244,7 +244,8 @@ def test_bad_input_is_refused_by_name_before_anything_is_sent(
                         }
                     },
                 },
-            )
+            ),
+            LORA,
         )
     with pytest.raises(InvalidRequestError, match=r"\.parquet or \.csv"):
         hook.upload_file(b"{}", filename="train.txt")
@@ -318,9 +319,10 @@ def test_a_completed_job_s_model_answers_chat_completions(
     monkeypatch: pytest.MonkeyPatch, server: EmulatorServer, clock: ManualClock
 ) -> None:
     hook = together_hook(monkeypatch, server)
-    hook.backend.use_options(LORA)  # type: ignore[attr-defined]
     uploaded = hook.upload_file(jsonl(training_lines(20)), filename="train.jsonl")
-    job, _ = hook.ensure_job(request(uploaded.id), identity=JobIdentity("tag-chat"), state=FakeStateStore())
+    job, _ = hook.ensure_job(
+        request(uploaded.id), identity=JobIdentity("tag-chat"), state=FakeStateStore(), service_options=LORA
+    )
     messages = [{"role": "user", "content": "What is 2 + 2?"}]
     running = hook.get_job(job.id).fine_tuned_model
     assert running is not None

@@ -68,6 +68,38 @@ def run_to(fake: FakeBedrock, *steps: tuple[str, dict[str, Any]]) -> None:
     fake.before_get = step
 
 
+def test_a_cost_cap_on_bedrock_is_estimated_from_its_epoch_count_before_the_create(fake_bedrock: FakeBedrock) -> None:
+    from airflow_provider_finetune.budget import BudgetExceededError
+
+    def capped(max_cost: float, **options: Any) -> FineTuningJobOperator:
+        return FineTuningJobOperator(
+            task_id="fine_tune",
+            model=MODEL,
+            training_file=TRAIN,
+            service_options={**OPTIONS, **options},
+            finetune_conn_id="ft_bedrock_test",
+            poll_interval=0.01,
+            max_cost=max_cost,
+            price_per_million_tokens=8.0,
+            training_tokens=50_000,
+            training_examples=100,
+        )
+
+    # Bedrock's default epochs differ by model and follow no published rule: the estimate needs the count.
+    with pytest.raises(InvalidRequestError, match=r"service_options\.hyperparameters\.epochCount") as refused:
+        capped(1.0).execute(context())
+    assert refused.value.field == "service_options.hyperparameters.epochCount"
+    two = {"hyperparameters": {"epochCount": 2}}
+    with pytest.raises(BudgetExceededError, match=r"50,000 tokens per epoch x 2 epochs x 8 per million"):
+        capped(0.5, **two).execute(context())  # 0.8 above 0.5
+    assert fake_bedrock.jobs == {}
+    run_to(fake_bedrock, ("Completed", {}))
+    ctx = context()
+    capped(1.0, **two).execute(ctx)
+    assert len(fake_bedrock.jobs) == 1
+    assert ctx["ti"].xcoms["estimated_cost"] == pytest.approx(0.8)
+
+
 def test_the_create_operator_fine_tunes_on_bedrock_and_pushes_metrics(fake_bedrock: FakeBedrock) -> None:
     run_to(fake_bedrock, ("InProgress", {}), ("InProgress", {}), ("Completed", {}))
     ctx = context()

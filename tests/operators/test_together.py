@@ -129,20 +129,19 @@ def test_the_crash_window_that_remains(server: EmulatorServer, http: httpx.Clien
     """
     training_file = upload(training_lines(20))
     hook = FineTuningHook(CONN_ID)
-    hook.backend.use_options(OPTIONS)  # type: ignore[attr-defined]
     request = {"model": MODEL, "training_file": training_file, "suffix": "weekly"}
-    body = hook.backend.job_body(_model(request))  # the body try 1 meant to send
+    body = hook.backend.job_body(_model(request), OPTIONS)  # the body try 1 meant to send
     state = FakeStateStore({"intent": {"fingerprint": request_fingerprint(body), "at": time.time()}})
 
     someone_elses = http.post("/together/v1/fine-tunes", json=body).json()["id"]
-    job, created = hook.ensure_job(request, identity=JobIdentity("tag-of-try-2"), state=state)
+    job, created = hook.ensure_job(request, identity=JobIdentity("tag-of-try-2"), state=state, service_options=OPTIONS)
     assert (job.id, created) == (someone_elses, False)
     assert len(http.get("/together/v1/fine-tunes").json()["data"]) == 1
 
     # Outside the window (someone's identical job made longer than the clock slack before the intent) nothing
     # is adopted: a job is made.
     other = FakeStateStore({"intent": {"fingerprint": request_fingerprint(body), "at": time.time() + 3600}})
-    mine, created = hook.ensure_job(request, identity=JobIdentity("tag-3"), state=other)
+    mine, created = hook.ensure_job(request, identity=JobIdentity("tag-3"), state=other, service_options=OPTIONS)
     assert created
     assert mine.id != someone_elses
 
