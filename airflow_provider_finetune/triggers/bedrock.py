@@ -10,6 +10,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_finetune.exceptions import FineTuningError
+from airflow_provider_finetune.triggers.offloop import OffLoopLog
 
 __all__ = ["BedrockCustomModelDeploymentTrigger", "deployment_outcome"]
 
@@ -73,6 +74,7 @@ class BedrockCustomModelDeploymentTrigger(BaseTrigger):
         from airflow_provider_finetune.hooks.finetune import FineTuningHook
 
         hook = FineTuningHook(self.finetune_conn_id)
+        log = OffLoopLog(self.log)  # its lines never block the triggerer's event loop
         errors = 0
         last_status: str | None = None
         while True:
@@ -81,22 +83,25 @@ class BedrockCustomModelDeploymentTrigger(BaseTrigger):
                 deployment = await hook.acall(hook.backend.get_deployment(self.deployment_arn))  # type: ignore[attr-defined]
             except FineTuningError as err:
                 errors += 1
-                self.log.warning("Could not read deployment %s (%d in a row): %s", self.deployment_arn, errors, err)
+                log.warning("Could not read deployment %s (%d in a row): %s", self.deployment_arn, errors, err)
                 if errors >= self.max_consecutive_errors or not _transient(err):
+                    await log.flushed()
                     yield TriggerEvent({"status": "error", "deployment_arn": self.deployment_arn, "message": str(err)})
                     return
             else:
                 errors = 0
                 if deployment.status != last_status:
-                    self.log.info("[%s] status: %s", self.deployment_arn, deployment.status)
+                    log.info("[%s] status: %s", self.deployment_arn, deployment.status)
                     last_status = deployment.status
                 event = deployment_outcome(deployment)
                 if event is not None:
+                    await log.flushed()  # its last lines before Airflow's "Trigger fired event"
                     yield TriggerEvent(event)
                     return
             now = time.time()
             if self.deadline is not None and now >= self.deadline:
                 message = f"Deployment {self.deployment_arn} was not active before the deadline"
+                await log.flushed()
                 yield TriggerEvent({"status": "timeout", "deployment_arn": self.deployment_arn, "message": message})
                 return
             pause = self.poll_interval if self.deadline is None else min(self.poll_interval, self.deadline - now)

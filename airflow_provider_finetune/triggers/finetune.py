@@ -246,6 +246,7 @@ class FineTuningCheckpointTrigger(BaseTrigger):
 
         condition = CheckpointCondition(self.min_checkpoints, self.metric, self.threshold, self.mode)
         hook = await _hook(self.finetune_conn_id)
+        log = OffLoopLog(self.log)  # its lines never block the triggerer's event loop
         steps = watch_checkpoints(
             self.job_id,
             condition,
@@ -263,7 +264,7 @@ class FineTuningCheckpointTrigger(BaseTrigger):
                     job = await hook.aget_job(self.job_id)
                     reply = (job, [c async for c in hook.aiter_checkpoints(self.job_id, limit=100)])
                 except FineTuningError as err:
-                    self.log.warning("Could not read checkpoints of %s: %s", self.job_id, err)
+                    log.warning("Could not read checkpoints of %s: %s", self.job_id, err)
                     reply = err
             else:
                 await asyncio.sleep(step.seconds)
@@ -277,4 +278,5 @@ class FineTuningCheckpointTrigger(BaseTrigger):
             payload["checkpoint"] = outcome.checkpoint.model_dump(mode="json")
         if outcome.early_stopping is not None:
             payload["early_stopping"] = outcome.early_stopping
+        await log.flushed()
         yield TriggerEvent(payload)

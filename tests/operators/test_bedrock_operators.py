@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -273,7 +274,7 @@ def test_a_failed_deployment_fails_the_task(fake_bedrock: FakeBedrock) -> None:
         deploy().execute(context())
 
 
-def test_the_deferred_deployment_wait(fake_bedrock: FakeBedrock) -> None:
+def test_the_deferred_deployment_wait(fake_bedrock: FakeBedrock, caplog: pytest.LogCaptureFixture) -> None:
     from airflow.exceptions import TaskDeferred
 
     activate_after(fake_bedrock, 1)
@@ -290,9 +291,16 @@ def test_the_deferred_deployment_wait(fake_bedrock: FakeBedrock) -> None:
             await close_shared_async_clients()
         raise AssertionError("no event")
 
+    # Airflow's structlog logger writes past pytest's capture: the same lines go to a standard logger here.
+    deferred.value.trigger._log = logging.getLogger("tests.bedrock.deployment")
+    caplog.set_level(logging.INFO, logger="tests.bedrock.deployment")
     event = asyncio.run(wait())
     assert event["status"] == "Active"
     assert op.execute_complete(ctx, event) == ctx["ti"].xcoms["deployment_arn"]
+    # Its status lines were written before it fired, off the triggerer's event loop.
+    lines = [r for r in caplog.records if "] status: " in r.getMessage()]
+    assert [r.getMessage().rsplit(" ", 1)[-1] for r in lines][-1:] == ["Active"]
+    assert {r.threadName for r in lines} == {"finetune-trigger-log"}
 
 
 def test_deleting_a_deployment_twice_is_fine(fake_bedrock: FakeBedrock) -> None:

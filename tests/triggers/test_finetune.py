@@ -148,3 +148,20 @@ async def test_checkpoint_trigger_reports_a_job_that_ended_without_one(
     trigger = FineTuningCheckpointTrigger("ftjob-1", min_checkpoints=3, poll_interval=0.0)
     (payload,) = await events_of(trigger)
     assert payload["status"] == "job_ended"
+
+
+async def test_checkpoint_trigger_writes_its_lines_off_the_loop_before_it_fires(
+    connection: dict[str, Any], api: FakeAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = httpx.Response(404, json={"error": {"message": "No such job: ftjob-1", "type": "invalid_request_error"}})
+    api.on("GET", "fine_tuning/jobs/ftjob-1", missing)
+    trigger = FineTuningCheckpointTrigger("ftjob-1", min_checkpoints=1, poll_interval=0.0)
+    # Airflow's structlog logger writes past pytest's capture: the same lines go to a standard logger here.
+    trigger._log = logging.getLogger("tests.triggers.checkpoints")
+    caplog.set_level(logging.INFO, logger="tests.triggers.checkpoints")
+    (payload,) = await events_of(trigger)
+    assert payload["status"] == "error"
+    (line,) = [r for r in caplog.records if r.name == "tests.triggers.checkpoints"]
+    assert line.getMessage().startswith("Could not read checkpoints of ftjob-1: ")
+    assert "No such job" in line.getMessage()
+    assert line.threadName == "finetune-trigger-log"
