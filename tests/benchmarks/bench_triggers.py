@@ -957,8 +957,8 @@ def main() -> int:
     parser.add_argument(
         "--gc-census",
         action="store_true",
-        help="diagnosis only (it stalls the loop): the types that reached the oldest generation before each full "
-        "collection",
+        help="diagnosis only (it stalls the loop, and lists objects from the collector's callback, which can catch "
+        "a tuple being resized and fail): the types that reached the oldest generation before each full collection",
     )
     parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
