@@ -15,7 +15,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -26,6 +26,7 @@ from airflow_provider_finetune.exceptions import InvalidRequestError, Unsupporte
 if TYPE_CHECKING:
     from airflow_provider_finetune.budget import PriceEstimate
     from airflow_provider_finetune.client import ConnectionSettings
+    from airflow_provider_finetune.models import FileObject
 
 __all__ = [
     "CAPABILITY_NAMES",
@@ -239,6 +240,11 @@ class Backend:
     reinforcement_grader: ClassVar[bool] = True
     #: Whose JSONL formats training files are checked by (:data:`airflow_provider_finetune.training_data.Rules`).
     training_data_rules: ClassVar[Literal["openai", "together"]] = "openai"
+    #: Files above this many bytes go in parts through the service's own multipart upload
+    #: (:meth:`upload_multipart`); ``None`` where it has none (the Uploads API, where there is one, takes them).
+    multipart_threshold: ClassVar[int | None] = None
+    #: The largest file the service takes, in bytes (the Uploads API's 8 GB).
+    max_file_size: ClassVar[int] = 8 * 1024**3
 
     capabilities: Capabilities = Capabilities()
     limits: Limits = Limits()
@@ -302,6 +308,14 @@ class Backend:
     def job_url(self, job_id: str) -> str | None:
         """The job's page on the service's dashboard, or ``None`` where there is none (no broken links)."""
         return None
+
+    def upload_multipart(self, hook: Any, stream: IO[bytes], name: str, size: int, purpose: str) -> FileObject:
+        """Upload a file above :attr:`multipart_threshold` in parts through ``hook`` (a service's own way)."""
+        raise NotImplementedError(f"{self.label} has no multipart upload of its own")
+
+    async def aupload_multipart(self, hook: Any, stream: IO[bytes], name: str, size: int, purpose: str) -> FileObject:
+        """Async :meth:`upload_multipart`."""
+        raise NotImplementedError(f"{self.label} has no multipart upload of its own")
 
     def estimate_price(self, body: Mapping[str, Any]) -> Call[PriceEstimate] | None:
         """The service's own estimate of what a create ``body`` will cost, where it makes one; else ``None``.

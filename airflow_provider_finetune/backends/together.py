@@ -70,7 +70,7 @@ REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 20
 #: Extension key that carries an upload's content from its :class:`Call` to :class:`TogetherAuth`.
 UPLOAD_EXTENSION = "finetune.together_upload"
-#: Files the three-request upload takes (larger ones need Together's multipart upload, not built here).
+#: Files the three-request upload takes; larger ones go in parts (:mod:`.together_multipart`), as the SDK sends them.
 MAX_SINGLE_UPLOAD = 5 * 1024**3
 
 _S = FineTuningJobStatus
@@ -349,9 +349,32 @@ def file_from(data: Any) -> Any:
     return {**data, "object": "file", "status": status, "status_details": details}
 
 
+def _file_type(name: str) -> str:
+    """``jsonl``, ``parquet`` or ``csv``, by the name's extension; anything else is refused, by name."""
+    kind = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if kind not in ("jsonl", "parquet", "csv"):
+        raise InvalidRequestError(f"file: Together takes .jsonl, .parquet or .csv files, not {name!r}", field="file")
+    return kind
+
+
+def _object(response: httpx.Response) -> dict[str, Any]:
+    data = response.json() if response.content else {}
+    return data if isinstance(data, dict) else {"answer": data}
+
+
+def completed_file(response: httpx.Response) -> FileObject:
+    """The file a multipart upload made (its answer's ``file``, or the answer itself, as the SDK reads it)."""
+    data = response.json()
+    file = data.get("file", data) if isinstance(data, dict) else data
+    return _refuse_invalid(FileObject.model_validate(file_from(file)))
+
+
 def checked_file(response: httpx.Response) -> FileObject:
     """The file the service checked after the upload; a file it found invalid is refused here, by name."""
-    file = FileObject.model_validate(file_from(response.json()))
+    return _refuse_invalid(FileObject.model_validate(file_from(response.json())))
+
+
+def _refuse_invalid(file: FileObject) -> FileObject:
     if file.status == "error":
         raise InvalidRequestError(
             f"training file: Together's check of {file.filename or file.id} ({file.id}) failed: {file.status_details}",
@@ -434,6 +457,8 @@ class TogetherBackend(OpenAIBackend):
     service: ClassVar[str] = "together"
     label: ClassVar[str] = "Together AI"
     once_only = "intent"
+    multipart_threshold = MAX_SINGLE_UPLOAD
+    max_file_size = int(50.1 * 2**30)  # the SDK's bound
 
     training_data_rules = "together"
     capabilities = Capabilities(
@@ -690,6 +715,32 @@ class TogetherBackend(OpenAIBackend):
 
     # -- files ---------------------------------------------------------------------------------------------
 
+    # -- files larger than one upload takes: Together's multipart upload (:mod:`.together_multipart`) ----------
+
+    def multipart_initiate(self, body: Mapping[str, Any]) -> Call[dict[str, Any]]:
+        """``POST /files/multipart/initiate``: the upload's ids and each part's presigned URL."""
+        return Call("POST", "files/multipart/initiate", _object, json=dict(body), idempotent=False)
+
+    def multipart_complete(self, body: Mapping[str, Any]) -> Call[FileObject]:
+        """``POST /files/multipart/complete``: the file the parts make (refused when Together's check failed)."""
+        return Call("POST", "files/multipart/complete", completed_file, json=dict(body), idempotent=False)
+
+    def multipart_abort(self, body: Mapping[str, Any]) -> Call[dict[str, Any]]:
+        """``POST /files/multipart/abort``: the service discards the parts of an upload that failed."""
+        return Call("POST", "files/multipart/abort", _object, json=dict(body))
+
+    def upload_multipart(self, hook: Any, stream: IO[bytes], name: str, size: int, purpose: str) -> FileObject:
+        """Upload a file too large for one request through ``hook``, in parts (:mod:`.together_multipart`)."""
+        from airflow_provider_finetune.backends.together_multipart import upload_multipart
+
+        return upload_multipart(hook, stream, name, _file_type(name), size, purpose)
+
+    async def aupload_multipart(self, hook: Any, stream: IO[bytes], name: str, size: int, purpose: str) -> FileObject:
+        """Async :meth:`upload_multipart`."""
+        from airflow_provider_finetune.backends.together_multipart import aupload_multipart
+
+        return await aupload_multipart(hook, stream, name, _file_type(name), size, purpose)
+
     def get_file(self, file_id: str) -> Call[FileObject]:
         """``GET /files/{id}``."""
         return self.file_call("GET", file_id, model(FileObject, file_from))
@@ -709,15 +760,12 @@ class TogetherBackend(OpenAIBackend):
 
     def create_file(self, stream: IO[bytes], name: str, purpose: str) -> Call[FileObject]:
         """The three-request upload (see :class:`TogetherAuth`), answered by the service's check of the file."""
-        kind = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-        if kind not in ("jsonl", "parquet", "csv"):
-            raise InvalidRequestError(
-                f"file: Together takes .jsonl, .parquet or .csv files, not {name!r}", field="file"
-            )
+        kind = _file_type(name)
         content = stream.read()
         if len(content) > MAX_SINGLE_UPLOAD:
             raise InvalidRequestError(
-                f"file: {name} is {len(content)} bytes; Together's multipart upload (over 5 GB) is not built here",
+                f"file: {name} is {len(content)} bytes; one upload takes at most {MAX_SINGLE_UPLOAD} "
+                "(FineTuningHook.upload_file sends larger files in parts)",
                 field="file",
             )
         form = {

@@ -42,6 +42,7 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -50,10 +51,11 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
 
     def body(self) -> dict[str, Any]:
-        """Return the JSON body of the answer."""
-        return error_body(self.message, self.error_type, self.param, self.code)
+        """Return the JSON body of the answer (with ``extra`` fields beside the error, where a service adds some)."""
+        return {**error_body(self.message, self.error_type, self.param, self.code), **self.extra}
 
 
 def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from airflow_provider_finetune.emulator.errors import APIError, invalid_request, not_found
+from airflow_provider_finetune.emulator.errors import APIError, conflict, invalid_request, not_found
 from airflow_provider_finetune.emulator.store import token
 from airflow_provider_finetune.training_data import TrainingDataError, validate_file
 
@@ -50,6 +50,9 @@ __all__ = ["MODELS", "PREFIX", "PRICE_PER_MILLION", "together_routes"]
 PREFIX = "/together/v1"
 #: Where uploaded content is ``PUT`` (presigned: no API key).
 STORAGE = "/together/storage"
+#: A multipart upload has at most this many parts, each but the last at least this large (S3's limits).
+MULTIPART_MAX_PARTS = 250
+MULTIPART_MIN_PART = 5 * 2**20
 #: The base models the emulator fine-tunes in Together's dialect; each trains as this trainer model.
 MODELS = (
     "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference",
@@ -140,6 +143,8 @@ class TogetherDialect:
         self.store = emulator.store
         self.clock = emulator.config.clock
         self.account: dict[str, Any] = {"allowed_to_proceed": True, "user_limit": None}
+        # The parts of open multipart uploads: upload id -> part number -> (etag, bytes).
+        self._parts: dict[str, dict[int, tuple[str, bytes]]] = {}
 
     # -- files -----------------------------------------------------------------------------------------
 
@@ -175,6 +180,111 @@ class TogetherDialect:
             file_id=file_id,
             created_at=upload["created_at"],
         )
+
+    # -- the multipart upload of large files ---------------------------------------------------------------
+
+    def initiate_multipart(self, body: Any, storage_url: str) -> dict[str, Any]:
+        """``POST /files/multipart/initiate``: the upload's ids and a presigned URL per part.
+
+        A file of the same content (checksum) and purpose made before is answered ``409`` with its ``file_id``.
+        """
+        if not isinstance(body, Mapping):
+            raise _bad("Send a JSON object")
+        fields: dict[str, Any] = {}
+        for name in ("file_name", "purpose", "file_type", "checksum"):
+            value = body.get(name)
+            if not isinstance(value, str) or not value:
+                raise _bad(f"Missing required field: '{name}'", name)
+            fields[name] = value
+        for name in ("file_size", "num_parts"):
+            value = body.get(name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise _bad(f"'{name}' must be a positive integer", name)
+            fields[name] = value
+        if fields["num_parts"] > MULTIPART_MAX_PARTS:
+            raise _bad(f"'num_parts' is at most {MULTIPART_MAX_PARTS}", "num_parts")
+        for done in self.store.records("together_multipart").values():
+            same = (done["checksum"], done["purpose"]) == (fields["checksum"], fields["purpose"])
+            if done.get("completed") and same and self.files.find(done["file_id"]) is not None:
+                error = conflict(f"A file with this content exists: {done['file_id']}", code="file_exists")
+                error.extra["file_id"] = done["file_id"]
+                raise error
+        upload_id = self.store.new_id("upload-")
+        file_id = self.store.new_id("file-")
+        secret = token(upload_id, "multipart-signature", self.store.seed)
+        record = {
+            "id": upload_id,
+            "file_id": file_id,
+            **fields,
+            "signature": secret,
+            "created_at": self.clock(),
+            "completed": False,
+        }
+        self.store.save("together_multipart", record)
+        self._parts[upload_id] = {}
+        parts = [
+            {"PartNumber": n, "URL": f"{storage_url}/{upload_id}/{n}?signature={secret}", "Headers": {}}
+            for n in range(1, fields["num_parts"] + 1)
+        ]
+        return {"upload_id": upload_id, "file_id": file_id, "parts": parts}
+
+    def receive_part(self, upload_id: str, number: int, signature: str | None, data: bytes) -> str:
+        """The presigned ``PUT`` of one part; answers its ETag (the part's MD5, as S3's)."""
+        upload = self.store.get("together_multipart", upload_id)
+        if upload is None or signature is None or not hmac.compare_digest(signature, upload["signature"]):
+            raise APIError(403, "The request signature does not match.", code="SignatureDoesNotMatch")
+        if upload_id not in self._parts or not 1 <= number <= upload["num_parts"]:
+            raise APIError(404, "The specified upload does not exist.", code="NoSuchUpload")
+        etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        self._parts[upload_id][number] = (etag, data)
+        return etag
+
+    def complete_multipart(self, body: Any) -> dict[str, Any]:
+        """``POST /files/multipart/complete``: the parts, in order, make the file; it is checked as an upload is."""
+        upload = self._multipart(body)
+        stored = self._parts.get(upload["id"], {})
+        listed = body.get("parts")
+        if not isinstance(listed, list) or [p.get("part_number") for p in listed if isinstance(p, dict)] != list(
+            range(1, upload["num_parts"] + 1)
+        ):
+            raise _bad(f"'parts' must list parts 1 to {upload['num_parts']} in order", "parts")
+        for part in listed:
+            number = part["part_number"]
+            if number not in stored or stored[number][0] != str(part.get("etag", "")).strip('"'):
+                raise _bad(f"Part {number} was not uploaded, or its etag does not match", "parts")
+            if number < upload["num_parts"] and len(stored[number][1]) < MULTIPART_MIN_PART:
+                raise _bad(f"Part {number} is smaller than the minimum part size of 5 MiB", "parts")
+        data = b"".join(stored[n][1] for n in range(1, upload["num_parts"] + 1))
+        if len(data) != upload["file_size"]:
+            raise _bad(f"The parts make {len(data)} bytes, not the file_size {upload['file_size']}", "file_size")
+        if hashlib.sha256(data).hexdigest() != upload["checksum"]:
+            raise _bad("The content does not match the upload's checksum.", "checksum")
+        record = self.files.create(
+            filename=upload["file_name"],
+            purpose=upload["purpose"],
+            data=data,
+            file_id=upload["file_id"],
+            created_at=upload["created_at"],
+        )
+        del self._parts[upload["id"]]
+        self.store.save("together_multipart", {**upload, "completed": True})
+        self.store.save("together_file", {"id": upload["file_id"], "report": self._validate(record)})
+        return {"file": self.render_file(record)}
+
+    def abort_multipart(self, body: Any) -> dict[str, Any]:
+        """``POST /files/multipart/abort``: the parts are discarded."""
+        upload = self._multipart(body)
+        self._parts.pop(upload["id"], None)
+        self.store.delete("together_multipart", upload["id"])
+        return {"upload_id": upload["id"], "status": "aborted"}
+
+    def _multipart(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, Mapping) or not isinstance(body.get("upload_id"), str):
+            raise _bad("Send a JSON object with upload_id and file_id", "upload_id")
+        upload = self.store.get("together_multipart", body["upload_id"])
+        if upload is None or upload["completed"] or upload["file_id"] != body.get("file_id"):
+            raise not_found(f"No multipart upload {body['upload_id']} of file {body.get('file_id')!r} is open")
+        return dict(upload)
 
     def preprocess(self, file_id: str) -> dict[str, Any]:
         """``POST /files/{id}/preprocess``: check the uploaded file and answer it with the verdict."""
@@ -560,6 +670,22 @@ def together_routes(
             return json_response(exc.body(), exc.status)
         return Response(status_code=200)
 
+    async def put_part(request: Request) -> Response:
+        emulator.counters.requests[f"PUT {STORAGE}/{{upload_id}}/{{part}}"] += 1
+        try:
+            etag = dialect.receive_part(
+                request.path_params["upload_id"],
+                int(request.path_params["part"]),
+                request.query_params.get("signature"),
+                await request.body(),
+            )
+        except APIError as exc:
+            return json_response(exc.body(), exc.status)
+        return Response(status_code=200, headers={"ETag": f'"{etag}"'})
+
+    async def initiate(request: Request) -> Any:
+        return dialect.initiate_multipart(await body_of(request), f"{request.base_url}{STORAGE.lstrip('/')}")
+
     async def set_account(request: Request) -> Any:
         changes = await body_of(request)
         if not isinstance(changes, dict) or set(changes) - {"allowed_to_proceed", "user_limit"}:
@@ -580,6 +706,9 @@ def together_routes(
             lambda r: _done(Response(dialect.files.content(r.path_params["file_id"]), media_type="text/plain")),
         ),
         ("POST", file_path + "/preprocess", lambda r: _done(dialect.preprocess(r.path_params["file_id"]))),
+        ("POST", "/files/multipart/initiate", initiate),
+        ("POST", "/files/multipart/complete", lambda r: _with_body(r, body_of, dialect.complete_multipart)),
+        ("POST", "/files/multipart/abort", lambda r: _with_body(r, body_of, dialect.abort_multipart)),
         ("GET", "/fine-tunes/models/limits", lambda r: _done(dialect.limits(query(r, "model_name")))),
         ("POST", "/fine-tunes/estimate-price", lambda r: _with_body(r, body_of, dialect.estimate)),
         ("POST", "/fine-tunes", lambda r: _with_body(r, body_of, dialect.create)),
@@ -595,6 +724,7 @@ def together_routes(
         for method, path, handler in table
     ]
     routes.append(Route(STORAGE + "/{file_id}", put_content, methods=["PUT"]))
+    routes.append(Route(STORAGE + "/{upload_id}/{part:int}", put_part, methods=["PUT"]))
     routes.append(Route("/_emulator/together/account", endpoint("together account", set_account), methods=["POST"]))
     return routes, dialect
 

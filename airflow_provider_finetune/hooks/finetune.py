@@ -97,10 +97,9 @@ T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 MB = 1024 * 1024
-#: Files up to this size go through ``POST /files``; larger ones through the Uploads API.
+#: Files up to this size go through ``POST /files``; larger ones through the Uploads API (at most the backend's
+#: ``max_file_size``), or where the service has its own, its multipart upload (``multipart_threshold``).
 FILES_API_LIMIT = 512 * MB
-#: ... and at most 8 GB in all.
-MAX_UPLOAD_SIZE = 8 * 1024 * MB
 
 FileSource = str | os.PathLike[str] | bytes | IO[bytes]
 
@@ -857,18 +856,29 @@ class FineTuningHook(BaseHook):
         :param purpose: the file's purpose.
         :param filename: the name the service records; the path's name by default.
         """
-        with _opened(source, filename) as (stream, name, size):
+        backend = self.backend
+        with _opened(source, filename, backend.max_file_size) as (stream, name, size):
+            if backend.multipart_threshold is not None:  # the service's own way for large files (Together)
+                if size <= backend.multipart_threshold:
+                    return self._call(backend.create_file(stream, name, purpose))
+                return backend.upload_multipart(self, stream, name, size, purpose)
             if size <= self.upload_threshold:
-                return self._call(self.backend.create_file(stream, name, purpose))
+                return self._call(backend.create_file(stream, name, purpose))
             return self._upload_in_parts(stream, name, size, purpose)
 
     async def aupload_file(
         self, source: FileSource, *, purpose: str = "fine-tune", filename: str | None = None
     ) -> FileObject:
         """Async :meth:`upload_file`."""
-        with _opened(source, filename) as (stream, name, size):
+        await self.asettings()
+        backend = self.backend
+        with _opened(source, filename, backend.max_file_size) as (stream, name, size):
+            if backend.multipart_threshold is not None:
+                if size <= backend.multipart_threshold:
+                    return await self._acall(backend.create_file(stream, name, purpose))
+                return await backend.aupload_multipart(self, stream, name, size, purpose)
             if size <= self.upload_threshold:
-                return await self._acall(self.backend.create_file(stream, name, purpose))
+                return await self._acall(backend.create_file(stream, name, purpose))
             return await self._aupload_in_parts(stream, name, size, purpose)
 
     def _upload_in_parts(self, stream: IO[bytes], name: str, size: int, purpose: str) -> FileObject:
@@ -958,9 +968,10 @@ def _chunks(stream: IO[bytes], size: int) -> Iterator[bytes]:
 class _opened:
     """Open a file source for reading and measure it; closes only what it opened."""
 
-    def __init__(self, source: FileSource, filename: str | None) -> None:
+    def __init__(self, source: FileSource, filename: str | None, limit: int) -> None:
         self.source = source
         self.filename = filename
+        self.limit = limit
         self.owned: IO[bytes] | None = None
 
     def __enter__(self) -> tuple[IO[bytes], str, int]:
@@ -980,8 +991,10 @@ class _opened:
         stream.seek(start)
         if size == 0:
             raise InvalidRequestError(f"{name} is empty", field="file")
-        if size > MAX_UPLOAD_SIZE:
-            raise InvalidRequestError(f"{name} is {size} bytes; the service takes at most 8 GB", field="file")
+        if size > self.limit:
+            raise InvalidRequestError(
+                f"{name} is {size} bytes; the service takes at most {self.limit} bytes", field="file"
+            )
         return stream, name, size
 
     def __exit__(self, *exc: object) -> None:

@@ -170,7 +170,7 @@ def test_the_hook_drives_a_whole_lifecycle(
     assert hook.get_job(follow.id).status == FineTuningJobStatus.CANCELLED
     with pytest.raises(UnsupportedCapabilityError):
         hook.pause_job(follow.id)
-    expected = {(m, t) for m, t, _ in ROUTES} - {
+    expected = {(m, t) for m, t, _ in ROUTES if not t.startswith("/files/multipart/")} - {  # test_together_multipart
         ("DELETE", "/files/{id}"),
         ("GET", "/files/{id}/content"),
         ("GET", "/files"),

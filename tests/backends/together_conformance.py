@@ -39,15 +39,27 @@ ROUTES: list[tuple[str, str, str]] = [
     ("DELETE", "/files/{id}", "resources/files.py"),
     ("GET", "/files/{id}/content", "resources/files.py"),
     ("POST", "/files/{id}/preprocess", "lib/resources/files.py"),
+    ("POST", "/files/multipart/initiate", "lib/resources/files.py"),
+    ("POST", "/files/multipart/complete", "lib/resources/files.py"),
+    ("POST", "/files/multipart/abort", "lib/resources/files.py"),
 ]
+
+#: The fields of each multipart request's JSON body, as the SDK's ``MultipartUploadManager`` sends them.
+MULTIPART_FIELDS: dict[str, set[str]] = {
+    "/files/multipart/initiate": {"file_name", "file_size", "num_parts", "purpose", "file_type", "checksum"},
+    "/files/multipart/complete": {"upload_id", "file_id", "parts"},
+    "/files/multipart/abort": {"upload_id", "file_id"},
+}
 
 
 def sdk_spells(template: str, where: str) -> bool:
     """Whether the SDK's source has the route (``/files/{id}/preprocess`` is built as ``{url}/{file_id}/...``)."""
     text = (SDK / where).read_text()
+    handed = 'upload_manager.upload("/files"' in (SDK / "resources/files.py").read_text()
     if template.endswith("/preprocess"):  # the upload manager is handed "/files" and appends the rest
-        handed = 'upload_manager.upload("/files"' in (SDK / "resources/files.py").read_text()
         return handed and 'f"{url}/{file_id}/preprocess"' in text
+    if template.startswith("/files/multipart/"):
+        return handed and f'f"{{url}}/multipart/{template.rsplit("/", 1)[-1]}"' in text
     return f'"{template}"' in text
 
 
@@ -170,6 +182,14 @@ class TogetherConformance:
             return estimate_problems(json.loads(request.content))
         if (method, template) == ("POST", "/files"):
             return upload_form_problems(request)
+        if template in MULTIPART_FIELDS:
+            body = json.loads(request.content)
+            if set(body) != MULTIPART_FIELDS[template]:
+                return [f"{template}: fields {sorted(body)}, not the SDK's {sorted(MULTIPART_FIELDS[template])}"]
+            parts = body.get("parts", [])
+            if any(set(part) != {"part_number", "etag"} for part in parts):
+                return [f"{template}: parts are not part_number and etag each"]
+            return []
         problems = []
         if request.content:
             problems.append(f"{method} {template}: a body the SDK does not send")

@@ -1,0 +1,259 @@
+"""Together's multipart upload, for files larger than its single upload takes (5 GiB), as its SDK makes it.
+
+``POST /files/multipart/initiate`` (``file_name``, ``file_size``, ``num_parts``, ``purpose``, ``file_type``,
+``checksum``) answers the upload's ``upload_id``, the ``file_id`` it will make and, for each part, a presigned
+``URL`` (with ``Headers``) to ``PUT`` it to; each ``PUT`` answers the part's ``ETag``; ``POST
+/files/multipart/complete`` (``upload_id``, ``file_id`` and ``parts``: ``part_number`` and ``etag`` each) makes the
+file. After a failure, ``POST /files/multipart/abort`` lets the service discard the parts. A ``409`` to the
+initiate names (``file_id``) a file of the same content that exists already: it is used once its own size says
+it is that file.
+
+Parts are about 250 MiB, at most 250 of them, none smaller than 5 MiB but the last (the SDK's rule: S3's
+limits); one part is in memory at a time, read again from the file for each attempt. The API key never goes
+with a part: its URL is presigned. The steps are a generator that does no I/O (:func:`multipart_steps`), carried
+out by :func:`upload_multipart` and :func:`aupload_multipart`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import httpx
+
+from airflow_provider_finetune.backends.base import Call
+from airflow_provider_finetune.client import Exchange, exchange, run_async, run_sync
+from airflow_provider_finetune.exceptions import (
+    ConflictError,
+    FineTuningAPIError,
+    FineTuningError,
+    UnsafeToRetryError,
+)
+from airflow_provider_finetune.models import FileObject
+
+__all__ = [
+    "MAX_PARTS",
+    "MAX_SIZE",
+    "MIN_PART",
+    "TARGET_PART",
+    "PutPart",
+    "aupload_multipart",
+    "multipart_steps",
+    "part_plan",
+    "upload_multipart",
+]
+
+#: No part but the last is smaller (S3's limit, as the SDK keeps it).
+MIN_PART = 5 * 2**20
+#: The size a part aims at.
+TARGET_PART = 250 * 2**20
+#: The most parts an upload has.
+MAX_PARTS = 250
+#: The largest file Together fine-tunes on (50.1 GiB, the SDK's bound).
+MAX_SIZE = int(50.1 * 2**30)
+#: A part's ``PUT`` may take long to write: 300 s to connect and read, an hour to write (the SDK's).
+PART_TIMEOUT = httpx.Timeout(300.0, write=3600.0)
+
+
+def part_plan(size: int) -> tuple[int, int]:
+    """The part size and the number of parts of a file of ``size`` bytes (the SDK's ``_calculate_parts``)."""
+    if size <= TARGET_PART:
+        return size, 1
+    count = min(MAX_PARTS, math.ceil(size / TARGET_PART))
+    part = math.ceil(size / count)
+    if part < MIN_PART:
+        part = MIN_PART
+        count = math.ceil(size / part)
+    return part, count
+
+
+@dataclass(frozen=True)
+class PutPart:
+    """``PUT`` bytes ``offset`` to ``offset + length`` of the file to a presigned ``url``; answered with its ETag."""
+
+    url: str
+    number: int
+    offset: int
+    length: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+Step = Call[Any] | PutPart
+Steps = Generator[Step, Any, FileObject]
+
+
+def multipart_steps(files: Any, name: str, size: int, kind: str, checksum: str, purpose: str) -> Steps:
+    """The requests of one multipart upload; return the file made.
+
+    Each step is answered with its result, or with the :class:`FineTuningError` that ended it.
+
+    :param files: what makes the calls (the Together backend: ``multipart_initiate``, ``multipart_complete``,
+        ``multipart_abort`` and ``get_file``).
+    :param name: the file's name.
+    :param size: its size in bytes.
+    :param kind: ``jsonl``, ``parquet`` or ``csv``.
+    :param checksum: the SHA-256 of the content, hex.
+    :param purpose: the file's purpose.
+    """
+    part_size, count = part_plan(size)
+    begin = {
+        "file_name": name,
+        "file_size": size,
+        "num_parts": count,
+        "purpose": purpose,
+        "file_type": kind,
+        "checksum": checksum,
+    }
+    started = yield files.multipart_initiate(begin)
+    if isinstance(started, ConflictError) and isinstance(started.body, Mapping) and started.body.get("file_id"):
+        existing = yield files.get_file(str(started.body["file_id"]))
+        if isinstance(existing, FineTuningError):
+            raise existing
+        if existing.bytes != size:
+            raise FineTuningAPIError(
+                409,
+                f"Together named {existing.id} as the file of this content, but it has {existing.bytes} bytes, "
+                f"not {size}: not used",
+            )
+        return existing
+    if isinstance(started, FineTuningError):
+        raise started
+    upload_id, file_id, urls = _started(started, count)
+    ids = {"upload_id": upload_id, "file_id": file_id}
+    try:
+        parts = []
+        for number, (url, headers) in enumerate(urls, start=1):
+            offset = (number - 1) * part_size
+            etag = yield PutPart(url, number, offset, min(part_size, size - offset), headers)
+            if isinstance(etag, FineTuningError):
+                raise etag
+            parts.append({"part_number": number, "etag": etag})
+        done = yield files.multipart_complete({**ids, "parts": parts})
+        if isinstance(done, UnsafeToRetryError):
+            raise Made(done)  # the file may have been made: not aborted, the caller looks it up
+        if isinstance(done, FineTuningError):
+            raise done
+    except Made as made:
+        raise made.error from None
+    except Exception:
+        yield files.multipart_abort(ids)  # the service discards the parts; its answer changes nothing
+        raise
+    file: FileObject = done
+    return file
+
+
+class Made(Exception):
+    """A complete whose outcome is unknown: the upload is not aborted."""
+
+    def __init__(self, error: UnsafeToRetryError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _started(answer: Any, count: int) -> tuple[str, str, list[tuple[str, dict[str, str]]]]:
+    """The upload's id, its file's id and each part's presigned URL and headers, in part order."""
+    if not isinstance(answer, Mapping) or not answer.get("upload_id") or not answer.get("file_id"):
+        raise FineTuningAPIError(200, f"Together's multipart initiate answered no upload_id or file_id: {answer!r}")
+    by_number: dict[int, tuple[str, dict[str, str]]] = {}
+    for part in answer.get("parts") or []:
+        number = part.get("PartNumber", part.get("part_number"))
+        url = part.get("URL", part.get("UploadURL"))
+        if isinstance(number, int) and isinstance(url, str) and url:
+            by_number[number] = (url, {str(k): str(v) for k, v in (part.get("Headers") or {}).items()})
+    if sorted(by_number) != list(range(1, count + 1)):
+        raise FineTuningAPIError(
+            200, f"Together's multipart initiate answered parts {sorted(by_number)}, not 1 to {count}"
+        )
+    return (
+        str(answer["upload_id"]),
+        str(answer["file_id"]),
+        [by_number[n] for n in sorted(by_number)],
+    )
+
+
+def checksum_of(stream: IO[bytes], start: int, size: int, block: int = 2**20) -> str:
+    """The SHA-256 of ``size`` bytes of ``stream`` from ``start``, read a block at a time."""
+    digest = hashlib.sha256()
+    stream.seek(start)
+    left = size
+    while left > 0 and (chunk := stream.read(min(block, left))):
+        digest.update(chunk)
+        left -= len(chunk)
+    stream.seek(start)
+    return digest.hexdigest()
+
+
+def _put(client: httpx.Client | httpx.AsyncClient, step: PutPart, stream: IO[bytes], start: int) -> httpx.Request:
+    stream.seek(start + step.offset)
+    data = stream.read(step.length)
+    return client.build_request("PUT", step.url, content=data, headers=dict(step.headers))
+
+
+def _etag(response: httpx.Response, step: PutPart) -> str:
+    etag = response.headers.get("ETag", "").strip('"')
+    if not etag:
+        raise FineTuningAPIError(response.status_code, f"No ETag answered for part {step.number} of the upload")
+    return etag
+
+
+class _Run:
+    """One upload's steps, read from ``stream`` from where it stood; ``result`` is the file once they end."""
+
+    def __init__(self, hook: Any, stream: IO[bytes], name: str, kind: str, size: int, purpose: str) -> None:
+        self.hook = hook
+        self.stream = stream
+        self.start = stream.tell()
+        checksum = checksum_of(stream, self.start, size)
+        self.steps = multipart_steps(hook.backend, name, size, kind, checksum, purpose)
+        self.result: FileObject | None = None
+
+    def next(self, answer: Any) -> Step | None:
+        """The next step, given the last one's answer; ``None`` once the file is made (in ``result``)."""
+        try:
+            return self.steps.send(answer)
+        except StopIteration as done:
+            self.result = done.value
+            return None
+
+    def put(self, storage: httpx.Client | httpx.AsyncClient, step: PutPart) -> Exchange:
+        """The exchange of one part's ``PUT``, its bytes read again for each attempt."""
+        build = lambda: _put(storage, step, self.stream, self.start)  # noqa: E731
+        return exchange(build, settings=self.hook.backend.settings, policy=self.hook.retry_policy)
+
+
+def upload_multipart(hook: Any, stream: IO[bytes], name: str, kind: str, size: int, purpose: str) -> FileObject:
+    """Upload ``size`` bytes of ``stream`` (from where it stands) as one Together file, through ``hook`` (sync)."""
+    run = _Run(hook, stream, name, kind, size, purpose)
+    answer: Any = None
+    with httpx.Client(timeout=PART_TIMEOUT) as storage:  # no API key: a presigned URL is its own key
+        while (step := run.next(answer)) is not None:
+            try:
+                if isinstance(step, PutPart):
+                    answer = _etag(run_sync(storage, run.put(storage, step)), step)
+                else:
+                    answer = hook._call(step)
+            except FineTuningError as error:
+                answer = error
+    assert run.result is not None
+    return run.result
+
+
+async def aupload_multipart(hook: Any, stream: IO[bytes], name: str, kind: str, size: int, purpose: str) -> FileObject:
+    """Async :func:`upload_multipart`."""
+    await hook.asettings()
+    run = _Run(hook, stream, name, kind, size, purpose)
+    answer: Any = None
+    async with httpx.AsyncClient(timeout=PART_TIMEOUT) as storage:
+        while (step := run.next(answer)) is not None:
+            try:
+                if isinstance(step, PutPart):
+                    answer = _etag(await run_async(storage, run.put(storage, step)), step)
+                else:
+                    answer = await hook._acall(step)
+            except FineTuningError as error:
+                answer = error
+    assert run.result is not None
+    return run.result
