@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_finetune.exceptions import FineTuningError, InvalidRequestError
+from airflow_provider_finetune.exceptions import FineTuningFailure, InvalidRequestError
 
 if TYPE_CHECKING:
     from airflow_provider_finetune.models import (
@@ -70,7 +70,7 @@ class PriceEstimate:
     trained_tokens: int | None = None
 
 
-class BudgetExceededError(FineTuningError):
+class BudgetExceededError(FineTuningFailure):
     """A job costs (or would cost) more than ``max_cost``.
 
     :param message: the cost, the cap and what the cost is made of.

@@ -25,6 +25,7 @@ __all__ = [
     "FineTuningAPIError",
     "FineTuningConnectionError",
     "FineTuningError",
+    "FineTuningFailure",
     "FineTuningJobFailed",
     "FineTuningNotAllowedError",
     "FineTuningTimeoutError",
@@ -52,14 +53,37 @@ def _airflow_or_plain_base() -> type[Exception]:
     return AirflowException
 
 
+def _fail_or_plain_base() -> type[Exception]:
+    """``AirflowFailException`` (the task fails without its retries) if Airflow is loaded, else ``Exception``."""
+    if "airflow" not in sys.modules:
+        return Exception
+    try:
+        from airflow.sdk.exceptions import AirflowFailException
+    except ImportError:
+        try:
+            from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]  # Airflow 3.1
+        except ImportError:
+            return Exception
+    return AirflowFailException
+
+
 if TYPE_CHECKING:
     from airflow.exceptions import AirflowException as _Base
+    from airflow.exceptions import AirflowFailException as _FailBase
 else:
     _Base = _airflow_or_plain_base()
+    _FailBase = _fail_or_plain_base()
 
 
 class FineTuningError(_Base):
     """Base class of every error this provider raises."""
+
+
+class FineTuningFailure(FineTuningError, _FailBase):
+    """An error no retry of the task can mend: Airflow fails the task at once, without its retries.
+
+    A cost cap reached is one (a retry would create the same job again and spend as much again).
+    """
 
 
 class InvalidRequestError(FineTuningError, ValueError):

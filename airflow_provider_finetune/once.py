@@ -279,6 +279,10 @@ def ensure_job(
                 log.warning("Job %s was made from another request; cancelling it to create a new one", found.id)
             yield CancelJob(found.id)
     yield WriteState("intent", {"fingerprint": fingerprint, "at": now})
+    if previous is not None:
+        # Done with that job: a lookup after a lost answer must not be handed it again from the state store, but
+        # list the service's jobs for the one this create made.
+        yield WriteState("job_id", None)
     retry = 0
     while True:
         outcome = yield CreateJob(sent)

@@ -512,6 +512,8 @@ class FineTuningHook(BaseHook):
             return error
         if isinstance(step, CreateJob) and step.job_id is not None and isinstance(error, ConflictError):
             return error  # the id is in use: the job is looked up by it
+        if isinstance(step, CancelJob) and isinstance(error, ConflictError):
+            return None  # it ended between the read and the cancel: ended, as the cancel meant it to be
         raise error
 
     def _drive(self, steps: Ensure, state: Any) -> tuple[FineTuningJob, bool]:

@@ -718,21 +718,25 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             return []
         return list(self.hook.iter_checkpoints(job.id, limit=100))
 
-    def _stop_over_budget(self, context: Context, job: FineTuningJob, outcome: Outcome) -> str:
-        """Cancel a job that has cost more than ``max_cost`` and fail the task, saying so."""
+    def _stop_over_budget(self, context: Context, job: FineTuningJob, outcome: Outcome) -> str | None:
+        """Cancel a job that has cost more than ``max_cost`` and fail the task, saying so, without retries.
+
+        A job that succeeded or failed before the cancel reached it finishes as any job does.
+        """
         from airflow_provider_finetune.budget import BudgetExceededError
         from airflow_provider_finetune.exceptions import ConflictError
 
         try:
             job = self.hook.cancel_job(job.id)
-            done = f"cancelled it ({job.status.value})"
         except ConflictError:  # it ended between the read and the cancel
             job = self.hook.get_job(job.id)
-            done = f"it had ended {job.status.value} before the cancel reached it"
+        if ended_before_the_stop(job):  # its own end, as a job read ended a moment earlier would have been
+            self.log.warning("%s; job %s %s before the cancel reached it", outcome.message, job.id, job.status.value)
+            return self._finish(context, job)
         context["ti"].xcom_push(key="status", value=job.status.value)
         cost = self._push_cost(context, job)
         cap = float(_number(self.max_cost))
-        message = f"{outcome.message}: {done}"
+        message = f"{outcome.message}: cancelled it ({job.status.value}); the task is not retried"
         raise BudgetExceededError(message, cost=cap if cost is None else cost, max_cost=cap)
 
     def _finish(self, context: Context, job: FineTuningJob) -> str | None:

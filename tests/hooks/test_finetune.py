@@ -505,6 +505,39 @@ async def test_ensure_job_after_ambiguous_failure_with_no_job_sends_once_more(
     assert len(api.sent("GET")) == 2
 
 
+async def test_after_a_failed_job_a_lost_create_is_found_by_listing_not_sent_again(
+    hook: FineTuningHook, api: FakeAPI, mode: str
+) -> None:
+    """The state store names the failed job of the try before; the lookup after a lost answer lists the jobs."""
+    from tests.operators.conftest import FakeStateStore
+
+    state = FakeStateStore({"job_id": "ftjob-failed"})
+    failed = job("ftjob-failed", status="failed", metadata=TAGGED)
+    api.on("GET", "fine_tuning/jobs/ftjob-failed", failed)
+    api.on("GET", "fine_tuning/jobs", page([job("ftjob-made", metadata=TAGGED), failed]))
+    api.on("POST", "fine_tuning/jobs", httpx.ReadTimeout("lost"), job("ftjob-second"))
+    result, created = await call(hook, mode, "ensure_job", REQUEST, tag="t-1", state=state)
+    assert (result.id, created) == ("ftjob-made", False)
+    assert len(api.sent("POST")) == 1  # the job the lost answer made is adopted: no second job
+    assert state.values["job_id"] == "ftjob-made"
+
+
+async def test_a_changed_request_s_job_that_ends_before_the_cancel_is_replaced(
+    hook: FineTuningHook, api: FakeAPI, mode: str
+) -> None:
+    old = job("ftjob-old", status="running", metadata={TASK_TAG_KEY: "t-1", REQUEST_KEY: "rq-other"})
+    api.on("GET", "fine_tuning/jobs", page([old]))
+    refused = {"error": {"message": "Job has already succeeded", "type": "invalid_request_error"}}
+    api.on(
+        "POST",
+        "fine_tuning/jobs/ftjob-old/cancel",
+        httpx.Response(409, headers={"x-should-retry": "false"}, json=refused),
+    )
+    api.on("POST", "fine_tuning/jobs", job("ftjob-new", metadata=TAGGED))
+    result, created = await call(hook, mode, "ensure_job", REQUEST, tag="t-1")
+    assert (result.id, created) == ("ftjob-new", True)
+
+
 async def test_ensure_job_never_adopts_a_listed_job_without_its_tag(
     hook: FineTuningHook, api: FakeAPI, mode: str
 ) -> None:
