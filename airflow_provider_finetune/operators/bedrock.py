@@ -210,6 +210,7 @@ class BedrockCustomModelDeploymentOperator(_BedrockOperator):
             return deployment.arn
         deadline = None if self.timeout is None else started + self.timeout
         from airflow_provider_finetune.triggers.bedrock import BedrockCustomModelDeploymentTrigger, deployment_outcome
+        from airflow_provider_finetune.waiting import TRANSIENT
 
         event = deployment_outcome(deployment)
         if event is None and self.deferrable:
@@ -223,6 +224,7 @@ class BedrockCustomModelDeploymentOperator(_BedrockOperator):
                 ),
                 method_name="execute_complete",
             )
+        errors = 0
         while event is None:
             if deadline is not None and time.time() >= deadline:
                 event = {"status": "timeout", "message": f"Deployment {deployment.arn} was not active in time"}
@@ -230,7 +232,15 @@ class BedrockCustomModelDeploymentOperator(_BedrockOperator):
             time.sleep(
                 self.poll_interval if deadline is None else max(min(self.poll_interval, deadline - time.time()), 0)
             )
-            deployment = self.hook.call(backend.get_deployment(deployment.arn))
+            try:
+                deployment = self.hook.call(backend.get_deployment(deployment.arn))
+            except TRANSIENT as err:  # as the deferred wait does: only so many failed reads in a row end it
+                errors += 1
+                self.log.warning("Could not read deployment %s (%d in a row): %s", deployment.arn, errors, err)
+                if errors >= self.max_consecutive_errors:
+                    raise
+                continue
+            errors = 0
             event = deployment_outcome(deployment)
         return self.execute_complete(context, {**event, "deployment_arn": deployment.arn})
 

@@ -1051,11 +1051,15 @@ class _JobActionOperator(_FineTuningOperator):
         else:
             try:
                 job = getattr(self.hook, self.action)(job.id)
-            except ConflictError:
+            except ConflictError as err:
                 # The job moved on between the read and the action: it ended, or another request (or an
                 # attempt of this one whose answer was lost) got there first. Done if it is where it leads.
                 job = self.hook.get_job(job.id)
+                self._push_job(context, job)
                 if job.status.value not in self.done_statuses:
+                    refused = job_actions.refusal(self.rule, job.id, job.status.value)
+                    if refused is not None:  # said in the job's own words, as for a job read so at first
+                        raise FineTuningError(refused) from err
                     raise
                 self.log.info("Job %s is already %s: nothing to do", job.id, job.status)
             else:

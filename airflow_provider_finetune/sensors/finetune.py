@@ -471,6 +471,11 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
         job = stop_early(self.hook, self.job_id, self.early_stopping, reason, self.log)
         if ended_before_the_stop(job):  # not stopped: judged as any job that ended, on all it made
             return self._after_the_end(context, f"Job {job.id} ended {job.status.value}")
+        # The verdict may be minutes old (read in the triggerer): the best among all it made by its stop.
+        from airflow_provider_finetune.checkpoints import best_checkpoint
+
+        made = [c for c in self.hook.iter_checkpoints(self.job_id, limit=100) if c.fine_tuned_model_checkpoint]
+        best = best_checkpoint(made, self.early_stopping.metric, self.early_stopping.mode) or best
         context["ti"].xcom_push(key="early_stopped", value=True)
         context["ti"].xcom_push(key="early_stopping_reason", value=reason)
         return self._found(context, best)

@@ -303,6 +303,27 @@ def test_the_deferred_deployment_wait(fake_bedrock: FakeBedrock, caplog: pytest.
     assert {r.threadName for r in lines} == {"finetune-trigger-log"}
 
 
+@pytest.mark.parametrize("limit", [2, 3])
+def test_the_worker_s_deployment_wait_bears_failed_reads_up_to_its_limit(fake_bedrock: FakeBedrock, limit: int) -> None:
+    """As the deferred wait does: a read that fails after the hook's retries counts; a good read resets the count."""
+    from airflow_provider_finetune.client import RetryPolicy
+    from airflow_provider_finetune.exceptions import InternalServerError
+    from tests.backends.bedrock_fake import aws_error
+
+    activate_after(fake_bedrock, 1)
+    failing = [lambda r: aws_error(500, "InternalServerException", "try again")] * 4  # one poll: 4 attempts
+    # Served: the lookup by name, the read after the create, then two failed polls, then the reads go on.
+    served = lambda r: None  # noqa: E731
+    fake_bedrock.fault("GetCustomModelDeployment", served, served, *failing, *failing)
+    op = deploy(max_consecutive_errors=limit)
+    op.hook._retry_policy = RetryPolicy(initial_delay=0, max_delay=0, jitter=0)
+    if limit == 2:
+        with pytest.raises(InternalServerError, match="try again"):
+            op.execute(context())
+        return
+    assert op.execute(context()).startswith("arn:aws:bedrock:")
+
+
 def test_deleting_a_deployment_twice_is_fine(fake_bedrock: FakeBedrock) -> None:
     activate_after(fake_bedrock, 0)
     arn = deploy().execute(context())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import httpx
 import pytest
 
 from airflow_provider_finetune.exceptions import FineTuningError
@@ -38,6 +39,24 @@ def test_pausing_or_resuming_an_ended_job_fails_in_one_line_before_any_action(
     assert sent.call_count == 0
     assert api.sent("POST") == []
     assert "status" not in context["ti"].xcoms
+
+
+@pytest.mark.parametrize(
+    ("cls", "action", "first"),
+    [(FineTuningJobPauseOperator, "pause", "running"), (FineTuningJobResumeOperator, "resume", "paused")],
+)
+def test_a_job_that_ends_between_the_read_and_the_action_is_said_to_have_ended(
+    context: dict[str, Any], api: FakeAPI, cls: type, action: str, first: str
+) -> None:
+    api.on("GET", JOB, job(status=first), job(status="succeeded"))
+    refused = {"error": {"message": "Job is not in a state to do that", "type": "invalid_request_error"}}
+    sent = api.on("POST", f"{JOB}/{action}", httpx.Response(409, headers={"x-should-retry": "false"}, json=refused))
+
+    with pytest.raises(FineTuningError) as info:
+        cls(task_id=action, job_id="ftjob-1").execute(context)
+
+    assert str(info.value) == f"Cannot {action} fine-tuning job ftjob-1: it has already ended (succeeded)"
+    assert sent.call_count == 1
 
 
 @pytest.mark.parametrize("status", ENDED)

@@ -568,3 +568,24 @@ def test_checkpoint_sensor_complete_refuses_other_events(
     with pytest.raises(FineTuningError, match="Unexpected trigger event"):
         checkpoint_sensor(deferrable=True).execute_complete(context, bogus)
     assert api.requests == []
+
+
+def test_a_deferred_early_stop_returns_the_best_checkpoint_made_by_the_stop_not_the_verdict_s(
+    connection: dict[str, Any], api: FakeAPI
+) -> None:
+    """The verdict was read in the triggerer; by the time the task stops the job, a better checkpoint came."""
+    seen = checkpoint("c12", 12)
+    better = {**checkpoint("c24", 24), "metrics": {"step": 24, "train_loss": 0.3, "valid_loss": 0.4}}
+    api.on("GET", "fine_tuning/jobs/ftjob-1", job(status="running"))
+    cancel = api.on("POST", "fine_tuning/jobs/ftjob-1/cancel", job(status="cancelled"))
+    api.on("GET", "fine_tuning/jobs/ftjob-1/checkpoints", page([better, seen]))
+    sensor = FineTuningCheckpointSensor(
+        task_id="best", job_id="ftjob-1", min_checkpoints=5, early_stopping={"patience": 1}, deferrable=True
+    )
+    ti = FakeTI()
+    event = {"status": "early_stopped", "job_id": "ftjob-1", "checkpoint": seen, "message": "stopped early"}
+    model = sensor.execute_complete({"ti": ti}, event)  # type: ignore[arg-type]
+    assert model == better["fine_tuned_model_checkpoint"]
+    assert ti.xcoms["checkpoint"]["step_number"] == 24
+    assert ti.xcoms["early_stopped"] is True
+    assert cancel.call_count == 1
