@@ -30,6 +30,7 @@ from airflow_provider_finetune.exceptions import (
     ConflictError,
     FineTuningAPIError,
     FineTuningError,
+    InvalidRequestError,
     UnsafeToRetryError,
 )
 from airflow_provider_finetune.models import FileObject
@@ -112,11 +113,10 @@ def multipart_steps(files: Any, name: str, size: int, kind: str, checksum: str, 
         existing = yield files.get_file(str(started.body["file_id"]))
         if isinstance(existing, FineTuningError):
             raise existing
-        if existing.bytes != size:
+        unlike = _unlike(existing, size, purpose)
+        if unlike:
             raise FineTuningAPIError(
-                409,
-                f"Together named {existing.id} as the file of this content, but it has {existing.bytes} bytes, "
-                f"not {size}: not used",
+                409, f"Together named {existing.id} as the file of this content, but {unlike}: not used"
             )
         return existing
     if isinstance(started, FineTuningError):
@@ -134,21 +134,40 @@ def multipart_steps(files: Any, name: str, size: int, kind: str, checksum: str, 
         done = yield files.multipart_complete({**ids, "parts": parts})
         if isinstance(done, UnsafeToRetryError):
             raise Made(done)  # the file may have been made: not aborted, the caller looks it up
+        if isinstance(done, InvalidRequestError):  # made, and Together's check found it invalid: not kept
+            yield files.delete_file(file_id)
+            raise Made(done)
         if isinstance(done, FineTuningError):
             raise done
     except Made as made:
         raise made.error from None
-    except Exception:
+    except BaseException as failure:
+        if isinstance(failure, GeneratorExit):
+            raise
         yield files.multipart_abort(ids)  # the service discards the parts; its answer changes nothing
         raise
     file: FileObject = done
+    unlike = _unlike(file, size, purpose) if file.id == file_id else f"it is {file.id}, not {file_id}"
+    if unlike:
+        raise FineTuningAPIError(200, f"Together's multipart complete answered a file unlike the upload: {unlike}")
     return file
 
 
-class Made(Exception):
-    """A complete whose outcome is unknown: the upload is not aborted."""
+def _unlike(file: FileObject, size: int, purpose: str) -> str:
+    """What in a file's own fields says it is not the one uploaded (``""`` when nothing does)."""
+    if file.bytes != size:
+        return f"it has {file.bytes} bytes, not {size}"
+    if file.purpose != purpose:
+        return f"its purpose is {file.purpose!r}, not {purpose!r}"
+    if file.status == "error":
+        return f"Together's check of it failed ({file.status_details})"
+    return ""
 
-    def __init__(self, error: UnsafeToRetryError) -> None:
+
+class Made(Exception):
+    """A complete that made the file, or may have: the upload is not aborted (the caller looks the file up)."""
+
+    def __init__(self, error: FineTuningError) -> None:
         super().__init__(str(error))
         self.error = error
 
@@ -156,7 +175,9 @@ class Made(Exception):
 def _started(answer: Any, count: int) -> tuple[str, str, list[tuple[str, dict[str, str]]]]:
     """The upload's id, its file's id and each part's presigned URL and headers, in part order."""
     if not isinstance(answer, Mapping) or not answer.get("upload_id") or not answer.get("file_id"):
-        raise FineTuningAPIError(200, f"Together's multipart initiate answered no upload_id or file_id: {answer!r}")
+        keys = sorted(answer) if isinstance(answer, Mapping) else type(answer).__name__
+        # Named by its keys only: its parts' presigned URLs carry credentials.
+        raise FineTuningAPIError(200, f"Together's multipart initiate answered no upload_id or file_id (keys: {keys})")
     by_number: dict[int, tuple[str, dict[str, str]]] = {}
     for part in answer.get("parts") or []:
         number = part.get("PartNumber", part.get("part_number"))
@@ -218,6 +239,13 @@ class _Run:
             self.result = done.value
             return None
 
+    def throw(self, failure: BaseException) -> Step | None:
+        """The step after a failure that is not the service's (the file unreadable, the task killed): the abort.
+
+        The failure is raised again once the abort is answered.
+        """
+        return self.steps.throw(failure)
+
     def put(self, storage: httpx.Client | httpx.AsyncClient, step: PutPart) -> Exchange:
         """The exchange of one part's ``PUT``, its bytes read again for each attempt."""
         build = lambda: _put(storage, step, self.stream, self.start)  # noqa: E731
@@ -229,7 +257,8 @@ def upload_multipart(hook: Any, stream: IO[bytes], name: str, kind: str, size: i
     run = _Run(hook, stream, name, kind, size, purpose)
     answer: Any = None
     with httpx.Client(timeout=PART_TIMEOUT) as storage:  # no API key: a presigned URL is its own key
-        while (step := run.next(answer)) is not None:
+        step = run.next(answer)
+        while step is not None:
             try:
                 if isinstance(step, PutPart):
                     answer = _etag(run_sync(storage, run.put(storage, step)), step)
@@ -237,6 +266,10 @@ def upload_multipart(hook: Any, stream: IO[bytes], name: str, kind: str, size: i
                     answer = hook._call(step)
             except FineTuningError as error:
                 answer = error
+            except BaseException as failure:
+                step = run.throw(failure)
+                continue
+            step = run.next(answer)
     assert run.result is not None
     return run.result
 
@@ -247,7 +280,8 @@ async def aupload_multipart(hook: Any, stream: IO[bytes], name: str, kind: str, 
     run = _Run(hook, stream, name, kind, size, purpose)
     answer: Any = None
     async with httpx.AsyncClient(timeout=PART_TIMEOUT) as storage:
-        while (step := run.next(answer)) is not None:
+        step = run.next(answer)
+        while step is not None:
             try:
                 if isinstance(step, PutPart):
                     answer = _etag(await run_async(storage, run.put(storage, step)), step)
@@ -255,5 +289,9 @@ async def aupload_multipart(hook: Any, stream: IO[bytes], name: str, kind: str, 
                     answer = await hook._acall(step)
             except FineTuningError as error:
                 answer = error
+            except BaseException as failure:
+                step = run.throw(failure)
+                continue
+            step = run.next(answer)
     assert run.result is not None
     return run.result

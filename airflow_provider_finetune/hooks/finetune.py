@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 import httpx
 from airflow.exceptions import AirflowNotFoundException
@@ -859,13 +859,12 @@ class FineTuningHook(BaseHook):
         :param filename: the name the service records; the path's name by default.
         """
         backend = self.backend
-        with _opened(source, filename, backend.max_file_size) as (stream, name, size):
-            if backend.multipart_threshold is not None:  # the service's own way for large files (Together)
-                if size <= backend.multipart_threshold:
-                    return self._call(backend.create_file(stream, name, purpose))
-                return backend.upload_multipart(self, stream, name, size, purpose)
-            if size <= self.upload_threshold:
+        with _opened(source, filename) as (stream, name, size):
+            route = self.upload_route(size, name)
+            if route == "single":
                 return self._call(backend.create_file(stream, name, purpose))
+            if route == "multipart":
+                return backend.upload_multipart(self, stream, name, size, purpose)
             return self._upload_in_parts(stream, name, size, purpose)
 
     async def aupload_file(
@@ -874,14 +873,34 @@ class FineTuningHook(BaseHook):
         """Async :meth:`upload_file`."""
         await self.asettings()
         backend = self.backend
-        with _opened(source, filename, backend.max_file_size) as (stream, name, size):
-            if backend.multipart_threshold is not None:
-                if size <= backend.multipart_threshold:
-                    return await self._acall(backend.create_file(stream, name, purpose))
-                return await backend.aupload_multipart(self, stream, name, size, purpose)
-            if size <= self.upload_threshold:
+        with _opened(source, filename) as (stream, name, size):
+            route = self.upload_route(size, name)
+            if route == "single":
                 return await self._acall(backend.create_file(stream, name, purpose))
+            if route == "multipart":
+                return await backend.aupload_multipart(self, stream, name, size, purpose)
             return await self._aupload_in_parts(stream, name, size, purpose)
+
+    def upload_route(self, size: int, name: str = "the file") -> Literal["single", "parts", "multipart"]:
+        """How a file of ``size`` bytes goes up; refused, naming the file, before any request when it cannot.
+
+        ``single``: one request; ``parts``: the Uploads API, above ``upload_threshold``; ``multipart``: the
+        service's own multipart upload, above its backend's ``multipart_threshold`` (Together).
+
+        :raises InvalidRequestError: for a file larger than the service takes.
+        :raises UnsupportedCapabilityError: for a file that needs the Uploads API on a service without it.
+        """
+        backend = self.backend
+        if size > backend.max_file_size:
+            raise InvalidRequestError(
+                f"{name} is {size} bytes; {backend.label} takes at most {backend.max_file_size} bytes", field="file"
+            )
+        if backend.multipart_threshold is not None:
+            return "single" if size <= backend.multipart_threshold else "multipart"
+        if size <= self.upload_threshold:
+            return "single"
+        backend.require("uploads")  # a file this large goes up in parts
+        return "parts"
 
     def _upload_in_parts(self, stream: IO[bytes], name: str, size: int, purpose: str) -> FileObject:
         upload = self._call(self.backend.create_upload(name, size, purpose))
@@ -970,10 +989,9 @@ def _chunks(stream: IO[bytes], size: int) -> Iterator[bytes]:
 class _opened:
     """Open a file source for reading and measure it; closes only what it opened."""
 
-    def __init__(self, source: FileSource, filename: str | None, limit: int) -> None:
+    def __init__(self, source: FileSource, filename: str | None) -> None:
         self.source = source
         self.filename = filename
-        self.limit = limit
         self.owned: IO[bytes] | None = None
 
     def __enter__(self) -> tuple[IO[bytes], str, int]:
@@ -993,10 +1011,6 @@ class _opened:
         stream.seek(start)
         if size == 0:
             raise InvalidRequestError(f"{name} is empty", field="file")
-        if size > self.limit:
-            raise InvalidRequestError(
-                f"{name} is {size} bytes; the service takes at most {self.limit} bytes", field="file"
-            )
         return stream, name, size
 
     def __exit__(self, *exc: object) -> None:

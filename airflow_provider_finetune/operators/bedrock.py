@@ -245,7 +245,8 @@ class BedrockCustomModelDeploymentOperator(_BedrockOperator):
         return self.execute_complete(context, {**event, "deployment_arn": deployment.arn})
 
     def _ensure(self, backend: BedrockBackend, name: str) -> CustomModelDeployment:
-        from airflow_provider_finetune.exceptions import ChangedRequestError, UnsafeToRetryError
+        from airflow_provider_finetune.backends.bedrock import DEPLOYMENT_FAILED
+        from airflow_provider_finetune.exceptions import ChangedRequestError, FineTuningFailure, UnsafeToRetryError
 
         found = self._find(backend, name)
         if found is not None:
@@ -269,6 +270,12 @@ class BedrockCustomModelDeploymentOperator(_BedrockOperator):
             raise ChangedRequestError(
                 f"Deployment {name} ({found.arn}) serves {found.model_arn}, not {self.model_arn}: delete it or name "
                 "another deployment_name"
+            )
+        if found.status == DEPLOYMENT_FAILED:  # its name is this task instance's: no retry can make another
+            raise FineTuningFailure(
+                f"Deployment {name} ({found.arn}) is Failed"
+                + (f": {found.failure_message}" if found.failure_message else "")
+                + "; delete it (BedrockCustomModelDeploymentDeleteOperator) or name another deployment_name"
             )
         return found
 

@@ -179,10 +179,19 @@ def _answer(completion: Mapping[str, Any], model: str) -> str:
     from airflow_provider_finetune.exceptions import FineTuningError
 
     try:
-        content = completion["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
+        choice = completion["choices"][0]
+        message = choice["message"]
+        content = message.get("content")
+    except (KeyError, IndexError, TypeError, AttributeError):
         raise FineTuningError(f"{model} gave a chat completion with no answer: {str(completion)[:200]}") from None
-    return content if isinstance(content, str) else ""
+    finish = choice.get("finish_reason")
+    if not content and finish == "length":  # cut before any answer (reasoning used the budget): no measure
+        raise FineTuningError(f"{model} was cut off before it answered (finish_reason length): raise the token limit")
+    if isinstance(content, str):
+        return content
+    if isinstance(message.get("refusal"), str):
+        return ""  # a refusal is an answer, and it answers nothing
+    raise FineTuningError(f"{model} answered no text (finish_reason {finish!r}): {str(message)[:200]}")
 
 
 class FineTuningEvaluateOperator(_GraderTemplates, _FineTuningOperator):

@@ -1375,8 +1375,7 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
                 dataset = cast("Any", self.hook.backend).upload_dataset(self.hook, stream, name, size, sha256, examples)
                 self.log.info("Uploaded %s (%d bytes) as dataset %s, ready for training", name, size, dataset)
                 return self._pushed(context, dataset, size, sha256, examples, tokens)
-            if size > self.hook.upload_threshold:
-                self.hook.require("uploads")  # a file this large goes up in parts: refused before any request
+            self.hook.upload_route(size, name)  # a file the service cannot take is refused before any request
             recorded = _digest_filename(name, sha256) if self.digest_in_filename else name
             intent = _UploadIntent(recorded, size, sha256, self.purpose, since=time.time())
             uploaded = self._made_before(context, intent)
@@ -1484,7 +1483,7 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
         from airflow_provider_finetune.exceptions import FineTuningError, InvalidRequestError, UnsafeToRetryError
 
         hook = self.hook
-        in_parts = intent.size > hook.upload_threshold
+        in_parts = hook.upload_route(intent.size, intent.filename) != "single"
         resends = 0
         while True:
             try:
@@ -1677,7 +1676,7 @@ class FineTuningCheckpointPermissionRevokeOperator(_FineTuningOperator):
     def execute(self, context: Context) -> list[str]:
         """Delete the matching permissions that exist; return the ids deleted."""
         self._refuse_if_unsupported()
-        from airflow_provider_finetune.exceptions import NotFoundError
+        from airflow_provider_finetune.exceptions import FineTuningError, NotFoundError
 
         checkpoint = _checkpoint_name(self.checkpoint)
         projects = set(_ids(self.project_ids, "project_ids")) if self.project_ids is not None else set()
@@ -1690,10 +1689,15 @@ class FineTuningCheckpointPermissionRevokeOperator(_FineTuningOperator):
         deleted: list[str] = []
         for permission in matching:
             try:
-                self.hook.delete_checkpoint_permission(checkpoint, permission.id)
+                answer = self.hook.delete_checkpoint_permission(checkpoint, permission.id)
             except NotFoundError:
                 self.log.info("Permission %s of %s is already gone", permission.id, checkpoint)
                 continue
+            if not answer.deleted or answer.id != permission.id:  # the service's own answer says what it did
+                raise FineTuningError(
+                    f"Revoking permission {permission.id} ({permission.project_id}) of {checkpoint}: the service "
+                    f"answered {answer.id} deleted={answer.deleted}; the permission may still be in force"
+                )
             deleted.append(permission.id)
             self.log.info("Revoked permission %s (%s) of %s", permission.id, permission.project_id, checkpoint)
         seen = {p.id for p in matching} | {p.project_id for p in matching}

@@ -9,8 +9,10 @@ The limits are made small here (parts of 5 MiB, S3's least, above a threshold of
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -188,3 +190,91 @@ def test_a_file_above_together_s_largest_is_refused_before_any_request(
         hook.upload_file(big_file(5 * MIB), filename="big.jsonl")
     assert refused.value.field == "file"
     assert requests(server) == {}
+
+
+class BreaksAtThePart(io.BytesIO):
+    """A file whose second part cannot be read (a disk error), though its checksum could be."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size == 5 * MIB and self.tell() == 5 * MIB:
+            raise OSError("Input/output error")
+        return super().read(size)
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_failure_that_is_not_the_service_s_aborts_the_upload_too(
+    monkeypatch: pytest.MonkeyPatch, server: EmulatorServer
+) -> None:
+    hook = hook_of(monkeypatch, server)
+    with pytest.raises(OSError, match="Input/output error"):
+        hook.upload_file(BreaksAtThePart(big_file()), filename="big.jsonl")
+    counted = requests(server)
+    assert (counted[INITIATE], counted[PART], counted[ABORT]) == (1, 1, 1)
+    assert COMPLETE not in counted
+    assert server.emulator.store.records("together_multipart") == {}
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_file_together_s_check_finds_invalid_is_refused_by_name_and_not_kept(
+    monkeypatch: pytest.MonkeyPatch, server: EmulatorServer
+) -> None:
+    hook = hook_of(monkeypatch, server)
+    line = json.dumps({"nothing": "useful" * 40}) + "\n"
+    bad = (line * (11 * MIB // len(line))).encode()
+    with pytest.raises(InvalidRequestError, match=r"Together's check of bad\.jsonl") as refused:
+        hook.upload_file(bad, filename="bad.jsonl")
+    assert refused.value.field == "file"
+    assert requests(server)[COMPLETE] == 1
+    assert ABORT not in requests(server)  # the file was made: deleted, not aborted
+    assert hook.list_files().data == []
+
+
+def test_a_file_named_by_a_409_is_used_only_when_its_own_fields_say_it_is_this_one() -> None:
+    from airflow_provider_finetune.exceptions import ConflictError
+    from airflow_provider_finetune.models import FileObject
+
+    class Files:
+        def multipart_initiate(self, body: Any) -> str:
+            return "initiate"
+
+        def get_file(self, file_id: str) -> str:
+            return f"get {file_id}"
+
+    def adopt(existing: dict[str, Any]) -> FileObject:
+        steps = together_multipart.multipart_steps(Files(), "big.jsonl", 100, "jsonl", "ab" * 32, "fine-tune")
+        assert next(steps) == "initiate"
+        assert steps.send(ConflictError(409, "exists", body={"file_id": "file-1"})) == "get file-1"
+        try:
+            steps.send(FileObject.model_validate({"id": "file-1", "object": "file", "created_at": 1, **existing}))
+        except StopIteration as done:
+            return done.value
+        raise AssertionError("not ended")
+
+    good = {"bytes": 100, "purpose": "fine-tune", "filename": "big.jsonl", "status": "processed"}
+    assert adopt(good).id == "file-1"
+    for unlike, why in [
+        ({"bytes": 99}, "it has 99 bytes, not 100"),
+        ({"purpose": "eval"}, "its purpose is 'eval', not 'fine-tune'"),
+        ({"status": "error", "status_details": "bad line 3"}, "Together's check of it failed (bad line 3)"),
+    ]:
+        with pytest.raises(FineTuningAPIError, match=re.escape(why)):
+            adopt({**good, **unlike})
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_the_upload_operator_sends_a_large_file_in_parts(
+    monkeypatch: pytest.MonkeyPatch, server: EmulatorServer, tmp_path: Path
+) -> None:
+    from airflow_provider_finetune.operators.finetune import FineTuningFileUploadOperator
+    from tests.operators.conftest import FakeStateStore, FakeTI
+
+    hook_of(monkeypatch, server)
+    source = tmp_path / "big.jsonl"
+    source.write_bytes(content := big_file())
+    ti = FakeTI()
+    task = FineTuningFileUploadOperator(task_id="up", source=source, finetune_conn_id="ft_together_big")
+    task.hook.upload_threshold = 4 * MIB  # the Uploads API's threshold does not apply: Together has its own way
+    file_id = task.execute({"ti": ti, "task_state_store": FakeStateStore()})  # type: ignore[arg-type]
+    assert server.emulator.files.content(file_id) == content
+    assert ti.xcoms["bytes"] == len(content)
+    assert requests(server)[PART] == 3

@@ -274,6 +274,23 @@ def test_a_failed_deployment_fails_the_task(fake_bedrock: FakeBedrock) -> None:
         deploy().execute(context())
 
 
+@pytest.mark.parametrize("wait_for_active", [True, False])
+def test_a_retry_never_reattaches_to_its_failed_deployment(fake_bedrock: FakeBedrock, wait_for_active: bool) -> None:
+    """Try 1's deployment failed; try 2 finds it by its name: refused in one line, without Airflow's retries."""
+    from airflow_provider_finetune._compat import AirflowFailException
+
+    activate_after(fake_bedrock, 99)
+    ctx = context()
+    arn = deploy(wait_for_active=False).execute(ctx)
+    for d in fake_bedrock.deployments.values():
+        d["status"], d["failureMessage"] = "Failed", "Insufficient capacity"
+    with pytest.raises(FineTuningError, match=r"is Failed: Insufficient capacity; delete it") as refused:
+        deploy(wait_for_active=wait_for_active).execute(ctx)
+    assert isinstance(refused.value, AirflowFailException)
+    assert arn in str(refused.value)
+    assert len(fake_bedrock.deployments) == 1
+
+
 def test_the_deferred_deployment_wait(fake_bedrock: FakeBedrock, caplog: pytest.LogCaptureFixture) -> None:
     from airflow.exceptions import TaskDeferred
 

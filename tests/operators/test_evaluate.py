@@ -225,3 +225,30 @@ def test_bad_arguments_fail_when_the_dag_is_parsed() -> None:
         FineTuningEvaluateOperator(task_id="e", model="m", baseline="b", eval_file="f", scoring="grader")
     with pytest.raises(ValueError, match="on_failure"):
         FineTuningEvaluateOperator(task_id="e", model="m", baseline="b", eval_file="f", on_failure="warn")
+
+
+@pytest.mark.parametrize(
+    ("choice", "answer"),
+    [
+        ({"message": {"role": "assistant", "content": "3 to 5 days"}, "finish_reason": "stop"}, "3 to 5 days"),
+        ({"message": {"role": "assistant", "content": None, "refusal": "I can't help"}, "finish_reason": "stop"}, ""),
+        ({"message": {"role": "assistant", "content": ""}, "finish_reason": "length"}, "cut off before it answered"),
+        (
+            {"message": {"role": "assistant", "content": None, "tool_calls": []}, "finish_reason": "tool_calls"},
+            "no text",
+        ),
+    ],
+)
+def test_an_answer_is_its_text_a_refusal_scores_nothing_and_no_answer_is_an_error(
+    choice: dict[str, Any], answer: str
+) -> None:
+    """A model cut off, or answering with something else than text, is not measured as a zero."""
+    from airflow_provider_finetune.exceptions import FineTuningError
+    from airflow_provider_finetune.operators.evaluate import _answer
+
+    completion = {"choices": [choice]}
+    if choice["finish_reason"] == "stop":
+        assert _answer(completion, "m") == answer
+    else:
+        with pytest.raises(FineTuningError, match=answer):
+            _answer(completion, "m")

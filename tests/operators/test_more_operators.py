@@ -330,6 +330,16 @@ def test_revoke_by_project(api: FakeAPI, connection: dict[str, Any], context: di
     assert [r.method for r in api.requests] == ["GET", "DELETE"]
 
 
+def test_revoke_that_the_service_says_it_did_not_do_fails(
+    api: FakeAPI, connection: dict[str, Any], context: dict[str, Any]
+) -> None:
+    api.on("GET", PERMISSIONS, page([permission("cp_2", "proj-2")]))
+    api.on("DELETE", f"{PERMISSIONS}/cp_2", {"object": "checkpoint.permission", "id": "cp_2", "deleted": False})
+
+    with pytest.raises(FineTuningError, match=r"answered cp_2 deleted=False; the permission may still be in force"):
+        revoke(project_ids=["proj-2"]).execute(context)
+
+
 def test_revoke_twice_deletes_nothing_the_second_time(
     api: FakeAPI, connection: dict[str, Any], context: dict[str, Any]
 ) -> None:
