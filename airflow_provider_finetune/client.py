@@ -315,10 +315,12 @@ def exchange(
         else:  # pragma: no cover - a driver bug, not a service failure
             raise TypeError(f"exchange expected a response or a transport error, got {outcome!r}")
 
+        refused = isinstance(error, QuotaExceededError | FineTuningNotAllowedError)  # said, not ambiguous
+        if ambiguous and not idempotent and not refused:
+            # Whatever the answer says of retrying, a create may have been made: the caller looks it up.
+            raise UnsafeToRetryError(request.method, request.url.path, error) from cause
         if not should:
             raise error from (cause if cause is not error else None)
-        if ambiguous and not idempotent:
-            raise UnsafeToRetryError(request.method, request.url.path, error) from cause
         if retry >= policy.max_retries:
             raise error from (cause if cause is not error else None)
         headers = outcome.headers if isinstance(outcome, httpx.Response) else None
@@ -427,7 +429,7 @@ def _api_error(response: httpx.Response, settings: ConnectionSettings, read_erro
     fields = read_error(response, body)
     message = fields.message
     if not message and body is None:
-        message = response.text[:500]
+        message = settings.redact(response.text)[:500]  # redacted whole: a cut could split a secret
     if not message:
         message = response.reason_phrase or "error"
     if isinstance(body, dict | list):

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_finetune.exceptions import FineTuningError
-from airflow_provider_finetune.once import MAX_WALK, TASK_TAG_KEY
 from airflow_provider_finetune.statuses import TERMINAL
 from airflow_provider_finetune.waiting import TRANSIENT, Pause
 
@@ -165,6 +164,8 @@ def same_base_model(job_model: str | None, model: str) -> bool:
 
 def count_active(jobs: Iterable[FineTuningJob], model: str, *, tag: str | None, own_job_id: str | None) -> Slots:
     """Count the active jobs on ``model`` that are not this task instance's (its tag, or its recorded job id)."""
+    from airflow_provider_finetune.once import TASK_TAG_KEY  # here: the quota trigger's module stays light
+
     active = 0
     ours = False
     for job in jobs:
@@ -180,6 +181,8 @@ def count_active(jobs: Iterable[FineTuningJob], model: str, *, tag: str | None, 
 
 
 def _bounded(jobs: Iterable[FineTuningJob]) -> Iterable[FineTuningJob]:
+    from airflow_provider_finetune.once import MAX_WALK
+
     for walked, job in enumerate(jobs):
         if walked >= MAX_WALK:
             return
@@ -197,6 +200,8 @@ async def aactive_slots(hook: FineTuningHook, model: str, *, tag: str | None, ow
 
 
 async def _collect(jobs: AsyncIterable[FineTuningJob]) -> list[FineTuningJob]:
+    from airflow_provider_finetune.once import MAX_WALK
+
     found: list[FineTuningJob] = []
     walked = 0
     async for job in jobs:

@@ -137,6 +137,22 @@ def test_x_should_retry_true_retries_a_client_error() -> None:
     assert (result.status_code, sends) == (200, 2)
 
 
+@pytest.mark.parametrize("status", [408, 500, 503])
+def test_a_create_answered_an_error_it_may_have_survived_is_never_plain_even_when_told_not_to_retry(
+    status: int,
+) -> None:
+    """x-should-retry: false forbids sending it again; it does not say the create was not made: look it up."""
+    with pytest.raises(UnsafeToRetryError):
+        drive([_response(status, _error_body("boom", "server_error"), {"x-should-retry": "false"})], idempotent=False)
+
+
+def test_a_key_echoed_at_the_cut_of_a_plain_error_page_is_redacted_whole() -> None:
+    page = "x" * 470 + f"Authorization: Bearer {SECRET}"  # the 500-character cut falls inside the key
+    with pytest.raises(InternalServerError) as info:
+        drive([httpx.Response(500, text=page, headers={"x-should-retry": "false"}, request=_request())])
+    assert SECRET[:8] not in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("status", "cls"),
     [

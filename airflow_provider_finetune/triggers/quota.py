@@ -15,8 +15,8 @@ from airflow.exceptions import AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_finetune.exceptions import FineTuningError
-from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.quota import QUOTA_ERROR, QuotaOutcome, await_quota, clock_time, wait_quota_async
+from airflow_provider_finetune.triggers.finetune import DEFAULT_CONN_ID, hook_class
 from airflow_provider_finetune.triggers.offloop import OffLoopLog
 
 __all__ = ["FineTuningQuotaTrigger"]
@@ -44,7 +44,7 @@ class FineTuningQuotaTrigger(BaseTrigger):
         model: str,
         *,
         wake_at: float,
-        finetune_conn_id: str = FineTuningHook.default_conn_name,
+        finetune_conn_id: str = DEFAULT_CONN_ID,
         max_active_jobs: int | None = None,
         interval: float = 600.0,
         deadline: float | None = None,
@@ -95,9 +95,10 @@ class FineTuningQuotaTrigger(BaseTrigger):
             log=log,
         )
         try:
-            outcome = await wait_quota_async(
-                FineTuningHook(self.finetune_conn_id), steps, tag=self.tag, own_job_id=self.own_job_id
-            )
+            # The hook's module is imported off the loop, and the connection read without blocking it.
+            hook = (await hook_class())(self.finetune_conn_id)
+            await hook.ashared_settings()
+            outcome = await wait_quota_async(hook, steps, tag=self.tag, own_job_id=self.own_job_id)
         except (FineTuningError, AirflowNotFoundException) as err:  # no such connection, or unusable extras
             outcome = QuotaOutcome(QUOTA_ERROR, f"Connection {self.finetune_conn_id!r} cannot be used: {err}")
         await log.flushed()

@@ -198,7 +198,7 @@ def test_a_final_refusal_fails_at_once_in_one_line(emulator: Emulator, training_
 
 
 async def test_max_active_jobs_waits_for_a_free_slot_before_creating(
-    emulator: Emulator, training_file: str, blocker: str, log: Lines
+    emulator: Emulator, training_file: str, blocker: str, log: Lines, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ti = fresh_ti()
     task = operator(training_file, deferrable=True, max_active_jobs="1", quota_retry_interval=0.2)
@@ -211,12 +211,22 @@ async def test_max_active_jobs_waits_for_a_free_slot_before_creating(
     assert emulator.requests_to(CREATE) == 1  # the blocker's: nothing was sent for this task
 
     import asyncio
+    import threading
 
-    waiting = asyncio.ensure_future(first_event(trigger))
-    await asyncio.sleep(0.7)
-    assert not waiting.done()  # the slot is still taken: the trigger keeps looking
-    await asyncio.to_thread(FineTuningHook().cancel_job, blocker)
-    event = await asyncio.wait_for(waiting, timeout=10)
+    # In the triggerer the connection is never read synchronously on the event loop (it would block it).
+    sync_read = FineTuningHook.get_connection
+
+    def off_the_loop_only(conn_id: str) -> Any:
+        assert threading.current_thread() is not threading.main_thread(), "a sync connection read on the loop"
+        return sync_read(conn_id)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(FineTuningHook, "get_connection", staticmethod(off_the_loop_only))
+        waiting = asyncio.ensure_future(first_event(trigger))
+        await asyncio.sleep(0.7)
+        assert not waiting.done()  # the slot is still taken: the trigger keeps looking
+        await asyncio.to_thread(FineTuningHook().cancel_job, blocker)
+        event = await asyncio.wait_for(waiting, timeout=10)
     assert event["status"] == "ready"
     with pytest.raises(TaskDeferred):
         await asyncio.to_thread(task.execute_after_quota, {"ti": ti}, event, deferred.value.kwargs["deadline"])

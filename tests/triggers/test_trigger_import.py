@@ -1,4 +1,4 @@
-"""The triggerer imports a trigger's module in its event loop: the module is light, the hook comes in a thread."""
+"""The triggerer imports a trigger's module in its event loop: every one is light, the hook comes in a thread."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ PROBE = """
 import asyncio, importlib, json, sys, threading
 
 import airflow_provider_finetune.triggers.finetune as triggers
+import airflow_provider_finetune.triggers.quota
+import airflow_provider_finetune.triggers.bedrock
 
 heavy = [m for m in ("airflow_provider_finetune.hooks.finetune", "airflow_provider_finetune.models",
                      "airflow_provider_finetune.backends.openai") if m in sys.modules]
