@@ -408,12 +408,16 @@ def observe(hook: FineTuningHook, job_id: str, poll: Poll) -> Observation:
     if not hook.backend.supports("events"):
         return Observation(job, checkpoints=checkpoints)
     over = poll.history or job.status.value in poll.ends
-    # A wait that is over wants every event since its last line: the largest page saves reads back.
-    page = hook.list_events(job_id, limit=EVENTS_PAGE_MAX if over else EVENTS_PER_POLL)
-    events = list(page.data)
-    while over and (cursor := read_back(events, poll.after_event, page.has_more, history=poll.history)) is not None:
-        page = hook.list_events(job_id, after=cursor, limit=EVENTS_PAGE_MAX)
+    events: list[FineTuningJobEvent] = []
+    try:
+        # A wait that is over wants every event since its last line: the largest page saves reads back.
+        page = hook.list_events(job_id, limit=EVENTS_PAGE_MAX if over else EVENTS_PER_POLL)
         events += page.data
+        while over and (cursor := read_back(events, poll.after_event, page.has_more, history=poll.history)):
+            page = hook.list_events(job_id, after=cursor, limit=EVENTS_PAGE_MAX)
+            events += page.data
+    except FineTuningError:
+        pass  # the job's state is known: the wait must not fail over progress lines (the rest are read later)
     return Observation(job, newer_events(events, poll.after_event), checkpoints)
 
 
@@ -424,12 +428,16 @@ async def aobserve(hook: FineTuningHook, job_id: str, poll: Poll) -> Observation
     if not hook.backend.supports("events"):
         return Observation(job, checkpoints=checkpoints)
     over = poll.history or job.status.value in poll.ends
-    # A wait that is over wants every event since its last line: the largest page saves reads back.
-    page = await hook.alist_events(job_id, limit=EVENTS_PAGE_MAX if over else EVENTS_PER_POLL)
-    events = list(page.data)
-    while over and (cursor := read_back(events, poll.after_event, page.has_more, history=poll.history)) is not None:
-        page = await hook.alist_events(job_id, after=cursor, limit=EVENTS_PAGE_MAX)
+    events: list[FineTuningJobEvent] = []
+    try:
+        # A wait that is over wants every event since its last line: the largest page saves reads back.
+        page = await hook.alist_events(job_id, limit=EVENTS_PAGE_MAX if over else EVENTS_PER_POLL)
         events += page.data
+        while over and (cursor := read_back(events, poll.after_event, page.has_more, history=poll.history)):
+            page = await hook.alist_events(job_id, after=cursor, limit=EVENTS_PAGE_MAX)
+            events += page.data
+    except FineTuningError:
+        pass  # as in observe: the wait must not fail over progress lines
     return Observation(job, newer_events(events, poll.after_event), checkpoints)
 
 

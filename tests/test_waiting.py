@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import httpx
 import pytest
 
 from airflow_provider_finetune.exceptions import (
@@ -260,6 +261,16 @@ def test_a_worker_wait_reads_back_every_event_of_a_job_that_ended(
     assert reads.call_count == 2
     assert reads.calls[0].request.url.params["limit"] == str(EVENTS_PAGE_MAX)
     assert reads.calls[1].request.url.params["after"] == f"ev-{150 - EVENTS_PAGE_MAX + 1}"
+
+
+def test_a_worker_wait_whose_events_cannot_be_read_still_ends_with_its_job(hook: FineTuningHook, api: FakeAPI) -> None:
+    """The job's state is known: the wait does not fail (nor count an error) over its progress lines."""
+    api.on("GET", "fine_tuning/jobs/ftjob-1", job(status="running"), job(status="succeeded", fine_tuned_model="ft:x"))
+    gone = httpx.Response(404, json={"error": {"message": "No events for this job", "type": "invalid_request_error"}})
+    api.on("GET", "fine_tuning/jobs/ftjob-1/events", gone)
+    steps = watch("ftjob-1", poll_interval=0, max_consecutive_errors=1)
+    outcome = wait_sync(hook, "ftjob-1", steps, sleep=lambda _: None)
+    assert outcome.status == "succeeded"
 
 
 def test_without_an_event_log_each_change_of_status_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:

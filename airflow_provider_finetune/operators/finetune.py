@@ -400,7 +400,12 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             return None
         if job.status.is_terminal():
             return self._finish(context, job)
+        return self._wait(context, job, deadline, rule, budget)
 
+    def _wait(
+        self, context: Context, job: FineTuningJob, deadline: float | None, rule: Any, budget: Budget | None
+    ) -> str | None:
+        """Wait for the job (deferred, or here), then finish."""
         if self.deferrable:
             from airflow_provider_finetune.triggers.finetune import FineTuningJobTrigger
 
@@ -416,6 +421,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
                     budget=None if budget is None else budget.to_json(),
                 ),
                 method_name="execute_complete",
+                # What the task needs to wait again (see _complete): not secrets, JSON primitives.
+                kwargs={"deadline": deadline, "budget": None if budget is None else budget.to_json()},
             )
         from airflow_provider_finetune.waiting import wait_sync, watch
 
@@ -601,13 +608,22 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             context["ti"].xcom_push(key="total_price", value=cost)
         return cost
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> str | None:
-        """Resume after the trigger fired: check the event, re-read the job, finish."""
+    def execute_complete(
+        self,
+        context: Context,
+        event: dict[str, Any],
+        deadline: float | None = None,
+        budget: dict[str, Any] | None = None,
+    ) -> str | None:
+        """Resume after the trigger fired: check the event, re-read the job, finish (or wait again)."""
+        from airflow_provider_finetune.budget import Budget
         from airflow_provider_finetune.waiting import Outcome
 
-        return self._complete(context, _outcome(event, Outcome))
+        return self._complete(context, _outcome(event, Outcome), deadline, Budget.of(budget))
 
-    def _complete(self, context: Context, outcome: Outcome) -> str | None:
+    def _complete(
+        self, context: Context, outcome: Outcome, deadline: float | None = None, budget: Budget | None = None
+    ) -> str | None:
         from airflow_provider_finetune.budget import OVER_BUDGET
         from airflow_provider_finetune.early_stopping import EARLY_STOPPED
         from airflow_provider_finetune.exceptions import ConflictError, FineTuningError, FineTuningJobFailed
@@ -636,6 +652,15 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             return self._stop_over_budget(context, job, outcome)
         if outcome.status not in TERMINAL and outcome.status not in (EARLY_STOPPED, OVER_BUDGET):
             raise FineTuningError(f"Unexpected status {outcome.status!r} for job {job.id}")
+        if outcome.status in TERMINAL and not job.status.is_terminal():
+            # The wait read the end from the service's list; the job's own record has not ended: it is believed.
+            self.log.warning(
+                "The service listed job %s as %s, but its own record says %s: waiting on",
+                job.id,
+                outcome.status,
+                job.status.value,
+            )
+            return self._wait(context, job, deadline, self._early_stopping_rule(), budget)
         return self._finish(context, job)
 
     def _early_stopping_rule(self) -> EarlyStopping | None:

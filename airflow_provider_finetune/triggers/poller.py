@@ -53,6 +53,7 @@ from airflow_provider_finetune.waiting import (
     EVENTS_PAGE_MAX,
     EVENTS_PER_POLL,
     TERMINAL,
+    TRANSIENT,
     Observation,
     Outcome,
     Pause,
@@ -372,10 +373,15 @@ class JobPoller:
         held: dict[str, JobState | FineTuningJob | None] = dict.fromkeys(stalest)
         try:
             await self._pages(set(asks), partial(self._serve, asks=asks, now=now, held=held))
-        except FineTuningError as err:
+        except TRANSIENT as err:  # counted as a failed read by each wait, which tries again next round
             self._settle_all([w for head in asks.values() for w in head.each()], err)
             asks.clear()
             held.clear()
+        except FineTuningError:
+            # A list the service refuses for good (a cursor it no longer knows, say) is no answer about any one
+            # job: its pages are forgotten, and the due jobs it did not show are read by id, as unlisted ones.
+            for memory in self.memory.values():
+                memory.listed = False
         for job in sorted((j for j in held.values() if j is not None), key=lambda j: self._priority(j, asks[j.id])):
             self._answer(job, asks.pop(job.id), now, read_events=self.tokens >= 1)
         held.clear()
@@ -555,7 +561,9 @@ class JobPoller:
             await self._deliver()
             return
         self.memory.setdefault(job_id, _Memory(asked=now)).created_at = job.created_at
-        asks[job_id] = waits
+        # Answered under the job's own id: a job asked for by another name of it (Bedrock's name, a Fireworks id
+        # without its account) is the job its record says.
+        asks[job.id] = waits
         self._serve([job], asks, now)  # its events, if read, by a reader (this one may be it)
         del job
         await self._deliver()

@@ -122,6 +122,23 @@ def test_execute_complete_success(context: dict[str, Any], api: FakeAPI) -> None
     assert operator().execute_complete(context, event_) == "ft:gpt-4o-mini:org::abc"
 
 
+def test_an_end_the_list_reported_but_the_job_s_record_denies_is_waited_on(
+    context: dict[str, Any], api: FakeAPI
+) -> None:
+    """The poller read the end from the service's list; the job's own record still runs: it is not a failure."""
+    api.on("GET", f"{JOBS}/ftjob-1", job(status="running"))
+    task = operator(deferrable=True)
+    budget = {"max_cost": 5.0, "price": 1.0, "tokens_per_epoch": 1000, "epochs": 3, "service_estimate": None}
+    event_ = {"status": "succeeded", "job_id": "ftjob-1", "message": "", "last_event_id": None}
+    with pytest.raises(TaskDeferred) as again:
+        task.execute_complete(context, event_, deadline=2e9, budget=budget)
+    trigger = again.value.trigger
+    assert isinstance(trigger, FineTuningJobTrigger)
+    assert (trigger.job_id, trigger.deadline, trigger.budget) == ("ftjob-1", 2e9, budget)
+    assert again.value.kwargs == {"deadline": 2e9, "budget": budget}
+    assert context["ti"].xcoms["status"] == "running"
+
+
 def test_execute_complete_rereads_the_job_and_fails_with_its_error(context: dict[str, Any], api: FakeAPI) -> None:
     api.on(
         "GET",

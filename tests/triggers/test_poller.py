@@ -191,6 +191,25 @@ async def test_a_failed_list_reaches_every_wait_of_the_round() -> None:
     assert answers[0].job.id == "ftjob-00001"  # the poller goes on
 
 
+async def test_a_list_the_service_refuses_for_good_fails_no_wait_its_jobs_are_read_by_id() -> None:
+    """A stale cursor (400) says nothing of any job: the due jobs are read by id, and the pages forgotten."""
+    from airflow_provider_finetune.exceptions import BadRequestError
+
+    service = FakeService(5)
+    poller = make_poller(service)
+    ids = [j["id"] for j in service.jobs]
+    await ask(poller, ids)  # the pages are remembered
+    service.fail_lists = BadRequestError(400, "The pagination token is invalid or expired")
+    service.calls.clear()
+    answers = await ask(poller, ids)
+    assert [a.job.id for a in answers] == ids
+    assert service.count("get") == 5
+    service.fail_lists = None
+    service.calls.clear()
+    await ask(poller, ids)
+    assert [after for kind, after in service.calls if kind == "list"] == [None]  # walked afresh from the top
+
+
 async def test_a_cancelled_wait_does_not_disturb_the_others() -> None:
     service = FakeService(10)
     poller = make_poller(service)
@@ -513,3 +532,21 @@ async def test_a_wait_logs_in_the_context_of_its_trigger(caplog: pytest.LogCaptu
     for message, bound in seen:
         for line in message.splitlines():
             assert bound == f"trigger-of-{line[1:12]}", message
+
+
+async def test_a_job_read_by_another_name_of_it_answers_its_wait_and_no_other_wait_fails() -> None:
+    """Bedrock reads a job by its name and answers its record, whose id is the ARN: the wait is answered."""
+    service = FakeService(3, unlisted=("arn:aws:bedrock:us-east-1:1:model-customization-job/x/ft-abc",))
+    arn = next(iter(service.unlisted))
+    real = service.aget_job
+
+    async def by_name(job_id: str) -> FineTuningJob:
+        return await real(arn if job_id == "ft-abc" else job_id)
+
+    service.aget_job = by_name  # type: ignore[method-assign]
+    poller = make_poller(service)
+    listed = [j["id"] for j in service.jobs]
+    seen = await ask(poller, ["ft-abc", *listed])
+    assert not [o for o in seen if isinstance(o, BaseException)], seen
+    assert seen[0].job.id == arn
+    assert [o.job.id for o in seen[1:]] == listed
