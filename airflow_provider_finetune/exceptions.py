@@ -26,6 +26,7 @@ __all__ = [
     "FineTuningConnectionError",
     "FineTuningError",
     "FineTuningFailure",
+    "FineTuningJobEnded",
     "FineTuningJobFailed",
     "FineTuningNotAllowedError",
     "FineTuningTimeoutError",
@@ -288,13 +289,21 @@ class FineTuningJobFailed(FineTuningError):
         self.param = param
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_job_failed, (self.job_id, self.status, str(self), self.code, self.param))
+        return (_rebuild_job_failed, (type(self), self.job_id, self.status, str(self), self.code, self.param))
+
+
+class FineTuningJobEnded(FineTuningJobFailed, FineTuningFailure):
+    """A job a sensor waits on ended where it can never reach the status waited for: no retry can change that.
+
+    Unlike :class:`FineTuningJobFailed` raised by the create operator (whose retry makes a new job), the task fails
+    at once, without its retries (and with ``soft_fail``, is skipped).
+    """
 
 
 def _rebuild_job_failed(
-    job_id: str, status: str, message: str, code: str | None, param: str | None
+    cls: type[FineTuningJobFailed], job_id: str, status: str, message: str, code: str | None, param: str | None
 ) -> FineTuningJobFailed:
-    return FineTuningJobFailed(job_id, status, message, code=code, param=param)
+    return cls(job_id, status, message, code=code, param=param)
 
 
 _BY_STATUS: dict[int, type[FineTuningAPIError]] = {

@@ -26,6 +26,7 @@ from airflow_provider_finetune.backends.openai import OpenAIBackend
 from airflow_provider_finetune.client import ConnectionSettings, ErrorFields, path_param, read_openai_error
 from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.models import CreateFineTuningJobRequest, FileObject, Page
+from airflow_provider_finetune.once import ECHOED_REQUEST
 from airflow_provider_finetune.statuses import FineTuningJobStatus
 
 __all__ = [
@@ -161,6 +162,9 @@ class _AzureBackend(OpenAIBackend):
                 )
                 for k, v in method.items()
             }
+        # What the job reports of its request, compared with a request's when a lost create is looked for:
+        # without it, a sibling task's job of the same model and files (another suffix, other epochs) would do.
+        job[ECHOED_REQUEST] = {k: job[k] for k in ("suffix", "hyperparameters", "method") if job.get(k) is not None}
         return job
 
     def event_from(self, data: Any) -> Any:

@@ -348,18 +348,17 @@ class FireworksBackend(OpenAIBackend):
             body["evaluationDataset"] = self._dataset_ref(request.validation_file, "validation_file")
         for key, value in given.items():
             option = FIREWORKS_OPTIONS[key]
-            if option.wire in training and training[option.wire] != value:
-                raise InvalidRequestError(
-                    f"service_options.{key}: {value!r} contradicts the method's hyperparameters "
-                    f"({option.wire} {training[option.wire]!r}): give it once",
-                    field=f"service_options.{key}",
-                )
             if key == "evaluation_dataset":
                 value = self._dataset_ref(value, "service_options.evaluation_dataset")
-            if option.training:
-                training[option.wire] = value
-            else:
-                body[option.wire] = value
+            target = training if option.training else body
+            if option.wire in target and target[option.wire] != value:
+                said = "the method's hyperparameters" if option.training else "the request"
+                raise InvalidRequestError(
+                    f"service_options.{key}: {value!r} contradicts {said} ({option.wire} {target[option.wire]!r}): "
+                    "give it once",
+                    field=f"service_options.{key}",
+                )
+            target[option.wire] = value
         if method == "reinforcement" and "evaluator" not in body:
             raise InvalidRequestError(
                 "Invalid fine-tuning request: service_options.evaluator: Fireworks reinforcement jobs need an "

@@ -220,6 +220,15 @@ def _record_for_task(
 def _hook_for(record: JobRecord, connections: list[str]) -> tuple[str, FineTuningHook]:
     directory.locate([record.job_id], [record.conn_id, *connections] if record.conn_id else connections)
     conn_id = directory.connection_of(record.job_id)
+    if conn_id is None and record.conn_id:
+        # A list may not show it (a service listing one kind of job, or only the newest): asked for by its id.
+        try:
+            job = directory.hook(record.conn_id).get_job(record.job_id)
+        except Exception:  # not there, or the connection cannot be read: not found, below
+            job = None
+        if job is not None:
+            directory.remember(record.conn_id, job)
+            conn_id = record.conn_id
     if conn_id is None:
         raise HTTPException(404, f"Fine-tuning job {record.job_id} was not found on any fine-tuning connection")
     return conn_id, directory.hook(conn_id)
@@ -350,12 +359,15 @@ def act(job_id: str, action: str, request: Request, user: UserDep) -> dict[str, 
         if refused is not None:
             raise HTTPException(409, refused)
         if job.status.value not in rule.done:
+            conflict: ConflictError | None = None
             try:
-                job = getattr(hook, rule.method)(job.id)
-            except ConflictError:
-                job = hook.get_job(job.id)
-                if job.status.value not in rule.done:
-                    raise
+                getattr(hook, rule.method)(job.id)
+            except ConflictError as err:  # it moved on between the read and the action
+                conflict = err
+            # What the service says of the job now, not what the action's answer suggests (some answer nothing).
+            job = hook.get_job(job.id)
+            if conflict is not None and job.status.value not in rule.done:
+                raise conflict
     except (ConflictError, InvalidRequestError) as err:  # an unsupported action is an InvalidRequestError
         raise HTTPException(409, str(err)) from err
     except FineTuningError as err:

@@ -333,7 +333,9 @@ class Directory:
                     todo.discard(job.id)
             if not todo or not page.has_more or not page.data:
                 return
-            after = page.data[-1].id
+            after = page.next_after  # the service's own cursor (Fireworks' and Bedrock's is a page token)
+            if after is None:
+                return
 
     def view(self, record: JobRecord) -> JobView:
         """A list row for the record: the service's view of the job where known, the record's otherwise."""

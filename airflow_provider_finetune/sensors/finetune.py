@@ -36,6 +36,8 @@ __all__ = ["FineTuningCheckpointSensor", "FineTuningJobSensor"]
 
 #: What fails a job sensor when no failure statuses are given, less the statuses it waits for.
 DEFAULT_FAILURE_STATUSES = statuses.FAILURE
+#: Transient read failures a deferred job sensor bears in a row: as many as come (only its timeout ends the wait).
+UNBOUNDED_ERRORS = 2**31 - 1
 
 
 def _statuses(value: str | Collection[str], name: str) -> frozenset[str]:
@@ -235,6 +237,8 @@ class FineTuningJobSensor(_FineTuningSensor):
                 poll_interval=self.poke_interval,
                 deadline=self._deadline(),
                 cancel_on_kill=False,  # the job is not the sensor's to cancel
+                # As when it pokes: a transient failure to read the job keeps it waiting, until its timeout.
+                max_consecutive_errors=UNBOUNDED_ERRORS,
             ),
             method_name="execute_complete",
             timeout=self._defer_timeout(),
@@ -264,7 +268,7 @@ class FineTuningJobSensor(_FineTuningSensor):
 
     def _fail_if_ended(self, job: FineTuningJob, status: str | None = None) -> None:
         """Fail on a failure status, or a terminal status that is not a target."""
-        from airflow_provider_finetune.exceptions import FineTuningJobFailed
+        from airflow_provider_finetune.exceptions import FineTuningJobEnded
 
         status = status or job.status.value
         if status not in self.failure_statuses and status not in TERMINAL:
@@ -275,7 +279,7 @@ class FineTuningJobSensor(_FineTuningSensor):
         error = job.error
         if error is not None:
             text += f": {error.describe()}"
-        raise FineTuningJobFailed(
+        raise FineTuningJobEnded(
             job.id,
             status,
             text,
@@ -503,7 +507,7 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
 
     def _fail_ended(self, job: FineTuningJob, count: int) -> None:
         """Fail because the job has ended and none of its checkpoints meets the condition."""
-        from airflow_provider_finetune.exceptions import FineTuningJobFailed
+        from airflow_provider_finetune.exceptions import FineTuningJobEnded
 
         status = job.status.value
         if not job.status.is_terminal():
@@ -514,7 +518,7 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
         )
         if job.error is not None:
             text += f" ([{job.error.code}] {job.error.message})"
-        raise FineTuningJobFailed(
+        raise FineTuningJobEnded(
             job.id,
             status,
             text,

@@ -147,6 +147,27 @@ def test_stable_authoring_body_has_top_level_numbers_and_no_metadata(monkeypatch
     }
 
 
+def test_a_sibling_task_s_job_of_the_same_model_and_files_is_not_taken_for_ours(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A mapped grid: same model and training file, another suffix or other epochs. Azure's job reports both."""
+    from airflow_provider_finetune.models import CreateFineTuningJobRequest, FineTuningJob, build_request
+    from airflow_provider_finetune.once import _same_request_fields
+
+    backend = hook_for(monkeypatch, api_type="azure", api_version="2024-10-21").backend
+    mine = {"model": "gpt-4o-mini-2024-07-18", "training_file": "file-abc", "suffix": "e3"}
+    mine["method"] = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}}
+    body = backend.job_body(build_request(CreateFineTuningJobRequest, mine))
+
+    def reported(**fields: Any) -> FineTuningJob:
+        return FineTuningJob.model_validate(backend.job_from(azure_job("running", **fields)))
+
+    same = {"n_epochs": 3, "batch_size": -1, "learning_rate_multiplier": 1.0}
+    assert _same_request_fields(reported(suffix="e3", hyperparameters=same), body)
+    assert not _same_request_fields(reported(suffix="e2", hyperparameters=same), body)
+    assert not _same_request_fields(reported(suffix="e3", hyperparameters={**same, "n_epochs": 2}), body)
+
+
 @pytest.mark.parametrize(
     ("request_", "field"),
     [

@@ -329,6 +329,7 @@ def test_learning_rate_multiplier_is_refused_through_the_hook_before_any_request
             {"epochs": 4},
             "contradicts",
         ),
+        ({"validation_file": "ds-valid"}, {"evaluation_dataset": "ds-other"}, "contradicts the request"),
     ],
 )
 def test_what_fireworks_cannot_take_as_meant_is_refused(

@@ -122,6 +122,9 @@ def test_job_sensor_fails_on_failure_status_with_the_jobs_error(
         "invalid_training_file",
         "training_file",
     )
+    from airflow_provider_finetune._compat import AirflowFailException
+
+    assert isinstance(err, AirflowFailException)  # no retry makes an ended job reach the status; soft_fail skips
     assert "[invalid_training_file] line 7 is not JSON (param: training_file)" in str(err)
 
 
@@ -289,6 +292,7 @@ def test_job_sensor_defers_at_once_without_a_request(
     assert kwargs["poll_interval"] == 30.0
     assert kwargs["target_statuses"] == ["cancelled", "failed", "succeeded"]
     assert time.time() + 3590 < kwargs["deadline"] <= time.time() + 3600
+    assert kwargs["max_consecutive_errors"] >= 2**31 - 1  # as when it pokes: only its timeout ends the wait
     # Should no triggerer run it, Airflow fails the wait a little after the trigger's own deadline.
     assert info.value.timeout == timedelta(seconds=3600 + 30 + 60)
 

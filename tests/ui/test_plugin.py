@@ -111,6 +111,58 @@ def test_the_directory_places_many_jobs_with_one_list_call_per_page(emulator: Em
     assert directory.list_calls == 2  # stale: one list call where the jobs live, not one per job
 
 
+def test_the_directory_pages_with_the_service_s_own_cursor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fireworks and Bedrock page with a token, not the last job's id: the next page is asked with the token."""
+    from airflow_provider_finetune.models import FineTuningJob, Page
+
+    def jobs(*ids: str) -> list[FineTuningJob]:
+        return [FineTuningJob.model_validate({"id": i, "status": "running", "model": "m"}) for i in ids]
+
+    class Paged:
+        def __init__(self) -> None:
+            self.afters: list[str | None] = []
+
+        def list_jobs(self, *, after: str | None = None, limit: int | None = None) -> Page[FineTuningJob]:
+            self.afters.append(after)
+            if after is None:
+                return Page[FineTuningJob](data=jobs("accounts/a/jobs/1"), has_more=True, last_id="token-2")
+            assert after == "token-2", after
+            return Page[FineTuningJob](data=jobs("accounts/a/jobs/2"), has_more=False)
+
+    paged = Paged()
+    directory = Directory()
+    monkeypatch.setattr(directory, "hook", lambda conn_id: paged)
+    directory.locate(["accounts/a/jobs/2"], ["fw"])
+    assert paged.afters == [None, "token-2"]
+    assert directory.connection_of("accounts/a/jobs/2") == "fw"
+
+
+def test_a_job_no_list_shows_is_asked_for_by_id_on_the_connection_its_task_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fireworks lists one kind of job: a DPO job its task recorded is still found, on the task's connection."""
+    from airflow_provider_finetune.models import FineTuningJob, Page
+    from airflow_provider_finetune.plugins import app
+    from airflow_provider_finetune.plugins.jobs import JobRecord
+
+    dpo = "accounts/a/dpoJobs/ft-1"
+
+    class Unlisted:
+        def list_jobs(self, *, after: str | None = None, limit: int | None = None) -> Page[FineTuningJob]:
+            return Page[FineTuningJob](data=[], has_more=False)
+
+        def get_job(self, job_id: str) -> FineTuningJob:
+            return FineTuningJob.model_validate({"id": job_id, "status": "running", "model": "m"})
+
+    directory = Directory()
+    monkeypatch.setattr(directory, "hook", lambda conn_id: Unlisted())
+    monkeypatch.setattr(app, "directory", directory)
+    record = JobRecord(dpo, "d", "r", "t", -1, None, conn_id="fw")
+    conn_id, _ = app._hook_for(record, ["other"])
+    assert conn_id == "fw"
+    assert directory.connection_of(dpo) == "fw"
+
+
 class _Rows:
     """A session whose query answers with the given XCom rows (what load_records reads of the database)."""
 
