@@ -101,6 +101,8 @@ class Observation:
     job: FineTuningJob | JobState
     events: list[FineTuningJobEvent] = field(default_factory=list)
     checkpoints: list[FineTuningJobCheckpoint] | None = None
+    #: Why the events (or some of them) could not be read; the job was, so the wait goes on.
+    events_error: FineTuningError | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,8 @@ def watch(
         if isinstance(seen, Observation):
             errors = 0
             status = seen.job.status.value
+            if seen.events_error is not None:
+                logger.warning("Could not read the events of job %s: %s", job_id, seen.events_error)
             _log_events(logger, job_id, seen, everything=status in ends)
             if not events and status != last_status:
                 logger.info("%s", describe_status(seen.job, last_status))
@@ -416,8 +420,9 @@ def observe(hook: FineTuningHook, job_id: str, poll: Poll) -> Observation:
         while over and (cursor := read_back(events, poll.after_event, page.has_more, history=poll.history)):
             page = hook.list_events(job_id, after=cursor, limit=EVENTS_PAGE_MAX)
             events += page.data
-    except FineTuningError:
-        pass  # the job's state is known: the wait must not fail over progress lines (the rest are read later)
+    except FineTuningError as err:  # the job's state is known: the wait must not fail over progress lines
+        # None of them is taken: read again from the same place next time, no line is skipped.
+        return Observation(job, [], checkpoints, events_error=err)
     return Observation(job, newer_events(events, poll.after_event), checkpoints)
 
 
@@ -436,8 +441,8 @@ async def aobserve(hook: FineTuningHook, job_id: str, poll: Poll) -> Observation
         while over and (cursor := read_back(events, poll.after_event, page.has_more, history=poll.history)):
             page = await hook.alist_events(job_id, after=cursor, limit=EVENTS_PAGE_MAX)
             events += page.data
-    except FineTuningError:
-        pass  # as in observe: the wait must not fail over progress lines
+    except FineTuningError as err:  # as in observe: the wait must not fail over progress lines
+        return Observation(job, [], checkpoints, events_error=err)
     return Observation(job, newer_events(events, poll.after_event), checkpoints)
 
 

@@ -44,8 +44,9 @@ OVERFIT = {OVERFIT_KEY: "0.3"}
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[EmulatorServer]:
-    """Jobs that train for about 1.5 s: long enough for waits polling every 0.1 s to stop them half-way."""
-    with EmulatorServer(EmulatorConfig(api_key=API_KEY, speed=20, seed=5)) as running:
+    """Jobs that train for about 4 s: a wait polling every 0.1 s stops them about half-way, with room for a loaded
+    machine's pauses (one of 1.3 s was seen) before the end."""
+    with EmulatorServer(EmulatorConfig(api_key=API_KEY, speed=8, seed=5)) as running:
         yield running
 
 

@@ -263,14 +263,20 @@ def test_a_worker_wait_reads_back_every_event_of_a_job_that_ended(
     assert reads.calls[1].request.url.params["after"] == f"ev-{150 - EVENTS_PAGE_MAX + 1}"
 
 
-def test_a_worker_wait_whose_events_cannot_be_read_still_ends_with_its_job(hook: FineTuningHook, api: FakeAPI) -> None:
-    """The job's state is known: the wait does not fail (nor count an error) over its progress lines."""
+def test_a_worker_wait_whose_events_cannot_be_read_still_ends_with_its_job(
+    hook: FineTuningHook, api: FakeAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The job's state is known: the wait does not fail (nor count an error) over its progress lines; it says why."""
+    caplog.set_level(logging.INFO, logger="test.wait")
     api.on("GET", "fine_tuning/jobs/ftjob-1", job(status="running"), job(status="succeeded", fine_tuned_model="ft:x"))
     gone = httpx.Response(404, json={"error": {"message": "No events for this job", "type": "invalid_request_error"}})
     api.on("GET", "fine_tuning/jobs/ftjob-1/events", gone)
-    steps = watch("ftjob-1", poll_interval=0, max_consecutive_errors=1)
+    steps = watch("ftjob-1", poll_interval=0, max_consecutive_errors=1, log=logging.getLogger("test.wait"))
     outcome = wait_sync(hook, "ftjob-1", steps, sleep=lambda _: None)
     assert outcome.status == "succeeded"
+    warned = [r.getMessage() for r in caplog.records if r.name == "test.wait" and r.levelno == logging.WARNING]
+    assert warned
+    assert all("Could not read the events of job ftjob-1: 404" in w for w in warned)
 
 
 def test_without_an_event_log_each_change_of_status_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:

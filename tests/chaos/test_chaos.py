@@ -34,7 +34,7 @@ from airflow_provider_finetune.client import close_shared_async_clients
 from airflow_provider_finetune.emulator import EmulatorApp, EmulatorConfig, FaultConfig, Timings
 from airflow_provider_finetune.emulator.counters import Counters
 from airflow_provider_finetune.emulator.faults import FaultMiddleware
-from airflow_provider_finetune.exceptions import ConflictError, FineTuningJobFailed, UnsafeToRetryError
+from airflow_provider_finetune.exceptions import ConflictError, FineTuningError, FineTuningJobFailed, UnsafeToRetryError
 from airflow_provider_finetune.hooks.finetune import TASK_TAG_KEY, FineTuningHook
 from airflow_provider_finetune.operators.finetune import (
     FineTuningFileUploadOperator,
@@ -423,6 +423,7 @@ def test_a_cancel_whose_answer_was_lost_is_done(api: FakeAPI, context: dict[str,
 def test_a_conflict_that_leaves_the_job_elsewhere_still_fails(api: FakeAPI, context: dict[str, Any]) -> None:
     api.on("GET", "fine_tuning/jobs/ftjob-1", job(status="running"), job(status="succeeded"))
     api.on("POST", "fine_tuning/jobs/ftjob-1/pause", conflict("Job ftjob-1 cannot be paused: it has already succeeded"))
-    with pytest.raises(ConflictError) as info:
+    with pytest.raises(FineTuningError, match=r"Cannot pause fine-tuning job ftjob-1: it has already ended") as info:
         FineTuningJobPauseOperator(task_id="pause", job_id="ftjob-1").execute(context)  # type: ignore[arg-type]
-    assert "cannot be paused" in str(info.value)
+    assert isinstance(info.value.__cause__, ConflictError)  # the service's refusal, kept as the cause
+    assert "cannot be paused" in str(info.value.__cause__)
