@@ -36,6 +36,7 @@ __all__ = [
     "HeaderAuth",
     "Limits",
     "OnceOnly",
+    "content_digest",
     "json_model",
     "model",
     "refuse_untranslatable",
@@ -193,6 +194,18 @@ class HeaderAuth(httpx.Auth):
         """Set the header and send."""
         request.headers[self._name] = self._value
         yield request
+
+
+def content_digest(stream: IO[bytes], start: int) -> tuple[int, str]:
+    """Size and SHA-256 of a stream's content from ``start`` to its end, read a block at a time; left at ``start``."""
+    digest = hashlib.sha256()
+    stream.seek(start)
+    size = 0
+    while chunk := stream.read(1024 * 1024):
+        digest.update(chunk)
+        size += len(chunk)
+    stream.seek(start)
+    return size, digest.hexdigest()
 
 
 def request_fingerprint(body: Mapping[str, Any], *, ignore_metadata: frozenset[str] = frozenset()) -> str:

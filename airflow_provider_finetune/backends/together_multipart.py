@@ -16,7 +16,6 @@ out by :func:`upload_multipart` and :func:`aupload_multipart`.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from typing import IO, Any
 
 import httpx
 
-from airflow_provider_finetune.backends.base import Call
+from airflow_provider_finetune.backends.base import Call, content_digest
 from airflow_provider_finetune.client import Exchange, exchange, run_async, run_sync
 from airflow_provider_finetune.exceptions import (
     ConflictError,
@@ -195,18 +194,6 @@ def _started(answer: Any, count: int) -> tuple[str, str, list[tuple[str, dict[st
     )
 
 
-def checksum_of(stream: IO[bytes], start: int, size: int, block: int = 2**20) -> str:
-    """The SHA-256 of ``size`` bytes of ``stream`` from ``start``, read a block at a time."""
-    digest = hashlib.sha256()
-    stream.seek(start)
-    left = size
-    while left > 0 and (chunk := stream.read(min(block, left))):
-        digest.update(chunk)
-        left -= len(chunk)
-    stream.seek(start)
-    return digest.hexdigest()
-
-
 def _put(client: httpx.Client | httpx.AsyncClient, step: PutPart, stream: IO[bytes], start: int) -> httpx.Request:
     stream.seek(start + step.offset)
     data = stream.read(step.length)
@@ -227,7 +214,7 @@ class _Run:
         self.hook = hook
         self.stream = stream
         self.start = stream.tell()
-        checksum = checksum_of(stream, self.start, size)
+        _, checksum = content_digest(stream, self.start)  # the stream from here to its end is the file's size
         self.steps = multipart_steps(hook.backend, name, size, kind, checksum, purpose)
         self.result: FileObject | None = None
 

@@ -626,7 +626,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
     ) -> str | None:
         from airflow_provider_finetune.budget import OVER_BUDGET
         from airflow_provider_finetune.early_stopping import EARLY_STOPPED
-        from airflow_provider_finetune.exceptions import ConflictError, FineTuningError, FineTuningJobFailed
+        from airflow_provider_finetune.exceptions import FineTuningError, FineTuningJobFailed
         from airflow_provider_finetune.waiting import TERMINAL, WAIT_ERROR, WAIT_TIMEOUT
 
         self.job_id = outcome.job_id
@@ -636,11 +636,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         context["ti"].xcom_push(key="status", value=job.status.value)
         if outcome.status == WAIT_TIMEOUT:
             if self.cancel_on_timeout and not job.status.is_terminal():
-                try:
-                    job = self.hook.cancel_job(job.id)
-                    self.log.info("Cancelled job %s because the wait timed out", job.id)
-                except ConflictError:  # it ended between the read and the cancel
-                    job = self.hook.get_job(job.id)
+                job = act_or_read(self.hook, job.id, "cancel")
+                self.log.info("Cancel of job %s because the wait timed out: %s", job.id, job.status.value)
             if not ended_before_the_stop(job):
                 raise FineTuningJobFailed(job.id, job.status.value, outcome.message)
             # It succeeded or failed on its own as the wait ran out: that end is the task's result.
@@ -749,12 +746,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         A job that succeeded or failed before the cancel reached it finishes as any job does.
         """
         from airflow_provider_finetune.budget import BudgetExceededError
-        from airflow_provider_finetune.exceptions import ConflictError
 
-        try:
-            job = self.hook.cancel_job(job.id)
-        except ConflictError:  # it ended between the read and the cancel
-            job = self.hook.get_job(job.id)
+        job = act_or_read(self.hook, job.id, "cancel")
         if ended_before_the_stop(job):  # its own end, as a job read ended a moment earlier would have been
             self.log.warning("%s; job %s %s before the cancel reached it", outcome.message, job.id, job.status.value)
             return self._finish(context, job)
@@ -944,18 +937,27 @@ def stop_early(hook: FineTuningHook, job_id: str, rule: EarlyStopping, reason: s
     is: :func:`ended_before_the_stop` tells a job that succeeded or failed on its own from one stopped.
     """
     from airflow_provider_finetune.early_stopping import stop_action
-    from airflow_provider_finetune.exceptions import ConflictError
 
     action = stop_action(rule, can_pause=hook.backend.supports("pause"))
-    try:
-        job = hook.pause_job(job_id) if action == "pause" else hook.cancel_job(job_id)
-    except ConflictError:
-        job = hook.get_job(job_id)
+    job = act_or_read(hook, job_id, action)
     if ended_before_the_stop(job):
         log.info("%s; job %s %s before it could be stopped (%s)", reason, job.id, job.status.value, action)
     else:
         log.info("%s; job %s: %s -> %s", reason, job.id, action, job.status.value)
     return job
+
+
+def act_or_read(hook: FineTuningHook, job_id: str, action: str) -> FineTuningJob:
+    """Cancel a job, or pause it (``action="pause"``); one that moved on first (409) is read as it now is.
+
+    Whether it was stopped, or ended on its own first, its own status says (:func:`ended_before_the_stop`).
+    """
+    from airflow_provider_finetune.exceptions import ConflictError
+
+    try:
+        return hook.pause_job(job_id) if action == "pause" else hook.cancel_job(job_id)
+    except ConflictError:
+        return hook.get_job(job_id)
 
 
 def ended_before_the_stop(job: FineTuningJob) -> bool:
@@ -1263,18 +1265,6 @@ def _digest_filename(name: str, sha256: str) -> str:
     return f"{name}.{sha256[:16]}"
 
 
-def _measure(stream: IO[bytes], start: int) -> tuple[int, str]:
-    """Size and SHA-256 of the stream from ``start`` to its end; leaves it at ``start``."""
-    digest = hashlib.sha256()
-    stream.seek(start)
-    size = 0
-    while chunk := stream.read(1024 * 1024):
-        digest.update(chunk)
-        size += len(chunk)
-    stream.seek(start)
-    return size, digest.hexdigest()
-
-
 def _timestamp(value: Any) -> float | None:
     """A datetime (or pendulum) as seconds since the epoch; ``None`` when there is none."""
     stamp = getattr(value, "timestamp", None)
@@ -1391,7 +1381,9 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
                 )
             elif self.validate:
                 self.log.info("Not checking %s: only files for the fine-tune purpose are checked", name)
-            size, sha256 = _measure(stream, start)
+            from airflow_provider_finetune.backends.base import content_digest
+
+            size, sha256 = content_digest(stream, start)
             if size == 0:
                 raise InvalidRequestError(f"{name} is empty", field="file")
             if self.hook.backend.file_reference == "dataset":
