@@ -78,6 +78,8 @@ class BudgetExceededError(FineTuningFailure):
     :param max_cost: the cap.
     """
 
+    not_retried = "Not retried: a retry would make and pay for the same job again."
+
     def __init__(self, message: str, *, cost: float, max_cost: float) -> None:
         super().__init__(message)
         self.cost = cost

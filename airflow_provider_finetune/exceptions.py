@@ -83,12 +83,25 @@ class FineTuningError(_Base):
 class FineTuningFailure(FineTuningError, _FailBase):
     """An error no retry of the task can mend: Airflow fails the task at once, without its retries.
 
-    A cost cap reached is one (a retry would create the same job again and spend as much again).
+    An answer that will be the same on the next try is one: a refused key (401, 403), a request the service
+    refuses as invalid (400, 404, 422), a request refused before it was sent (:class:`InvalidRequestError`, bad
+    training data among them), an account that may not fine-tune, a cost cap reached (a retry would create the
+    same job again and spend as much again). Trouble that passes (429, 5xx, timeouts, dropped connections, a
+    quota that frees up, a 409 about a job's state of the moment) is not one: the task keeps its retries.
+
+    Each carries a note (PEP 678, shown under the error's line in the task's log) that says it is not retried.
     """
 
+    #: Why the task is not retried, as the note under the error's own line says it.
+    not_retried = "Not retried: the next try would get the same answer."
 
-class InvalidRequestError(FineTuningError, ValueError):
-    """A request was refused on the client side, before anything was sent.
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.add_note(self.not_retried)
+
+
+class InvalidRequestError(FineTuningFailure, ValueError):
+    """A request was refused on the client side, before anything was sent: the task fails without its retries.
 
     :param message: what is wrong, naming the field.
     :param field: dotted path of the offending field, when there is one.
@@ -196,19 +209,19 @@ def _rebuild_api_error(
     return cls(status_code, message, **kwargs)
 
 
-class BadRequestError(FineTuningAPIError):
-    """400: the service refused the request as malformed or invalid."""
+class BadRequestError(FineTuningAPIError, FineTuningFailure):
+    """400: the service refused the request as malformed or invalid (an unknown model, a refused option)."""
 
 
-class AuthenticationError(FineTuningAPIError):
+class AuthenticationError(FineTuningAPIError, FineTuningFailure):
     """401: the API key is missing, wrong or revoked."""
 
 
-class PermissionDeniedError(FineTuningAPIError):
+class PermissionDeniedError(FineTuningAPIError, FineTuningFailure):
     """403: the key may not do this (checkpoint permissions need an admin key)."""
 
 
-class NotFoundError(FineTuningAPIError):
+class NotFoundError(FineTuningAPIError, FineTuningFailure):
     """404: no such job, file, checkpoint or path (a wrong base URL answers this too)."""
 
 
@@ -216,7 +229,7 @@ class ConflictError(FineTuningAPIError):
     """409: the object is in a state that does not allow this (e.g. resuming a running job)."""
 
 
-class UnprocessableEntityError(FineTuningAPIError):
+class UnprocessableEntityError(FineTuningAPIError, FineTuningFailure):
     """422: the request was understood but cannot be processed."""
 
 
@@ -251,7 +264,7 @@ class QuotaExceededError(RateLimitError):
         return {**super()._kwargs(), "quota": self.quota, "retry_after": self.retry_after}
 
 
-class FineTuningNotAllowedError(RateLimitError):
+class FineTuningNotAllowedError(RateLimitError, FineTuningFailure):
     """A 429 that no wait clears: the service will not fine-tune for this account until a person acts.
 
     OpenAI's ``insufficient_quota`` (the billing quota is used up) is one. Never retried, by the request core
@@ -299,6 +312,8 @@ class FineTuningJobEnded(FineTuningJobFailed, FineTuningFailure):
     at once, without its retries (and with ``soft_fail``, is skipped).
     """
 
+    not_retried = "Not retried: the job has ended and can no longer reach the status waited for."
+
 
 def _rebuild_job_failed(
     cls: type[FineTuningJobFailed], job_id: str, status: str, message: str, code: str | None, param: str | None
@@ -338,7 +353,7 @@ class UnsupportedCapabilityError(InvalidRequestError):
         self.capability = capability
 
 
-class ChangedRequestError(FineTuningError):
+class ChangedRequestError(FineTuningFailure):
     """The job this task instance made before was made from another request (the DAG or its data changed).
 
     Raised when ``on_changed_request="fail"``; with ``"cancel_and_create"`` the old job is cancelled and a

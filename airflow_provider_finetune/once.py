@@ -202,10 +202,13 @@ ECHOED_REQUEST = "echoed_request"
 def _same_request_fields(job: FineTuningJob, body: Mapping[str, Any]) -> bool:
     """Whether a job echoes the fields of a request: those every service echoes back, and any more it reports.
 
+    The model is compared where the request names one.
+
     Each field the job reports under :data:`ECHOED_REQUEST` must equal the request's where the request gave it
     (inside an object, key by key); a field the request left out (the service's default) is not compared.
     """
-    if job.model != body.get("model") or job.training_file != body.get("training_file"):
+    # A body without a model (a job continued from a checkpoint) says where it starts in the echoed fields.
+    if ("model" in body and job.model != body["model"]) or job.training_file != body.get("training_file"):
         return False
     if (job.validation_file or None) != (body.get("validation_file") or None):
         return False

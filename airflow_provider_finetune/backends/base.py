@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CAPABILITY_NAMES",
+    "CONTENT_ACCEPT",
     "Backend",
     "Call",
     "Capabilities",
@@ -51,6 +52,12 @@ M = TypeVar("M", bound=BaseModel)
 OnceOnly = Literal["metadata", "client_job_id", "idempotency_token", "intent"]
 
 
+#: What a file's content is asked for with. Services declare that answer differently (OpenAI as JSON, Azure's v1
+#: as ``application/octet-stream``, its authoring surface as both), and a strict server refuses an ``Accept``
+#: its declared type does not meet (406): this one meets every one, preferring the bytes as they are.
+CONTENT_ACCEPT = "application/octet-stream, application/json;q=0.9, */*;q=0.8"
+
+
 @dataclass(frozen=True)
 class Call(Generic[T]):
     """One API call, described without doing it.
@@ -64,6 +71,7 @@ class Call(Generic[T]):
         retried upload starts from the first byte again.
     :param idempotent: ``False`` for calls that create something billable and must not be re-sent when
         their outcome is unknown.
+    :param accept: the ``Accept`` header, where the answer is not JSON (every request asks for JSON otherwise).
     """
 
     method: str
@@ -73,14 +81,16 @@ class Call(Generic[T]):
     json: Any = None
     multipart: Callable[[], tuple[dict[str, str], dict[str, Any]]] | None = None
     idempotent: bool = True
+    accept: str | None = None
 
     def build(self, client: httpx.Client | httpx.AsyncClient) -> httpx.Request:
         """Build the request with the client's base URL, headers and default query."""
         params = {k: _query_value(v) for k, v in (self.params or {}).items() if v is not None}
+        headers = {"Accept": self.accept} if self.accept else None
         if self.multipart is not None:
             data, files = self.multipart()
-            return client.build_request(self.method, self.path, params=params, data=data, files=files)
-        return client.build_request(self.method, self.path, params=params, json=self.json)
+            return client.build_request(self.method, self.path, params=params, data=data, files=files, headers=headers)
+        return client.build_request(self.method, self.path, params=params, json=self.json, headers=headers)
 
 
 def _query_value(value: Any) -> Any:
@@ -120,6 +130,7 @@ class Capabilities:
     :param checkpoint_permissions: sharing a checkpoint with other projects.
     :param graders: running and validating graders.
     :param uploads: the multipart Uploads API for large files.
+    :param files: the files API (``/files``: upload, list, read, delete).
     :param suffix: a suffix for the fine-tuned model's name.
     :param job_metadata: jobs carry metadata given at create time.
     :param metadata_filter: the job list filters by metadata (still verified on each job).
@@ -135,6 +146,7 @@ class Capabilities:
     checkpoint_permissions: bool = True
     graders: bool = True
     uploads: bool = True
+    files: bool = True
     suffix: bool = True
     job_metadata: bool = True
     metadata_filter: bool = True
@@ -156,6 +168,7 @@ CAPABILITY_NAMES = {
     "checkpoint_permissions": "checkpoint permissions",
     "graders": "graders",
     "uploads": "the Uploads API (files larger than a single upload)",
+    "files": "the files API",
     "suffix": "a suffix for the fine-tuned model's name",
     "job_metadata": "job metadata",
     "metadata_filter": "filtering jobs by metadata",
@@ -260,6 +273,8 @@ class Backend:
     max_file_size: ClassVar[int] = 8 * 1024**3
 
     capabilities: Capabilities = Capabilities()
+    #: What to use instead of a capability the service lacks, by capability: said on the line that refuses it.
+    instead: ClassVar[Mapping[str, str]] = {}
     limits: Limits = Limits()
 
     def __init__(self, settings: ConnectionSettings) -> None:
@@ -284,8 +299,9 @@ class Backend:
         if not self.supports(capability):
             what = CAPABILITY_NAMES.get(capability, capability)
             where = f" (job {job_id})" if job_id else ""
+            hint = f"; {self.instead[capability]}" if capability in self.instead else ""
             raise UnsupportedCapabilityError(
-                f"{self.label} does not support {what}{where}: {self.settings.base_url} cannot be asked for it",
+                f"{self.label} does not support {what}{where}: {self.settings.base_url} cannot be asked for it{hint}",
                 service=self.service,
                 capability=capability,
             )

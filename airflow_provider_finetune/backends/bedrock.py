@@ -10,7 +10,8 @@ Bedrock's control plane (``https://bedrock.<region>.amazonaws.com``, restJson1) 
 * A create is once-only by the service itself: the job's name is the task instance's client-chosen id
   (:meth:`Backend.client_job_id`) and its ``clientRequestToken`` is derived from that name, so a lost answer, a
   killed worker or a retry finds the job by its name (``GetModelCustomizationJob`` takes one) instead of making a
-  second, billed one.
+  second, billed one. The custom model's name follows the job's generation too (:func:`generation_model_name`):
+  after a failed or stopped job, the next one asks for a name of its own.
 * ``GetModelCustomizationJob`` becomes the canonical job: ``jobArn`` is its id, ``outputModelArn`` its
   ``fine_tuned_model``, ``failureMessage`` its error, ``status`` and ``statusDetails`` a canonical status
   (:data:`BEDROCK_STATUSES`, :func:`canonical_status`), the metrics ride along as ``training_metrics`` and
@@ -67,6 +68,7 @@ __all__ = [
     "bedrock_options",
     "canonical_status",
     "client_request_token",
+    "generation_model_name",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -238,7 +240,9 @@ class BedrockOptions(BaseModel):
     :param output_s3_uri: where Bedrock writes the job's metrics (required).
     :param customization_type: ``FINE_TUNING`` (default), ``CONTINUED_PRE_TRAINING``, ``DISTILLATION`` or
         ``REINFORCEMENT_FINE_TUNING``.
-    :param custom_model_name: the name of the custom model; the job's own name when not given.
+    :param custom_model_name: the name of the custom model; the job's own name when not given. Custom model names
+        are unique in the account: the task instance's first job asks for this name, and a job made after a failed
+        or stopped one for ``<name>-<n>`` (``support-model-1``), cut to fit 63 characters.
     :param hyperparameters: as Bedrock takes them for the model family (``epochCount``, ``batchSize``,
         ``learningRate``, ``learningRateWarmupSteps``...); checked by name and range, sent as strings (typed, in
         the reinforcement fine-tuning config, for that type).
@@ -436,6 +440,25 @@ def _json(cls: type[M], translate: Callable[[Any], Any]) -> Callable[[httpx.Resp
         return cls.model_validate(translate(response.json()))
 
     return parse
+
+
+#: The generation at the end of a job name made by :meth:`BedrockBackend.client_job_id` (``ft-...-<generation>``).
+_GENERATION = re.compile(r"-([0-9]+)\Z")
+_MODEL_NAME_MAX = 63
+
+
+def generation_model_name(name: str, generation: int) -> str:
+    """The custom model name a task instance's job of ``generation`` asks for, from the name the user gave.
+
+    The name itself for the first job; ``<name>-<generation>`` for each job made after a failed or stopped one
+    (the name cut to leave room, within Bedrock's 63 characters of ``([0-9a-zA-Z][_-]?)``), so that a new job
+    never asks for the name of an earlier job of its task instance.
+    """
+    if generation == 0:
+        return name
+    suffix = f"-{generation}"
+    stem = name[: _MODEL_NAME_MAX - len(suffix)].rstrip("_-")
+    return stem + suffix
 
 
 def client_request_token(name: str) -> str:
@@ -653,15 +676,30 @@ class BedrockBackend(OpenAIBackend):
     def create_prepared_job(self, body: Mapping[str, Any], *, job_id: str | None = None) -> Call[FineTuningJob]:
         """``CreateModelCustomizationJob`` named ``job_id``, with the ``clientRequestToken`` derived from it.
 
+        The custom model is named after the job, or, where the user named it, by :func:`generation_model_name` for
+        the job's generation (the end of ``job_id``): a failed or stopped job made no model, and the next job of
+        the task instance does not ask for the name it asked for.
+
         The answer carries only the job's ARN: the job is read back by its name, so that the canonical job the
         hook sees is Bedrock's own record (with its name, the proof that it is ours).
         """
         if job_id is None:
             raise InvalidRequestError("Bedrock jobs are created under a client-chosen name", field="job_id")
+        given = body.get("customModelName")
+        model_name = job_id
+        if given:
+            generation = _GENERATION.search(job_id)
+            model_name = generation_model_name(str(given), int(generation.group(1)) if generation else 0)
+        if len(model_name) > _MODEL_NAME_MAX or not CUSTOM_MODEL_NAME.fullmatch(model_name):
+            raise InvalidRequestError(
+                f"service_options.custom_model_name: {model_name!r} is not a custom model name (1 to 63 of "
+                "a-z A-Z 0-9 _ -)",
+                field="service_options.custom_model_name",
+            )
         sent = {
             **body,
             "jobName": job_id,
-            "customModelName": body.get("customModelName") or job_id,
+            "customModelName": model_name,
             "clientRequestToken": client_request_token(job_id),
         }
         name = job_id

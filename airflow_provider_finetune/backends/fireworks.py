@@ -10,13 +10,15 @@ generated from Fireworks' OpenAPI document, is the reference for every route, fi
   reinforcement jobs the training fields ride in ``trainingConfig``.
 * **Datasets** instead of files: a job's training data is a dataset's resource name; a dataset is created,
   uploaded (``:upload`` directly, or ``:getUploadEndpoint`` and a PUT to the signed URL for large files),
-  validated (``:validateUpload``) and ready (state ``READY``) before a job may use it.
+  validated (``:validateUpload``) and ready (state ``READY``) before a job may use it. There is no files API
+  (``/files``): the hook's files calls are refused before any request, naming the dataset upload instead.
 * **States** ``JOB_STATE_*``, each mapped onto its canonical status in :data:`FIREWORKS_STATES`; the state as
   sent is kept on the job as ``fireworks_state``.
 * **Once-only by the service**: the client chooses the job id (``...JobId`` query parameter on create).
 * **Cancel** is ``POST ...:cancel`` (``DELETE`` deletes a job and is never sent for a cancel); **resume** is
   ``POST ...:resume``; there is **no pause**, which the seam refuses.
-* **No events or checkpoints lists**: the job's own ``jobProgress`` is read as progress lines.
+* **No events or checkpoints lists**: the job's own ``jobProgress`` is read as progress lines (its ``epoch`` is
+  the epoch in progress, counted from 0, and its ``percent`` how much of that epoch is done).
 * **Options that differ in meaning are refused**: OpenAI's ``learning_rate_multiplier`` is a multiplier,
   Fireworks' ``learningRate`` an absolute rate; a request with the first names the second (the option
   ``learning_rate`` of ``service_options``). No ``suffix``, ``seed``, ``metadata`` or ``integrations``.
@@ -28,6 +30,7 @@ import asyncio
 import hashlib
 import re
 import time
+import warnings
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -135,6 +138,10 @@ class _Option:
     kind: type | tuple[type, ...]
     methods: frozenset[str] = frozenset(COLLECTIONS)
     training: bool = True  # inside ``trainingConfig`` for DPO and reinforcement jobs
+    #: What to do instead, where Fireworks' API reference marks the field deprecated (a warning when given).
+    deprecated: str | None = None
+    #: The service rejects the field when it is set: refused before any request, with ``deprecated``'s advice.
+    rejected: bool = False
 
 
 _ALL = frozenset(COLLECTIONS)
@@ -147,16 +154,29 @@ FIREWORKS_OPTIONS: dict[str, _Option] = {
     "learning_rate": _Option("learningRate", (int, float)),
     "lora_rank": _Option("loraRank", int),
     "epochs": _Option("epochs", int),
-    "batch_size": _Option("batchSize", int),
+    "batch_size": _Option("batchSize", int, deprecated="give batch_size_samples (examples per batch) instead"),
     "batch_size_samples": _Option("batchSizeSamples", int),
     "max_context_length": _Option("maxContextLength", int),
     "learning_rate_warmup_steps": _Option("learningRateWarmupSteps", int),
-    "gradient_accumulation_steps": _Option("gradientAccumulationSteps", int),
+    "gradient_accumulation_steps": _Option(
+        "gradientAccumulationSteps",
+        int,
+        deprecated="give batch_size_samples (examples per batch) instead",
+        rejected=True,
+    ),
     "optimizer_weight_decay": _Option("optimizerWeightDecay", (int, float)),
     "output_model": _Option("outputModel", str),
     "warm_start_from": _Option("warmStartFrom", str),
-    "jinja_template": _Option("jinjaTemplate", str),
-    "early_stop": _Option("earlyStop", bool, _SFT, training=False),
+    "jinja_template": _Option(
+        "jinjaTemplate", str, deprecated="leave it out: the base model's own chat template formats the examples"
+    ),
+    "early_stop": _Option(
+        "earlyStop",
+        bool,
+        _SFT,
+        training=False,
+        deprecated="stop on a metric with the job operator's early_stopping instead",
+    ),
     "eval_auto_carveout": _Option("evalAutoCarveout", bool, _NOT_DPO, training=False),
     "evaluation_dataset": _Option("evaluationDataset", str, _NOT_DPO, training=False),
     "display_name": _Option("displayName", str, _ALL, training=False),
@@ -226,11 +246,18 @@ class FireworksBackend(OpenAIBackend):
         checkpoint_permissions=False,
         graders=False,
         uploads=False,
+        files=False,  # training data is a dataset (datasets/...), not a file: there is no /files
         suffix=False,
         job_metadata=False,
         metadata_filter=False,
         client_job_id=True,
     )
+    instead = {
+        "files": (
+            "training data goes up as a Fireworks dataset: FineTuningFileUploadOperator uploads a JSONL file as one "
+            "and returns its name (accounts/<account>/datasets/<id>) for training_file"
+        ),
+    }
     limits = Limits(max_suffix_length=0, max_metadata_keys=0, hyperparameters_auto=False)
 
     def __init__(self, settings: ConnectionSettings) -> None:
@@ -444,23 +471,38 @@ class FireworksBackend(OpenAIBackend):
                 f"service_options.{key}: not a Fireworks option (it takes {', '.join(sorted(FIREWORKS_OPTIONS))})",
                 field=f"service_options.{key}",
             )
+        if option.rejected:
+            raise InvalidRequestError(
+                f"service_options.{key}: Fireworks rejects {option.wire} when it is set (deprecated); "
+                f"{option.deprecated}",
+                field=f"service_options.{key}",
+            )
+        if option.deprecated is not None:
+            warnings.warn(
+                f"service_options.{key}: Fireworks has deprecated {option.wire}; {option.deprecated}",
+                FutureWarning,
+                stacklevel=2,
+            )
         if method is not None and method not in option.methods:
             raise InvalidRequestError(
                 f"service_options.{key}: Fireworks {method} jobs do not take {option.wire}",
                 field=f"service_options.{key}",
             )
-        numeric = option.kind in (int, (int, float))
-        if (numeric and isinstance(value, bool)) or not isinstance(value, option.kind):
+        # Python's bool is an int: a boolean is taken only where a boolean is meant, and never counted as a number.
+        if isinstance(value, bool) != (option.kind is bool) or not isinstance(value, option.kind):
             raise InvalidRequestError(
                 f"service_options.{key}: must be {_type_name(option.kind)}, got {value!r}",
                 field=f"service_options.{key}",
             )
         if (
-            isinstance(value, int | float)
+            option.kind is not bool
+            and isinstance(value, int | float)
             and value <= 0
             and key not in ("learning_rate_warmup_steps", "optimizer_weight_decay")
         ):
-            raise InvalidRequestError(f"service_options.{key}: must be positive, got {value!r}", field=key)
+            raise InvalidRequestError(
+                f"service_options.{key}: must be positive, got {value!r}", field=f"service_options.{key}"
+            )
 
     def _dataset_ref(self, value: str, field: str) -> str:
         """A dataset's resource name: as given, or made from a bare dataset id of this account."""
@@ -563,7 +605,7 @@ class FireworksBackend(OpenAIBackend):
         return replace(call, params={**(call.params or {}), "pageToken": page.last_id})
 
     def events(self, job_id: str, after: str | None, limit: int | None) -> Call[Page[FineTuningJobEvent]]:
-        """The job's progress as one event: ``jobProgress`` (percent, epoch) read from the job itself."""
+        """The job's progress as one event: ``jobProgress`` (the epoch in progress, the percent of it done)."""
         collection, ident = self._resource(job_id)
 
         def parse(response: httpx.Response) -> Page[FineTuningJobEvent]:
@@ -640,9 +682,11 @@ def _progress_events(job: Mapping[str, Any]) -> list[dict[str, Any]]:
     percent = progress.get("percent")
     if percent is None:
         return []
+    # Fireworks' epoch is the one the percent is of, counted from 0: said as people count, from 1.
     epoch = progress.get("epoch")
     state = job.get("fireworks_state") or ""
-    text = f"{percent}% done" + (f", epoch {epoch}" if epoch is not None else "") + (f" ({state})" if state else "")
+    done = f"epoch {epoch + 1}: {percent}% done" if isinstance(epoch, int) else f"{percent}% done"
+    text = done + (f" ({state})" if state else "")
     digest = hashlib.sha256(f"{percent}|{epoch}|{state}".encode()).hexdigest()[:12]
     return [{"id": f"progress-{digest}", "object": "fine_tuning.job.event", "message": text, "type": "message"}]
 

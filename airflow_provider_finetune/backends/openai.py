@@ -14,7 +14,16 @@ from typing import IO, Any, ClassVar, TypeVar, cast
 import httpx
 from pydantic import BaseModel
 
-from airflow_provider_finetune.backends.base import Backend, Call, Capabilities, HeaderAuth, Limits, json_model, model
+from airflow_provider_finetune.backends.base import (
+    CONTENT_ACCEPT,
+    Backend,
+    Call,
+    Capabilities,
+    HeaderAuth,
+    Limits,
+    json_model,
+    model,
+)
 from airflow_provider_finetune.budget import EpochRule, auto_epochs, requested_epochs
 from airflow_provider_finetune.client import path_param
 from airflow_provider_finetune.exceptions import InvalidRequestError
@@ -280,7 +289,7 @@ class OpenAIBackend(Backend):
 
     def file_content(self, file_id: str) -> Call[bytes]:
         """Download a file's content."""
-        return self.file_call("GET", file_id, _bytes, "content")
+        return replace(self.file_call("GET", file_id, _bytes, "content"), accept=CONTENT_ACCEPT)
 
     def list_files(self, purpose: str | None, after: str | None, limit: int | None) -> Call[Page[FileObject]]:
         """A page of files."""

@@ -13,14 +13,18 @@ OpenAPI document) is the reference for every route, field and status used here:
   used (:class:`TogetherAuth` carries the three out as one exchange of the request core);
 * statuses ``pending``, ``queued``, ``running``, ``compressing``, ``uploading``, ``cancel_requested``,
   ``cancelled``, ``error``, ``user_error``, ``completed`` (:data:`TOGETHER_STATUSES`);
-* a job's ``model_output_name`` is the canonical ``fine_tuned_model``; ``total_price``, ``early_stopped``,
-  ``early_stopping_best_step`` and ``early_stopping_best_metric`` are kept as the job reports them;
+* a job's ``model_output_name`` is the canonical ``fine_tuned_model``; its ``total_price`` (nano-dollars) is the
+  canonical ``total_price`` in US dollars (the figure as reported kept as ``together_total_price``);
+  ``early_stopped``, ``early_stopping_best_step`` and ``early_stopping_best_metric`` are kept as the job reports
+  them;
 * jobs carry no metadata and the client cannot choose their id: a create is made once-only by the intent
   record and a search of recent jobs by the request's own fields (``once_only = "intent"``).
 
 OpenAI's ``learning_rate_multiplier`` is refused (Together takes an absolute learning rate, in the service's
 own options); Together's own options (:data:`OPTION_FIELDS`: LoRA or full training, learning rate,
 checkpoints, evaluations, continuing from a checkpoint, early stopping...) are given as ``service_options``.
+A job continued from a checkpoint is asked for by its ``from_checkpoint`` alone, as the SDK asks for it (a
+model or a checkpoint, not both); the job reports the model the checkpoint was trained from.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ __all__ = [
     "TogetherAuth",
     "TogetherBackend",
     "TogetherOptions",
+    "price_estimate",
 ]
 
 #: Together's API, as the SDK names it.
@@ -70,6 +75,8 @@ REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 20
 #: Extension key that carries an upload's content from its :class:`Call` to :class:`TogetherAuth`.
 UPLOAD_EXTENSION = "finetune.together_upload"
+#: Together's job prices (``total_price``) are in billionths of a US dollar.
+NANODOLLARS = 1_000_000_000
 #: Files the three-request upload takes; larger ones go in parts (:mod:`.together_multipart`), as the SDK sends them.
 MAX_SINGLE_UPLOAD = 5 * 1024**3
 
@@ -177,11 +184,16 @@ def together_options(options: Mapping[str, Any] | TogetherOptions | None) -> Tog
 
 
 class PriceEstimate(BaseModel):
-    """Together's answer to ``POST /fine-tunes/estimate-price`` (either of its two shapes)."""
+    """Together's answer to ``POST /fine-tunes/estimate-price``, read as Together's SDK reads it.
+
+    Every field may be missing: Together's published description of the answer has no ``estimation_available``
+    (the SDK's types have it, with ``unavailable_reason`` when it is ``false``), and none of its fields is
+    required. An estimate is available unless the answer says ``estimation_available: false`` (the SDK's rule).
+    """
 
     model_config = ConfigDict(extra="allow")
 
-    estimation_available: bool
+    estimation_available: bool | None = None
     allowed_to_proceed: bool | None = None
     estimated_total_price: float | None = None
     estimated_train_token_count: float | None = None
@@ -189,13 +201,38 @@ class PriceEstimate(BaseModel):
     user_limit: float | None = None
     unavailable_reason: str | None = None
 
+    @property
+    def available(self) -> bool:
+        """Whether Together estimated the job (it did unless it says it could not)."""
+        return self.estimation_available is not False
+
     def to_xcom(self) -> dict[str, Any]:
         """The estimate as JSON primitives, for XCom."""
         return self.model_dump(mode="json", exclude_none=True)
 
 
+def price_estimate(response: httpx.Response) -> PriceEstimate:
+    """Together's estimate, whatever it leaves out.
+
+    A field of the wrong type is read as missing, as is an answer that is not an object: the price check then
+    says what it lacks (:meth:`TogetherBackend.refuse_if_not_allowed`).
+    """
+    data = response.json() if response.content else {}
+    if not isinstance(data, dict):
+        data = {}
+    try:
+        return PriceEstimate.model_validate(data)
+    except ValidationError as err:
+        unreadable = {str(error["loc"][0]) for error in err.errors() if error["loc"]}
+        return PriceEstimate.model_validate({k: v for k, v in data.items() if k not in unreadable})
+
+
 class PriceRefusedError(InvalidRequestError):
-    """Together says the account may not proceed with a job: refused before the create, with the price."""
+    """The price check refused a job before its create.
+
+    Together says the account may not proceed with it (the message gives the price), or its estimate says neither
+    what the job costs nor whether the account may pay.
+    """
 
 
 def _timestamp(value: Any) -> int | None:
@@ -248,6 +285,12 @@ def job_from(data: Any) -> Any:
     }
     if isinstance(job["hyperparameters"], dict) and job["hyperparameters"].get("batch_size") == "max":
         job["hyperparameters"] = {**job["hyperparameters"], "batch_size": None}
+    price = data.get("total_price")
+    if isinstance(price, int | float) and not isinstance(price, bool):
+        # Together reports nano-dollars (the SDK's finetune_price_to_dollars); a canonical cost is in US dollars,
+        # as budgets compare it with max_cost.
+        job["together_total_price"] = price
+        job["total_price"] = price / NANODOLLARS
     job[ECHOED_REQUEST] = {name: data[name] for name in _ECHOED if data.get(name) is not None}
     if canonical == "failed":
         job["error"] = {"code": status, "message": _last_error(data.get("events")), "param": None}
@@ -527,7 +570,11 @@ class TogetherBackend(OpenAIBackend):
                 f"Invalid fine-tuning request: method.hyperparameters.{unknown[0]}: Together has no such setting",
                 field=unknown[0],
             )
-        body: dict[str, Any] = {"model": request.model, "training_file": request.training_file}
+        body: dict[str, Any] = {"training_file": request.training_file}
+        if own.from_checkpoint is None:
+            # A job from a checkpoint starts from the checkpoint's model: Together's SDK sends the checkpoint
+            # alone ("either a model or a checkpoint, not both"), and the job reports the model it came from.
+            body["model"] = request.model
         if request.validation_file:
             body["validation_file"] = request.validation_file
         for name in ("n_epochs", "batch_size"):
@@ -566,6 +613,12 @@ class TogetherBackend(OpenAIBackend):
 
     def _training_method(self, method: str, hyper: Mapping[str, Any], options: TogetherOptions) -> dict[str, Any]:
         if method == "dpo":
+            if options.train_on_inputs is not None:
+                raise InvalidRequestError(
+                    "Invalid fine-tuning request: service_options.train_on_inputs: a setting of supervised "
+                    "training (Together's sft), not of DPO",
+                    field="service_options.train_on_inputs",
+                )
             block: dict[str, Any] = {"method": "dpo"}
             if hyper.get("beta") not in (None, "auto"):
                 block["dpo_beta"] = hyper["beta"]
@@ -578,7 +631,9 @@ class TogetherBackend(OpenAIBackend):
                 "Invalid fine-tuning request: service_options: rpo_alpha and simpo_gamma are DPO settings",
                 field="service_options",
             )
-        return {"method": _METHODS["supervised"], "train_on_inputs": options.train_on_inputs or "auto"}
+        # False must reach the service as False: "auto" is only what the SDK sends where nothing was asked.
+        inputs = "auto" if options.train_on_inputs is None else options.train_on_inputs
+        return {"method": _METHODS["supervised"], "train_on_inputs": inputs}
 
     def _training_type(self, options: TogetherOptions) -> dict[str, Any]:
         lora = {
@@ -617,24 +672,41 @@ class TogetherBackend(OpenAIBackend):
         for name in ("from_checkpoint", "model", "n_epochs", "n_evals", "validation_file"):
             if body.get(name) is not None:
                 estimate[name] = body[name]
+        if "from_checkpoint" in estimate:
+            # The SDK's create asks the price of a job from a checkpoint with an empty model: what the service
+            # is known to take (its description requires neither).
+            estimate.setdefault("model", "")
         method = body.get("training_method") or {"method": "sft", "train_on_inputs": "auto"}
         estimate["training_method"] = method
         training_type = dict(body.get("training_type") or {})
         estimate["training_type"] = training_type
-        return Call("POST", "fine-tunes/estimate-price", model(PriceEstimate), json=estimate)
+        return Call("POST", "fine-tunes/estimate-price", price_estimate, json=estimate)
 
     def refuse_if_not_allowed(self, estimate: PriceEstimate) -> None:
         """Fail before the create when Together says the account may not proceed, with the estimated price.
 
-        :raises PriceRefusedError: naming the estimated price and the account's limit.
+        An estimate Together says it could not make (``estimation_available: false``: a multimodal dataset, a
+        file not checked yet...) lets the job proceed, as the SDK does; so does an available one that gives a
+        price or says the account may proceed. One that gives neither cannot price the job: refused.
+
+        :raises PriceRefusedError: naming the estimated price and the account's limit, or what the estimate lacks.
         """
-        if estimate.estimation_available and estimate.allowed_to_proceed is False:
+        if not estimate.available:
+            return
+        if estimate.allowed_to_proceed is False:
             price = "unknown" if estimate.estimated_total_price is None else f"${estimate.estimated_total_price:.2f}"
             limit = "" if estimate.user_limit is None else f" (the account's limit is ${estimate.user_limit:.2f})"
             raise PriceRefusedError(
                 f"Together says this account may not proceed with the fine-tuning job: its estimated price is "
                 f"{price}{limit}; no job was created",
                 field="training_file",
+            )
+        if estimate.estimated_total_price is None and estimate.allowed_to_proceed is None:
+            raise PriceRefusedError(
+                "Together's price estimate for the fine-tuning job gave no estimated_total_price and no "
+                "allowed_to_proceed: the job's price cannot be known, nor whether the account may pay it; "
+                "no job was created",
+                field="estimated_total_price",
             )
 
     def check_price(

@@ -68,7 +68,7 @@ from airflow_provider_finetune.emulator.bedrock import bedrock_routes
 from airflow_provider_finetune.emulator.bedrock_errors import is_bedrock_path
 from airflow_provider_finetune.emulator.config import EmulatorConfig
 from airflow_provider_finetune.emulator.counters import Counters
-from airflow_provider_finetune.emulator.errors import APIError, error_body_for_path, invalid_request
+from airflow_provider_finetune.emulator.errors import APIError, check_accept, error_body_for_path, invalid_request
 from airflow_provider_finetune.emulator.faults import RAW_SEND_KEY, FaultMiddleware
 from airflow_provider_finetune.emulator.files import FileService
 from airflow_provider_finetune.emulator.fireworks import fireworks_error_body, fireworks_routes
@@ -348,6 +348,8 @@ def _api_routes(emulator: Emulator) -> list[Route]:
         return files.delete(request.path_params["file_id"])
 
     async def file_content(request: Request) -> Any:
+        # OpenAI's description declares this answer as application/json, though it carries the file's bytes.
+        check_accept(request.headers.get("accept"), "application/json")
         return Response(files.content(request.path_params["file_id"]), media_type="application/octet-stream")
 
     async def create_upload(request: Request) -> Any:

@@ -47,7 +47,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from airflow_provider_finetune.emulator.errors import APIError, azure_error_body, invalid_request, not_found
+from airflow_provider_finetune.emulator.errors import (
+    APIError,
+    azure_error_body,
+    check_accept,
+    invalid_request,
+    not_found,
+)
 from airflow_provider_finetune.emulator.trainer import SimJob
 
 __all__ = [
@@ -448,6 +454,8 @@ def azure_routes(emulator: Any, wrap: _Wrap, json_response: _Json, helpers: Mapp
 
     async def a_file_content(request: Request) -> Any:
         _authoring_version(request)
+        # The authoring descriptions declare both types for this answer (JSON for its errors).
+        check_accept(request.headers.get("accept"), "application/octet-stream", "application/json")
         return Response(files.content(request.path_params["file_id"]), media_type="application/octet-stream")
 
     def authoring_upload(upload: dict[str, Any], version: AuthoringVersion) -> dict[str, Any]:
@@ -581,6 +589,7 @@ def azure_routes(emulator: Any, wrap: _Wrap, json_response: _Json, helpers: Mapp
 
     async def v_file_content(request: Request) -> Any:
         _v1_version(request)
+        check_accept(request.headers.get("accept"), "application/octet-stream")
         return Response(files.content(request.path_params["file_id"]), media_type="application/octet-stream")
 
     async def v_create_job(request: Request) -> Any:

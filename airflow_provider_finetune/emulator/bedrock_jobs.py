@@ -14,9 +14,15 @@ custom model (``GetCustomModel``) and writes its metrics to the output S3 URI, a
 validation data, ``.../validation_artifacts/post_fine_tuning_validation/validation/validation_metrics.csv``.
 
 Job names are unique in the account: a name in use is a ``ValidationException`` "The provided job name is
-currently in use." (what the service answers, and what Airflow's amazon provider looks for), and so is a
-custom model name in use. A ``clientRequestToken`` sent again with the same request gives the same job;
-with another request it is a ``ConflictException``.
+currently in use." (what the service answers, and what Airflow's amazon provider looks for), whatever the
+job's status. A custom model name in use is refused the same way ("The provided model name is currently in
+use."), but a custom model is made only when its job completes (AWS: "After the model-customization job
+completes successfully, your custom model resource will be ready to use"; "Amazon Bedrock doesn't create an
+intermediate custom model for a stopped job"). AWS documents when the model is made, not when its name is taken;
+the emulator holds the name for a completed job's model and for a job that may still make it (``InProgress``,
+``Stopping``), not for a ``Failed`` or ``Stopped`` job, so a new job may take the name of one that ended without
+a model. A ``clientRequestToken`` sent again with the same request gives the same job; with another request it is
+a ``ConflictException``.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ __all__ = ["JOB_KIND", "BedrockJobs", "CreateJob", "JobState", "in_window", "iso
 JOB_KIND = "bedrock-job"
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _ACTIVE = ("validating_files", "queued", "running")
+#: The Bedrock statuses of a job that holds its custom model's name: it made the model, or may still make it.
+_HOLDS_MODEL_NAME = ("InProgress", "Stopping", "Completed")
 
 
 def iso(moment: float) -> str:
@@ -144,7 +152,9 @@ class BedrockJobs:
         self._jobs: dict[str, SimJob] = {}
         self._by_name: dict[str, str] = {}
         self._by_token: dict[str, str] = {}
-        self._models: dict[str, str] = {}
+        #: Custom model name -> the jobs that asked for it, oldest first (a name freed by a job that ended
+        #: without a model may be asked for again).
+        self._models: dict[str, list[str]] = {}
         for record in store.records(JOB_KIND).values():
             self._index(SimJob(record))
 
@@ -154,7 +164,9 @@ class BedrockJobs:
         self._by_name[record["name"]] = job.id
         if record.get("client_token"):
             self._by_token[record["client_token"]] = job.id
-        self._models[record["model_name"]] = job.id
+        named = self._models.setdefault(record["model_name"], [])
+        if job.id not in named:
+            named.append(job.id)
 
     def _arn(self, kind: str, path: str) -> str:
         return f"arn:aws:bedrock:{self._bedrock.region}:{self._bedrock.account_id}:{kind}/{path}"
@@ -214,8 +226,10 @@ class BedrockJobs:
     def _check_names(self, body: dict[str, Any]) -> None:
         if body["jobName"] in self._by_name:
             raise validation("The provided job name is currently in use.")
-        if body["customModelName"] in self._models:
-            raise validation("The provided model name is currently in use.")
+        now = self._clock()
+        for job_id in self._models.get(body["customModelName"], ()):
+            if job_state(self._jobs[job_id], now).status in _HOLDS_MODEL_NAME:
+                raise validation("The provided model name is currently in use.")
 
     def _repeat(self, body: dict[str, Any]) -> str | None:
         client_token = body.get("clientRequestToken")
@@ -554,7 +568,8 @@ class BedrockJobs:
 
     def find_model(self, identifier: str) -> SimJob:
         """The completed job whose custom model an ARN or name names; ``ResourceNotFoundException`` otherwise."""
-        job_id = self._models.get(identifier)
+        named = self._models.get(identifier, [])
+        job_id = next((job_id for job_id in named if self._completed(self._jobs[job_id])), None)
         if job_id is None:
             job_id = next((job.id for job in self._jobs.values() if job.record["model_arn"] == identifier), None)
         job = self._jobs.get(job_id or "")

@@ -14,6 +14,7 @@ from typing import Any
 __all__ = [
     "APIError",
     "azure_error_body",
+    "check_accept",
     "conflict",
     "error_body",
     "error_body_for_path",
@@ -71,6 +72,30 @@ def invalid_request(message: str, *, param: str | None = None, code: str | None 
 def not_found(message: str, *, param: str | None = None, code: str | None = None) -> APIError:
     """A 404 ``invalid_request_error``."""
     return APIError(404, message, param=param, code=code)
+
+
+def check_accept(accept: str | None, *produced: str) -> None:
+    """Refuse with 406, as a strict server does, an ``Accept`` that none of the answer's declared types meets.
+
+    :param accept: the request's ``Accept`` header (none accepts anything).
+    :param produced: the media types the API description declares for the answer.
+    """
+    if accept is None:
+        return
+    for item in accept.split(","):
+        wanted, *params = (part.strip() for part in item.split(";"))
+        if any(param.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for param in params):
+            continue  # "not acceptable", said explicitly
+        kind, _, subtype = wanted.lower().partition("/")
+        for media_type in produced:
+            have_kind, _, have_subtype = media_type.partition("/")
+            if kind in ("*", have_kind) and subtype in ("*", have_subtype):
+                return
+    raise APIError(
+        406,
+        f"The answer is {' or '.join(produced)}, which the request's Accept ({accept}) does not take.",
+        code="not_acceptable",
+    )
 
 
 def conflict(message: str, *, code: str = "invalid_job_state") -> APIError:

@@ -17,9 +17,9 @@ is the server's root, e.g. ``Fireworks(base_url="http://127.0.0.1:8089", account
   the emulator's trainer pauses one when told directly (``emulator.jobs.pause``).
 
 Bodies are camelCase; unknown fields are ``400 INVALID_ARGUMENT``. Jobs report ``JOB_STATE_*`` states,
-``jobProgress`` (percent and epoch), and ``outputModel`` (``accounts/{a}/models/{id}``). Errors are
-``{"code": <gRPC code>, "message", "details": []}``. A base model ``accounts/fireworks/models/...`` trains on the
-simulated trainer as one of the emulator's own base models.
+``jobProgress`` (the epoch in progress, counted from 0, and the percent of that epoch done), and ``outputModel``
+(``accounts/{a}/models/{id}``). Errors are ``{"code": <gRPC code>, "message", "details": []}``. A base model
+``accounts/fireworks/models/...`` trains on the simulated trainer as one of the emulator's own base models.
 """
 
 from __future__ import annotations
@@ -135,6 +135,7 @@ _INT_FIELDS = {
     "nodes",
     "nodeCount",
 }
+_BOOL_FIELDS = {"earlyStop", "evalAutoCarveout", "isTurbo", "mtpEnabled", "mtpFreezeBaseModel", "useReservation"}
 
 #: The emulator's base model a Fireworks base model trains as, by method.
 SIM_BASE = {
@@ -166,13 +167,33 @@ def _rfc3339(seconds: float | None) -> str | None:
     return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _job_progress(steps_done: int, steps: int, per_epoch: int) -> dict[str, int]:
+    """``jobProgress`` as Fireworks publishes it: ``epoch`` is the epoch the ``percent`` is of, counted from 0.
+
+    So it is the epoch in progress and how far into it training is (not how far into the whole job): the first
+    epoch done of two is ``{"epoch": 1, "percent": 0}``, and a finished job reports its last epoch at 100.
+    """
+    per_epoch = max(1, per_epoch)
+    epochs = max(1, -(-steps // per_epoch))
+    if steps_done >= steps:
+        return {"epoch": epochs - 1, "percent": 100}
+    epoch = min(epochs - 1, steps_done // per_epoch)
+    return {"epoch": epoch, "percent": min(100, 100 * (steps_done - epoch * per_epoch) // per_epoch)}
+
+
+#: Fields Fireworks' API reference marks deprecated and rejected when set.
+_REJECTED_FIELDS = {"gradientAccumulationSteps"}
+
+
 def _check_types(body: Mapping[str, Any], where: str) -> None:
     for key, value in body.items():
+        if key in _REJECTED_FIELDS:
+            raise _error(400, f"{where}{key} is deprecated and may not be set")
         if key in _INT_FIELDS and (isinstance(value, bool) or not isinstance(value, int)):
             raise _error(400, f"{where}{key}: invalid value {json.dumps(value)} for type int32")
         if key in _NUMBER_FIELDS and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise _error(400, f"{where}{key}: invalid value {json.dumps(value)} for type float")
-        if key == "earlyStop" and not isinstance(value, bool):
+        if key in _BOOL_FIELDS and not isinstance(value, bool):
             raise _error(400, f"{where}{key}: invalid value {json.dumps(value)} for type bool")
 
 
@@ -352,12 +373,7 @@ def fireworks_routes(emulator: Any, wrap: Callable[[str, Any], Any], helpers: Ma
         if rendered["finished_at"] is not None:
             out["completedTime"] = _rfc3339(rendered["finished_at"])
         if plan:
-            steps = max(1, int(plan["steps"]))
-            epochs = max(1, int((sim.record["hyperparameters"] or {}).get("n_epochs") or 1))
-            out["jobProgress"] = {
-                "percent": min(100, int(100 * snap.steps_done / steps)),
-                "epoch": min(epochs - 1, snap.steps_done * epochs // steps),
-            }
+            out["jobProgress"] = _job_progress(snap.steps_done, int(plan["steps"]), int(plan["steps_per_epoch"]))
         output = record["output_model"]
         if record["collection"] == "supervisedFineTuningJobs":
             out["outputModel"] = output

@@ -10,8 +10,9 @@ Give the ``together`` SDK (or a ``finetune`` connection with ``service: together
   the uploaded file: it answers the file with ``processing_status`` and a ``validation_report``. ``GET /files``
   lists the files whose content arrived; ``GET``/``DELETE /files/{id}``, ``GET /files/{id}/content``.
 * ``GET /fine-tunes/models/limits?model_name=`` and ``POST /fine-tunes/estimate-price`` (the calls the SDK
-  makes before a create). The estimate says ``allowed_to_proceed: false`` once the account is told so with
-  ``POST /_emulator/together/account`` ``{"allowed_to_proceed": false, "user_limit": 1.0}``.
+  makes before a create); both refuse a model Together does not fine-tune with ``404``. The estimate says
+  ``allowed_to_proceed: false`` once the account is told so with ``POST /_emulator/together/account``
+  ``{"allowed_to_proceed": false, "user_limit": 1.0}``.
 * ``POST /fine-tunes`` (the SDK's ``FinetuneRequest``; unknown fields are refused), ``GET /fine-tunes``
   (every job, oldest first, no paging), ``GET /fine-tunes/{id}``, ``POST /fine-tunes/{id}/cancel`` (answered
   ``cancel_requested``; ``cancelled`` from then on), ``GET /fine-tunes/{id}/events`` (oldest first),
@@ -21,9 +22,9 @@ Give the ``together`` SDK (or a ``finetune`` connection with ``service: together
 
 Statuses: ``pending`` (validating the files), ``queued``, ``running``, then ``compressing`` and ``uploading``
 (as long as the files' validation took, each) before ``completed``; ``error`` for a job whose files or training
-failed; ``cancelled``. A completed job reports ``total_price`` (the estimate, in US dollars rounded down to
-whole cents, times 100: Together declares an integer) and, with early stopping on, ``early_stopped`` and the
-step and validation loss of its best checkpoint. The trainer is OpenAI's simulation: each Together base model
+failed; ``cancelled``. A completed job reports ``total_price``, the price its estimate gives in nano-dollars (an
+integer, as Together declares it; the SDK divides it by 10^9), and, with early stopping on, ``early_stopped`` and
+the step and validation loss of its best checkpoint. The trainer is OpenAI's simulation: each Together base model
 of :data:`MODELS` trains as ``gpt-4o-mini``; conversational (``messages``) and preference files train.
 """
 
@@ -62,6 +63,8 @@ MODELS = (
 _TRAINER_MODEL = "gpt-4o-mini-2024-07-18"
 #: US dollars per million trained tokens, by training type.
 PRICE_PER_MILLION = {"Lora": 0.48, "Full": 0.54}
+#: Together's job prices (``total_price``) are integers, in billionths of a US dollar.
+NANODOLLARS = 1_000_000_000
 _LIMITS: dict[str, Any] = {
     "default_gradient_accumulation_steps": 1,
     "lora_training": {
@@ -358,7 +361,13 @@ class TogetherDialect:
         return {**_LIMITS, "model_name": base}
 
     def estimate(self, body: Any) -> dict[str, Any]:
-        """``POST /fine-tunes/estimate-price``: tokens of the training file, times epochs, at the model's price."""
+        """``POST /fine-tunes/estimate-price``: tokens of the training file, times epochs, at the model's price.
+
+        A model Together does not fine-tune is refused as Together's description says it refuses one (``404``,
+        "Model not found or not supported for fine-tuning", the answer of the model lookup the SDK makes before
+        its estimate), in the error shape the estimate declares (``ErrorData``), naming ``model``. A job from a
+        checkpoint is priced by the model the checkpoint was trained from (the SDK sends an empty ``model``).
+        """
         if not isinstance(body, dict) or not isinstance(body.get("training_file"), str):
             raise _bad("Missing required field: 'training_file'", "training_file")
         unknown = sorted(
@@ -368,16 +377,14 @@ class TogetherDialect:
         )
         if unknown:
             raise _bad(f"Unknown field '{unknown[0]}'", unknown[0])
+        self._priced_model(body.get("model"), body.get("from_checkpoint"))
         record = self.files.find(body["training_file"])
         checked = self.store.get("together_file", body["training_file"])
         if record is None or checked is None:
             return {"estimation_available": False, "unavailable_reason": "train_file_not_validated"}
         if not checked["report"]["valid"]:
             return {"estimation_available": False, "unavailable_reason": "train_file_invalid"}
-        epochs = int(body.get("n_epochs") or 1)
-        kind = str((body.get("training_type") or {}).get("type") or "Lora")
-        tokens = self._tokens(record) * epochs
-        price = round(tokens / 1e6 * PRICE_PER_MILLION.get(kind, PRICE_PER_MILLION["Lora"]), 6)
+        tokens, price = self._price(record, body.get("n_epochs"), body.get("training_type"))
         limit = self.account["user_limit"]
         allowed = bool(self.account["allowed_to_proceed"]) and (limit is None or price <= limit)
         answer = {
@@ -390,6 +397,22 @@ class TogetherDialect:
         if limit is not None:
             answer["user_limit"] = float(limit)
         return answer
+
+    def _priced_model(self, model: Any, from_checkpoint: Any) -> str:
+        """The base model an estimate prices: the one named, or the one a checkpoint was trained from."""
+        if from_checkpoint:
+            return self._checkpoint_model(str(from_checkpoint), model or None)[1]
+        if model is None:
+            raise _bad("Give a model or from_checkpoint to price a job from", "model")
+        if model not in MODELS:
+            raise not_found(f"Model {model!r} not found or not supported for fine-tuning", param="model")
+        return str(model)
+
+    def _price(self, record: Mapping[str, Any], epochs: Any, training_type: Any) -> tuple[int, float]:
+        """The tokens a job trains on and its price in US dollars: what the estimate answers, and the job reports."""
+        kind = str((training_type or {}).get("type") or "Lora") if isinstance(training_type, dict) else "Lora"
+        tokens = self._tokens(record) * int(epochs or 1)
+        return tokens, round(tokens / 1e6 * PRICE_PER_MILLION.get(kind, PRICE_PER_MILLION["Lora"]), 6)
 
     def _tokens(self, record: Mapping[str, Any]) -> int:
         data = self.files.content(record["id"])
@@ -452,9 +475,8 @@ class TogetherDialect:
             openai_body["suffix"] = suffix
         if body.get("random_seed") is not None:
             openai_body["seed"] = body["random_seed"]
-        price = self.estimate(
-            {"training_file": body["training_file"], "n_epochs": body.get("n_epochs"), "training_type": training_type}
-        )
+        record = self.files.find(body["training_file"])
+        price = None if record is None else self._price(record, body.get("n_epochs"), training_type)[1]
         job = self.jobs.create(openai_body)
         self.store.save(
             "together_job",
@@ -464,7 +486,7 @@ class TogetherDialect:
                 "model": model,
                 "training_type": training_type,
                 "training_method": method,
-                "price": price.get("estimated_total_price"),
+                "price": price,
                 "cancel_requested": False,
             },
         )
@@ -531,7 +553,7 @@ class TogetherDialect:
         }
         if status == "completed":
             result["token_count"] = plan["tokens"] * job.record["hyperparameters"]["n_epochs"] if plan else None
-            result["total_price"] = int((record["price"] or 0) * 100)
+            result["total_price"] = round((record["price"] or 0) * NANODOLLARS)
             if request.get("early_stopping_enabled"):
                 result.update(self._early_stopping(job))
         return {k: v for k, v in result.items() if v is not None}

@@ -803,53 +803,63 @@ class FineTuningHook(BaseHook):
 
     # -- files -----------------------------------------------------------------------------------------
 
+    def _files(self) -> OpenAIBackend:
+        """The backend, once its service is known to have the files API (refused before any request otherwise)."""
+        self.require("files")
+        return self.backend
+
+    async def _afiles(self) -> OpenAIBackend:
+        """Async :meth:`_files`."""
+        await self.asettings()
+        return self._files()
+
     def get_file(self, file_id: str) -> FileObject:
         """Retrieve a file's description."""
-        return self._call(self.backend.get_file(file_id))
+        return self._call(self._files().get_file(file_id))
 
     async def aget_file(self, file_id: str) -> FileObject:
         """Async :meth:`get_file`."""
-        return await self._acall(self.backend.get_file(file_id))
+        return await self._acall((await self._afiles()).get_file(file_id))
 
     def delete_file(self, file_id: str) -> DeletedFile:
         """Delete a file."""
-        return self._call(self.backend.delete_file(file_id))
+        return self._call(self._files().delete_file(file_id))
 
     async def adelete_file(self, file_id: str) -> DeletedFile:
         """Async :meth:`delete_file`."""
-        return await self._acall(self.backend.delete_file(file_id))
+        return await self._acall((await self._afiles()).delete_file(file_id))
 
     def get_file_content(self, file_id: str) -> bytes:
         """Download a file's content (e.g. a job's results CSV)."""
-        return self._call(self.backend.file_content(file_id))
+        return self._call(self._files().file_content(file_id))
 
     async def aget_file_content(self, file_id: str) -> bytes:
         """Async :meth:`get_file_content`."""
-        return await self._acall(self.backend.file_content(file_id))
+        return await self._acall((await self._afiles()).file_content(file_id))
 
     def list_files(
         self, *, purpose: str | None = None, after: str | None = None, limit: int | None = None
     ) -> Page[FileObject]:
         """List one page of files."""
-        return self._call(self.backend.list_files(purpose, after, limit))
+        return self._call(self._files().list_files(purpose, after, limit))
 
     async def alist_files(
         self, *, purpose: str | None = None, after: str | None = None, limit: int | None = None
     ) -> Page[FileObject]:
         """Async :meth:`list_files`."""
-        return await self._acall(self.backend.list_files(purpose, after, limit))
+        return await self._acall((await self._afiles()).list_files(purpose, after, limit))
 
     def iter_files(
         self, *, purpose: str | None = None, after: str | None = None, limit: int | None = None
     ) -> Iterator[FileObject]:
         """Iterate over every file."""
-        return self._paginate(self.backend.list_files(purpose, after, limit))
+        return self._paginate(self._files().list_files(purpose, after, limit))
 
     def aiter_files(
         self, *, purpose: str | None = None, after: str | None = None, limit: int | None = None
     ) -> AsyncIterator[FileObject]:
         """Async :meth:`iter_files`."""
-        return self._apaginate(self.backend.list_files(purpose, after, limit))
+        return self._apaginate(self._files().list_files(purpose, after, limit))
 
     def upload_file(self, source: FileSource, *, purpose: str = "fine-tune", filename: str | None = None) -> FileObject:
         """Upload a file; one larger than ``upload_threshold`` goes through the Uploads API in parts.
@@ -858,7 +868,7 @@ class FineTuningHook(BaseHook):
         :param purpose: the file's purpose.
         :param filename: the name the service records; the path's name by default.
         """
-        backend = self.backend
+        backend = self._files()
         with _opened(source, filename) as (stream, name, size):
             route = self.upload_route(size, name)
             if route == "single":
@@ -871,8 +881,7 @@ class FineTuningHook(BaseHook):
         self, source: FileSource, *, purpose: str = "fine-tune", filename: str | None = None
     ) -> FileObject:
         """Async :meth:`upload_file`."""
-        await self.asettings()
-        backend = self.backend
+        backend = await self._afiles()
         with _opened(source, filename) as (stream, name, size):
             route = self.upload_route(size, name)
             if route == "single":

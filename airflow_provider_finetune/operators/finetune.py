@@ -153,7 +153,13 @@ class _FineTuningOperator(BaseOperator):
         # The connection's id (never its settings), so that the job is found where it was made (the UI page).
         ti.xcom_push(key="finetune_conn_id", value=self.finetune_conn_id)
         # Pushed even when empty (a service with no job page), so that the link finds a value, not a 404.
-        ti.xcom_push(key=FineTuningJobLink.key, value=self.hook.job_url(job.id))
+        url = self.hook.job_url(job.id)
+        ti.xcom_push(key=FineTuningJobLink.key, value=url)
+        setattr(self, FineTuningJobLink.known_attribute, url or "")
+
+    def _no_job_yet(self) -> None:
+        """Say, for the link read when this try ends, that no job page was pushed in this process yet."""
+        setattr(self, FineTuningJobLink.known_attribute, "")
 
 
 class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
@@ -364,6 +370,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
     def execute(self, context: Context) -> str | None:
         """Create (or reattach to) the job once its budget and the service's quotas allow, then wait for it."""
+        self._no_job_yet()
         started = time.time()
         return self._run(context, None if self.timeout is None else started + self.timeout)
 
@@ -371,6 +378,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         """Resume after a quota wait in the triggerer: create now (or wait again), or fail at the deadline."""
         from airflow_provider_finetune.exceptions import FineTuningError
         from airflow_provider_finetune.quota import QUOTA_READY
+
+        self._no_job_yet()  # a quota wait is only ever made before the job exists
 
         if not isinstance(event, Mapping) or event.get("status") != QUOTA_READY:
             message = event.get("message") if isinstance(event, Mapping) else None
@@ -1066,6 +1075,7 @@ class _JobActionOperator(_FineTuningOperator):
         from airflow_provider_finetune.exceptions import ConflictError, FineTuningError
         from airflow_provider_finetune.waiting import WAIT_ERROR, WAIT_TIMEOUT, wait_sync, watch
 
+        self._no_job_yet()
         self._refuse_if_unsupported()
         job = self.hook.get_job(self.job_id)
         self._push_job(context, job)

@@ -5,7 +5,8 @@
 takes every request to its endpoint through a respx route, finds the operation by method and URI template, checks
 the SigV4 signature by recomputing it with botocore (or the Bearer key), validates the request's URI, query and body
 members against the operation's input shape, and answers as Bedrock does (restJson1, ``x-amzn-ErrorType``). It keeps
-jobs and deployments, honours ``clientRequestToken`` and refuses a job name in use with ``ConflictException`` (400), so
+jobs and deployments, honours ``clientRequestToken``, refuses a job name in use (``ValidationException``, 400) and a
+custom model name held by a job that made or may still make that model (not by a ``Failed`` or ``Stopped`` one), so
 that once-only creation is tested against Bedrock's own rules. Faults are scripted per operation.
 """
 
@@ -316,6 +317,11 @@ class FakeBedrock:
             return httpx.Response(201, json={"jobArn": self.tokens[token]})
         if any(j["jobName"] == params["jobName"] for j in self.jobs.values()):
             return aws_error(400, "ValidationException", "The provided job name is currently in use.")
+        if any(
+            j["outputModelName"] == params["customModelName"] and j["status"] not in ("Failed", "Stopped")
+            for j in self.jobs.values()
+        ):
+            return aws_error(400, "ValidationException", "The provided model name is currently in use.")
         self.creates_made += 1
         job_id = f"{next(self._ids):012d}"
         arn = f"arn:aws:bedrock:{REGION}:{ACCOUNT}:model-customization-job/amazon.nova-lite-v1:0:300k/{job_id}"

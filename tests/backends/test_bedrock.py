@@ -18,9 +18,11 @@ import pytest
 
 from airflow_provider_finetune.backends.bedrock import (
     BEDROCK_STATUSES,
+    CUSTOM_MODEL_NAME,
     BedrockBackend,
     canonical_status,
     client_request_token,
+    generation_model_name,
     job_from_bedrock,
 )
 from airflow_provider_finetune.client import ConnectionSettings, RetryPolicy, close_shared_async_clients
@@ -194,6 +196,48 @@ def test_after_a_failed_job_the_next_generation_has_a_new_name(hook: FineTuningH
     assert second.id != first.id
     names = [b["jobName"] for b in fake_bedrock.bodies("CreateModelCustomizationJob")]
     assert [n[-2:] for n in names] == ["-0", "-1"]
+
+
+@pytest.mark.parametrize("ending", ["Failed", "Stopped"])
+def test_after_a_failed_or_stopped_job_a_given_model_name_gets_the_generation(
+    ending: str, hook: FineTuningHook, fake_bedrock: FakeBedrock
+) -> None:
+    first, _ = ensure(hook, custom_model_name="support-model")
+    fake_bedrock.advance(first.id, ending)
+    second, created = ensure(hook, custom_model_name="support-model")
+    assert created
+    fake_bedrock.advance(second.id, ending)
+    third, created = ensure(hook, custom_model_name="support-model")
+    assert created
+    assert len({first.id, second.id, third.id}) == 3
+    bodies = fake_bedrock.bodies("CreateModelCustomizationJob")
+    assert [b["customModelName"] for b in bodies] == ["support-model", "support-model-1", "support-model-2"]
+    assert [b["jobName"][-2:] for b in bodies] == ["-0", "-1", "-2"]
+    read = hook.get_job(third.id)
+    assert read.model_extra
+    assert read.model_extra["output_model_name"] == "support-model-2"
+
+
+@pytest.mark.parametrize(
+    ("given", "generation", "expected"),
+    [
+        ("support-model", 0, "support-model"),
+        ("support-model", 1, "support-model-1"),
+        ("support_model_", 3, "support_model-3"),
+        ("m" * 63, 0, "m" * 63),
+        ("m" * 63, 12, "m" * 60 + "-12"),
+        ("m" * 59 + "-a-b", 7, "m" * 59 + "-a-7"),
+        ("m" * 60 + "_ab", 49, "m" * 60 + "-49"),
+    ],
+)
+def test_the_model_name_of_a_generation_stays_the_users_within_bedrocks_rules(
+    given: str, generation: int, expected: str
+) -> None:
+    assert CUSTOM_MODEL_NAME.fullmatch(given)
+    made = generation_model_name(given, generation)
+    assert made == expected
+    assert len(made) <= 63
+    assert CUSTOM_MODEL_NAME.fullmatch(made)
 
 
 def test_a_job_whose_own_name_is_not_ours_is_never_adopted(hook: FineTuningHook, fake_bedrock: FakeBedrock) -> None:

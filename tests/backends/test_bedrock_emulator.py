@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -253,3 +254,70 @@ def test_a_worker_killed_after_the_create_leaves_one_job(
     print(f"\n[bedrock fault drill] worker killed after create: jobs created {len(jobs)}")
     assert len(jobs) == 1
     assert model
+
+
+# -- a user-given custom model name across a task instance's jobs ------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("ending", ["stopped", "failed"])
+def test_a_retry_after_a_stopped_or_failed_job_makes_a_new_job_under_the_users_model_name(
+    ending: str, monkeypatch: pytest.MonkeyPatch, make_bedrock: Any
+) -> None:
+    """The first job of a task instance is stopped (or fails on bad data, fixed in place before the retry); the
+    retry makes a new job with the same ``custom_model_name`` given, and that job completes under a model name
+    recognisably the user's."""
+    from airflow_provider_finetune.emulator import ManualClock
+    from airflow_provider_finetune.operators.finetune import FineTuningJobOperator
+    from tests.operators.conftest import FakeStateStore, FakeTI
+
+    clock = ManualClock(start=time.time())
+    emulator = make_bedrock(clock=clock, speed=1.0)
+    hook = connect(monkeypatch, emulator)
+    records = conversation_records(12)
+    first_data = ["{not json", *map(json.dumps, records)] if ending == "failed" else records
+    train = emulator.put_jsonl("data/train.jsonl", first_data)
+    store = FakeStateStore()
+
+    def attempt(try_number: int) -> FineTuningJobOperator:
+        op = FineTuningJobOperator(
+            task_id="fine_tune",
+            model=MODEL,
+            training_file=train,
+            service_options=options(emulator, custom_model_name="support-model"),
+            finetune_conn_id="ft_bedrock_emu",
+            wait_for_completion=False,
+        )
+        op.execute({"ti": FakeTI(try_number=try_number), "task_state_store": store})
+        assert op.job_id is not None
+        return op
+
+    first = attempt(1)
+    if ending == "stopped":
+        first.on_kill()
+    clock.advance(600.0)
+    assert first.job_id is not None
+    ended = hook.get_job(first.job_id)
+    assert ended.status is (FineTuningJobStatus.CANCELLED if ending == "stopped" else FineTuningJobStatus.FAILED)
+    assert ended.model_extra
+    assert ended.model_extra["output_model_name"] == "support-model"
+    if ending == "failed":
+        emulator.put_jsonl("data/train.jsonl", records)  # the data is fixed where it is: the same request
+
+    second = attempt(2)  # before, Bedrock's answer was "The provided model name is currently in use.", every try
+    assert second.job_id is not None
+    assert second.job_id != first.job_id
+    clock.advance(600.0)
+    done = hook.get_job(second.job_id)
+    assert done.status is FineTuningJobStatus.SUCCEEDED
+    assert done.model_extra
+    assert done.model_extra["output_model_name"] == "support-model-1"
+    client = emulator.client("bedrock")
+    model = client.get_custom_model(modelIdentifier="support-model-1")
+    assert model["modelArn"] == done.fine_tuned_model
+    jobs = client.list_model_customization_jobs()["modelCustomizationJobSummaries"]
+    assert [job["customModelName"] for job in jobs] == ["support-model-1", "support-model"]
+    # A third try reattaches to the completed job: no third job.
+    third = attempt(3)
+    assert third.job_id == second.job_id
+    assert len(client.list_model_customization_jobs()["modelCustomizationJobSummaries"]) == 2

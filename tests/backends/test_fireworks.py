@@ -511,3 +511,185 @@ def test_resume_through_the_operator_while_pause_is_refused_before_any_request(
     assert resume.execute({"ti": FakeTI()}) in ("queued", "running")
     clock.advance(100_000)
     assert hook.get_job(job.id).status == FineTuningJobStatus.SUCCEEDED
+
+
+# -- boolean options are booleans ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [True, False])
+@pytest.mark.parametrize(("option", "wire"), [("early_stop", "earlyStop"), ("eval_auto_carveout", "evalAutoCarveout")])
+def test_a_boolean_option_reaches_the_request_as_given(
+    hook: Any, server: EmulatorServer, option: str, wire: str, value: bool
+) -> None:
+    job = create(hook, upload(hook), f"ft-bool-{wire.lower()}-{str(value).lower()}", {option: value})
+    sent = next(r["body"] for r in server.emulator.store.records("fw_job").values() if job.id.endswith(r["job_id"]))
+    assert sent[wire] is value
+
+
+@pytest.mark.parametrize("option", ["early_stop", "eval_auto_carveout"])
+@pytest.mark.parametrize("value", [0, 1, "false", "true", None, [True]])
+def test_a_boolean_option_takes_only_a_boolean(option: str, value: Any) -> None:
+    with pytest.raises(InvalidRequestError, match=f"service_options.{option}: must be true or false") as caught:
+        backend().job_body(request(training_file="ds-train"), {option: value})
+    assert caught.value.field == f"service_options.{option}"
+
+
+@pytest.mark.parametrize(
+    "option", ["lora_rank", "epochs", "batch_size_samples", "learning_rate", "max_context_length", "node_count"]
+)
+@pytest.mark.parametrize("value", [True, False])
+def test_a_boolean_is_not_a_number(option: str, value: bool) -> None:
+    method = {"type": "reinforcement"} if option == "node_count" else {"type": "supervised"}
+    options = {option: value, "evaluator": "accounts/acme/evaluators/e"} if option == "node_count" else {option: value}
+    with pytest.raises(InvalidRequestError, match=f"service_options.{option}: must be (an integer|a number)") as caught:
+        backend().job_body(request(training_file="ds-train", method=method), options)
+    assert caught.value.field == f"service_options.{option}"
+
+
+@pytest.mark.parametrize(("option", "value"), [("lora_rank", 0), ("epochs", -1), ("learning_rate", 0.0)])
+def test_a_number_that_must_be_positive_is_refused_naming_the_option(option: str, value: Any) -> None:
+    with pytest.raises(InvalidRequestError, match=f"service_options.{option}: must be positive") as caught:
+        backend().job_body(request(training_file="ds-train"), {option: value})
+    assert caught.value.field == f"service_options.{option}"
+
+
+# -- the files API: Fireworks has datasets instead -------------------------------------------------------------------
+
+
+FILES_CALLS = {
+    "upload_file": lambda h: h.upload_file(TRAIN, filename="train.jsonl"),
+    "list_files": lambda h: h.list_files(),
+    "iter_files": lambda h: list(h.iter_files()),
+    "get_file": lambda h: h.get_file("file-1"),
+    "get_file_content": lambda h: h.get_file_content("file-1"),
+    "delete_file": lambda h: h.delete_file("file-1"),
+}
+AFILES_CALLS = {
+    "aupload_file": lambda h: h.aupload_file(TRAIN, filename="train.jsonl"),
+    "alist_files": lambda h: h.alist_files(),
+    "aiter_files": lambda h: _drain(h.aiter_files()),
+    "aget_file": lambda h: h.aget_file("file-1"),
+    "aget_file_content": lambda h: h.aget_file_content("file-1"),
+    "adelete_file": lambda h: h.adelete_file("file-1"),
+}
+
+
+async def _drain(items: Any) -> list[Any]:
+    return [item async for item in items]
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, list[httpx.Request]]]:
+    """A Fireworks hook whose transport records every request and answers each one (it must see none)."""
+    import respx
+
+    conn = {
+        "conn_type": "finetune",
+        "host": "https://api.fireworks.ai",
+        "password": "fw-files-key-12345",
+        "extra": {"service": "fireworks", "account_id": ACCOUNT},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_FT_FIREWORKS_FILES", json.dumps(conn))
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(404, json={"code": 5, "message": "no such route", "details": []})
+
+    with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
+        router.route().mock(side_effect=answer)
+        made = FineTuningHook("ft_fireworks_files", max_retries=0)
+        yield made, sent
+        made.close()
+
+
+def _assert_refused_naming_datasets(caught: pytest.ExceptionInfo[UnsupportedCapabilityError]) -> None:
+    message = str(caught.value)
+    assert caught.value.capability == "files"
+    assert caught.value.service == "fireworks"
+    assert "\n" not in message
+    assert message.startswith("Fireworks does not support the files API")
+    assert "dataset" in message
+    assert "FineTuningFileUploadOperator" in message
+
+
+@pytest.mark.parametrize("call", list(FILES_CALLS), ids=list(FILES_CALLS))
+def test_files_calls_are_refused_before_any_request_naming_datasets(
+    recorded: tuple[Any, list[httpx.Request]], call: str
+) -> None:
+    hook, sent = recorded
+    with pytest.raises(UnsupportedCapabilityError) as caught:
+        FILES_CALLS[call](hook)
+    _assert_refused_naming_datasets(caught)
+    assert sent == []
+
+
+@pytest.mark.parametrize("call", list(AFILES_CALLS), ids=list(AFILES_CALLS))
+async def test_async_files_calls_are_refused_before_any_request_naming_datasets(
+    recorded: tuple[Any, list[httpx.Request]], call: str
+) -> None:
+    hook, sent = recorded
+    with pytest.raises(UnsupportedCapabilityError) as caught:
+        await AFILES_CALLS[call](hook)
+    _assert_refused_naming_datasets(caught)
+    assert sent == []
+
+
+def test_fireworks_declares_it_has_no_files_api() -> None:
+    assert not backend().supports("files")
+    assert "files" not in backend().capabilities.names()
+
+
+# -- progress lines read jobProgress as Fireworks means it ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("progress", "wanted"),
+    [
+        ({"epoch": 0, "percent": 40}, "epoch 1: 40% done (JOB_STATE_RUNNING)"),
+        ({"epoch": 1, "percent": 0}, "epoch 2: 0% done (JOB_STATE_RUNNING)"),
+        ({"percent": 60}, "60% done (JOB_STATE_RUNNING)"),
+    ],
+)
+def test_a_progress_line_numbers_epochs_from_one(progress: dict[str, Any], wanted: str) -> None:
+    job = backend().job_from(
+        {
+            "name": f"accounts/{ACCOUNT}/supervisedFineTuningJobs/ft-1",
+            "state": "JOB_STATE_RUNNING",
+            "dataset": f"accounts/{ACCOUNT}/datasets/ds-1",
+            "jobProgress": progress,
+        }
+    )
+    assert [event["message"] for event in fw._progress_events(job)] == [wanted]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "wire", "instead"),
+    [
+        ("early_stop", True, "earlyStop", "early_stopping"),
+        ("jinja_template", "{{ messages }}", "jinjaTemplate", "chat template"),
+        ("batch_size", 4096, "batchSize", "batch_size_samples"),
+    ],
+)
+def test_an_option_fireworks_deprecated_is_sent_with_a_warning_naming_what_to_use(
+    option: str, value: Any, wire: str, instead: str
+) -> None:
+    with pytest.warns(FutureWarning, match=f"service_options.{option}: Fireworks has deprecated {wire}; .*{instead}"):
+        body = backend().job_body(request(training_file="ds-train"), {option: value})
+    assert body[wire] == value
+
+
+def test_an_option_fireworks_rejects_when_set_is_refused_before_any_request() -> None:
+    with pytest.raises(
+        InvalidRequestError, match=r"gradientAccumulationSteps when it is set.*batch_size_samples"
+    ) as info:
+        backend().job_body(request(training_file="ds-train"), {"gradient_accumulation_steps": 4})
+    assert info.value.field == "service_options.gradient_accumulation_steps"
+
+
+def test_an_option_fireworks_has_not_deprecated_gives_no_warning() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backend().job_body(request(training_file="ds-train"), {"batch_size_samples": 8, "learning_rate": 1e-4})

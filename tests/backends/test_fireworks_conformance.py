@@ -291,3 +291,279 @@ def test_the_checker_passes_what_conforms() -> None:
 def iter_problems(checker: FireworksConformance) -> Iterator[str]:
     """The problems recorded, for an assertion message."""
     yield from checker.problems
+
+
+# -- every request of every call the backend makes ------------------------------------------------------------------
+
+#: Each call the backend builds that Fireworks serves, and the SDK operations its requests are (``{c}``: each of
+#: the three job collections).
+ROUTED: dict[str, set[str]] = {
+    "get_dataset": {"dataset.get"},
+    "create_dataset": {"dataset.create"},
+    "upload_dataset_file": {"dataset.upload"},
+    "upload_endpoint": {"dataset.get_upload_endpoint"},
+    "validate_upload": {"dataset.validate_upload"},
+    "create_job": {"{c}.create"},
+    "create_prepared_job": {"{c}.create"},
+    "job_call": {"{c}.get", "{c}.cancel", "{c}.resume"},
+    "events": {"{c}.get"},
+    "list_jobs": {"supervised_fine_tuning_job.list"},
+    "list_job_states": {"supervised_fine_tuning_job.list"},
+    "next_page": {"supervised_fine_tuning_job.list"},
+    "chat_completion": {"chat.completions.create"},
+}
+#: Calls Fireworks has no route for, by the capability that refuses them before any request.
+REFUSED: dict[str, str] = {
+    "checkpoints": "checkpoints",
+    "permissions": "checkpoint_permissions",
+    "grant": "checkpoint_permissions",
+    "revoke": "checkpoint_permissions",
+    "run_grader": "graders",
+    "validate_grader": "graders",
+    "create_upload": "uploads",
+    "add_part": "uploads",
+    "complete_upload": "uploads",
+    "upload_action": "uploads",
+    "file_call": "files",
+    "get_file": "files",
+    "delete_file": "files",
+    "file_content": "files",
+    "list_files": "files",
+    "create_file": "files",
+}
+#: Calls that Fireworks makes none of: it has no price estimate.
+NONE = {"estimate_price"}
+
+_KINDS = ("supervised_fine_tuning_job", "dpo_job", "reinforcement_fine_tuning_job")
+#: Every SDK operation the backend sends, and no other: a job is never deleted (its cancel is ``:cancel``).
+EXPECTED = {
+    op.replace("{c}", kind) for ops in ROUTED.values() for op in ops for kind in (_KINDS if "{c}" in op else ("",))
+}
+
+
+def _calls_the_backend_builds() -> set[str]:
+    import inspect
+
+    from airflow_provider_finetune.backends.fireworks import FireworksBackend
+
+    return {
+        name
+        for name, function in inspect.getmembers(FireworksBackend, inspect.isfunction)
+        if not name.startswith("_") and "Call[" in str(inspect.signature(function).return_annotation)
+    }
+
+
+def test_every_call_the_backend_builds_is_sent_conforming_or_refused() -> None:
+    from airflow_provider_finetune.backends.fireworks import FireworksBackend
+    from airflow_provider_finetune.client import ConnectionSettings
+
+    assert _calls_the_backend_builds() == set(ROUTED) | set(REFUSED) | NONE
+    backend = FireworksBackend(ConnectionSettings(base_url=BASE, api_key="fw-test-key-123"))
+    for name, capability in REFUSED.items():
+        assert not backend.supports(capability), f"{name}: Fireworks has no route for it, yet {capability} is on"
+    assert backend.estimate_price({"dataset": "d"}) is None
+    assert {op.name for op in operations()} >= EXPECTED
+
+
+#: A value of each Fireworks option, by its name in ``service_options``, as a DAG gives it.
+OPTION_VALUES: dict[str, Any] = {
+    "learning_rate": 1e-4,
+    "lora_rank": 8,
+    "epochs": 1,
+    "batch_size": 65536,
+    "batch_size_samples": 8,
+    "max_context_length": 4096,
+    "learning_rate_warmup_steps": 10,
+    "gradient_accumulation_steps": 2,
+    "optimizer_weight_decay": 0.01,
+    "output_model": "conformance-out",
+    "warm_start_from": "accounts/acme/models/base-adapter",
+    "jinja_template": "{% for m in messages %}{{ m.content }}{% endfor %}",
+    "early_stop": False,
+    "eval_auto_carveout": False,
+    "evaluation_dataset": "<the evaluation dataset>",
+    "display_name": "conformance job",
+    "evaluator": "accounts/acme/evaluators/exact",
+    "loss_config": {"method": "GRPO", "klBeta": 0.01},
+    "inference_parameters": {"temperature": 0.7, "maxOutputTokens": 256, "responseCandidatesCount": 2},
+    "max_concurrent_rollouts": 4,
+    "node_count": 1,
+    "wandb_config": {"enabled": False, "project": "conformance"},
+}
+
+
+def test_there_is_a_value_of_every_option() -> None:
+    from airflow_provider_finetune.backends.fireworks import FIREWORKS_OPTIONS
+
+    assert set(OPTION_VALUES) == set(FIREWORKS_OPTIONS)
+
+
+def _every_option(method: str, datasets: dict[str, str]) -> dict[str, Any]:
+    """Every option the method takes (its evaluation dataset in the method's own format)."""
+    from airflow_provider_finetune.backends.fireworks import FIREWORKS_OPTIONS
+
+    given = {
+        k: v
+        for k, v in OPTION_VALUES.items()
+        if method in FIREWORKS_OPTIONS[k].methods and not FIREWORKS_OPTIONS[k].rejected
+    }
+    if "evaluation_dataset" in given:
+        given["evaluation_dataset"] = datasets[f"{method}-evaluation"]
+    if method == "dpo":
+        given["loss_config"] = {"method": "DPO"}
+    return {**given, "output_model": f"conformance-{method}"}
+
+
+# -- the scenario: each call, sync and async, against the emulator ------------------------------------------------
+
+ACCOUNT = "acme"
+BASE_MODEL = "accounts/fireworks/models/llama-v3p1-8b-instruct"
+API_KEY = "fw-conformance-key-123"
+
+
+@pytest.fixture
+def emulator() -> Iterator[Any]:
+    from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer, ManualClock
+
+    clock = ManualClock()
+    with EmulatorServer(EmulatorConfig(api_key=API_KEY, clock=clock, seed=11)) as running:
+        yield running, clock
+
+
+@pytest.fixture
+def sent_through(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, FireworksConformance]]:
+    """A Fireworks hook on the emulator whose every request, sync or async, the checker reads before it leaves."""
+    from airflow_provider_finetune.client import RetryPolicy
+    from airflow_provider_finetune.hooks.finetune import FineTuningHook
+
+    server, _ = emulator
+    conn = {
+        "conn_type": "finetune",
+        "host": server.url,
+        "password": API_KEY,
+        "extra": {"service": "fireworks", "account_id": ACCOUNT},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_FT_FW_CONFORMANCE", json.dumps(conn))
+    hook = FineTuningHook("ft_fw_conformance", retry_policy=RetryPolicy(initial_delay=0, max_delay=0, jitter=0))
+    checker = FireworksConformance()
+    hook.client.event_hooks["request"].append(checker)
+    yield hook, checker
+    hook.close()
+
+
+def _data() -> dict[str, bytes]:
+    from tests.emulator.conftest import dpo_lines, jsonl, rft_lines, training_lines
+
+    return {
+        "supervised": jsonl(training_lines(12)),
+        "supervised-evaluation": jsonl(training_lines(6, start=50)),
+        "dpo": jsonl(dpo_lines(10)),
+        "reinforcement": jsonl(rft_lines(10)),
+        "reinforcement-evaluation": jsonl(rft_lines(4)),
+    }
+
+
+def _job_request(method: str, dataset: str) -> Any:
+    from airflow_provider_finetune.models import CreateFineTuningJobRequest, MethodRequest, build_request
+
+    if method == "reinforcement":  # Fireworks grades with the evaluator option, not an OpenAI grader
+        kind = MethodRequest.model_construct(type="reinforcement", reinforcement=None)
+        return CreateFineTuningJobRequest.model_construct(model=BASE_MODEL, training_file=dataset, method=kind)
+    return build_request(
+        CreateFineTuningJobRequest, {"model": BASE_MODEL, "training_file": dataset, "method": {"type": method}}
+    )
+
+
+def _paused(server: Any, job_id: str) -> None:
+    """Fireworks pauses a job itself (its API cannot): the emulator's trainer is told to."""
+    record = next(r for r in server.emulator.store.records("fw_job").values() if job_id.endswith("/" + r["job_id"]))
+    server.emulator.jobs.pause(record["sim_id"])
+
+
+def test_every_request_of_every_call_conforms(
+    sent_through: tuple[Any, FireworksConformance], emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+    import io
+
+    from airflow_provider_finetune.backends import fireworks as fw
+    from airflow_provider_finetune.once import JobIdentity
+
+    hook, checker = sent_through
+    server, clock = emulator
+    backend = hook.backend
+    datasets, direct = {}, fw.DIRECT_UPLOAD_LIMIT
+    for role, data in _data().items():
+        # The DPO file goes up as a large one would: through the signed upload endpoint.
+        monkeypatch.setattr(fw, "DIRECT_UPLOAD_LIMIT", 100 if role == "dpo" else direct)
+        sha = hashlib.sha256(data).hexdigest()
+        datasets[role] = backend.upload_dataset(hook, io.BytesIO(data), f"{role}.jsonl", len(data), sha, None)
+    jobs = []
+    for method in ("supervised", "dpo", "reinforcement"):
+        options = _every_option(method, datasets)
+        job, created = hook.ensure_job(
+            _job_request(method, datasets[method]),
+            identity=JobIdentity(f"dag=d,task={method},run=r,map=-1"),
+            service_options=options,
+        )
+        assert created
+        jobs.append(job.id)
+    second = hook.create_job(_job_request("supervised", datasets["supervised"]), service_options={"epochs": 1})
+    clock.advance(20)
+    for job_id in jobs:
+        assert hook.get_job(job_id).status.value == "running"
+        assert hook.list_events(job_id).data
+        _paused(server, job_id)
+        hook.resume_job(job_id)
+        hook.cancel_job(job_id)
+    assert {j.id for j in hook.iter_jobs(limit=1)} == {jobs[0], second.id}
+    assert hook.list_job_states(limit=1).has_more
+    assert hook.test_connection()[0]
+    hook.chat_completion({"model": BASE_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8})
+
+    assert not checker.problems, "\n".join(checker.problems)
+    assert checker.operations == EXPECTED
+
+
+async def test_every_async_request_of_every_call_conforms(
+    sent_through: tuple[Any, FireworksConformance], emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+    import io
+
+    from airflow_provider_finetune.backends import fireworks as fw
+    from airflow_provider_finetune.once import JobIdentity
+
+    hook, _ = sent_through
+    checker = FireworksConformance()
+    (await hook.aclient()).event_hooks["request"].append(checker.acall)
+    server, clock = emulator
+    datasets, direct = {}, fw.DIRECT_UPLOAD_LIMIT
+    for role, data in _data().items():
+        monkeypatch.setattr(fw, "DIRECT_UPLOAD_LIMIT", 100 if role == "dpo" else direct)
+        sha = hashlib.sha256(data).hexdigest()
+        datasets[role] = await fw.aupload_dataset(hook, io.BytesIO(data), f"{role}.jsonl", len(data), sha, None)
+    jobs = []
+    for method in ("supervised", "dpo", "reinforcement"):
+        options = _every_option(method, datasets)
+        job, created = await hook.aensure_job(
+            _job_request(method, datasets[method]),
+            identity=JobIdentity(f"dag=d,task={method},run=r,map=-1"),
+            service_options=options,
+        )
+        assert created
+        jobs.append(job.id)
+    second = await hook.acreate_job(_job_request("supervised", datasets["supervised"]), service_options={"epochs": 1})
+    clock.advance(20)
+    for job_id in jobs:
+        assert (await hook.aget_job(job_id)).status.value == "running"
+        assert (await hook.alist_events(job_id)).data
+        _paused(server, job_id)
+        await hook.aresume_job(job_id)
+        await hook.acancel_job(job_id)
+    assert {j.id async for j in hook.aiter_jobs(limit=1)} == {jobs[0], second.id}
+    assert (await hook.alist_job_states(limit=1)).has_more
+    await hook.achat_completion({"model": BASE_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8})
+
+    assert not checker.problems, "\n".join(checker.problems)
+    assert checker.operations == EXPECTED

@@ -233,6 +233,45 @@ def test_a_job_name_in_use_is_refused_as_aws_does(bedrock: BedrockEmulator) -> N
     assert bedrock.server.emulator.counters.jobs_created == 1
 
 
+def test_a_model_name_is_held_by_a_job_that_may_make_the_model_and_by_the_model(
+    manual: BedrockEmulator, clock: ManualClock
+) -> None:
+    """A custom model is made only when its job completes; a stopped or failed job makes none and holds no name."""
+    client = manual.client()
+
+    def model_name_in_use(job_name: str, model_name: str) -> bool:
+        try:
+            create(manual, job_name, customModelName=model_name)
+        except ClientError as caught:
+            refused = caught.response["Error"]["Message"]
+        else:
+            return False
+        assert refused == "The provided model name is currently in use."
+        return True
+
+    stopped = create(manual, "held-stopped", customModelName="shared-stopped")
+    assert model_name_in_use("held-stopped-2", "shared-stopped")  # in progress: it will make that model
+    clock.advance(10.0)
+    client.stop_model_customization_job(jobIdentifier=stopped)
+    assert model_name_in_use("held-stopped-3", "shared-stopped")  # stopping: not ended yet
+    clock.advance(5.0)
+    assert client.get_model_customization_job(jobIdentifier=stopped)["status"] == "Stopped"
+    assert not model_name_in_use("held-stopped-4", "shared-stopped")  # stopped: no model, the name is free again
+
+    failed = create(manual, "held-failed", ["{not json"], customModelName="shared-failed")
+    clock.advance(3.0)
+    assert client.get_model_customization_job(jobIdentifier=failed)["status"] == "Failed"
+    assert not model_name_in_use("held-failed-2", "shared-failed")
+
+    clock.advance(300.0)  # the jobs made after the stopped and the failed one complete: their models hold the names
+    for name in ("shared-stopped", "shared-failed"):
+        model = client.get_custom_model(modelIdentifier=name)
+        assert model["jobName"] in ("held-stopped-4", "held-failed-2")
+        assert model_name_in_use(f"{model['jobName']}-again", name)
+    names = [s["modelName"] for s in client.list_custom_models()["modelSummaries"]]
+    assert sorted(names) == ["shared-failed", "shared-stopped"]
+
+
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [

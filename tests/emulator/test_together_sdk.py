@@ -123,3 +123,50 @@ def test_the_presigned_address_refuses_a_wrong_signature_or_checksum(server: Emu
         assert http.put(location, content=b"{}").status_code == 400  # not the checksum the upload named
         # Nothing arrived: the file is not listed.
         assert http.get("/together/v1/files").json()["data"] == []
+
+
+def test_the_estimate_refuses_a_model_together_does_not_fine_tune(make_server: Any, tmp_path: Path) -> None:
+    server = make_server()
+    client = sdk(server, Seen())
+    uploaded = client.files.upload(_file(tmp_path, "train.jsonl", training_lines(20)), purpose="fine-tune")
+    sft = {"method": "sft", "train_on_inputs": "auto"}
+    with pytest.raises(together.NotFoundError) as raised:
+        client.fine_tuning.estimate_price(
+            training_file=uploaded.id, model="no-such/model", training_method=sft, training_type={"type": "Full"}
+        )
+    body = raised.value.body
+    assert isinstance(body, dict)
+    error = body["error"]  # Together's ErrorData
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == "model"
+    assert "no-such/model" in error["message"]
+    with pytest.raises(together.BadRequestError, match="model or from_checkpoint"):
+        client.fine_tuning.estimate_price(training_file=uploaded.id, training_method=sft)
+    known = client.fine_tuning.estimate_price(training_file=uploaded.id, model=MODEL, training_method=sft)
+    assert known.estimation_available is True
+
+
+def test_a_completed_job_reports_the_price_its_estimate_gave(
+    make_server: Any, clock: ManualClock, tmp_path: Path
+) -> None:
+    from together.lib.utils.tools import NANODOLLAR, finetune_price_to_dollars
+
+    server = make_server()
+    client = sdk(server, Seen())
+    uploaded = client.files.upload(_file(tmp_path, "train.jsonl", training_lines(20)), purpose="fine-tune")
+    estimate = client.fine_tuning.estimate_price(
+        training_file=uploaded.id,
+        model=MODEL,
+        n_epochs=2,
+        training_method={"method": "sft", "train_on_inputs": "auto"},
+        training_type={"type": "Lora", "lora_r": 8, "lora_alpha": 16},
+    )
+    assert estimate.estimation_available is True
+    assert estimate.estimated_total_price
+    job = client.fine_tuning.create(training_file=uploaded.id, model=MODEL, n_epochs=2, lora=True, lora_r=8)
+    clock.advance(3600)
+    done = client.fine_tuning.retrieve(job.id)
+    assert done.status == "completed"
+    # Together reports a job's price in nano-dollars (the SDK's finetune_price_to_dollars reads it so).
+    assert done.total_price == round(estimate.estimated_total_price * NANODOLLAR)
+    assert finetune_price_to_dollars(float(done.total_price)) == pytest.approx(estimate.estimated_total_price)

@@ -262,3 +262,22 @@ async def test_triggers_of_one_connection_share_their_polls(emulator: Emulator, 
     # Without sharing, every poll of every trigger reads the job and its events: 2 x 60 per round.
     assert list_reads + event_reads < (2 * 60 * list_reads) / 4
     await close_shared_async_clients()
+
+
+def test_a_create_refused_for_good_is_sent_once_and_not_retried(
+    airflow_db: None, emulator: Emulator, training_file: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """retries=2 and an unknown model: one create reaches the service, and the task fails after its one try."""
+    dag = dag_bag().get_dag("ft_refused")
+    run = dag.test(run_conf={"training_file": training_file, "model": "gpt-unknown-model"})
+    assert run.state == "failed"
+    (ti,) = run.get_task_instances()
+    assert ti.state == "failed"
+    assert ti.try_number == 1
+    assert emulator.requests_to(CREATE) == 1
+    assert emulator.counters()["jobs_created"] == 0
+    # The service's own words, said to be final, and no complaint about a link to a job that was never made.
+    log = capfd.readouterr().out
+    assert "[model_not_available] Model gpt-unknown-model is not available" in log
+    assert "Not retried: the next try would get the same answer." in log
+    assert "XCom not found" not in log

@@ -96,7 +96,7 @@ def test_the_estimate_goes_to_xcom_with_the_job_and_the_price_and_early_stopping
     assert model.startswith("emulator/")
     assert xcoms["price_estimate"]["allowed_to_proceed"] is True
     assert xcoms["estimated_cost"] == xcoms["price_estimate"]["estimated_total_price"] > 0
-    assert xcoms["total_price"] == int(xcoms["estimated_cost"] * 100)
+    assert xcoms["total_price"] == pytest.approx(xcoms["estimated_cost"])  # the price the estimate gave
     assert set(xcoms["early_stopping"]) == {"early_stopped", "early_stopping_best_step", "early_stopping_best_metric"}
     assert (
         xcoms["checkpoints"][0]["fine_tuned_model_checkpoint"]

@@ -249,7 +249,7 @@ def test_job_sensor_waiting_for_cancelled_still_fails_on_failed(
     ],
 )
 def test_job_sensor_refuses_a_status_stated_as_both_target_and_failure(targets: Any, failures: Any, both: str) -> None:
-    with pytest.raises(InvalidRequestError, match=f"^{both} cannot be both a target and a failure status$") as info:
+    with pytest.raises(InvalidRequestError, match=f"(?m)^{both} cannot be both a target and a failure status$") as info:
         job_sensor(target_statuses=targets, failure_statuses=failures)
 
     assert info.value.field == "failure_statuses"

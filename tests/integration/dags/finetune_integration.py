@@ -42,3 +42,19 @@ for dag_id, deferrable in (("ft_deferrable", True), ("ft_on_worker", False)):
 
         fine_tune >> best
         evaluate(fine_tune.output, best.output)
+
+# A task whose create the service refuses for good (an unknown model): its retries must not send it again.
+with DAG(
+    "ft_refused",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1),
+    params={**PARAMS, "model": Param("gpt-4o-mini-2024-07-18", type="string")},
+    catchup=False,
+    default_args={"retries": 2, "retry_delay": pendulum.duration(seconds=0)},
+):
+    FineTuningJobOperator(
+        task_id="fine_tune",
+        model="{{ params.model }}",
+        training_file="{{ params.training_file }}",
+        poll_interval=0.2,
+    )
