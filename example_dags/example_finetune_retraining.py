@@ -6,7 +6,7 @@ What this DAG shows:
 * fine-tuning without holding a worker slot for the hours a job takes (``deferrable=True``); a retry or a
   crash never starts a second job for the same run;
 * choosing the best checkpoint by its validation loss from the operator's ``checkpoints`` XCom, with
-  ``airflow_provider_finetune.checkpoints.best_checkpoint``; where the service lists no checkpoints (Fireworks)
+  ``airflow_provider_finetune.rules.checkpoints.best_checkpoint``; where the service lists no checkpoints (Fireworks)
   or none reports a validation loss (Together), the job's final model is used, and the log says so;
 * evaluating the fine-tuned model on held-out prompts through chat completions, with the hook's client,
   and refusing to publish a model that scores below ``min_score``;
@@ -108,9 +108,9 @@ with DAG(
 
         Where the service lists no checkpoints, or none reports a validation loss, the job's final model.
         """
-        from airflow_provider_finetune.checkpoints import best_checkpoint
         from airflow_provider_finetune.hooks.finetune import FineTuningHook
         from airflow_provider_finetune.models import FineTuningJobCheckpoint
+        from airflow_provider_finetune.rules.checkpoints import best_checkpoint
 
         for c in checkpoints:
             log.info("Checkpoint at step %s: %s %s", c["step_number"], c["fine_tuned_model_checkpoint"], c["metrics"])

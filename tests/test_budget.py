@@ -12,7 +12,13 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_finetune.budget import (
+from airflow_provider_finetune.core.client import close_shared_async_clients
+from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
+from airflow_provider_finetune.exceptions import InvalidRequestError
+from airflow_provider_finetune.hooks.finetune import FineTuningHook
+from airflow_provider_finetune.models import CreateFineTuningJobRequest, FineTuningJobEvent, build_request
+from airflow_provider_finetune.operators.finetune import FineTuningJobOperator
+from airflow_provider_finetune.rules.budget import (
     OVER_BUDGET,
     Budget,
     BudgetExceededError,
@@ -21,12 +27,6 @@ from airflow_provider_finetune.budget import (
     price_for,
     progress_of,
 )
-from airflow_provider_finetune.client import close_shared_async_clients
-from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
-from airflow_provider_finetune.exceptions import InvalidRequestError
-from airflow_provider_finetune.hooks.finetune import FineTuningHook
-from airflow_provider_finetune.models import CreateFineTuningJobRequest, FineTuningJobEvent, build_request
-from airflow_provider_finetune.operators.finetune import FineTuningJobOperator
 from airflow_provider_finetune.training_data import validate_file
 from tests.integration.conftest import API_KEY, Emulator, chat_lines, stop_too_late
 from tests.operators.conftest import FakeTI
@@ -99,7 +99,7 @@ def test_each_service_settles_the_epochs_its_own_way(monkeypatch: pytest.MonkeyP
     from airflow_provider_finetune.backends.fireworks import FireworksBackend
     from airflow_provider_finetune.backends.openai import OpenAIBackend
     from airflow_provider_finetune.backends.together import TogetherBackend
-    from airflow_provider_finetune.client import ConnectionSettings
+    from airflow_provider_finetune.core.client import ConnectionSettings
     from tests.backends.bedrock_fake import ROLE_ARN, connect_bedrock
 
     def budget(backend: Any, method: dict[str, Any] | None, options: dict[str, Any] | None = None) -> Budget:
@@ -202,7 +202,7 @@ def test_an_estimate_above_max_cost_fails_before_anything_is_billed(emulator: Em
         task.execute({"ti": ti})  # type: ignore[arg-type]
     assert f"{TOKENS:,} tokens per epoch x 3 epochs x 25 per million tokens" in str(refused.value)
     assert "nothing was created" in str(refused.value)
-    from airflow_provider_finetune._compat import AirflowFailException
+    from airflow_provider_finetune.core.compat import AirflowFailException
 
     assert isinstance(refused.value, AirflowFailException)  # the same estimate again: not retried
     assert ti.xcoms["estimated_cost"] == pytest.approx(TOKENS * 3 * 25.0 / 1e6)
@@ -232,7 +232,7 @@ def test_a_job_within_budget_runs_to_its_end_with_its_final_cost(emulator: Emula
 
 
 def assert_cancelled_over_budget(emulator: Emulator, ti: FakeTI, err: BudgetExceededError, cap: float) -> None:
-    from airflow_provider_finetune._compat import AirflowFailException
+    from airflow_provider_finetune.core.compat import AirflowFailException
 
     assert isinstance(err, AirflowFailException)  # not retried: a retry would make the same job again
     job = FineTuningHook().get_job(ti.xcoms["job_id"])

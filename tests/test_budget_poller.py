@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_finetune.budget import OVER_BUDGET, Budget
-from airflow_provider_finetune.waiting import watch
+from airflow_provider_finetune.rules.budget import OVER_BUDGET, Budget
+from airflow_provider_finetune.rules.waiting import watch
 from tests.triggers.test_poller import Counted, JobsThatEnd, make_poller
 
 BUDGET = Budget(max_cost=0.5, price=1.0, tokens_per_epoch=100, epochs=3)

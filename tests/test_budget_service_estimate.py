@@ -13,9 +13,9 @@ import respx
 
 from airflow_provider_finetune.backends.base import Call
 from airflow_provider_finetune.backends.openai import OpenAIBackend
-from airflow_provider_finetune.budget import BudgetExceededError, PriceEstimate
 from airflow_provider_finetune.hooks import finetune as hook_module
 from airflow_provider_finetune.operators.finetune import FineTuningJobOperator
+from airflow_provider_finetune.rules.budget import BudgetExceededError, PriceEstimate
 from tests.hooks.conftest import BASE_URL, connection, job, page  # noqa: F401 (fixtures)
 from tests.operators.conftest import FakeTI
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_finetune.checkpoints import CheckpointCondition, ReadCheckpoints, judge, watch_checkpoints
 from airflow_provider_finetune.exceptions import AuthenticationError, InternalServerError
 from airflow_provider_finetune.models import FineTuningJob, FineTuningJobCheckpoint
-from airflow_provider_finetune.waiting import WAIT_ERROR, WAIT_TIMEOUT, Pause
+from airflow_provider_finetune.rules.checkpoints import CheckpointCondition, ReadCheckpoints, judge, watch_checkpoints
+from airflow_provider_finetune.rules.waiting import WAIT_ERROR, WAIT_TIMEOUT, Pause
 
 
 def job(status: str = "running") -> FineTuningJob:

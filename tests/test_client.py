@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from airflow_provider_finetune.client import (
+from airflow_provider_finetune.core.client import (
     ConnectionSettings,
     RetryPolicy,
     Send,

@@ -19,9 +19,9 @@ import respx
 
 from airflow_provider_finetune.backends.azure import AzureAuthoringBackend, AzureV1Backend
 from airflow_provider_finetune.backends.openai import PRESETS, OpenAIBackend, OpenAICompatibleBackend
-from airflow_provider_finetune.client import SERVICES
-from airflow_provider_finetune.connection import MIN_MASKED_LENGTH
+from airflow_provider_finetune.core.client import SERVICES
 from airflow_provider_finetune.exceptions import InvalidRequestError
+from airflow_provider_finetune.hooks.connection import MIN_MASKED_LENGTH
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from tests.hooks.conftest import job
 
@@ -285,7 +285,7 @@ def test_reading_a_short_secret_asks_airflow_to_mask_nothing_short(
 def test_the_provider_masks_only_what_airflow_can_mask() -> None:
     from airflow.sdk.definitions.connection import Connection
 
-    from airflow_provider_finetune.connection import settings_from_connection
+    from airflow_provider_finetune.hooks.connection import settings_from_connection
 
     asked: list[str] = []
     conn = Connection(

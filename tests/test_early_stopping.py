@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_finetune.early_stopping import (
+from airflow_provider_finetune.exceptions import InvalidRequestError
+from airflow_provider_finetune.models import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent
+from airflow_provider_finetune.rules.early_stopping import (
     EARLY_STOPPED,
     EarlyStopping,
     Progress,
@@ -16,9 +18,7 @@ from airflow_provider_finetune.early_stopping import (
     event_evaluations,
     stop_action,
 )
-from airflow_provider_finetune.exceptions import InvalidRequestError
-from airflow_provider_finetune.models import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent
-from airflow_provider_finetune.waiting import Observation, Pause, Poll, watch
+from airflow_provider_finetune.rules.waiting import Observation, Pause, Poll, watch
 from tests.hooks.conftest import event, job
 
 # -- the rule ---------------------------------------------------------------------------------------------
@@ -239,7 +239,7 @@ def test_a_service_without_events_is_judged_on_its_checkpoints() -> None:
 
 
 def test_the_checkpoint_wait_ends_early_stopped_with_the_best_checkpoint() -> None:
-    from airflow_provider_finetune.checkpoints import CheckpointCondition, watch_checkpoints
+    from airflow_provider_finetune.rules.checkpoints import CheckpointCondition, watch_checkpoints
 
     running = FineTuningJob.model_validate(job(status="running"))
     steps = watch_checkpoints(

@@ -16,13 +16,13 @@ import pytest
 
 from airflow_provider_finetune.backends.base import Capabilities
 from airflow_provider_finetune.backends.openai import OpenAIBackend
-from airflow_provider_finetune.client import close_shared_async_clients
-from airflow_provider_finetune.early_stopping import EarlyStopping
+from airflow_provider_finetune.core.client import close_shared_async_clients
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
 from airflow_provider_finetune.emulator.trainer import FORCE_FAILURE_KEY, OVERFIT_KEY
 from airflow_provider_finetune.exceptions import FineTuningJobFailed, InvalidRequestError, UnsupportedCapabilityError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.operators.finetune import FineTuningJobOperator
+from airflow_provider_finetune.rules.early_stopping import EarlyStopping
 from airflow_provider_finetune.sensors.finetune import FineTuningCheckpointSensor
 from airflow_provider_finetune.triggers.finetune import FineTuningCheckpointTrigger, FineTuningJobTrigger
 from tests.integration.conftest import API_KEY, Emulator, chat_lines, stop_too_late

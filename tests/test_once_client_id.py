@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_finetune.client import RetryPolicy, Sleep
+from airflow_provider_finetune.core.client import RetryPolicy, Sleep
 from airflow_provider_finetune.exceptions import (
     ChangedRequestError,
     ConflictError,
@@ -15,7 +15,7 @@ from airflow_provider_finetune.exceptions import (
     UnsafeToRetryError,
 )
 from airflow_provider_finetune.models import FineTuningJob
-from airflow_provider_finetune.once import (
+from airflow_provider_finetune.rules.once import (
     NO_STATE_STORE,
     CancelJob,
     CreateJob,
@@ -191,6 +191,6 @@ def test_a_changed_request_fails_when_asked_and_leaves_the_job() -> None:
 
 
 def _fingerprint() -> str:
-    from airflow_provider_finetune.once import tagged_body
+    from airflow_provider_finetune.rules.once import tagged_body
 
     return tagged_body(BODY, TAG, job_metadata=False)[1]

@@ -22,7 +22,7 @@ from airflow_provider_finetune import (
     get_provider_info,
 )
 from airflow_provider_finetune.backends.openai import PRESETS
-from airflow_provider_finetune.client import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, SERVICES
+from airflow_provider_finetune.core.client import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, SERVICES
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 
 

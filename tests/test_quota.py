@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from airflow_provider_finetune.client import ErrorFields, read_openai_error
+from airflow_provider_finetune.core.client import ErrorFields, read_openai_error
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
 from airflow_provider_finetune.exceptions import (
     FineTuningNotAllowedError,
@@ -19,8 +19,8 @@ from airflow_provider_finetune.exceptions import (
 )
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.models import FineTuningJob
-from airflow_provider_finetune.once import TASK_TAG_KEY
-from airflow_provider_finetune.quota import (
+from airflow_provider_finetune.rules.once import TASK_TAG_KEY
+from airflow_provider_finetune.rules.quota import (
     QUOTA_ERROR,
     QUOTA_READY,
     QUOTA_TIMEOUT,
@@ -30,7 +30,7 @@ from airflow_provider_finetune.quota import (
     count_active,
     same_base_model,
 )
-from airflow_provider_finetune.waiting import Pause
+from airflow_provider_finetune.rules.waiting import Pause
 from tests.integration.conftest import API_KEY, Emulator, chat_lines
 
 CREATE = "POST /v1/fine_tuning/jobs"

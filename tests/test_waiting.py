@@ -14,8 +14,9 @@ from airflow_provider_finetune.exceptions import (
     NotFoundError,
 )
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
+from airflow_provider_finetune.hooks.waits import wait_sync
 from airflow_provider_finetune.models import FineTuningJob, FineTuningJobEvent
-from airflow_provider_finetune.waiting import (
+from airflow_provider_finetune.rules.waiting import (
     EVENTS_PAGE_MAX,
     MAX_LINES_PER_POLL,
     WAIT_ERROR,
@@ -25,7 +26,6 @@ from airflow_provider_finetune.waiting import (
     Poll,
     describe_event,
     newer_events,
-    wait_sync,
     watch,
 )
 from tests.hooks.conftest import FakeAPI, api, connection, event, hook, job, page
@@ -192,7 +192,7 @@ def test_the_wait_rules_do_not_depend_on_the_poller() -> None:
     import ast
     import inspect
 
-    from airflow_provider_finetune import waiting
+    from airflow_provider_finetune.rules import waiting
 
     tree = ast.parse(inspect.getsource(waiting))
     imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]

@@ -8,7 +8,7 @@ from airflow_provider_finetune.exceptions import InvalidRequestError
 
 if TYPE_CHECKING:
     from airflow_provider_finetune.backends.openai import OpenAIBackend
-    from airflow_provider_finetune.client import ConnectionSettings
+    from airflow_provider_finetune.core.client import ConnectionSettings
 
 __all__ = ["backend_for"]
 

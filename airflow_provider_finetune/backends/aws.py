@@ -3,7 +3,7 @@
 The credentials come from apache-airflow-providers-amazon (``AwsBaseHook``: keys, profiles, assumed roles, web
 identity), never from this provider's own settings; :class:`SigV4Auth` signs each request with
 :class:`botocore.auth.SigV4Auth` inside an ``httpx.Auth``, so that a signed request still goes through the one
-request core (:mod:`airflow_provider_finetune.client`: retries, typed errors, redaction). In the triggerer the
+request core (:mod:`airflow_provider_finetune.core.client`: retries, typed errors, redaction). In the triggerer the
 connection is read and expiring credentials are refreshed in a thread: the event loop never waits on them.
 
 :func:`read_aws_error` reads the restJson1 error answer of an AWS service (``x-amzn-ErrorType``, ``message``)
@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from airflow_provider_finetune.client import ErrorFields
+from airflow_provider_finetune.core.client import ErrorFields
 from airflow_provider_finetune.exceptions import (
     BadRequestError,
     ConflictError,

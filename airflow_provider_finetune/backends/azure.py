@@ -23,11 +23,11 @@ from pydantic import BaseModel
 
 from airflow_provider_finetune.backends.base import Call, Capabilities, HeaderAuth, Limits, model
 from airflow_provider_finetune.backends.openai import OpenAIBackend
-from airflow_provider_finetune.client import ConnectionSettings, ErrorFields, path_param, read_openai_error
+from airflow_provider_finetune.core.client import ConnectionSettings, ErrorFields, path_param, read_openai_error
+from airflow_provider_finetune.core.statuses import FineTuningJobStatus
 from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.models import CreateFineTuningJobRequest, FileObject, Page
-from airflow_provider_finetune.once import ECHOED_REQUEST
-from airflow_provider_finetune.statuses import FineTuningJobStatus
+from airflow_provider_finetune.rules.once import ECHOED_REQUEST
 
 __all__ = [
     "AZURE_STATUSES",

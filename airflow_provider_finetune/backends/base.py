@@ -3,16 +3,14 @@
 A backend turns the provider's canonical, OpenAI-shaped calls into its service's requests (:class:`Call`
 descriptions: method, path, query, body, how to read the answer back into the canonical models), and says
 what the service can do (:class:`Capabilities`), how requests authenticate (an ``httpx.Auth``), how its
-error answers read, how its statuses map onto :class:`~airflow_provider_finetune.statuses.FineTuningJobStatus`,
+error answers read, how its statuses map onto :class:`~airflow_provider_finetune.core.statuses.FineTuningJobStatus`,
 how its lists page, what a job's training data is referenced by, where a job's page is, its request limits,
-and how it makes a create once-only. It never sends anything: :mod:`airflow_provider_finetune.client`
+and how it makes a create once-only. It never sends anything: :mod:`airflow_provider_finetune.core.client`
 classifies every answer and decides every retry, for every service.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
@@ -20,13 +18,13 @@ from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from airflow_provider_finetune.client import ErrorFields, read_openai_error
+from airflow_provider_finetune.core.client import ErrorFields, read_openai_error
 from airflow_provider_finetune.exceptions import InvalidRequestError, UnsupportedCapabilityError
 
 if TYPE_CHECKING:
-    from airflow_provider_finetune.budget import PriceEstimate
-    from airflow_provider_finetune.client import ConnectionSettings
+    from airflow_provider_finetune.core.client import ConnectionSettings
     from airflow_provider_finetune.models import FileObject
+    from airflow_provider_finetune.rules.budget import PriceEstimate
 
 __all__ = [
     "CAPABILITY_NAMES",
@@ -37,11 +35,9 @@ __all__ = [
     "HeaderAuth",
     "Limits",
     "OnceOnly",
-    "content_digest",
     "json_model",
     "model",
     "refuse_untranslatable",
-    "request_fingerprint",
 ]
 
 T = TypeVar("T")
@@ -209,32 +205,6 @@ class HeaderAuth(httpx.Auth):
         yield request
 
 
-def content_digest(stream: IO[bytes], start: int) -> tuple[int, str]:
-    """Size and SHA-256 of a stream's content from ``start`` to its end, read a block at a time; left at ``start``."""
-    digest = hashlib.sha256()
-    stream.seek(start)
-    size = 0
-    while chunk := stream.read(1024 * 1024):
-        digest.update(chunk)
-        size += len(chunk)
-    stream.seek(start)
-    return size, digest.hexdigest()
-
-
-def request_fingerprint(body: Mapping[str, Any], *, ignore_metadata: frozenset[str] = frozenset()) -> str:
-    """A digest of a create request: the same request gives the same digest, whatever the key order.
-
-    :param body: the request body, as sent.
-    :param ignore_metadata: metadata keys left out (the provider's own tags).
-    """
-    kept = dict(body)
-    metadata = {k: v for k, v in (kept.pop("metadata", None) or {}).items() if k not in ignore_metadata}
-    if metadata:
-        kept["metadata"] = metadata
-    blob = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
-    return "rq-" + hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
 def refuse_untranslatable(request: Any, reasons: Mapping[str, str]) -> None:
     """Refuse, before any request, each given field of ``request`` the service cannot take, saying why.
 
@@ -330,7 +300,7 @@ class Backend:
 
         Deterministic in its arguments; override only where the service's naming rules demand another form.
         """
-        from airflow_provider_finetune.once import client_job_id
+        from airflow_provider_finetune.rules.once import client_job_id
 
         return client_job_id(tag, fingerprint, generation)
 

@@ -48,8 +48,8 @@ from pydantic import (
 from airflow_provider_finetune.backends.aws import AwsCredentials, SigV4Auth, read_aws_error, region_of_host
 from airflow_provider_finetune.backends.base import Call, Capabilities, HeaderAuth, Limits, refuse_untranslatable
 from airflow_provider_finetune.backends.openai import OpenAIBackend
-from airflow_provider_finetune.budget import EpochRule
-from airflow_provider_finetune.client import ErrorFields, path_param
+from airflow_provider_finetune.core.client import ErrorFields, path_param
+from airflow_provider_finetune.core.statuses import FineTuningJobStatus
 from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.models import (
     CreateFineTuningJobRequest,
@@ -58,7 +58,7 @@ from airflow_provider_finetune.models import (
     JobState,
     Page,
 )
-from airflow_provider_finetune.statuses import FineTuningJobStatus
+from airflow_provider_finetune.rules.budget import EpochRule
 
 __all__ = [
     "BEDROCK_STATUSES",

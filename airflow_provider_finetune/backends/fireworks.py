@@ -40,17 +40,9 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel
 
-from airflow_provider_finetune.backends.base import (
-    Call,
-    Capabilities,
-    Limits,
-    model,
-    refuse_untranslatable,
-    request_fingerprint,
-)
+from airflow_provider_finetune.backends.base import Call, Capabilities, Limits, model, refuse_untranslatable
 from airflow_provider_finetune.backends.openai import OpenAIBackend, _request
-from airflow_provider_finetune.budget import EpochRule
-from airflow_provider_finetune.client import (
+from airflow_provider_finetune.core.client import (
     ConnectionSettings,
     ErrorFields,
     Sleep,
@@ -60,6 +52,8 @@ from airflow_provider_finetune.client import (
     run_async,
     run_sync,
 )
+from airflow_provider_finetune.core.digests import request_fingerprint
+from airflow_provider_finetune.core.statuses import FineTuningJobStatus
 from airflow_provider_finetune.exceptions import (
     ConflictError,
     FineTuningAPIError,
@@ -75,7 +69,7 @@ from airflow_provider_finetune.models import (
     JobState,
     Page,
 )
-from airflow_provider_finetune.statuses import FineTuningJobStatus
+from airflow_provider_finetune.rules.budget import EpochRule
 
 __all__ = [
     "COLLECTIONS",

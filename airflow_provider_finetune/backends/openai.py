@@ -10,6 +10,7 @@ import mimetypes
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import IO, Any, ClassVar, TypeVar, cast
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel
@@ -24,8 +25,7 @@ from airflow_provider_finetune.backends.base import (
     json_model,
     model,
 )
-from airflow_provider_finetune.budget import EpochRule, auto_epochs, requested_epochs
-from airflow_provider_finetune.client import path_param
+from airflow_provider_finetune.core.client import path_param
 from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.models import (
     CheckpointPermission,
@@ -49,6 +49,7 @@ from airflow_provider_finetune.models import (
     ValidateGraderRequest,
     build_request,
 )
+from airflow_provider_finetune.rules.budget import EpochRule, auto_epochs, requested_epochs
 
 __all__ = ["PRESETS", "OpenAIBackend", "OpenAICompatibleBackend"]
 
@@ -154,10 +155,10 @@ class OpenAIBackend(Backend):
             )
 
     def job_url(self, job_id: str) -> str | None:
-        """The job's page on the OpenAI dashboard; none for other hosts."""
-        from airflow_provider_finetune.links.finetune import job_url
-
-        return job_url(self.settings.base_url, job_id)
+        """The job's page on the OpenAI dashboard; none for other hosts (no broken links)."""
+        if urlsplit(self.settings.base_url).hostname != "api.openai.com":
+            return None
+        return f"https://platform.openai.com/finetune/{job_id}"
 
     # -- jobs ----------------------------------------------------------------------------------------------
 

@@ -41,8 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from airflow_provider_finetune.backends.base import Call, Capabilities, Limits, model
 from airflow_provider_finetune.backends.openai import OpenAIBackend
-from airflow_provider_finetune.budget import EpochRule
-from airflow_provider_finetune.client import path_param
+from airflow_provider_finetune.core.client import path_param
+from airflow_provider_finetune.core.statuses import FineTuningJobStatus
 from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.models import (
     CreateFineTuningJobRequest,
@@ -52,8 +52,8 @@ from airflow_provider_finetune.models import (
     FineTuningJobEvent,
     Page,
 )
-from airflow_provider_finetune.once import ECHOED_REQUEST
-from airflow_provider_finetune.statuses import FineTuningJobStatus
+from airflow_provider_finetune.rules.budget import EpochRule
+from airflow_provider_finetune.rules.once import ECHOED_REQUEST
 
 __all__ = [
     "DEFAULT_BASE_URL",

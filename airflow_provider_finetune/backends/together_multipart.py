@@ -23,8 +23,9 @@ from typing import IO, Any
 
 import httpx
 
-from airflow_provider_finetune.backends.base import Call, content_digest
-from airflow_provider_finetune.client import Exchange, exchange, run_async, run_sync
+from airflow_provider_finetune.backends.base import Call
+from airflow_provider_finetune.core.client import Exchange, exchange, run_async, run_sync
+from airflow_provider_finetune.core.digests import content_digest
 from airflow_provider_finetune.exceptions import (
     ConflictError,
     FineTuningAPIError,

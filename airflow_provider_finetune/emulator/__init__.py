@@ -16,8 +16,9 @@ The same jobs and files are also served in Azure OpenAI's dialects: authoring un
 
 from __future__ import annotations
 
-from airflow_provider_finetune.emulator.app import Emulator, EmulatorApp, create_app
+from airflow_provider_finetune.emulator.app import EmulatorApp, create_app
 from airflow_provider_finetune.emulator.config import EmulatorConfig, FaultConfig, ManualClock, Timings
+from airflow_provider_finetune.emulator.core import Emulator
 from airflow_provider_finetune.emulator.server import EmulatorServer
 from airflow_provider_finetune.emulator.trainer import FORCE_FAILURE_KEY
 

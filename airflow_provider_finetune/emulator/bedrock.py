@@ -51,7 +51,7 @@ from airflow_provider_finetune.emulator.inference import answer_from
 from airflow_provider_finetune.emulator.store import Record
 
 if TYPE_CHECKING:
-    from airflow_provider_finetune.emulator.app import Emulator
+    from airflow_provider_finetune.emulator.core import Emulator
 
 __all__ = ["BedrockDialect", "bedrock_routes"]
 

@@ -13,8 +13,9 @@ from types import TracebackType
 
 import uvicorn
 
-from airflow_provider_finetune.emulator.app import Emulator, EmulatorApp, create_app
+from airflow_provider_finetune.emulator.app import EmulatorApp, create_app
 from airflow_provider_finetune.emulator.config import EmulatorConfig
+from airflow_provider_finetune.emulator.core import Emulator
 
 __all__ = ["EmulatorServer"]
 

@@ -3,7 +3,7 @@
 The connection names the service; its backend (:mod:`airflow_provider_finetune.backends`) describes each
 endpoint once, as a :class:`Call` (method, path, query, body, how to read the answer back into the canonical
 models). The sync method and its ``a``-prefixed async twin both hand that description to the one request core
-in :mod:`airflow_provider_finetune.client`, so they cannot drift apart, whatever the service.
+in :mod:`airflow_provider_finetune.core.client`, so they cannot drift apart, whatever the service.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from pydantic import BaseModel
 from airflow_provider_finetune.backends import backend_for
 from airflow_provider_finetune.backends.base import Call
 from airflow_provider_finetune.backends.openai import MAX_PART_SIZE, OpenAIBackend
-from airflow_provider_finetune.budget import PriceEstimate
-from airflow_provider_finetune.client import (
+from airflow_provider_finetune.core.client import (
     DEFAULT_BASE_URL,
     ConnectionSettings,
     RetryPolicy,
@@ -40,7 +39,6 @@ from airflow_provider_finetune.client import (
     run_sync,
     shared_async_client,
 )
-from airflow_provider_finetune.connection import settings_from_connection
 from airflow_provider_finetune.exceptions import (
     AuthenticationError,
     ConflictError,
@@ -52,6 +50,7 @@ from airflow_provider_finetune.exceptions import (
     PermissionDeniedError,
     UnsafeToRetryError,
 )
+from airflow_provider_finetune.hooks.connection import settings_from_connection
 from airflow_provider_finetune.models import (
     CheckpointPermission,
     CreateFineTuningJobRequest,
@@ -69,7 +68,8 @@ from airflow_provider_finetune.models import (
     UploadPart,
     build_request,
 )
-from airflow_provider_finetune.once import (
+from airflow_provider_finetune.rules.budget import PriceEstimate
+from airflow_provider_finetune.rules.once import (
     MAX_WALK,
     NO_STATE_STORE,
     TASK_TAG_KEY,
@@ -103,7 +103,7 @@ FILES_API_LIMIT = 512 * MB
 
 FileSource = str | os.PathLike[str] | bytes | IO[bytes]
 
-#: The older name of :func:`~airflow_provider_finetune.once.room_for_tags`.
+#: The older name of :func:`~airflow_provider_finetune.rules.once.room_for_tags`.
 room_for_tag = room_for_tags
 
 
@@ -213,7 +213,7 @@ class FineTuningHook(BaseHook):
 
     @classmethod
     def settings_from_connection(cls, conn: Any) -> ConnectionSettings:
-        """Read a ``finetune`` connection into settings (see :mod:`airflow_provider_finetune.connection`)."""
+        """Read a ``finetune`` connection into settings (see :mod:`airflow_provider_finetune.hooks.connection`)."""
         return settings_from_connection(conn, mask=mask_secret)
 
     @cached_property
@@ -427,7 +427,7 @@ class FineTuningHook(BaseHook):
         """Create the job of a task instance unless it exists: at most one job, whatever fails.
 
         A found job is adopted only when its own fields say it is this task instance's (see
-        :mod:`airflow_provider_finetune.once`): one in progress or succeeded is reattached to; after a failed or
+        :mod:`airflow_provider_finetune.rules.once`): one in progress or succeeded is reattached to; after a failed or
         cancelled one a new job is created; one made from another request meets ``on_changed_request``.
 
         :param request: the create request.
@@ -491,7 +491,7 @@ class FineTuningHook(BaseHook):
         )
 
     def _ensure_call(self, step: ListJobs | GetJob | CreateJob | CancelJob) -> Call[Any]:
-        """The request that carries out one step of :func:`~airflow_provider_finetune.once.ensure_job`."""
+        """The request that carries out one step of :func:`~airflow_provider_finetune.rules.once.ensure_job`."""
         backend = self.backend
         if isinstance(step, ListJobs):
             return backend.list_jobs(step.after, 100, step.metadata)
@@ -517,7 +517,7 @@ class FineTuningHook(BaseHook):
         raise error
 
     def _drive(self, steps: Ensure, state: Any) -> tuple[FineTuningJob, bool]:
-        """Carry out the steps of :func:`~airflow_provider_finetune.once.ensure_job` with the sync client."""
+        """Carry out the steps of :func:`~airflow_provider_finetune.rules.once.ensure_job` with the sync client."""
         outcome: Any = None
         while True:
             try:
@@ -563,7 +563,7 @@ class FineTuningHook(BaseHook):
     def find_job_by_tag(self, tag: str) -> FineTuningJob | None:
         """Return the newest job whose own metadata carries ``tag``, or ``None`` (never a job without it).
 
-        Where the service ignores the filter, at most :data:`~airflow_provider_finetune.once.MAX_WALK` jobs
+        Where the service ignores the filter, at most :data:`~airflow_provider_finetune.rules.once.MAX_WALK` jobs
         are looked at.
         """
         for walked, job in enumerate(self.iter_jobs(metadata=self._tag_filter(tag), limit=100), start=1):

@@ -1,25 +1,15 @@
-"""Operator extra link to a fine-tuning job's page on the service's dashboard."""
+"""Operator extra link to a fine-tuning job's page on the service's dashboard (the backend knows the page)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from airflow.sdk import BaseOperatorLink
 
 if TYPE_CHECKING:
     from airflow.sdk.types import TaskInstanceKey
 
-__all__ = ["FineTuningJobLink", "job_url"]
-
-# Services whose dashboards have a page per fine-tuning job, by the host of their API base URL.
-_DASHBOARDS = {"api.openai.com": "https://platform.openai.com/finetune/{job_id}"}
-
-
-def job_url(base_url: str, job_id: str) -> str | None:
-    """The job's page for a base URL, or ``None`` where the service has no page (no broken links)."""
-    template = _DASHBOARDS.get(urlsplit(base_url).hostname or "")
-    return template.format(job_id=job_id) if template else None
+__all__ = ["FineTuningJobLink"]
 
 
 class FineTuningJobLink(BaseOperatorLink):

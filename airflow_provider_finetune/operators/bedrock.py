@@ -4,7 +4,7 @@ Fine-tuning itself runs through :class:`~airflow_provider_finetune.operators.fin
 Bedrock connection and ``service_options``; these operators carry the steps around it:
 
 * :class:`BedrockTrainingDataOperator` checks a JSONL file in the format the model family and customization type
-  take (:mod:`airflow_provider_finetune.training_data_bedrock`) and writes it to S3 through the amazon provider's
+  take (:mod:`airflow_provider_finetune.training_data.bedrock`) and writes it to S3 through the amazon provider's
   ``S3Hook``, returning its ``s3://`` URI; a file already in S3 is checked where it is, streamed line by line.
 * :class:`BedrockCustomModelDeploymentOperator` deploys a custom model for on-demand inference
   (``CreateCustomModelDeployment``), once per task instance (its name and ``clientRequestToken`` come from the
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_finetune._compat import conf
+from airflow_provider_finetune.core.compat import conf
 from airflow_provider_finetune.operators.finetune import _FineTuningOperator, _seconds, task_tag
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class BedrockTrainingDataOperator(_BedrockOperator):
 
     def execute(self, context: Context) -> str:
         """Check the file, then put it in S3 (unless it is there already); return its URI."""
-        from airflow_provider_finetune.training_data_bedrock import data_format, validate_lines
+        from airflow_provider_finetune.training_data.bedrock import data_format, validate_lines
 
         self.bedrock()
         fmt = data_format(self.model, self.customization_type)
@@ -209,8 +209,8 @@ class BedrockCustomModelDeploymentOperator(_BedrockOperator):
         if not self.wait_for_active:
             return deployment.arn
         deadline = None if self.timeout is None else started + self.timeout
+        from airflow_provider_finetune.rules.waiting import TRANSIENT
         from airflow_provider_finetune.triggers.bedrock import BedrockCustomModelDeploymentTrigger, deployment_outcome
-        from airflow_provider_finetune.waiting import TRANSIENT
 
         event = deployment_outcome(deployment)
         if event is None and self.deferrable:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_finetune._templating import number
+from airflow_provider_finetune.core.templating import number
 from airflow_provider_finetune.operators.finetune import _FineTuningOperator, _GraderTemplates, open_source
 
 if TYPE_CHECKING:

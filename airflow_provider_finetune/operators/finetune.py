@@ -18,22 +18,23 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_finetune import job_actions, statuses
-from airflow_provider_finetune._compat import conf
-from airflow_provider_finetune._templating import number as _number
-from airflow_provider_finetune.job_actions import ActionRule
+from airflow_provider_finetune.core import statuses
+from airflow_provider_finetune.core.compat import conf
+from airflow_provider_finetune.core.templating import number as _number
 from airflow_provider_finetune.links.finetune import FineTuningJobLink
+from airflow_provider_finetune.rules import job_actions
+from airflow_provider_finetune.rules.job_actions import ActionRule
 
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
-    from airflow_provider_finetune.budget import Budget
-    from airflow_provider_finetune.early_stopping import EarlyStopping
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
     from airflow_provider_finetune.models import CreateFineTuningJobRequest, FineTuningJob
+    from airflow_provider_finetune.rules.budget import Budget
+    from airflow_provider_finetune.rules.early_stopping import EarlyStopping
+    from airflow_provider_finetune.rules.waiting import Outcome
     from airflow_provider_finetune.training_data import Method
-    from airflow_provider_finetune.waiting import Outcome
 
 __all__ = [
     "FineTuningCheckpointPermissionOperator",
@@ -45,7 +46,6 @@ __all__ = [
     "FineTuningJobOperator",
     "FineTuningJobPauseOperator",
     "FineTuningJobResumeOperator",
-    "stop_early",
     "task_tag",
 ]
 
@@ -239,7 +239,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
     :param skip_if_unchanged: when the last successful job of this DAG and task trained on the same data
         (content digest) with the same request (fingerprint), and the service still shows it succeeded with
         its model, return that model instead of training again (XComs ``reused_job_id``,
-        ``skipped_because``); see :mod:`airflow_provider_finetune.unchanged`.
+        ``skipped_because``); see :mod:`airflow_provider_finetune.rules.unchanged`.
     """
 
     template_fields: Sequence[str] = (
@@ -347,7 +347,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             grades otherwise: the backend's ``reinforcement_grader``).
         """
         from airflow_provider_finetune.models import GRADER_REQUIRED, CreateFineTuningJobRequest, build_request
-        from airflow_provider_finetune.once import room_for_tags
+        from airflow_provider_finetune.rules.once import room_for_tags
 
         if isinstance(self.metadata, Mapping):
             room_for_tags(self.metadata)  # the task's tags take two of the service's places
@@ -377,7 +377,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
     def execute_after_quota(self, context: Context, event: dict[str, Any], deadline: float | None = None) -> str | None:
         """Resume after a quota wait in the triggerer: create now (or wait again), or fail at the deadline."""
         from airflow_provider_finetune.exceptions import FineTuningError
-        from airflow_provider_finetune.quota import QUOTA_READY
+        from airflow_provider_finetune.rules.quota import QUOTA_READY
 
         self._no_job_yet()  # a quota wait is only ever made before the job exists
 
@@ -433,7 +433,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
                 # What the task needs to wait again (see _complete): not secrets, JSON primitives.
                 kwargs={"deadline": deadline, "budget": None if budget is None else budget.to_json()},
             )
-        from airflow_provider_finetune.waiting import wait_sync, watch
+        from airflow_provider_finetune.hooks.waits import wait_sync
+        from airflow_provider_finetune.rules.waiting import watch
 
         steps = watch(
             job.id,
@@ -471,7 +472,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
             return None
         from dataclasses import replace
 
-        from airflow_provider_finetune.budget import estimate
+        from airflow_provider_finetune.rules.budget import estimate
 
         assert self.price_per_million_tokens is not None  # checked when the operator was made
         tokens, examples = self.training_tokens, self.training_examples
@@ -519,9 +520,10 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         on the worker it sleeps. Every create goes through the hook's once-only ``ensure_job``.
         """
         from airflow_provider_finetune.exceptions import FineTuningError, FineTuningNotAllowedError, QuotaExceededError
-        from airflow_provider_finetune.once import JobIdentity
-        from airflow_provider_finetune.quota import QUOTA_READY, await_quota, clock_time, wait_quota_sync
-        from airflow_provider_finetune.waiting import Pause
+        from airflow_provider_finetune.hooks.waits import wait_quota_sync
+        from airflow_provider_finetune.rules.once import JobIdentity
+        from airflow_provider_finetune.rules.quota import QUOTA_READY, await_quota, clock_time
+        from airflow_provider_finetune.rules.waiting import Pause
 
         identity = JobIdentity(task_tag(context), since=_run_start(context))
         state = context.get("task_state_store")
@@ -567,7 +569,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
                     "" if deadline is None else f", until the deadline at {clock_time(deadline)}",
                 )
             except FineTuningNotAllowedError as err:
-                from airflow_provider_finetune._compat import AirflowFailException
+                from airflow_provider_finetune.core.compat import AirflowFailException
 
                 raise AirflowFailException(
                     f"{self.hook.backend.label} will not fine-tune for this account until a person acts "
@@ -605,7 +607,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
     def _push_cost(self, context: Context, job: FineTuningJob) -> float | None:
         """Push the job's cost as it ended (``total_price``): as the service reports it, or its tokens at the price."""
-        from airflow_provider_finetune.budget import final_cost, price_for
+        from airflow_provider_finetune.rules.budget import final_cost, price_for
 
         price = (
             None
@@ -625,18 +627,19 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         budget: dict[str, Any] | None = None,
     ) -> str | None:
         """Resume after the trigger fired: check the event, re-read the job, finish (or wait again)."""
-        from airflow_provider_finetune.budget import Budget
-        from airflow_provider_finetune.waiting import Outcome
+        from airflow_provider_finetune.rules.budget import Budget
+        from airflow_provider_finetune.rules.waiting import Outcome
 
         return self._complete(context, _outcome(event, Outcome), deadline, Budget.of(budget))
 
     def _complete(
         self, context: Context, outcome: Outcome, deadline: float | None = None, budget: Budget | None = None
     ) -> str | None:
-        from airflow_provider_finetune.budget import OVER_BUDGET
-        from airflow_provider_finetune.early_stopping import EARLY_STOPPED
         from airflow_provider_finetune.exceptions import FineTuningError, FineTuningJobFailed
-        from airflow_provider_finetune.waiting import TERMINAL, WAIT_ERROR, WAIT_TIMEOUT
+        from airflow_provider_finetune.hooks.actions import act_or_read
+        from airflow_provider_finetune.rules.budget import OVER_BUDGET
+        from airflow_provider_finetune.rules.early_stopping import EARLY_STOPPED, ended_before_the_stop
+        from airflow_provider_finetune.rules.waiting import TERMINAL, WAIT_ERROR, WAIT_TIMEOUT
 
         self.job_id = outcome.job_id
         if outcome.status == WAIT_ERROR:
@@ -671,8 +674,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
     def _early_stopping_rule(self) -> EarlyStopping | None:
         """The early-stopping rule, checked against the request and the service before anything is sent."""
-        from airflow_provider_finetune.early_stopping import EarlyStopping
         from airflow_provider_finetune.exceptions import InvalidRequestError
+        from airflow_provider_finetune.rules.early_stopping import EarlyStopping
 
         rule = EarlyStopping.of(self.early_stopping)
         if rule is None:
@@ -692,7 +695,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
         A job that succeeded or failed before the stop reached it finishes as any job does.
         """
-        from airflow_provider_finetune.early_stopping import EarlyStopping
+        from airflow_provider_finetune.hooks.actions import stop_early
+        from airflow_provider_finetune.rules.early_stopping import EarlyStopping, ended_before_the_stop
 
         rule = EarlyStopping.of(self.early_stopping)
         assert rule is not None
@@ -724,8 +728,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
     def _return_best(self, context: Context, job: FineTuningJob, rule: EarlyStopping, reason: str) -> str:
         """Push what early stopping did and return the best checkpoint's model of a job it stopped."""
-        from airflow_provider_finetune.checkpoints import best_checkpoint
         from airflow_provider_finetune.exceptions import FineTuningError
+        from airflow_provider_finetune.rules.checkpoints import best_checkpoint
 
         checkpoints = self._checkpoints(job)
         best = best_checkpoint([c for c in checkpoints if c.fine_tuned_model_checkpoint], rule.metric, rule.mode)
@@ -754,7 +758,9 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
         A job that succeeded or failed before the cancel reached it finishes as any job does.
         """
-        from airflow_provider_finetune.budget import BudgetExceededError
+        from airflow_provider_finetune.hooks.actions import act_or_read
+        from airflow_provider_finetune.rules.budget import BudgetExceededError
+        from airflow_provider_finetune.rules.early_stopping import ended_before_the_stop
 
         job = act_or_read(self.hook, job.id, "cancel")
         if ended_before_the_stop(job):  # its own end, as a job read ended a moment earlier would have been
@@ -804,10 +810,11 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         self, context: Context, request: CreateFineTuningJobRequest
     ) -> tuple[CreateFineTuningJobRequest, str | None]:
         """The last successful job's model when nothing changed; else the request, tagged with its data digest."""
-        from airflow_provider_finetune import unchanged
+        from airflow_provider_finetune.operators import unchanged as unchanged_reads
+        from airflow_provider_finetune.rules import unchanged
 
         ti = context["ti"]
-        digests, unknown = unchanged.file_digests(self.hook, request, self._uploaded_digests(context))
+        digests, unknown = unchanged_reads.file_digests(self.hook, request, self._uploaded_digests(context))
         if unknown is not None:
             return self._train_because(ti, unknown, request), None
         digest = unchanged.data_digest(digests)
@@ -829,7 +836,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         record = unchanged.TrainingRecord.from_json(pulled)
         if record is None:
             return self._train_because(ti, "no earlier successful job of this task to compare with", request), None
-        job, why = unchanged.reuse_refusal(
+        job, why = unchanged_reads.reuse_refusal(
             record,
             digest=digest,
             fingerprint=fingerprint,
@@ -849,7 +856,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
     def _train_because(self, ti: Any, why: str, request: CreateFineTuningJobRequest) -> CreateFineTuningJobRequest:
         """Say, in the log and XCom (``trained_because``), why this run trains instead of reusing a model."""
-        from airflow_provider_finetune.unchanged import TRAINED_KEY
+        from airflow_provider_finetune.rules.unchanged import TRAINED_KEY
 
         self.log.info("Training: %s", why)
         ti.xcom_push(key=TRAINED_KEY, value=why)
@@ -857,7 +864,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
     def _uploaded_digests(self, context: Context) -> dict[str, Any]:
         """What the upstream upload tasks recorded of their files (content SHA-256, size), by file id."""
-        from airflow_provider_finetune.unchanged import FILE_DIGEST_KEY
+        from airflow_provider_finetune.rules.unchanged import FILE_DIGEST_KEY
 
         upstream = sorted(self.upstream_task_ids)
         if not upstream:
@@ -885,7 +892,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
     def _record_training(self, context: Context, job: FineTuningJob) -> None:
         """Leave the record the next run compares itself with: the job, its model, data digest and fingerprint."""
-        from airflow_provider_finetune import unchanged
+        from airflow_provider_finetune.rules import unchanged
 
         ti = context["ti"]
         digest, fingerprint = (
@@ -900,13 +907,13 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 
     def get_openlineage_facets_on_start(self) -> OperatorLineage:
         """The training data as inputs, and the job's service, base model and hyperparameters as a run facet."""
-        from airflow_provider_finetune.lineage import operator_lineage
+        from airflow_provider_finetune.operators.lineage import operator_lineage
 
         return operator_lineage(self.hook, self.build_request(), job_id=self.job_id)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
         """As on start, with the fine-tuned model as output and the job's id and trained tokens."""
-        from airflow_provider_finetune.lineage import operator_lineage
+        from airflow_provider_finetune.operators.lineage import operator_lineage
 
         job = self._returned_job
         return operator_lineage(
@@ -937,47 +944,6 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
 EARLY_STOPPING_FIELDS = ("early_stopped", "early_stopping_best_step", "early_stopping_best_metric")
 #: Key of the record, in the task state store, of a job this task instance stopped early.
 EARLY_STOPPED_KEY = "early_stopped_job"
-
-
-def stop_early(hook: FineTuningHook, job_id: str, rule: EarlyStopping, reason: str, log: Any) -> FineTuningJob:
-    """Stop a job that ran out of patience: pause it where asked and the service can, else cancel it.
-
-    A job that ended (or was stopped) between the read and the action is left as it is, and returned as it
-    is: :func:`ended_before_the_stop` tells a job that succeeded or failed on its own from one stopped.
-    """
-    from airflow_provider_finetune.early_stopping import stop_action
-
-    action = stop_action(rule, can_pause=hook.backend.supports("pause"))
-    job = act_or_read(hook, job_id, action)
-    if ended_before_the_stop(job):
-        log.info("%s; job %s %s before it could be stopped (%s)", reason, job.id, job.status.value, action)
-    else:
-        log.info("%s; job %s: %s -> %s", reason, job.id, action, job.status.value)
-    return job
-
-
-def act_or_read(hook: FineTuningHook, job_id: str, action: str) -> FineTuningJob:
-    """Cancel a job, or pause it (``action="pause"``); one that moved on first (409) is read as it now is.
-
-    Whether it was stopped, or ended on its own first, its own status says (:func:`ended_before_the_stop`).
-    """
-    from airflow_provider_finetune.exceptions import ConflictError
-
-    try:
-        return hook.pause_job(job_id) if action == "pause" else hook.cancel_job(job_id)
-    except ConflictError:
-        return hook.get_job(job_id)
-
-
-def ended_before_the_stop(job: FineTuningJob) -> bool:
-    """Whether a job that early stopping tried to stop had succeeded or failed on its own first.
-
-    Such a job was not stopped early, whatever the verdict said: its status and model are its own.
-    """
-    return job.status in _ENDED_ON_ITS_OWN
-
-
-_ENDED_ON_ITS_OWN = frozenset({statuses.FineTuningJobStatus.SUCCEEDED, statuses.FineTuningJobStatus.FAILED})
 
 
 def _checkpoint_json(checkpoint: Any) -> dict[str, Any]:
@@ -1044,7 +1010,7 @@ class _JobActionOperator(_FineTuningOperator):
     refused_statuses: frozenset[str] = frozenset()
     #: Statuses the action leads to, that ``wait_for_completion`` waits for.
     target_statuses: frozenset[str] = frozenset()
-    #: The action's rules, shared with the UI (:mod:`airflow_provider_finetune.job_actions`); the attributes
+    #: The action's rules, shared with the UI (:mod:`airflow_provider_finetune.rules.job_actions`); the attributes
     #: above are read from it when a subclass names its rule.
     rule: ActionRule = job_actions.CANCEL
 
@@ -1073,7 +1039,8 @@ class _JobActionOperator(_FineTuningOperator):
     def execute(self, context: Context) -> str:
         """Apply the action unless the job is already where it leads; return the job's status."""
         from airflow_provider_finetune.exceptions import ConflictError, FineTuningError
-        from airflow_provider_finetune.waiting import WAIT_ERROR, WAIT_TIMEOUT, wait_sync, watch
+        from airflow_provider_finetune.hooks.waits import wait_sync
+        from airflow_provider_finetune.rules.waiting import WAIT_ERROR, WAIT_TIMEOUT, watch
 
         self._no_job_yet()
         self._refuse_if_unsupported()
@@ -1391,7 +1358,7 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
                 )
             elif self.validate:
                 self.log.info("Not checking %s: only files for the fine-tune purpose are checked", name)
-            from airflow_provider_finetune.backends.base import content_digest
+            from airflow_provider_finetune.core.digests import content_digest
 
             size, sha256 = content_digest(stream, start)
             if size == 0:

@@ -13,20 +13,13 @@ Airflow 3.1 an image request carries none: its UI keeps the token out of the coo
 
 from __future__ import annotations
 
-import base64
-from importlib import resources
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-__all__ = ["ICON", "URL_PREFIX", "FineTuningPlugin"]
+from airflow_provider_finetune.plugins.assets import ICON, URL_PREFIX
 
-#: Where the api-server mounts the app.
-URL_PREFIX = "/finetune"
-#: The page's icon (static/icon.svg) as a ``data:`` URI.
-ICON = "data:image/svg+xml;base64," + base64.b64encode(
-    (resources.files(__name__) / "static" / "icon.svg").read_bytes()
-).decode("ascii")
+__all__ = ["ICON", "URL_PREFIX", "FineTuningPlugin"]
 
 
 class _LazyApp(dict[str, Any]):

@@ -27,8 +27,8 @@ from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 
-from airflow_provider_finetune import job_actions, statuses
-from airflow_provider_finetune.plugins import ICON
+from airflow_provider_finetune.core import statuses
+from airflow_provider_finetune.plugins.assets import ICON
 from airflow_provider_finetune.plugins.curves import ResultFiles
 from airflow_provider_finetune.plugins.jobs import (
     Directory,
@@ -38,6 +38,7 @@ from airflow_provider_finetune.plugins.jobs import (
     load_records,
     rendered_request,
 )
+from airflow_provider_finetune.rules import job_actions
 
 if TYPE_CHECKING:
     from airflow_provider_finetune.hooks.finetune import FineTuningHook

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_finetune import statuses
+from airflow_provider_finetune.core import statuses
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
-from airflow_provider_finetune import statuses
-from airflow_provider_finetune._compat import conf
-from airflow_provider_finetune._templating import is_template, number
-from airflow_provider_finetune.checkpoints import CheckpointCondition, judge, judge_early_stopping
-from airflow_provider_finetune.early_stopping import EARLY_STOPPED, EarlyStopping
+from airflow_provider_finetune.core import statuses
+from airflow_provider_finetune.core.compat import conf
+from airflow_provider_finetune.core.templating import is_template, number
 from airflow_provider_finetune.exceptions import FineTuningError, InvalidRequestError
-from airflow_provider_finetune.waiting import TERMINAL, WAIT_ERROR, WAIT_TIMEOUT
+from airflow_provider_finetune.rules.checkpoints import CheckpointCondition, judge, judge_early_stopping
+from airflow_provider_finetune.rules.early_stopping import EARLY_STOPPED, EarlyStopping
+from airflow_provider_finetune.rules.waiting import TERMINAL, WAIT_ERROR, WAIT_TIMEOUT
 
 if TYPE_CHECKING:
     import jinja2
@@ -144,7 +144,7 @@ class _FineTuningSensor(BaseSensorOperator):
 
     def _transient(self, err: FineTuningError) -> bool:
         """Whether a failed read may go away by itself; the sensor then keeps waiting (until its timeout)."""
-        from airflow_provider_finetune.waiting import TRANSIENT
+        from airflow_provider_finetune.rules.waiting import TRANSIENT
 
         if isinstance(err, TRANSIENT):
             self.log.warning("Could not read fine-tuning job %s, will try again: %s", self.job_id, err)
@@ -318,7 +318,7 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
         until then the scheduler treats the sensor as one that may reschedule (see :attr:`reschedule`).
     :param early_stopping: stop the job when its checkpoints have not improved on a metric for a number of
         them (``{"metric": "valid_loss", "mode": "min", "patience": 2, "action": "cancel"}``, see
-        :class:`~airflow_provider_finetune.early_stopping.EarlyStopping`), and return its best checkpoint;
+        :class:`~airflow_provider_finetune.rules.early_stopping.EarlyStopping`), and return its best checkpoint;
         XComs ``early_stopped`` and ``early_stopping_reason`` say so.
     """
 
@@ -469,14 +469,15 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
 
     def _stopped(self, context: Context, best: FineTuningJobCheckpoint, reason: str) -> str | None:
         """Stop a job that ran out of patience (pause or cancel, as the rule and the service allow); its best."""
-        from airflow_provider_finetune.operators.finetune import ended_before_the_stop, stop_early
+        from airflow_provider_finetune.hooks.actions import stop_early
+        from airflow_provider_finetune.rules.early_stopping import ended_before_the_stop
 
         assert self.early_stopping is not None
         job = stop_early(self.hook, self.job_id, self.early_stopping, reason, self.log)
         if ended_before_the_stop(job):  # not stopped: judged as any job that ended, on all it made
             return self._after_the_end(context, f"Job {job.id} ended {job.status.value}")
         # The verdict may be minutes old (read in the triggerer): the best among all it made by its stop.
-        from airflow_provider_finetune.checkpoints import best_checkpoint
+        from airflow_provider_finetune.rules.checkpoints import best_checkpoint
 
         made = [c for c in self.hook.iter_checkpoints(self.job_id, limit=100) if c.fine_tuned_model_checkpoint]
         best = best_checkpoint(made, self.early_stopping.metric, self.early_stopping.mode) or best

@@ -109,6 +109,6 @@ class BedrockCustomModelDeploymentTrigger(BaseTrigger):
 
 
 def _transient(err: FineTuningError) -> bool:
-    from airflow_provider_finetune.waiting import TRANSIENT
+    from airflow_provider_finetune.rules.waiting import TRANSIENT
 
     return isinstance(err, TRANSIENT)

@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING, Any
 from airflow.exceptions import AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_finetune.budget import Budget
-from airflow_provider_finetune.early_stopping import EarlyStopping
 from airflow_provider_finetune.exceptions import FineTuningError
-from airflow_provider_finetune.triggers.offloop import OffLoopLog
-from airflow_provider_finetune.triggers.poller import shared_poller
-from airflow_provider_finetune.waiting import (
+from airflow_provider_finetune.hooks.waits import wait_async
+from airflow_provider_finetune.rules.budget import Budget
+from airflow_provider_finetune.rules.early_stopping import EarlyStopping
+from airflow_provider_finetune.rules.waiting import (
     TERMINAL,
     WAIT_ERROR,
     Outcome,
-    wait_async,
     watch,
 )
+from airflow_provider_finetune.triggers.offloop import OffLoopLog
+from airflow_provider_finetune.triggers.poller import shared_poller
 
 if TYPE_CHECKING:
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
@@ -77,9 +77,9 @@ class FineTuningJobTrigger(BaseTrigger):
     :param max_consecutive_errors: failed polls in a row, after the hook's own retries, that end the wait.
     :param last_event_id: the newest event already logged, so that it is not logged again.
     :param early_stopping: the early-stopping rule
-        (:meth:`~airflow_provider_finetune.early_stopping.EarlyStopping.to_json`). A restarted trigger
+        (:meth:`~airflow_provider_finetune.rules.early_stopping.EarlyStopping.to_json`). A restarted trigger
         rebuilds what it knew by reading the job's history again.
-    :param budget: the job's cost cap (:meth:`~airflow_provider_finetune.budget.Budget.to_json`): past it, the
+    :param budget: the job's cost cap (:meth:`~airflow_provider_finetune.rules.budget.Budget.to_json`): past it, the
         event's status is ``over_budget`` (the job still runs: the task cancels it).
     """
 
@@ -193,7 +193,7 @@ class FineTuningCheckpointTrigger(BaseTrigger):
     :param deadline: absolute deadline, seconds since the epoch.
     :param max_consecutive_errors: failed polls in a row that end the wait.
     :param early_stopping: the early-stopping rule
-        (:meth:`~airflow_provider_finetune.early_stopping.EarlyStopping.to_json`), judged on the checkpoints.
+        (:meth:`~airflow_provider_finetune.rules.early_stopping.EarlyStopping.to_json`), judged on the checkpoints.
     """
 
     def __init__(
@@ -242,7 +242,7 @@ class FineTuningCheckpointTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll the job's checkpoints until the condition holds (the rules of ``watch_checkpoints``); one event."""
-        from airflow_provider_finetune.checkpoints import CheckpointCondition, ReadCheckpoints, watch_checkpoints
+        from airflow_provider_finetune.rules.checkpoints import CheckpointCondition, ReadCheckpoints, watch_checkpoints
 
         condition = CheckpointCondition(self.min_checkpoints, self.metric, self.threshold, self.mode)
         hook = await _hook(self.finetune_conn_id)

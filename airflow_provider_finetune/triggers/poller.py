@@ -49,7 +49,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_finetune.exceptions import FineTuningError
-from airflow_provider_finetune.waiting import (
+from airflow_provider_finetune.rules.waiting import (
     EVENTS_PAGE_MAX,
     EVENTS_PER_POLL,
     TERMINAL,
@@ -182,7 +182,7 @@ class JobPoller:
         return "settings" not in self.hook.__dict__ or self.hook.backend.supports("events")
 
     async def wait(self, job_id: str, steps: Watch, *, poll_interval: float) -> Outcome:
-        """Carry out :func:`~airflow_provider_finetune.waiting.watch` with reads shared through this poller.
+        """Carry out :func:`~airflow_provider_finetune.rules.waiting.watch` with reads shared through this poller.
 
         The poller takes the wait's steps itself, in the context of the caller (the trigger's task), whose task
         sleeps until the wait is over. A pause becomes the time by which the next read is due, and the poller

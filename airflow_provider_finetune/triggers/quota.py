@@ -2,7 +2,7 @@
 
 The create operator defers to :class:`FineTuningQuotaTrigger` when the service refused its create for a quota,
 or when ``max_active_jobs`` found no free slot; the trigger carries out the rules of
-:func:`airflow_provider_finetune.quota.await_quota` and fires once, and the operator resumes and creates
+:func:`airflow_provider_finetune.rules.quota.await_quota` and fires once, and the operator resumes and creates
 through the hook's once-only ``ensure_job`` (which reattaches to a job an earlier try made).
 """
 
@@ -15,7 +15,8 @@ from airflow.exceptions import AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_finetune.exceptions import FineTuningError
-from airflow_provider_finetune.quota import QUOTA_ERROR, QuotaOutcome, await_quota, clock_time, wait_quota_async
+from airflow_provider_finetune.hooks.waits import wait_quota_async
+from airflow_provider_finetune.rules.quota import QUOTA_ERROR, QuotaOutcome, await_quota, clock_time
 from airflow_provider_finetune.triggers.finetune import DEFAULT_CONN_ID, hook_class
 from airflow_provider_finetune.triggers.offloop import OffLoopLog
 

@@ -457,7 +457,7 @@ def connect_bedrock(
     monkeypatch: Any, *, key: bool = False, token: str | None = None, conn_id: str = "ft_bedrock_test"
 ) -> Any:
     """A hook of a Bedrock connection reaching the fake, signing with an Airflow AWS connection (or an API key)."""
-    from airflow_provider_finetune.client import RetryPolicy
+    from airflow_provider_finetune.core.client import RetryPolicy
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
 
     aws_extra: dict[str, Any] = {"region_name": REGION}

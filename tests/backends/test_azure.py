@@ -11,10 +11,10 @@ import respx
 
 from airflow_provider_finetune.backends import backend_for
 from airflow_provider_finetune.backends.azure import AzureAuthoringBackend, AzureV1Backend
-from airflow_provider_finetune.client import ConnectionSettings, RetryPolicy
+from airflow_provider_finetune.core.client import ConnectionSettings, RetryPolicy
+from airflow_provider_finetune.core.statuses import FineTuningJobStatus
 from airflow_provider_finetune.exceptions import InvalidRequestError, NotFoundError, UnsupportedCapabilityError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
-from airflow_provider_finetune.statuses import FineTuningJobStatus
 
 ENDPOINT = "https://res.openai.azure.com"
 KEY = "azure-secret-key-1234"
@@ -152,7 +152,7 @@ def test_a_sibling_task_s_job_of_the_same_model_and_files_is_not_taken_for_ours(
 ) -> None:
     """A mapped grid: same model and training file, another suffix or other epochs. Azure's job reports both."""
     from airflow_provider_finetune.models import CreateFineTuningJobRequest, FineTuningJob, build_request
-    from airflow_provider_finetune.once import _same_request_fields
+    from airflow_provider_finetune.rules.once import _same_request_fields
 
     backend = hook_for(monkeypatch, api_type="azure", api_version="2024-10-21").backend
     mine = {"model": "gpt-4o-mini-2024-07-18", "training_file": "file-abc", "suffix": "e3"}

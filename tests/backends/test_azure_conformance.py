@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_finetune.core.statuses import FineTuningJobStatus
 from airflow_provider_finetune.exceptions import InvalidRequestError, UnsupportedCapabilityError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
-from airflow_provider_finetune.statuses import FineTuningJobStatus
 from tests.backends.conftest import REACHED, SURFACES, FakeAzure, Surface, file_obj, page
 from tests.conformance import operation_ids, validate_request
 

@@ -25,7 +25,8 @@ from airflow_provider_finetune.backends.bedrock import (
     generation_model_name,
     job_from_bedrock,
 )
-from airflow_provider_finetune.client import ConnectionSettings, RetryPolicy, close_shared_async_clients
+from airflow_provider_finetune.core.client import ConnectionSettings, RetryPolicy, close_shared_async_clients
+from airflow_provider_finetune.core.statuses import FineTuningJobStatus
 from airflow_provider_finetune.exceptions import (
     BadRequestError,
     ConflictError,
@@ -38,8 +39,7 @@ from airflow_provider_finetune.exceptions import (
 )
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.models import CreateFineTuningJobRequest, FineTuningJob, build_request
-from airflow_provider_finetune.once import JobIdentity, client_job_id
-from airflow_provider_finetune.statuses import FineTuningJobStatus
+from airflow_provider_finetune.rules.once import JobIdentity, client_job_id
 from tests.backends.bedrock_fake import (
     ACCESS_KEY,
     API_KEY,
@@ -583,7 +583,7 @@ def test_without_the_amazon_provider_one_line_names_the_extra(monkeypatch: pytes
 def test_a_connection_without_host_needs_a_region() -> None:
     from airflow.models import Connection
 
-    from airflow_provider_finetune.connection import settings_from_connection
+    from airflow_provider_finetune.hooks.connection import settings_from_connection
 
     conn = Connection(conn_id="x", conn_type="finetune", extra=json.dumps({"service": "bedrock"}))
     with pytest.raises(InvalidRequestError, match="region_name"):

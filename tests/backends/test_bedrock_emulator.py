@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_finetune.client import RetryPolicy, close_shared_async_clients
+from airflow_provider_finetune.core.client import RetryPolicy, close_shared_async_clients
+from airflow_provider_finetune.core.statuses import FineTuningJobStatus
 from airflow_provider_finetune.emulator.config import FaultConfig
 from airflow_provider_finetune.exceptions import FineTuningJobFailed
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
-from airflow_provider_finetune.once import JobIdentity
-from airflow_provider_finetune.statuses import FineTuningJobStatus
+from airflow_provider_finetune.rules.once import JobIdentity
 from tests.bedrock_fixtures import BedrockEmulator, bedrock, conversation_records, make_bedrock, moto_s3
 
 __all__ = ["bedrock", "make_bedrock", "moto_s3"]  # fixtures, used by name

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import respx
 
-from airflow_provider_finetune.client import RetryPolicy
+from airflow_provider_finetune.core.client import RetryPolicy
 from airflow_provider_finetune.exceptions import InvalidRequestError, UnsupportedCapabilityError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from tests.backends.bedrock_fake import ACCESS_KEY, API_KEY, REGION, SECRET_KEY, signature_problem

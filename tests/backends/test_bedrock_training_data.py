@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_finetune.training_data_bedrock import BedrockDataError, data_format, validate_lines
+from airflow_provider_finetune.training_data.bedrock import BedrockDataError, data_format, validate_lines
 from tests.backends.bedrock_fake import service_model
 
 

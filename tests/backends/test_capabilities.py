@@ -148,9 +148,9 @@ def test_how_a_create_is_made_once_only_agrees_with_the_capabilities(
 
 
 def test_pause_and_resume_are_separate_capabilities() -> None:
-    from airflow_provider_finetune import job_actions
     from airflow_provider_finetune.backends.base import CAPABILITY_NAMES, Capabilities
     from airflow_provider_finetune.backends.fireworks import FireworksBackend
+    from airflow_provider_finetune.rules import job_actions
 
     assert job_actions.PAUSE.capability == "pause"
     assert job_actions.RESUME.capability == "resume"

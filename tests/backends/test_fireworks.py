@@ -18,12 +18,12 @@ import pytest
 
 from airflow_provider_finetune.backends import fireworks as fw
 from airflow_provider_finetune.backends.fireworks import FIREWORKS_STATES, FireworksBackend, upload_dataset
-from airflow_provider_finetune.client import ConnectionSettings, RetryPolicy
+from airflow_provider_finetune.core.client import ConnectionSettings, RetryPolicy
+from airflow_provider_finetune.core.statuses import FineTuningJobStatus
 from airflow_provider_finetune.emulator import EmulatorServer, ManualClock
 from airflow_provider_finetune.exceptions import InvalidRequestError, NotFoundError, UnsupportedCapabilityError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.models import CreateFineTuningJobRequest, build_request
-from airflow_provider_finetune.statuses import FineTuningJobStatus
 from tests.backends.test_fireworks_conformance import FireworksConformance
 from tests.emulator.conftest import API_KEY, jsonl, training_lines
 
@@ -438,7 +438,7 @@ def test_a_job_reads_its_state(state: str, status: str, terminal: bool) -> None:
 
 
 def test_ensure_job_creates_once_under_a_client_chosen_id(hook: Any, server: EmulatorServer) -> None:
-    from airflow_provider_finetune.once import JobIdentity
+    from airflow_provider_finetune.rules.once import JobIdentity
 
     dataset = upload(hook)
     options = {"epochs": 1, "learning_rate": 1e-4}
@@ -469,7 +469,7 @@ def test_the_options_of_a_create_are_its_own_not_the_next_one_s(hook: Any, serve
 async def test_async_ensure_job_after_a_cancelled_job_makes_the_next_generation(
     hook: Any, server: EmulatorServer, clock: ManualClock
 ) -> None:
-    from airflow_provider_finetune.once import JobIdentity
+    from airflow_provider_finetune.rules.once import JobIdentity
 
     dataset = upload(hook)
     identity = JobIdentity("dag=d,task=t,run=r2,map=-1")

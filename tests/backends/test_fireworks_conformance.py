@@ -355,7 +355,7 @@ def _calls_the_backend_builds() -> set[str]:
 
 def test_every_call_the_backend_builds_is_sent_conforming_or_refused() -> None:
     from airflow_provider_finetune.backends.fireworks import FireworksBackend
-    from airflow_provider_finetune.client import ConnectionSettings
+    from airflow_provider_finetune.core.client import ConnectionSettings
 
     assert _calls_the_backend_builds() == set(ROUTED) | set(REFUSED) | NONE
     backend = FireworksBackend(ConnectionSettings(base_url=BASE, api_key="fw-test-key-123"))
@@ -433,7 +433,7 @@ def emulator() -> Iterator[Any]:
 @pytest.fixture
 def sent_through(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, FireworksConformance]]:
     """A Fireworks hook on the emulator whose every request, sync or async, the checker reads before it leaves."""
-    from airflow_provider_finetune.client import RetryPolicy
+    from airflow_provider_finetune.core.client import RetryPolicy
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
 
     server, _ = emulator
@@ -487,7 +487,7 @@ def test_every_request_of_every_call_conforms(
     import io
 
     from airflow_provider_finetune.backends import fireworks as fw
-    from airflow_provider_finetune.once import JobIdentity
+    from airflow_provider_finetune.rules.once import JobIdentity
 
     hook, checker = sent_through
     server, clock = emulator
@@ -532,7 +532,7 @@ async def test_every_async_request_of_every_call_conforms(
     import io
 
     from airflow_provider_finetune.backends import fireworks as fw
-    from airflow_provider_finetune.once import JobIdentity
+    from airflow_provider_finetune.rules.once import JobIdentity
 
     hook, _ = sent_through
     checker = FireworksConformance()

@@ -24,13 +24,13 @@ from airflow_provider_finetune.backends.together import (
     TogetherBackend,
     job_from,
 )
-from airflow_provider_finetune.client import RetryPolicy
+from airflow_provider_finetune.core.client import RetryPolicy
+from airflow_provider_finetune.core.statuses import FineTuningJobStatus
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer, ManualClock
 from airflow_provider_finetune.exceptions import InvalidRequestError, NotFoundError, UnsupportedCapabilityError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.models import CreateFineTuningJobRequest, build_request
-from airflow_provider_finetune.once import JobIdentity
-from airflow_provider_finetune.statuses import FineTuningJobStatus
+from airflow_provider_finetune.rules.once import JobIdentity
 from tests.backends.together_conformance import LAGS, ROUTES, TogetherConformance, operations, sdk_spells
 from tests.emulator.conftest import dpo_lines, jsonl, training_lines
 from tests.operators.conftest import FakeStateStore
@@ -301,7 +301,7 @@ def test_the_conformance_check_catches_what_the_sdk_would_not_send() -> None:
 
 def test_a_found_job_is_matched_on_the_fields_it_echoes_and_jobs_that_echo_none_as_before() -> None:
     from airflow_provider_finetune.models import FineTuningJob
-    from airflow_provider_finetune.once import _same_request_fields
+    from airflow_provider_finetune.rules.once import _same_request_fields
 
     body = {"model": MODEL, "training_file": "file-1", "n_epochs": 3, "training_type": {"type": "Lora", "lora_r": 8}}
     azure_like = FineTuningJob.model_validate(

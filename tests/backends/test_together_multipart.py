@@ -21,7 +21,7 @@ import pytest
 
 from airflow_provider_finetune.backends import together_multipart
 from airflow_provider_finetune.backends.together import TogetherBackend
-from airflow_provider_finetune.client import RetryPolicy
+from airflow_provider_finetune.core.client import RetryPolicy
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
 from airflow_provider_finetune.emulator.errors import APIError
 from airflow_provider_finetune.emulator.together import TogetherDialect

@@ -200,7 +200,7 @@ class EmulatorProcess:
 
 def run_trigger(trigger: Any) -> list[dict[str, Any]]:
     """Run a trigger to its end in a fresh event loop, as a triggerer would; return the payloads it fired."""
-    from airflow_provider_finetune.client import close_shared_async_clients
+    from airflow_provider_finetune.core.client import close_shared_async_clients
 
     async def collect() -> list[dict[str, Any]]:
         try:

@@ -45,7 +45,6 @@ from airflow_provider_finetune.models import (
     ValidateGraderRequest,
     build_request,
 )
-from airflow_provider_finetune.once import REQUEST_KEY
 from airflow_provider_finetune.operators.finetune import (
     FineTuningCheckpointPermissionOperator,
     FineTuningCheckpointPermissionRevokeOperator,
@@ -57,6 +56,7 @@ from airflow_provider_finetune.operators.finetune import (
     FineTuningJobPauseOperator,
     FineTuningJobResumeOperator,
 )
+from airflow_provider_finetune.rules.once import REQUEST_KEY
 from airflow_provider_finetune.training_data import TrainingDataError
 from airflow_provider_finetune.triggers.finetune import FineTuningJobTrigger
 from tests.chaos.conftest import (

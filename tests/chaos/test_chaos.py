@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from airflow_provider_finetune.client import close_shared_async_clients
+from airflow_provider_finetune.core.client import close_shared_async_clients
 from airflow_provider_finetune.emulator import EmulatorApp, EmulatorConfig, FaultConfig, Timings
 from airflow_provider_finetune.emulator.counters import Counters
 from airflow_provider_finetune.emulator.faults import FaultMiddleware

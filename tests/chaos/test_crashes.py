@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_finetune.client import close_shared_async_clients
+from airflow_provider_finetune.core.client import close_shared_async_clients
 from airflow_provider_finetune.hooks.finetune import TASK_TAG_KEY, FineTuningHook
 from airflow_provider_finetune.operators.finetune import FineTuningJobOperator, task_tag
 from tests.chaos.conftest import (

@@ -20,8 +20,8 @@ import pytest
 from airflow_provider_finetune.backends.fireworks import upload_dataset
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer, FaultConfig
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
-from airflow_provider_finetune.once import JobIdentity
 from airflow_provider_finetune.operators.finetune import FineTuningJobOperator, task_tag
+from airflow_provider_finetune.rules.once import JobIdentity
 from tests.chaos.conftest import FakeTI, set_connection
 from tests.emulator.conftest import jsonl, training_lines
 
@@ -66,7 +66,7 @@ def connection(server: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def hook() -> FineTuningHook:
-    from airflow_provider_finetune.client import RetryPolicy
+    from airflow_provider_finetune.core.client import RetryPolicy
 
     return FineTuningHook(CONN_ID, retry_policy=RetryPolicy(initial_delay=0.01, max_delay=0.05))
 

@@ -24,11 +24,11 @@ from typing import Any
 import httpx
 import pytest
 
-from airflow_provider_finetune.client import close_shared_async_clients
+from airflow_provider_finetune.core.client import close_shared_async_clients
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
 from airflow_provider_finetune.hooks.finetune import TASK_TAG_KEY, FineTuningHook
-from airflow_provider_finetune.once import JobIdentity
 from airflow_provider_finetune.operators.finetune import FineTuningJobOperator, task_tag
+from airflow_provider_finetune.rules.once import JobIdentity
 from tests.chaos.conftest import MODEL, ROOT, FakeTI, chat_lines, serving, set_connection
 
 pytestmark = pytest.mark.integration

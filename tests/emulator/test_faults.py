@@ -141,7 +141,7 @@ def test_fault_settings_are_checked() -> None:
 def test_the_hook_makes_one_job_when_the_create_answer_is_lost(
     make_server: Callable[..., EmulatorServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from airflow_provider_finetune.client import RetryPolicy
+    from airflow_provider_finetune.core.client import RetryPolicy
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
 
     # Every job create is handled and its answer lost.

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import respx
 
-from airflow_provider_finetune.client import RetryPolicy
+from airflow_provider_finetune.core.client import RetryPolicy
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from tests.conformance import validate_request
 

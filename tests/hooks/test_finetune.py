@@ -12,8 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from airflow_provider_finetune.backends.base import request_fingerprint
-from airflow_provider_finetune.client import RetryPolicy
+from airflow_provider_finetune.core.client import RetryPolicy
+from airflow_provider_finetune.core.digests import request_fingerprint
 from airflow_provider_finetune.exceptions import (
     AuthenticationError,
     ChangedRequestError,
@@ -38,7 +38,7 @@ from airflow_provider_finetune.models import (
     Upload,
     UploadPart,
 )
-from airflow_provider_finetune.once import REQUEST_KEY
+from airflow_provider_finetune.rules.once import REQUEST_KEY
 from tests.conformance import operation_ids
 from tests.hooks.conftest import (
     GRADER,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_finetune.client import close_shared_async_clients
+from airflow_provider_finetune.core.client import close_shared_async_clients
 from airflow_provider_finetune.exceptions import FineTuningJobFailed
 from airflow_provider_finetune.hooks.finetune import TASK_TAG_KEY, FineTuningHook
 from airflow_provider_finetune.operators.finetune import FineTuningJobOperator, task_tag

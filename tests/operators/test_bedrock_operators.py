@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from airflow_provider_finetune.client import close_shared_async_clients
+from airflow_provider_finetune.core.client import close_shared_async_clients
 from airflow_provider_finetune.exceptions import (
     ChangedRequestError,
     FineTuningError,
@@ -70,7 +70,7 @@ def run_to(fake: FakeBedrock, *steps: tuple[str, dict[str, Any]]) -> None:
 
 
 def test_a_cost_cap_on_bedrock_is_estimated_from_its_epoch_count_before_the_create(fake_bedrock: FakeBedrock) -> None:
-    from airflow_provider_finetune.budget import BudgetExceededError
+    from airflow_provider_finetune.rules.budget import BudgetExceededError
 
     def capped(max_cost: float, **options: Any) -> FineTuningJobOperator:
         return FineTuningJobOperator(
@@ -277,7 +277,7 @@ def test_a_failed_deployment_fails_the_task(fake_bedrock: FakeBedrock) -> None:
 @pytest.mark.parametrize("wait_for_active", [True, False])
 def test_a_retry_never_reattaches_to_its_failed_deployment(fake_bedrock: FakeBedrock, wait_for_active: bool) -> None:
     """Try 1's deployment failed; try 2 finds it by its name: refused in one line, without Airflow's retries."""
-    from airflow_provider_finetune._compat import AirflowFailException
+    from airflow_provider_finetune.core.compat import AirflowFailException
 
     activate_after(fake_bedrock, 99)
     ctx = context()
@@ -323,7 +323,7 @@ def test_the_deferred_deployment_wait(fake_bedrock: FakeBedrock, caplog: pytest.
 @pytest.mark.parametrize("limit", [2, 3])
 def test_the_worker_s_deployment_wait_bears_failed_reads_up_to_its_limit(fake_bedrock: FakeBedrock, limit: int) -> None:
     """As the deferred wait does: a read that fails after the hook's retries counts; a good read resets the count."""
-    from airflow_provider_finetune.client import RetryPolicy
+    from airflow_provider_finetune.core.client import RetryPolicy
     from airflow_provider_finetune.exceptions import InternalServerError
     from tests.backends.bedrock_fake import aws_error
 

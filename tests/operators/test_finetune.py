@@ -21,7 +21,6 @@ from airflow_provider_finetune.exceptions import (
     UnsafeToRetryError,
 )
 from airflow_provider_finetune.hooks.finetune import TASK_TAG_KEY
-from airflow_provider_finetune.once import REQUEST_KEY
 from airflow_provider_finetune.operators.finetune import (
     FineTuningJobCancelOperator,
     FineTuningJobOperator,
@@ -29,6 +28,7 @@ from airflow_provider_finetune.operators.finetune import (
     FineTuningJobResumeOperator,
     task_tag,
 )
+from airflow_provider_finetune.rules.once import REQUEST_KEY
 from airflow_provider_finetune.triggers.finetune import FineTuningJobTrigger
 from tests.hooks.conftest import SECRET, FakeAPI, checkpoint, event, job, page
 from tests.operators.conftest import FakeStateStore, FakeTI

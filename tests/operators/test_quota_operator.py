@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_finetune._compat import AirflowFailException
-from airflow_provider_finetune.client import close_shared_async_clients
+from airflow_provider_finetune.core.client import close_shared_async_clients
+from airflow_provider_finetune.core.compat import AirflowFailException
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
 from airflow_provider_finetune.exceptions import FineTuningError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
-from airflow_provider_finetune.once import TASK_TAG_KEY
 from airflow_provider_finetune.operators.finetune import FineTuningJobOperator, task_tag
+from airflow_provider_finetune.rules.once import TASK_TAG_KEY
 from airflow_provider_finetune.triggers.finetune import FineTuningJobTrigger
 from airflow_provider_finetune.triggers.quota import FineTuningQuotaTrigger
 from tests.integration.conftest import API_KEY, Emulator, chat_lines

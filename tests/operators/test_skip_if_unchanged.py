@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
-from airflow_provider_finetune.unchanged import DATA_KEY, FILE_FIELDS, TrainingRecord, data_digest, tag_value
+from airflow_provider_finetune.rules.unchanged import DATA_KEY, FILE_FIELDS, TrainingRecord, data_digest, tag_value
 from tests.integration.conftest import Emulator, airflow_db, chat_lines, emulator, emulator_server
 from tests.integration.test_operators import dag_bag, xcoms
 

@@ -15,8 +15,8 @@ from airflow_provider_finetune.backends.together import PriceRefusedError
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
 from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
-from airflow_provider_finetune.once import JobIdentity, request_fingerprint
 from airflow_provider_finetune.operators.finetune import FineTuningJobOperator
+from airflow_provider_finetune.rules.once import JobIdentity, request_fingerprint
 from tests.emulator.conftest import jsonl, training_lines
 from tests.operators.conftest import FakeStateStore, FakeTI
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from airflow_provider_finetune.client import RetryPolicy
+from airflow_provider_finetune.core.client import RetryPolicy
 from airflow_provider_finetune.exceptions import (
     AuthenticationError,
     FineTuningError,
@@ -122,7 +122,7 @@ def test_job_sensor_fails_on_failure_status_with_the_jobs_error(
         "invalid_training_file",
         "training_file",
     )
-    from airflow_provider_finetune._compat import AirflowFailException
+    from airflow_provider_finetune.core.compat import AirflowFailException
 
     assert isinstance(err, AirflowFailException)  # no retry makes an ended job reach the status; soft_fail skips
     assert "[invalid_training_file] line 7 is not JSON (param: training_file)" in str(err)

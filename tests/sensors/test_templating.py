@@ -8,8 +8,8 @@ import pytest
 from airflow.exceptions import AirflowException
 from airflow.sdk import DAG, task
 
-from airflow_provider_finetune.checkpoints import CheckpointCondition
 from airflow_provider_finetune.exceptions import InvalidRequestError
+from airflow_provider_finetune.rules.checkpoints import CheckpointCondition
 from airflow_provider_finetune.sensors.finetune import FineTuningCheckpointSensor, FineTuningJobSensor
 from tests.hooks.conftest import FakeAPI, checkpoint, job, page
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from airflow_provider_finetune.client import close_shared_async_clients
+from airflow_provider_finetune.core.client import close_shared_async_clients
 from airflow_provider_finetune.triggers.finetune import FineTuningCheckpointTrigger, FineTuningJobTrigger
 from tests.hooks.conftest import SECRET, FakeAPI, checkpoint, event, job, page
 

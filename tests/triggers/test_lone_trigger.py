@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from airflow_provider_finetune.client import close_shared_async_clients
+from airflow_provider_finetune.core.client import close_shared_async_clients
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer, Timings
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.triggers.finetune import FineTuningJobTrigger

@@ -13,9 +13,9 @@ import pytest
 from airflow_provider_finetune.exceptions import FineTuningConnectionError, NotFoundError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.models import FineTuningJob, FineTuningJobEvent, JobState, Page
+from airflow_provider_finetune.rules.waiting import MAX_LINES_PER_POLL, Outcome, watch
 from airflow_provider_finetune.triggers import poller as poller_module
 from airflow_provider_finetune.triggers.poller import FORGET_AFTER, LIST_PAGE_SIZE, JobPoller
-from airflow_provider_finetune.waiting import MAX_LINES_PER_POLL, Outcome, watch
 from tests.hooks.conftest import event, job
 from tests.logged import progress_lines
 

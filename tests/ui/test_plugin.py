@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from airflow_provider_finetune import job_actions
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
 from airflow_provider_finetune.operators.finetune import (
     FineTuningJobCancelOperator,
@@ -17,6 +16,7 @@ from airflow_provider_finetune.operators.finetune import (
 )
 from airflow_provider_finetune.plugins import FineTuningPlugin
 from airflow_provider_finetune.plugins.jobs import Directory, environment_connections
+from airflow_provider_finetune.rules import job_actions
 
 KEY = "sk-plugin-test-key"
 

@@ -7,28 +7,27 @@ tried again later; with ``max_active_jobs`` the operator also counts the service
 before creating, and waits for a free slot.
 
 :func:`await_quota` holds the rules of such a wait as a generator that does no I/O (like
-:func:`airflow_provider_finetune.waiting.watch`): it yields :class:`CountActive` and
-:class:`~airflow_provider_finetune.waiting.Pause` steps and is told what came back. The operator carries them
-out on the worker (:func:`wait_quota_sync`), or hands the wait to
-:class:`~airflow_provider_finetune.triggers.quota.FineTuningQuotaTrigger`, which carries out the same rules in
-the triggerer (:func:`wait_quota_async`). Either way the create that follows goes through the hook's once-only
-``ensure_job``, so a wait never makes a second job.
+:func:`airflow_provider_finetune.rules.waiting.watch`): it yields :class:`CountActive` and
+:class:`~airflow_provider_finetune.rules.waiting.Pause` steps and is told what came back. The operator carries them
+out on the worker (:func:`~airflow_provider_finetune.hooks.waits.wait_quota_sync`), or hands the wait to
+:class:`~airflow_provider_finetune.triggers.quota.FineTuningQuotaTrigger`, which carries out the same rules in the
+triggerer (:func:`~airflow_provider_finetune.hooks.waits.wait_quota_async`). Either way the create that follows goes
+through the hook's once-only ``ensure_job``, so a wait never makes a second job.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterable, Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from airflow_provider_finetune.core.statuses import TERMINAL
 from airflow_provider_finetune.exceptions import FineTuningError
-from airflow_provider_finetune.statuses import TERMINAL
-from airflow_provider_finetune.waiting import TRANSIENT, Pause
+from airflow_provider_finetune.rules.waiting import TRANSIENT, Pause
 
 if TYPE_CHECKING:
-    from airflow_provider_finetune.hooks.finetune import FineTuningHook
     from airflow_provider_finetune.models import FineTuningJob
 
 __all__ = [
@@ -38,14 +37,11 @@ __all__ = [
     "CountActive",
     "QuotaOutcome",
     "Slots",
-    "aactive_slots",
-    "active_slots",
     "await_quota",
+    "bounded",
     "clock_time",
     "count_active",
     "same_base_model",
-    "wait_quota_async",
-    "wait_quota_sync",
 ]
 
 #: The wait is over: try to create.
@@ -164,7 +160,7 @@ def same_base_model(job_model: str | None, model: str) -> bool:
 
 def count_active(jobs: Iterable[FineTuningJob], model: str, *, tag: str | None, own_job_id: str | None) -> Slots:
     """Count the active jobs on ``model`` that are not this task instance's (its tag, or its recorded job id)."""
-    from airflow_provider_finetune.once import TASK_TAG_KEY  # here: the quota trigger's module stays light
+    from airflow_provider_finetune.rules.once import TASK_TAG_KEY  # here: the quota trigger's module stays light
 
     active = 0
     ours = False
@@ -180,93 +176,11 @@ def count_active(jobs: Iterable[FineTuningJob], model: str, *, tag: str | None, 
     return Slots(active, ours)
 
 
-def _bounded(jobs: Iterable[FineTuningJob]) -> Iterable[FineTuningJob]:
-    from airflow_provider_finetune.once import MAX_WALK
+def bounded(jobs: Iterable[FineTuningJob]) -> Iterable[FineTuningJob]:
+    """The jobs of a list, up to the most a count reads (``MAX_WALK``)."""
+    from airflow_provider_finetune.rules.once import MAX_WALK
 
     for walked, job in enumerate(jobs):
         if walked >= MAX_WALK:
             return
         yield job
-
-
-def active_slots(hook: FineTuningHook, model: str, *, tag: str | None, own_job_id: str | None) -> Slots:
-    """Count the service's active jobs on ``model`` with the sync client (at most ``MAX_WALK`` jobs are read)."""
-    return count_active(_bounded(hook.iter_jobs(limit=PAGE)), model, tag=tag, own_job_id=own_job_id)
-
-
-async def aactive_slots(hook: FineTuningHook, model: str, *, tag: str | None, own_job_id: str | None) -> Slots:
-    """Async :func:`active_slots`."""
-    return count_active(await _collect(hook.aiter_jobs(limit=PAGE)), model, tag=tag, own_job_id=own_job_id)
-
-
-async def _collect(jobs: AsyncIterable[FineTuningJob]) -> list[FineTuningJob]:
-    from airflow_provider_finetune.once import MAX_WALK
-
-    found: list[FineTuningJob] = []
-    walked = 0
-    async for job in jobs:
-        walked += 1
-        if job.status.value not in TERMINAL:
-            found.append(job)
-        if walked >= MAX_WALK:
-            break
-    return found
-
-
-def wait_quota_sync(
-    hook: FineTuningHook,
-    steps: QuotaWait,
-    *,
-    tag: str | None,
-    own_job_id: str | None,
-    sleep: Callable[[float], None] = time.sleep,
-    until_pause: bool = False,
-) -> QuotaOutcome | Pause:
-    """Carry out :func:`await_quota` on the worker.
-
-    :param until_pause: stop at the first pause and return it (the operator then defers the rest).
-    """
-    try:
-        step = next(steps)
-    except StopIteration as done:  # nothing to wait for
-        return done.value
-    while True:
-        reply: Slots | FineTuningError | None = None
-        if isinstance(step, Pause):
-            if until_pause:
-                return step
-            sleep(step.seconds)
-        else:
-            try:
-                reply = active_slots(hook, step.model, tag=tag, own_job_id=own_job_id)
-            except FineTuningError as err:
-                reply = err
-        try:
-            step = steps.send(reply)
-        except StopIteration as done:
-            return done.value
-
-
-async def wait_quota_async(
-    hook: FineTuningHook, steps: QuotaWait, *, tag: str | None, own_job_id: str | None
-) -> QuotaOutcome:
-    """Carry out :func:`await_quota` in an event loop (the triggerer)."""
-    import asyncio
-
-    try:
-        step = next(steps)
-    except StopIteration as done:  # nothing to wait for
-        return done.value
-    while True:
-        reply: Slots | FineTuningError | None = None
-        if isinstance(step, Pause):
-            await asyncio.sleep(step.seconds)
-        else:
-            try:
-                reply = await aactive_slots(hook, step.model, tag=tag, own_job_id=own_job_id)
-            except FineTuningError as err:
-                reply = err
-        try:
-            step = steps.send(reply)
-        except StopIteration as done:
-            return done.value

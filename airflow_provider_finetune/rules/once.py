@@ -32,8 +32,9 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-from airflow_provider_finetune.backends.base import request_fingerprint
-from airflow_provider_finetune.client import RetryPolicy, Sleep
+from airflow_provider_finetune.core.client import RetryPolicy, Sleep
+from airflow_provider_finetune.core.digests import request_fingerprint
+from airflow_provider_finetune.core.statuses import FAILURE_STATUSES
 from airflow_provider_finetune.exceptions import (
     ChangedRequestError,
     ConflictError,
@@ -42,7 +43,6 @@ from airflow_provider_finetune.exceptions import (
     UnsafeToRetryError,
 )
 from airflow_provider_finetune.models import FineTuningJob, Page
-from airflow_provider_finetune.statuses import FAILURE_STATUSES
 
 __all__ = [
     "CLIENT_JOB_ID_FIELD",

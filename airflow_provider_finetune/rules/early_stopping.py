@@ -3,8 +3,8 @@
 The fine-tuning services have no early stopping of their own. This module is its rule, with no I/O: what an
 evaluation is (a ``metrics`` event that carries the metric, or a checkpoint that does, where the service keeps
 no event log), when the metric improved, and when patience has run out. The worker's wait and the deferred
-trigger both apply it through :func:`airflow_provider_finetune.waiting.watch`, the checkpoint wait through
-:func:`airflow_provider_finetune.checkpoints.watch_checkpoints`; whoever then stops the job (cancels it, or
+trigger both apply it through :func:`airflow_provider_finetune.rules.waiting.watch`, the checkpoint wait through
+:func:`airflow_provider_finetune.rules.checkpoints.watch_checkpoints`; whoever then stops the job (cancels it, or
 pauses it where the service can) returns the best checkpoint's model.
 
 The state of a wait (:class:`Progress`) is a fold over the job's evaluations, so a wait that starts again (a
@@ -19,17 +19,20 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeGuard
 
+from airflow_provider_finetune.core.statuses import FineTuningJobStatus
 from airflow_provider_finetune.exceptions import InvalidRequestError
 
 if TYPE_CHECKING:
-    from airflow_provider_finetune.models import FineTuningJobCheckpoint, FineTuningJobEvent
+    from airflow_provider_finetune.models import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent
 
 __all__ = [
     "EARLY_STOPPED",
     "EarlyStopping",
     "Progress",
     "checkpoint_evaluations",
+    "ended_before_the_stop",
     "event_evaluations",
+    "metric_of",
     "stop_action",
 ]
 
@@ -197,8 +200,6 @@ def checkpoint_evaluations(
     rule: EarlyStopping, checkpoints: Iterable[FineTuningJobCheckpoint]
 ) -> list[tuple[int, float]]:
     """The evaluations among checkpoints, by step: those whose metrics carry the metric."""
-    from airflow_provider_finetune.checkpoints import metric_of
-
     found = []
     for checkpoint in checkpoints:
         value = metric_of(checkpoint, rule.metric)
@@ -214,3 +215,22 @@ def stop_action(rule: EarlyStopping, *, can_pause: bool) -> str:
 
 def _number(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def metric_of(checkpoint: FineTuningJobCheckpoint, name: str) -> float | None:
+    """A checkpoint's metric ``name`` (one the service added included), or ``None`` when it has none."""
+    value = getattr(checkpoint.metrics, name, None)
+    if value is None and checkpoint.metrics is not None and checkpoint.metrics.model_extra:
+        value = checkpoint.metrics.model_extra.get(name)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def ended_before_the_stop(job: FineTuningJob) -> bool:
+    """Whether a job that early stopping tried to stop had succeeded or failed on its own first.
+
+    Such a job was not stopped early, whatever the verdict said: its status and model are its own.
+    """
+    return job.status in _ENDED_ON_ITS_OWN
+
+
+_ENDED_ON_ITS_OWN = frozenset({FineTuningJobStatus.SUCCEEDED, FineTuningJobStatus.FAILED})

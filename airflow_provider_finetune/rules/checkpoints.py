@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_finetune.exceptions import InvalidRequestError
-from airflow_provider_finetune.waiting import Outcome, Pause
+from airflow_provider_finetune.rules.early_stopping import metric_of
+from airflow_provider_finetune.rules.waiting import Outcome, Pause
 
 if TYPE_CHECKING:
-    from airflow_provider_finetune.early_stopping import EarlyStopping
     from airflow_provider_finetune.models import FineTuningJob, FineTuningJobCheckpoint
+    from airflow_provider_finetune.rules.early_stopping import EarlyStopping
 
 __all__ = [
     "CheckpointCondition",
@@ -78,14 +79,6 @@ class CheckpointCondition:
         return value <= self.threshold if self.mode == "min" else value >= self.threshold
 
 
-def metric_of(checkpoint: FineTuningJobCheckpoint, name: str) -> float | None:
-    """A checkpoint's metric ``name`` (one the service added included), or ``None`` when it has none."""
-    value = getattr(checkpoint.metrics, name, None)
-    if value is None and checkpoint.metrics is not None and checkpoint.metrics.model_extra:
-        value = checkpoint.metrics.model_extra.get(name)
-    return float(value) if isinstance(value, int | float) else None
-
-
 def best_checkpoint(
     checkpoints: Sequence[FineTuningJobCheckpoint], metric: str, mode: str = "min"
 ) -> FineTuningJobCheckpoint | None:
@@ -139,7 +132,7 @@ def judge_early_stopping(
 
     The checkpoints are the whole history of the evaluations, so no state is kept between two looks.
     """
-    from airflow_provider_finetune.early_stopping import EARLY_STOPPED, Progress, checkpoint_evaluations
+    from airflow_provider_finetune.rules.early_stopping import EARLY_STOPPED, Progress, checkpoint_evaluations
 
     if job.status.is_terminal():
         return None
@@ -174,15 +167,15 @@ def watch_checkpoints(
     when the job's checkpoints have not improved on the rule's metric for its patience; the outcome's
     checkpoint is then the best one.
 
-    The rules of :func:`~airflow_provider_finetune.waiting.watch`: transient failures in a row, an absolute
+    The rules of :func:`~airflow_provider_finetune.rules.waiting.watch`: transient failures in a row, an absolute
     deadline, pauses of ``poll_interval`` at most.
 
     The outcome's status is ``found`` (its message names the checkpoint, :attr:`Outcome.checkpoint` holds
-    it), ``job_ended``, :data:`~airflow_provider_finetune.waiting.WAIT_TIMEOUT` or
-    :data:`~airflow_provider_finetune.waiting.WAIT_ERROR`.
+    it), ``job_ended``, :data:`~airflow_provider_finetune.rules.waiting.WAIT_TIMEOUT` or
+    :data:`~airflow_provider_finetune.rules.waiting.WAIT_ERROR`.
     """
     from airflow_provider_finetune.exceptions import FineTuningError
-    from airflow_provider_finetune.waiting import TRANSIENT, WAIT_ERROR, WAIT_TIMEOUT
+    from airflow_provider_finetune.rules.waiting import TRANSIENT, WAIT_ERROR, WAIT_TIMEOUT
 
     errors = 0
     while True:

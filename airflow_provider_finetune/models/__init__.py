@@ -36,8 +36,8 @@ from pydantic import (
     model_validator,
 )
 
+from airflow_provider_finetune.core.statuses import TERMINAL_STATUSES, FineTuningJobStatus
 from airflow_provider_finetune.exceptions import InvalidRequestError
-from airflow_provider_finetune.statuses import TERMINAL_STATUSES, FineTuningJobStatus
 
 __all__ = [
     "GRADER_REQUIRED",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from airflow_provider_finetune import statuses
+from airflow_provider_finetune.core import statuses
 
 __all__ = ["ACTIONS", "ActionRule", "refusal"]
 

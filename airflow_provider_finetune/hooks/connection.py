@@ -1,4 +1,4 @@
-"""An Airflow connection (type ``finetune``) read into :class:`~airflow_provider_finetune.client.ConnectionSettings`.
+"""An Airflow connection (type ``finetune``) read into its settings (``core.client.ConnectionSettings``).
 
 The service comes from the ``service`` extra (``openai`` by default); the older ``api_type: azure`` still means
 Azure. The base URL comes from the host: a full URL (``https://example.com/v1``) as is, or a bare host with the
@@ -16,7 +16,7 @@ import json
 import re
 from typing import Any, cast
 
-from airflow_provider_finetune.client import (
+from airflow_provider_finetune.core.client import (
     DEFAULT_BASE_URL,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,

@@ -4,7 +4,7 @@ Before creating, the cost is estimated as the training file's tokens per epoch (
 :mod:`airflow_provider_finetune.training_data`) times the epochs times a price the user gives: the provider ships
 no price table, prices change. Above ``max_cost`` the task fails before anything is billed.
 
-While the job runs, its wait (:func:`airflow_provider_finetune.waiting.watch`, on the worker and in the triggerer)
+While the job runs, its wait (:func:`airflow_provider_finetune.rules.waiting.watch`, on the worker and in the triggerer)
 asks :meth:`Budget.overspent` after each poll: the cost the service reports (``total_price``, where it reports
 one), else the trained tokens it reports, else the share of the training steps done (from the job's metrics
 events) of the tokens the job trains, at the price. Past ``max_cost`` the wait ends :data:`OVER_BUDGET` and the

@@ -1,17 +1,17 @@
 """Waiting for a fine-tuning job: one set of rules for the worker's poll loop and the triggerer's.
 
-:func:`watch` decides everything (when to poll, what to log, when the wait is over, how many failed polls
-in a row end it) without doing I/O; :func:`wait_sync` and :func:`wait_async` carry out its steps with the
-hook's sync and async calls, and the triggerer's shared poller
-(:meth:`airflow_provider_finetune.triggers.poller.JobPoller.wait`) carries them out with coalesced reads. So a
-deferred wait and a wait on the worker end the same way, with the same progress lines.
+:func:`watch` decides everything (when to poll, what to log, when the wait is over, how many failed polls in a row
+end it) without doing I/O; :func:`~airflow_provider_finetune.hooks.waits.wait_sync` and
+:func:`~airflow_provider_finetune.hooks.waits.wait_async` carry out its steps with the hook's sync and async calls,
+and the triggerer's shared poller (:meth:`airflow_provider_finetune.triggers.poller.JobPoller.wait`) carries them
+out with coalesced reads. So a deferred wait and a wait on the worker end the same way, with the same progress
+lines.
 
 This module knows nothing of the poller: the poller builds on the rules here, never the other way round.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -19,8 +19,7 @@ from collections.abc import Callable, Collection, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from airflow_provider_finetune.budget import OVER_BUDGET, progress_of
-from airflow_provider_finetune.early_stopping import EARLY_STOPPED
+from airflow_provider_finetune.core.statuses import RUNNING, TERMINAL
 from airflow_provider_finetune.exceptions import (
     ConflictError,
     FineTuningConnectionError,
@@ -28,13 +27,13 @@ from airflow_provider_finetune.exceptions import (
     InternalServerError,
     RateLimitError,
 )
-from airflow_provider_finetune.statuses import RUNNING, TERMINAL
+from airflow_provider_finetune.rules.budget import OVER_BUDGET, progress_of
+from airflow_provider_finetune.rules.early_stopping import EARLY_STOPPED
 
 if TYPE_CHECKING:
-    from airflow_provider_finetune.budget import Budget
-    from airflow_provider_finetune.early_stopping import EarlyStopping, Progress
-    from airflow_provider_finetune.hooks.finetune import FineTuningHook
     from airflow_provider_finetune.models import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent, JobState
+    from airflow_provider_finetune.rules.budget import Budget
+    from airflow_provider_finetune.rules.early_stopping import EarlyStopping, Progress
 
 __all__ = [
     "TERMINAL",
@@ -48,8 +47,6 @@ __all__ = [
     "describe_status",
     "newer_events",
     "read_back",
-    "wait_async",
-    "wait_sync",
     "watch",
 ]
 
@@ -116,7 +113,7 @@ class Outcome:
     :param last_event_id: the newest event seen, so that a later wait does not log old ones again.
     :param checkpoint: the checkpoint a checkpoint wait found.
     :param early_stopping: for a job that stopped improving, what its wait saw
-        (:meth:`~airflow_provider_finetune.early_stopping.Progress.to_json`).
+        (:meth:`~airflow_provider_finetune.rules.early_stopping.Progress.to_json`).
     """
 
     status: str
@@ -160,7 +157,7 @@ def watch(
     """Poll a job until it reaches one of ``targets`` or a terminal status, the deadline, or too many errors.
 
     With ``early_stopping``, the wait also ends (status
-    :data:`~airflow_provider_finetune.early_stopping.EARLY_STOPPED`, the job still running) once the job's
+    :data:`~airflow_provider_finetune.rules.early_stopping.EARLY_STOPPED`, the job still running) once the job's
     validation metric has not improved for the rule's patience and the job has a checkpoint to return. Its
     evaluations are the metrics events (every one of them: each poll reads all the events since the last;
     the first, the job's whole history, so that a restarted wait judges as the first one did), or, where
@@ -183,7 +180,8 @@ def watch(
         instead (the first status seen included), so that the wait still says how the job goes.
     :param early_stopping: the rule that stops a job whose metric no longer improves.
     :param budget: the job's cost cap: once the job has cost more (as the service reports it, or its trained
-        tokens, or the share of its steps done), the wait ends :data:`~airflow_provider_finetune.budget.OVER_BUDGET`.
+        tokens, or the share of its steps done), the wait ends
+        :data:`~airflow_provider_finetune.rules.budget.OVER_BUDGET`.
     """
     logger = log or logging.getLogger(__name__)
     ends = frozenset(targets) | TERMINAL
@@ -241,7 +239,7 @@ def watch(
 
 
 def _fresh_progress(rule: EarlyStopping | None) -> Progress | None:
-    from airflow_provider_finetune.early_stopping import Progress
+    from airflow_provider_finetune.rules.early_stopping import Progress
 
     return None if rule is None else Progress()
 
@@ -250,7 +248,11 @@ def _judge(rule: EarlyStopping, progress: Progress, seen: Observation, logger: A
     """Fold one poll's evaluations into the progress; say once when patience runs out before any checkpoint."""
     from dataclasses import replace
 
-    from airflow_provider_finetune.early_stopping import checkpoint_evaluations, event_evaluations, has_checkpoint_event
+    from airflow_provider_finetune.rules.early_stopping import (
+        checkpoint_evaluations,
+        event_evaluations,
+        has_checkpoint_event,
+    )
 
     before = progress
     if seen.checkpoints is not None:
@@ -399,86 +401,3 @@ def read_back(
     if any(event.id == after for event in events_newest_first):
         return None
     return events_newest_first[-1].id
-
-
-def observe(hook: FineTuningHook, job_id: str, poll: Poll) -> Observation:
-    """Read a job, its new events and (when asked for) its checkpoints with the sync client.
-
-    Every event newer than ``poll.after_event`` is read once the job is in ``poll.ends``, and on every read
-    of a ``poll.history``.
-    """
-    job = hook.get_job(job_id)
-    checkpoints = list(hook.iter_checkpoints(job_id, limit=100)) if poll.checkpoints else None
-    if not hook.backend.supports("events"):
-        return Observation(job, checkpoints=checkpoints)
-    over = poll.history or job.status.value in poll.ends
-    events: list[FineTuningJobEvent] = []
-    try:
-        # A wait that is over wants every event since its last line: the largest page saves reads back.
-        page = hook.list_events(job_id, limit=EVENTS_PAGE_MAX if over else EVENTS_PER_POLL)
-        events += page.data
-        while over and (cursor := read_back(events, poll.after_event, page.has_more, history=poll.history)):
-            page = hook.list_events(job_id, after=cursor, limit=EVENTS_PAGE_MAX)
-            events += page.data
-    except FineTuningError as err:  # the job's state is known: the wait must not fail over progress lines
-        # None of them is taken: read again from the same place next time, no line is skipped.
-        return Observation(job, [], checkpoints, events_error=err)
-    return Observation(job, newer_events(events, poll.after_event), checkpoints)
-
-
-async def aobserve(hook: FineTuningHook, job_id: str, poll: Poll) -> Observation:
-    """Read a job, its new events and (when asked for) its checkpoints with the async client, as :func:`observe`."""
-    job = await hook.aget_job(job_id)
-    checkpoints = [c async for c in hook.aiter_checkpoints(job_id, limit=100)] if poll.checkpoints else None
-    if not hook.backend.supports("events"):
-        return Observation(job, checkpoints=checkpoints)
-    over = poll.history or job.status.value in poll.ends
-    events: list[FineTuningJobEvent] = []
-    try:
-        # A wait that is over wants every event since its last line: the largest page saves reads back.
-        page = await hook.alist_events(job_id, limit=EVENTS_PAGE_MAX if over else EVENTS_PER_POLL)
-        events += page.data
-        while over and (cursor := read_back(events, poll.after_event, page.has_more, history=poll.history)):
-            page = await hook.alist_events(job_id, after=cursor, limit=EVENTS_PAGE_MAX)
-            events += page.data
-    except FineTuningError as err:  # as in observe: the wait must not fail over progress lines
-        return Observation(job, [], checkpoints, events_error=err)
-    return Observation(job, newer_events(events, poll.after_event), checkpoints)
-
-
-def wait_sync(
-    hook: FineTuningHook, job_id: str, steps: Watch, *, sleep: Callable[[float], None] = time.sleep
-) -> Outcome:
-    """Carry out :func:`watch` on the worker."""
-    step = next(steps)
-    while True:
-        reply: Observation | FineTuningError | None = None
-        if isinstance(step, Pause):
-            sleep(step.seconds)
-        else:
-            try:
-                reply = observe(hook, job_id, step)
-            except FineTuningError as err:
-                reply = err
-        try:
-            step = steps.send(reply)  # type: ignore[arg-type]
-        except StopIteration as done:
-            return done.value
-
-
-async def wait_async(hook: FineTuningHook, job_id: str, steps: Watch) -> Outcome:
-    """Carry out :func:`watch` in an event loop, with the hook's own async reads (no shared poller)."""
-    step = next(steps)
-    while True:
-        reply: Observation | FineTuningError | None = None
-        if isinstance(step, Pause):
-            await asyncio.sleep(step.seconds)
-        else:
-            try:
-                reply = await aobserve(hook, job_id, step)
-            except FineTuningError as err:
-                reply = err
-        try:
-            step = steps.send(reply)  # type: ignore[arg-type]
-        except StopIteration as done:
-            return done.value
