@@ -48,7 +48,7 @@ emulator: venv
 
 # Not part of the test suite: prints figures (requests/s, latency, RSS) for 1,000 concurrent jobs.
 bench-emulator: venv
-	$(BIN)/python tests/benchmarks/bench_emulator.py --jobs 1000 --seconds 30
+	$(BIN)/python benchmarks/bench_emulator.py --jobs 1000 --seconds 30
 
 # The openai provider is only installed for the import comparison, pinned.
 OPENAI_PROVIDER := apache-airflow-providers-openai==2.2.0
@@ -57,19 +57,19 @@ OPENAI_PROVIDER := apache-airflow-providers-openai==2.2.0
 # 100 ms latency), beside two baselines; prints stalls, notice latency, requests, connections, RSS, CPU; then
 # the import cost of the operators module beside the openai provider's (~11 min).
 bench-triggers: venv
-	$(BIN)/python tests/benchmarks/bench_triggers.py --n 100 1000 5000 --latency 0 0.1 --poll-interval 2
+	$(BIN)/python benchmarks/bench_triggers.py --n 100 1000 5000 --latency 0 0.1 --poll-interval 2
 	$(BIN)/uv pip install --quiet --python $(BIN)/python "$(OPENAI_PROVIDER)"
-	$(BIN)/python tests/benchmarks/bench_imports.py --runs 5
+	$(BIN)/python benchmarks/bench_imports.py --runs 5
 
 # Not part of the test suite: 1,000 job waits in one real `airflow triggerer` (SQLite, an AIRFLOW_HOME of its
 # own); prints its blocked-loop warnings while the waits start, run and fire, and its memory per trigger (~25 min).
 bench-triggerer: venv
-	$(BIN)/python tests/benchmarks/bench_triggerer.py --n 1000
+	$(BIN)/python benchmarks/bench_triggerer.py --n 1000
 
 # Not part of the test suite: import cost of the operators and sensors modules beside the openai provider's.
 bench-imports: venv
 	$(BIN)/uv pip install --quiet --python $(BIN)/python "$(OPENAI_PROVIDER)"
-	$(BIN)/python tests/benchmarks/bench_imports.py --runs 5
+	$(BIN)/python benchmarks/bench_imports.py --runs 5
 
 demo: venv
 	$(BIN)/python scripts/demo.py

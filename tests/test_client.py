@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 
+from airflow_provider_finetune.backends import backend_for, service_of
 from airflow_provider_finetune.core.client import (
     ConnectionSettings,
     RetryPolicy,
@@ -270,7 +271,7 @@ def test_azure_settings_use_the_version_and_name_the_service() -> None:
     azure = ConnectionSettings(
         base_url="https://res.openai.azure.com/openai",
         api_key=SECRET,
-        api_type="azure",
+        service=service_of({"api_type": "azure"}).name,
         api_version="2025-04-01",
     )
     assert azure.service == "azure"
@@ -290,6 +291,13 @@ def test_azure_settings_use_the_version_and_name_the_service() -> None:
     ],
 )
 def test_settings_refuse_bad_values(kwargs: dict[str, object], field: str) -> None:
+    """Refused before any request: by the settings themselves, or by the registry of services they name."""
+
+    def read() -> object:
+        service = service_of({"api_type": kwargs.pop("api_type")} if "api_type" in kwargs else {})
+        settings: dict[str, object] = {"base_url": "https://api.test/v1", "service": service.name, **kwargs}
+        return backend_for(ConnectionSettings(**settings))  # type: ignore[arg-type]
+
     with pytest.raises(InvalidRequestError) as info:
-        ConnectionSettings(**kwargs)  # type: ignore[arg-type]
+        read()
     assert info.value.field == field

@@ -17,9 +17,9 @@ import httpx
 import pytest
 import respx
 
+from airflow_provider_finetune.backends import SERVICES
 from airflow_provider_finetune.backends.azure import AzureAuthoringBackend, AzureV1Backend
 from airflow_provider_finetune.backends.openai import PRESETS, OpenAIBackend, OpenAICompatibleBackend
-from airflow_provider_finetune.core.client import SERVICES
 from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.hooks.connection import MIN_MASKED_LENGTH
 from airflow_provider_finetune.hooks.finetune import FineTuningHook

@@ -10,11 +10,11 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from airflow_provider_finetune.backends.base import Capabilities
 from airflow_provider_finetune.backends.openai import OpenAIBackend
 from airflow_provider_finetune.core.client import close_shared_async_clients
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
@@ -237,7 +237,7 @@ def test_cancel_where_the_service_cannot_pause(
 @pytest.fixture
 def no_events(monkeypatch: pytest.MonkeyPatch) -> None:
     """The connection's service keeps checkpoints with metrics, but no event log."""
-    monkeypatch.setattr(OpenAIBackend, "capabilities", Capabilities(events=False))
+    monkeypatch.setattr(OpenAIBackend, "capabilities", replace(OpenAIBackend.capabilities, events=False))
 
 
 @pytest.mark.usefixtures("no_events")

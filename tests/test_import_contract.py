@@ -10,6 +10,9 @@ a separate program: nothing outside it imports it.
 from __future__ import annotations
 
 import ast
+import io
+import re
+import tokenize
 from collections import defaultdict
 from pathlib import Path
 
@@ -163,3 +166,47 @@ def test_nothing_outside_the_emulator_imports_it() -> None:
 def test_the_package_root_holds_few_modules() -> None:
     root_modules = sorted(path.name for path in ROOT.glob("*.py"))
     assert len(root_modules) <= MAX_ROOT_MODULES, root_modules
+
+
+#: Words that name a vendor (a service, its cloud, its gateway or its way to sign in).
+VENDOR = re.compile(
+    r"azure|bedrock|fireworks|together|vertex|\baws\b|amazon|entra|sigv4|portkey|litellm|mantle|openai", re.I
+)
+
+
+def vendor_lines(path: Path) -> list[int]:
+    """The lines of code (not comments, not docstrings) of a module that name a vendor."""
+    source = path.read_text(encoding="utf-8")
+    docstrings: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and ast.get_docstring(
+            node, clean=False
+        ):
+            first = node.body[0]
+            docstrings.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+    lines: set[int] = set()
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE) or not VENDOR.search(token.string):
+            continue
+        lines.update(line for line in range(token.start[0], token.end[0] + 1) if line not in docstrings)
+    return sorted(lines)
+
+
+def test_no_shared_code_names_a_vendor() -> None:
+    """Outside ``backends/``, ``emulator/`` and the modules named after a vendor, the code speaks of no vendor."""
+    shared = [
+        path
+        for path in ROOT.rglob("*.py")
+        if path.relative_to(ROOT).parts[0] not in ("backends", "emulator") and not VENDOR.search(path.stem)
+    ]
+    named = [f"{path.relative_to(ROOT)}:{line}" for path in shared for line in vendor_lines(path)]
+    assert named == []
+
+
+def test_the_vendor_check_sees_code_and_not_prose(tmp_path: Path) -> None:
+    module = tmp_path / "sample.py"
+    module.write_text(
+        '"""Talks to Azure."""\n\n# Bedrock, in a comment\nSERVICE = "fireworks"\n\n\ndef f():\n    """Together."""\n',
+        encoding="utf-8",
+    )
+    assert vendor_lines(module) == [4]

@@ -32,7 +32,7 @@ from airflow.providers.openlineage.extractors import ExtractorManager, OperatorL
 from airflow.utils.state import TaskInstanceState
 from openlineage.client.serde import Serde
 
-from airflow_provider_finetune.operators.lineage import (
+from airflow_provider_finetune.operators.job.openlineage import (
     FACET_NAME,
     FineTuningJobRunFacet,
     dataset,
@@ -166,7 +166,7 @@ def test_without_openlineage_nothing_is_imported_and_the_operator_runs(emulator:
         loaded = sorted(
             name for name in sys.modules
             if name.startswith(
-                ("openlineage", "airflow_provider_finetune.operators.lineage", "airflow.providers.openlineage.")
+                ("openlineage", "airflow_provider_finetune.operators.job.openlineage", "airflow.providers.openlineage.")
             )
             and name != "airflow.providers.openlineage.get_provider_info"  # Airflow reads every provider's metadata
         )
@@ -184,7 +184,8 @@ def test_the_operator_module_imports_nothing_of_openlineage() -> None:
     script = (
         "import sys, airflow_provider_finetune.operators.finetune; "
         "print(sorted(n for n in sys.modules if n.startswith(('openlineage', 'airflow.providers.openlineage.', "
-        "'airflow_provider_finetune.operators.lineage')) and n != 'airflow.providers.openlineage.get_provider_info'))"
+        "'airflow_provider_finetune.operators.job.openlineage')) "
+        "and n != 'airflow.providers.openlineage.get_provider_info'))"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)

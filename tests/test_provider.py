@@ -21,8 +21,9 @@ from airflow_provider_finetune import (
     __version__,
     get_provider_info,
 )
+from airflow_provider_finetune.backends import SERVICES
 from airflow_provider_finetune.backends.openai import PRESETS
-from airflow_provider_finetune.core.client import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, SERVICES
+from airflow_provider_finetune.core.constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 
 
@@ -72,7 +73,7 @@ def _conn_fields() -> dict[str, Any]:
 
 def test_form_offers_every_service_preset_and_auth_the_code_knows() -> None:
     fields = _conn_fields()
-    assert SERVICE_CHOICES == SERVICES
+    assert tuple(SERVICES) == SERVICE_CHOICES
     assert set(PRESET_CHOICES) == set(PRESETS)
     assert fields["service"]["schema"]["enum"] == [*SERVICES, None]
     assert fields["service"]["schema"]["default"] == "openai"

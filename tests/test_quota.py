@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from airflow_provider_finetune.core.client import ErrorFields, read_openai_error
+from airflow_provider_finetune.backends.base import read_openai_error
+from airflow_provider_finetune.core.client import ErrorFields
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
 from airflow_provider_finetune.exceptions import (
     FineTuningNotAllowedError,

@@ -1,4 +1,4 @@
-"""Training data checked by Together's own JSONL formats (``rules="together"``), each error naming its line."""
+"""Training data checked by Together's own JSONL formats (``rules=TOGETHER_RULES``), each error naming its line."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.training_data import TrainingDataError, validate_file
+from airflow_provider_finetune.training_data.together import RULES as TOGETHER_RULES
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
 PREFERENCE = {
@@ -34,7 +35,7 @@ def _file(*lines: Any) -> io.BytesIO:
     ids=["conversational", "instruction", "generic-text", "preference"],
 )
 def test_together_formats_are_taken(example: dict[str, Any], method: Any, fmt: str) -> None:
-    report = validate_file(_file(*[example] * 3), method=method, min_examples=1, rules="together")
+    report = validate_file(_file(*[example] * 3), method=method, min_examples=1, rules=TOGETHER_RULES)
     assert (report.examples, report.format) == (3, fmt)
 
 
@@ -59,7 +60,7 @@ def test_generic_text_is_not_openai_training_data() -> None:
 def test_a_bad_line_is_named(bad: dict[str, Any], method: Any, message: str) -> None:
     good = CHAT if method == "supervised" else PREFERENCE
     with pytest.raises(TrainingDataError) as info:
-        validate_file(_file(good, bad, good), method=method, min_examples=1, rules="together")
+        validate_file(_file(good, bad, good), method=method, min_examples=1, rules=TOGETHER_RULES)
     assert "line 2:" in str(info.value)
     assert message in str(info.value)
     assert "line 1:" not in str(info.value)
@@ -67,5 +68,5 @@ def test_a_bad_line_is_named(bad: dict[str, Any], method: Any, message: str) -> 
 
 def test_reinforcement_is_not_a_together_method() -> None:
     with pytest.raises(InvalidRequestError, match="Together") as info:
-        validate_file(_file(CHAT), method="reinforcement", min_examples=1, rules="together")
+        validate_file(_file(CHAT), method="reinforcement", min_examples=1, rules=TOGETHER_RULES)
     assert info.value.field == "method"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -294,10 +295,9 @@ def test_without_an_event_log_each_change_of_status_is_logged_once(caplog: pytes
 def test_a_worker_wait_on_a_service_without_events_reads_no_events(
     hook: FineTuningHook, api: FakeAPI, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from airflow_provider_finetune.backends.base import Capabilities
 
     caplog.set_level(logging.INFO, logger="test.wait")
-    hook.backend.capabilities = Capabilities(events=False)  # a service that keeps no event log
+    hook.backend.capabilities = replace(hook.backend.capabilities, events=False)  # a service that keeps no event log
     api.on("GET", "fine_tuning/jobs/ftjob-1", job(status="running"), job(status="succeeded", fine_tuned_model="ft:x"))
     steps = watch(
         "ftjob-1", log=logging.getLogger("test.wait"), poll_interval=0, events=hook.backend.supports("events")

@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel
 
-from airflow_provider_finetune.backends.base import Call, Capabilities, HeaderAuth, Limits, model
+from airflow_provider_finetune.backends.base import Call, Capabilities, HeaderAuth, Limits, model, read_openai_error
 from airflow_provider_finetune.backends.openai import OpenAIBackend
-from airflow_provider_finetune.core.client import ConnectionSettings, ErrorFields, path_param, read_openai_error
+from airflow_provider_finetune.core.client import ConnectionSettings, ErrorFields, path_param
 from airflow_provider_finetune.core.statuses import FineTuningJobStatus
 from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.models import CreateFineTuningJobRequest, FileObject, Page
@@ -213,12 +213,15 @@ class AzureAuthoringBackend(_AzureBackend):
         preview = "preview" in self.api_version
         self.label = f"Azure OpenAI (api-version {self.api_version})"  # type: ignore[misc]
         self.capabilities = Capabilities(
+            chat_completions=True,
+            events=True,
+            checkpoints=True,
             pause=preview,
             resume=preview,
-            checkpoint_permissions=False,
-            graders=False,
-            job_metadata=False,
-            metadata_filter=False,
+            cancel=True,
+            uploads=True,
+            files=True,
+            suffix=True,
         )
         self.limits = Limits(
             max_suffix_length=40,
@@ -303,7 +306,17 @@ class AzureV1Backend(_AzureBackend):
 
     label: ClassVar[str] = "Azure OpenAI (v1)"
 
-    capabilities = Capabilities(checkpoint_permissions=False, graders=False, uploads=False, metadata_filter=False)
+    capabilities = Capabilities(
+        chat_completions=True,
+        events=True,
+        checkpoints=True,
+        pause=True,
+        resume=True,
+        cancel=True,
+        files=True,
+        suffix=True,
+        job_metadata=True,
+    )
 
     def auth(self) -> httpx.Auth | None:
         """``api-key``; an Entra ID token with ``auth: entra``."""

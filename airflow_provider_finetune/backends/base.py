@@ -12,23 +12,49 @@ classifies every answer and decides every retry, for every service.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
-from airflow_provider_finetune.core.client import ErrorFields, read_openai_error
-from airflow_provider_finetune.exceptions import InvalidRequestError, UnsupportedCapabilityError
+from airflow_provider_finetune.core.client import ErrorFields, read_error_body
+from airflow_provider_finetune.core.flows import translated
+from airflow_provider_finetune.exceptions import (
+    ConflictError,
+    FineTuningError,
+    InvalidRequestError,
+    NotFoundError,
+    UnsafeToRetryError,
+    UnsupportedCapabilityError,
+)
+from airflow_provider_finetune.models import CreateFineTuningJobRequest, build_request
+from airflow_provider_finetune.rules.once import CancelJob, CreateJob, GetJob, ListJobs, ensure_job
 
 if TYPE_CHECKING:
-    from airflow_provider_finetune.core.client import ConnectionSettings
-    from airflow_provider_finetune.models import FileObject
-    from airflow_provider_finetune.rules.budget import PriceEstimate
+    from airflow_provider_finetune.core.client import ConnectionSettings, RetryPolicy
+    from airflow_provider_finetune.core.flows import Flow
+    from airflow_provider_finetune.models import (
+        CheckpointPermission,
+        DeletedCheckpointPermission,
+        FileObject,
+        FineTuningJob,
+        FineTuningJobCheckpoint,
+        FineTuningJobEvent,
+        GraderRunResult,
+        GraderValidation,
+        JobState,
+        Page,
+    )
+    from airflow_provider_finetune.rules.budget import EpochRule, PriceEstimate
+    from airflow_provider_finetune.rules.once import JobIdentity, OnChangedRequest
 
 __all__ = [
     "CAPABILITY_NAMES",
     "CONTENT_ACCEPT",
+    "MAX_PART_SIZE",
+    "OPENAI_FINAL",
+    "OPENAI_QUOTAS",
     "Backend",
     "Call",
     "Capabilities",
@@ -37,6 +63,8 @@ __all__ = [
     "OnceOnly",
     "json_model",
     "model",
+    "openai_refusal",
+    "read_openai_error",
     "refuse_untranslatable",
 ]
 
@@ -53,6 +81,42 @@ OnceOnly = Literal["metadata", "client_job_id", "idempotency_token", "intent"]
 #: its declared type does not meet (406): this one meets every one, preferring the bytes as they are.
 CONTENT_ACCEPT = "application/octet-stream, application/json;q=0.9, */*;q=0.8"
 
+#: The Uploads API takes parts of at most 64 MB.
+MAX_PART_SIZE = 64 * 1024 * 1024
+
+
+def read_openai_error(response: httpx.Response, body: Any) -> ErrorFields:
+    """Read OpenAI's error shape, its quota refusals (see :func:`openai_refusal`) told apart from a rate limit."""
+    return openai_refusal(response.status_code, read_error_body(response, body))
+
+
+#: OpenAI's quota refusals of a fine-tuning create, by code, and what each quota counts.
+OPENAI_QUOTAS = {
+    "daily_rate_limit_exceeded": "fine-tuning jobs created per day for the base model",
+    # With the type ``invalid_request_error``: the cap on active jobs (an ordinary request rate limit has the
+    # same code with the type ``requests`` or ``tokens``, and is retried as transient).
+    "rate_limit_exceeded": "active fine-tuning jobs for the base model",
+}
+#: OpenAI's codes of a refusal that no wait clears: the account's billing quota is used up.
+OPENAI_FINAL = frozenset({"insufficient_quota"})
+
+
+def openai_refusal(status: int, fields: ErrorFields) -> ErrorFields:
+    """Mark OpenAI's refusals: a quota that frees up with time, or one that needs a person.
+
+    * ``429 daily_rate_limit_exceeded``: the daily number of fine-tuning creates per base model is used up;
+    * ``429 rate_limit_exceeded`` of type ``invalid_request_error``: the organisation has as many active jobs
+      on the base model as it may ("This fine-tune request has been rate-limited...");
+    * ``insufficient_quota`` (code or type): the billing quota is used up; final.
+    """
+    if fields.code in OPENAI_FINAL or fields.error_type in OPENAI_FINAL:
+        return replace(fields, refusal="final")
+    if status != 429 or fields.code not in OPENAI_QUOTAS:
+        return fields
+    if fields.code == "rate_limit_exceeded" and fields.error_type != "invalid_request_error":
+        return fields
+    return replace(fields, refusal="quota", quota=OPENAI_QUOTAS[fields.code])
+
 
 @dataclass(frozen=True)
 class Call(Generic[T]):
@@ -68,6 +132,8 @@ class Call(Generic[T]):
     :param idempotent: ``False`` for calls that create something billable and must not be re-sent when
         their outcome is unknown.
     :param accept: the ``Accept`` header, where the answer is not JSON (every request asks for JSON otherwise).
+    :param redirect: a redirect (a ``3xx`` with a ``Location``) answers the call, neither followed nor an error:
+        ``parse`` reads it (a flow sends what it points to).
     """
 
     method: str
@@ -78,6 +144,7 @@ class Call(Generic[T]):
     multipart: Callable[[], tuple[dict[str, str], dict[str, Any]]] | None = None
     idempotent: bool = True
     accept: str | None = None
+    redirect: bool = False
 
     def build(self, client: httpx.Client | httpx.AsyncClient) -> httpx.Request:
         """Build the request with the client's base URL, headers and default query."""
@@ -116,7 +183,7 @@ def json_model(cls: type[M]) -> Callable[[httpx.Response], M]:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a service can do. Asking for what it lacks is refused before any request is sent.
+    """What a service can do: nothing until its backend declares it; what it lacks is refused before any request.
 
     :param events: the job's event log (a wait without events logs status changes instead).
     :param checkpoints: the job's checkpoints.
@@ -132,22 +199,24 @@ class Capabilities:
     :param metadata_filter: the job list filters by metadata (still verified on each job).
     :param client_job_id: the client may choose the job's id.
     :param idempotency_token: the service honours an idempotency token on create.
+    :param chat_completions: a model (a fine-tuned one) can be asked through the connection (chat completions).
     """
 
-    events: bool = True
-    checkpoints: bool = True
-    pause: bool = True
-    resume: bool = True
-    cancel: bool = True
-    checkpoint_permissions: bool = True
-    graders: bool = True
-    uploads: bool = True
-    files: bool = True
-    suffix: bool = True
-    job_metadata: bool = True
-    metadata_filter: bool = True
+    events: bool = False
+    checkpoints: bool = False
+    pause: bool = False
+    resume: bool = False
+    cancel: bool = False
+    checkpoint_permissions: bool = False
+    graders: bool = False
+    uploads: bool = False
+    files: bool = False
+    suffix: bool = False
+    job_metadata: bool = False
+    metadata_filter: bool = False
     client_job_id: bool = False
     idempotency_token: bool = False
+    chat_completions: bool = False
 
     def names(self) -> list[str]:
         """The names of the capabilities the service has."""
@@ -170,6 +239,7 @@ CAPABILITY_NAMES = {
     "metadata_filter": "filtering jobs by metadata",
     "client_job_id": "job ids chosen by the client",
     "idempotency_token": "idempotency tokens",
+    "chat_completions": "chat completions",
 }
 
 
@@ -232,12 +302,14 @@ class Backend:
     #: How a create is made once-only: ``metadata`` (the tag and fingerprint ride on the job), ``intent`` (an intent
     #: record in the task's state store, and the request's fields), ``client_job_id`` or ``idempotency_token``.
     once_only: ClassVar[OnceOnly] = "metadata"
+    #: The create body's field that holds the job's metadata, where the provider's tags ride (``once_only``).
+    metadata_field: ClassVar[str] = "metadata"
     #: Whether a reinforcement job is graded by the method's OpenAI grader (Fireworks grades with an evaluator).
     reinforcement_grader: ClassVar[bool] = True
     #: Whose JSONL formats training files are checked by (:data:`airflow_provider_finetune.training_data.Rules`).
-    training_data_rules: ClassVar[Literal["openai", "together"]] = "openai"
+    training_data_rules: ClassVar[str] = "common"
     #: Files above this many bytes go in parts through the service's own multipart upload
-    #: (:meth:`upload_multipart`); ``None`` where it has none (the Uploads API, where there is one, takes them).
+    #: (:meth:`multipart_flow`); ``None`` where it has none (the Uploads API, where there is one, takes them).
     multipart_threshold: ClassVar[int | None] = None
     #: The largest file the service takes, in bytes (the Uploads API's 8 GB).
     max_file_size: ClassVar[int] = 8 * 1024**3
@@ -287,13 +359,25 @@ class Backend:
         """Read an error answer of this service."""
         return read_openai_error(response, body)
 
+    def headers(self) -> dict[str, str]:
+        """Headers of the service's own that every request carries (none by default)."""
+        return {}
+
     def make_client(self) -> httpx.Client:
         """A sync client for this service."""
-        return self.settings.make_client(auth=self.auth())
+        return self.settings.make_client(auth=self.auth(), headers=self.headers())
 
     def make_async_client(self) -> httpx.AsyncClient:
         """An async client for this service."""
-        return self.settings.make_async_client(auth=self.auth())
+        return self.settings.make_async_client(auth=self.auth(), headers=self.headers())
+
+    def make_storage_client(self, timeout: httpx.Timeout, *, follow_redirects: bool = False) -> httpx.Client:
+        """A sync client for a storage host's presigned addresses: nothing of the connection goes with it."""
+        return httpx.Client(timeout=timeout, follow_redirects=follow_redirects)
+
+    def make_async_storage_client(self, timeout: httpx.Timeout, *, follow_redirects: bool = False) -> httpx.AsyncClient:
+        """An async client for a storage host's presigned addresses: nothing of the connection goes with it."""
+        return httpx.AsyncClient(timeout=timeout, follow_redirects=follow_redirects)
 
     def client_job_id(self, tag: str, fingerprint: str, generation: int) -> str:
         """The id a task instance's job is created as, where the client chooses it (``once_only = "client_job_id"``).
@@ -308,13 +392,21 @@ class Backend:
         """The job's page on the service's dashboard, or ``None`` where there is none (no broken links)."""
         return None
 
-    def upload_multipart(self, hook: Any, stream: IO[bytes], name: str, size: int, purpose: str) -> FileObject:
-        """Upload a file above :attr:`multipart_threshold` in parts through ``hook`` (a service's own way)."""
+    def multipart_flow(self, stream: IO[bytes], name: str, size: int, purpose: str) -> Flow[FileObject]:
+        """The flow that uploads a file above :attr:`multipart_threshold` in parts (a service's own way)."""
         raise NotImplementedError(f"{self.label} has no multipart upload of its own")
 
-    async def aupload_multipart(self, hook: Any, stream: IO[bytes], name: str, size: int, purpose: str) -> FileObject:
-        """Async :meth:`upload_multipart`."""
-        raise NotImplementedError(f"{self.label} has no multipart upload of its own")
+    def price_flow(
+        self, request: CreateFineTuningJobRequest, options: Mapping[str, Any] | None = None
+    ) -> Flow[Any] | None:
+        """Where the service prices every job before its create, the flow that asks and refuses it; else ``None``."""
+        return None
+
+    def dataset_flow(self, stream: IO[bytes], name: str, size: int, sha256: str, examples: int | None) -> Flow[str]:
+        """Upload a checked JSONL file as the dataset a job references (``file_reference``); return its name."""
+        raise UnsupportedCapabilityError(
+            f"{self.label} takes training data as files, not datasets", service=self.service, capability="files"
+        )
 
     def estimate_price(self, body: Mapping[str, Any]) -> Call[PriceEstimate] | None:
         """The service's own estimate of what a create ``body`` will cost, where it makes one; else ``None``.
@@ -323,3 +415,169 @@ class Backend:
         says whether the account may proceed, is asked by its backend before every create and checked as well.)
         """
         return None
+
+    # -- the calls: what every backend makes (the core), and what a service has only where it says so ---------
+
+    def job_body(self, request: CreateFineTuningJobRequest, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The create body this service takes for a canonical request; refuses what cannot be translated."""
+        raise NotImplementedError(f"{self.label}'s backend makes no job_body")
+
+    def epoch_rule(self, request: CreateFineTuningJobRequest, body: Mapping[str, Any]) -> EpochRule:
+        """How the service settles the epochs of the job ``body`` creates, for a cost estimate."""
+        raise NotImplementedError(f"{self.label}'s backend makes no epoch_rule")
+
+    def create_job(
+        self, request: CreateFineTuningJobRequest | Mapping[str, Any], options: Mapping[str, Any] | None = None
+    ) -> Call[FineTuningJob]:
+        """``POST /fine_tuning/jobs``: not re-sent when its outcome is unknown."""
+        raise NotImplementedError(f"{self.label}'s backend makes no create_job")
+
+    def create_prepared_job(self, body: Mapping[str, Any], *, job_id: str | None = None) -> Call[FineTuningJob]:
+        """Create a job from a body :meth:`job_body` made, under ``job_id`` where the client chooses it."""
+        raise NotImplementedError(f"{self.label}'s backend makes no create_prepared_job")
+
+    def ensure_flow(
+        self,
+        request: CreateFineTuningJobRequest | Mapping[str, Any],
+        identity: JobIdentity,
+        *,
+        policy: RetryPolicy,
+        on_changed_request: OnChangedRequest = "cancel_and_create",
+        service_options: Mapping[str, Any] | None = None,
+        now: float,
+        log: Any = None,
+    ) -> Flow[tuple[FineTuningJob, bool]]:
+        """Create the job of ``identity`` unless it exists (:func:`~airflow_provider_finetune.rules.once.ensure_job`).
+
+        Each of the rule's steps is carried out with this service's calls; its answers are the rule's: an unknown
+        job is ``None``, an unknown create the error. Returns the job, and whether this flow created it.
+        """
+        model_request = (
+            request
+            if isinstance(request, CreateFineTuningJobRequest)
+            else build_request(CreateFineTuningJobRequest, request)
+        )
+        if self.once_only == "idempotency_token":  # a dialect whose way is not built in here
+            raise InvalidRequestError(
+                f"{self.label} makes a create once-only by {self.once_only}, which this provider cannot do",
+                field="service",
+            )
+        steps = ensure_job(
+            self.job_body(model_request, service_options),
+            identity,
+            job_metadata=self.once_only == "metadata",
+            metadata_filter=self.capabilities.metadata_filter,
+            policy=policy,
+            on_changed_request=on_changed_request,
+            now=now,
+            log=log,
+            job_ids=self.client_job_id if self.once_only == "client_job_id" else None,
+            metadata_field=self.metadata_field,
+        )
+        return (yield from translated(steps, self._once_call, _once_answer))
+
+    def _once_call(self, step: Any) -> Any:
+        """The request that carries out one step of the once-only rule (its other steps go as they are)."""
+        if isinstance(step, ListJobs):
+            return self.list_jobs(step.after, 100, step.metadata)
+        if isinstance(step, GetJob):
+            return self.job_call("GET", step.job_id)
+        if isinstance(step, CreateJob):
+            if step.job_id is not None:
+                return self.create_prepared_job(step.body, job_id=step.job_id)
+            return self.create_prepared_job(step.body)
+        if isinstance(step, CancelJob):
+            return self.job_call("POST", step.job_id, "cancel")
+        return step
+
+    def job_call(self, method: str, job_id: str, action: str | None = None) -> Call[FineTuningJob]:
+        """``GET`` a job, or ``POST`` one of its actions (``cancel``, ``pause``, ``resume``)."""
+        raise NotImplementedError(f"{self.label}'s backend makes no job_call")
+
+    def list_jobs(
+        self, after: str | None, limit: int | None, metadata: Mapping[str, str] | None
+    ) -> Call[Page[FineTuningJob]]:
+        """``GET /fine_tuning/jobs``, newest first, filtered by metadata where the service can."""
+        raise NotImplementedError(f"{self.label}'s backend makes no list_jobs")
+
+    def list_job_states(self, after: str | None, limit: int | None) -> Call[Page[JobState]]:
+        """The job list read as lean states (the poller watching many jobs)."""
+        raise NotImplementedError(f"{self.label}'s backend makes no list_job_states")
+
+    def next_page(self, call: Call[Page[M]], page: Page[M]) -> Call[Page[M]] | None:
+        """The call for the page after ``page``: the cursor is the last id (``after``)."""
+        raise NotImplementedError(f"{self.label}'s backend makes no next_page")
+
+    def events(self, job_id: str, after: str | None, limit: int | None) -> Call[Page[FineTuningJobEvent]]:
+        """A page of a job's events, newest first."""
+        self.require("events")
+        raise NotImplementedError(f"{self.label} says it has events but its backend makes no events")
+
+    def checkpoints(self, job_id: str, after: str | None, limit: int | None) -> Call[Page[FineTuningJobCheckpoint]]:
+        """A page of a job's checkpoints, newest first."""
+        self.require("checkpoints")
+        raise NotImplementedError(f"{self.label} says it has checkpoints but its backend makes no checkpoints")
+
+    def permissions(
+        self, checkpoint: str, project_id: str | None, after: str | None, limit: int | None, order: str | None
+    ) -> Call[Page[CheckpointPermission]]:
+        """A page of a checkpoint's permissions."""
+        self.require("checkpoint_permissions")
+        raise NotImplementedError(
+            f"{self.label} says it has checkpoint_permissions but its backend makes no permissions"
+        )
+
+    def grant(self, checkpoint: str, project_ids: list[str]) -> Call[Page[CheckpointPermission]]:
+        """Share a checkpoint with projects."""
+        self.require("checkpoint_permissions")
+        raise NotImplementedError(f"{self.label} says it has checkpoint_permissions but its backend makes no grant")
+
+    def revoke(self, checkpoint: str, permission_id: str) -> Call[DeletedCheckpointPermission]:
+        """Revoke one permission of a checkpoint."""
+        self.require("checkpoint_permissions")
+        raise NotImplementedError(f"{self.label} says it has checkpoint_permissions but its backend makes no revoke")
+
+    def run_grader(self, grader: Any, model_sample: str, item: Mapping[str, Any] | None) -> Call[GraderRunResult]:
+        """Run a grader on one sample."""
+        self.require("graders")
+        raise NotImplementedError(f"{self.label} says it has graders but its backend makes no run_grader")
+
+    def validate_grader(self, grader: Any) -> Call[GraderValidation]:
+        """Have the service validate a grader."""
+        self.require("graders")
+        raise NotImplementedError(f"{self.label} says it has graders but its backend makes no validate_grader")
+
+    def get_file(self, file_id: str) -> Call[FileObject]:
+        """Retrieve a file's description."""
+        self.require("files")
+        raise NotImplementedError(f"{self.label} says it has files but its backend makes no get_file")
+
+    def file_flow(self, stream: IO[bytes], name: str, purpose: str) -> Flow[FileObject]:
+        """Upload a file in one request (:meth:`create_file`); a service whose upload takes more overrides this."""
+        self.require("files")
+        raise NotImplementedError(f"{self.label} says it has files but its backend makes no file_flow")
+
+    def parts_flow(self, stream: IO[bytes], name: str, size: int, purpose: str, part_size: int) -> Flow[FileObject]:
+        """Upload a file through the Uploads API in parts of ``part_size`` bytes, with an md5 check."""
+        self.require("uploads")
+        raise NotImplementedError(f"{self.label} says it has uploads but its backend makes no parts_flow")
+
+    def chat_completion(self, body: Mapping[str, Any]) -> Call[dict[str, Any]]:
+        """``POST /chat/completions``: ask a (fine-tuned) model, e.g. to evaluate it."""
+        self.require("chat_completions")
+        raise NotImplementedError(f"{self.label} says it has chat completions but its backend makes no chat_completion")
+
+
+def _once_answer(step: Any, answer: Any) -> Any:
+    """What a step of the once-only rule is answered when its request failed; other failures end the flow."""
+    if not isinstance(answer, FineTuningError):
+        return answer
+    if isinstance(step, GetJob) and isinstance(answer, NotFoundError):
+        return None
+    if isinstance(step, CreateJob) and isinstance(answer, UnsafeToRetryError):
+        return answer
+    if isinstance(step, CreateJob) and step.job_id is not None and isinstance(answer, ConflictError):
+        return answer  # the id is in use: the job is looked up by it
+    if isinstance(step, CancelJob) and isinstance(answer, ConflictError):
+        return None  # it ended between the read and the cancel: ended, as the cancel meant it to be
+    raise answer

@@ -493,18 +493,7 @@ class BedrockBackend(OpenAIBackend):
     once_only = "client_job_id"
 
     capabilities = Capabilities(
-        events=False,
-        checkpoints=False,
-        pause=False,
-        resume=False,
-        checkpoint_permissions=False,
-        graders=False,
-        uploads=False,
-        suffix=False,
-        job_metadata=False,
-        metadata_filter=False,
-        client_job_id=True,
-        idempotency_token=True,
+        chat_completions=True, cancel=True, files=True, client_job_id=True, idempotency_token=True
     )
     limits = Limits(max_metadata_keys=0, hyperparameters_auto=False, methods=frozenset({"supervised"}))
 
@@ -855,3 +844,16 @@ class BedrockBackend(OpenAIBackend):
 def bedrock_backend(settings: Any) -> BedrockBackend:
     """The Bedrock backend of a connection."""
     return BedrockBackend(settings)
+
+
+def base_url_for(host_url: str | None, extra: Mapping[str, Any]) -> str:
+    """Bedrock's control-plane endpoint: the host when given, else the region's (a connection must name one)."""
+    if host_url:
+        return host_url
+    region = str(extra["region_name"]).strip() if extra.get("region_name") else None
+    if not region:
+        raise InvalidRequestError(
+            "region_name: a Bedrock connection without a host must name its AWS region (e.g. us-east-1)",
+            field="region_name",
+        )
+    return f"https://bedrock.{region}.amazonaws.com"

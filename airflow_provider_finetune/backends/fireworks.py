@@ -26,10 +26,8 @@ generated from Fireworks' OpenAPI document, is the reference for every route, fi
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
-import time
 import warnings
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, replace
@@ -40,19 +38,23 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel
 
-from airflow_provider_finetune.backends.base import Call, Capabilities, Limits, model, refuse_untranslatable
+from airflow_provider_finetune.backends.base import (
+    Call,
+    Capabilities,
+    Limits,
+    model,
+    read_openai_error,
+    refuse_untranslatable,
+)
 from airflow_provider_finetune.backends.openai import OpenAIBackend, _request
 from airflow_provider_finetune.core.client import (
     ConnectionSettings,
     ErrorFields,
     Sleep,
-    exchange,
     path_param,
-    read_openai_error,
-    run_async,
-    run_sync,
 )
 from airflow_provider_finetune.core.digests import request_fingerprint
+from airflow_provider_finetune.core.flows import Flow, Transfer, translated
 from airflow_provider_finetune.core.statuses import FineTuningJobStatus
 from airflow_provider_finetune.exceptions import (
     ConflictError,
@@ -231,21 +233,7 @@ class FireworksBackend(OpenAIBackend):
     once_only = "client_job_id"
     reinforcement_grader = False  # an evaluator, given in service_options; a grader is refused by name
 
-    capabilities = Capabilities(
-        events=True,  # read from the job's jobProgress: one progress line per change
-        checkpoints=False,
-        pause=False,  # Fireworks pauses a job itself; its API has no pause
-        resume=True,  # POST ...:resume
-        cancel=True,
-        checkpoint_permissions=False,
-        graders=False,
-        uploads=False,
-        files=False,  # training data is a dataset (datasets/...), not a file: there is no /files
-        suffix=False,
-        job_metadata=False,
-        metadata_filter=False,
-        client_job_id=True,
-    )
+    capabilities = Capabilities(chat_completions=True, events=True, resume=True, cancel=True, client_job_id=True)
     instead = {
         "files": (
             "training data goes up as a Fireworks dataset: FineTuningFileUploadOperator uploads a JSONL file as one "
@@ -649,11 +637,24 @@ class FireworksBackend(OpenAIBackend):
         path = f"datasets/{path_param('dataset_id', dataset_id)}:getUploadEndpoint"
         return Call("POST", path, _json, json={"filenameToSize": {name: str(size)}})
 
-    def upload_dataset(
-        self, hook: Any, stream: IO[bytes], name: str, size: int, sha256: str, examples: int | None
-    ) -> str:
-        """Upload a checked JSONL file as a dataset through ``hook``; return the dataset's resource name."""
-        return upload_dataset(hook, stream, name, size, sha256, examples)
+    def dataset_flow(self, stream: IO[bytes], name: str, size: int, sha256: str, examples: int | None) -> Flow[str]:
+        """Upload a checked JSONL file as a dataset (:func:`dataset_steps`); return the dataset's resource name.
+
+        A large file's ``PUT`` to its signed URL is a :class:`~airflow_provider_finetune.core.flows.Transfer`: no
+        API key goes with it.
+        """
+        dataset_id = dataset_id_for(sha256)
+        start = stream.tell()
+        steps = dataset_steps(self, dataset_id, name, size, examples, stream)
+        timeout = self.settings.timeouts()
+
+        def step_for(step: DatasetStep) -> Any:
+            if isinstance(step, PutSigned):
+                return Transfer(lambda client: _put_request(client, step, stream, start), _response, timeout)
+            return step
+
+        dataset = yield from translated(steps, step_for)
+        return str(dataset.get("name") or self.dataset_name(dataset_id))
 
     def validate_upload(self, dataset_id: str) -> Call[dict[str, Any]]:
         """``POST datasets/{id}:validateUpload``: the service checks what was uploaded."""
@@ -760,6 +761,10 @@ def _raise_if_error(answer: Any) -> Any:
     return answer
 
 
+def _response(response: httpx.Response) -> httpx.Response:
+    return response
+
+
 def _put_request(client: httpx.Client | httpx.AsyncClient, step: PutSigned, stream: IO[bytes], start: int) -> Any:
     stream.seek(start)
     data = stream.read()
@@ -767,68 +772,16 @@ def _put_request(client: httpx.Client | httpx.AsyncClient, step: PutSigned, stre
     return client.build_request("PUT", step.url, content=data, headers=headers)
 
 
-def upload_dataset(hook: Any, stream: IO[bytes], name: str, size: int, sha256: str, examples: int | None) -> str:
-    """Upload a JSONL file as a Fireworks dataset through ``hook`` (sync); return the dataset's resource name."""
-    backend: FireworksBackend = hook.backend
-    dataset_id = dataset_id_for(sha256)
-    start = stream.tell()
-    steps = dataset_steps(backend, dataset_id, name, size, examples, stream)
-    answer: Any = None
-    with httpx.Client(timeout=backend.settings.timeouts()) as storage:  # no API key: a signed URL is its own key
-        while True:
-            try:
-                step = steps.send(answer)
-            except StopIteration as done:
-                return str(done.value.get("name") or backend.dataset_name(dataset_id))
-            if isinstance(step, Sleep):
-                time.sleep(step.seconds)
-                answer = None
-                continue
-            try:
-                if isinstance(step, PutSigned):
-                    answer = run_sync(
-                        storage,
-                        exchange(
-                            lambda step=step: _put_request(storage, step, stream, start),  # type: ignore[misc]
-                            settings=backend.settings,
-                            policy=hook.retry_policy,
-                        ),
-                    )
-                else:
-                    answer = hook._call(step)
-            except FineTuningError as error:
-                answer = error
-
-
-async def aupload_dataset(hook: Any, stream: IO[bytes], name: str, size: int, sha256: str, examples: int | None) -> str:
-    """Async :func:`upload_dataset`."""
-    await hook.asettings()
-    backend: FireworksBackend = hook.backend
-    dataset_id = dataset_id_for(sha256)
-    start = stream.tell()
-    steps = dataset_steps(backend, dataset_id, name, size, examples, stream)
-    answer: Any = None
-    async with httpx.AsyncClient(timeout=backend.settings.timeouts()) as storage:
-        while True:
-            try:
-                step = steps.send(answer)
-            except StopIteration as done:
-                return str(done.value.get("name") or backend.dataset_name(dataset_id))
-            if isinstance(step, Sleep):
-                await asyncio.sleep(step.seconds)
-                answer = None
-                continue
-            try:
-                if isinstance(step, PutSigned):
-                    answer = await run_async(
-                        storage,
-                        exchange(
-                            lambda step=step: _put_request(storage, step, stream, start),  # type: ignore[misc]
-                            settings=backend.settings,
-                            policy=hook.retry_policy,
-                        ),
-                    )
-                else:
-                    answer = await hook._acall(step)
-            except FineTuningError as error:
-                answer = error
+def base_url_for(host_url: str | None, extra: Mapping[str, Any]) -> str:
+    """Fireworks' base URL for one account: ``{host}/v1/accounts/{account_id}`` (``api.fireworks.ai`` by default)."""
+    root = (host_url or DEFAULT_BASE_URL).rstrip("/")
+    if "/accounts/" in root:
+        return root  # the account is in the URL already
+    account_id = extra.get("account_id")
+    if not isinstance(account_id, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", account_id):
+        raise InvalidRequestError(
+            f"account_id: a Fireworks connection needs its account id (lowercase letters, digits and '-'), "
+            f"got {account_id!r}",
+            field="account_id",
+        )
+    return f"{root.removesuffix('/v1')}/v1/accounts/{account_id}"

@@ -6,6 +6,8 @@ dialects (:mod:`.azure`) inherit these and change only what their service does d
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import mimetypes
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -17,6 +19,7 @@ from pydantic import BaseModel
 
 from airflow_provider_finetune.backends.base import (
     CONTENT_ACCEPT,
+    MAX_PART_SIZE,
     Backend,
     Call,
     Capabilities,
@@ -26,7 +29,12 @@ from airflow_provider_finetune.backends.base import (
     model,
 )
 from airflow_provider_finetune.core.client import path_param
-from airflow_provider_finetune.exceptions import InvalidRequestError
+from airflow_provider_finetune.core.flows import Flow, raised
+from airflow_provider_finetune.exceptions import (
+    FineTuningAPIError,
+    FineTuningError,
+    InvalidRequestError,
+)
 from airflow_provider_finetune.models import (
     CheckpointPermission,
     CompleteUploadRequest,
@@ -56,9 +64,9 @@ __all__ = ["PRESETS", "OpenAIBackend", "OpenAICompatibleBackend"]
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
+_log = logging.getLogger(__name__)
+
 MB = 1024 * 1024
-#: The Uploads API takes parts of at most 64 MB.
-MAX_PART_SIZE = 64 * MB
 
 
 def _limit(limit: int | None) -> int | None:
@@ -84,7 +92,21 @@ class OpenAIBackend(Backend):
     service: ClassVar[str] = "openai"
     label: ClassVar[str] = "OpenAI"
 
-    capabilities = Capabilities()
+    capabilities = Capabilities(
+        chat_completions=True,
+        events=True,
+        checkpoints=True,
+        pause=True,
+        resume=True,
+        cancel=True,
+        checkpoint_permissions=True,
+        graders=True,
+        uploads=True,
+        files=True,
+        suffix=True,
+        job_metadata=True,
+        metadata_filter=True,
+    )
     limits = Limits()
 
     # -- translation hooks: the canonical shape is OpenAI's, so these are identities here --------------------
@@ -153,6 +175,15 @@ class OpenAIBackend(Backend):
             raise InvalidRequestError(
                 f"Invalid fine-tuning request: metadata: {self.label} jobs carry no metadata", field="metadata"
             )
+
+    def headers(self) -> dict[str, str]:
+        """The account's organization and project, where the connection names them."""
+        headers = {}
+        if self.settings.organization:
+            headers["OpenAI-Organization"] = self.settings.organization
+        if self.settings.project:
+            headers["OpenAI-Project"] = self.settings.project
+        return headers
 
     def job_url(self, job_id: str) -> str | None:
         """The job's page on the OpenAI dashboard; none for other hosts (no broken links)."""
@@ -345,6 +376,36 @@ class OpenAIBackend(Backend):
         self.require("uploads")
         return Call("POST", f"uploads/{path_param('upload_id', upload_id)}/{action}", model(Upload))
 
+    # -- flows: operations of more than one request (:mod:`airflow_provider_finetune.core.flows`) -----------
+
+    def file_flow(self, stream: IO[bytes], name: str, purpose: str) -> Flow[FileObject]:
+        """Upload a file in one request (:meth:`create_file`); a service whose upload takes more overrides this."""
+        return cast(FileObject, raised((yield self.create_file(stream, name, purpose))))
+
+    def parts_flow(self, stream: IO[bytes], name: str, size: int, purpose: str, part_size: int) -> Flow[FileObject]:
+        """Upload a file through the Uploads API in parts of ``part_size`` bytes, with an md5 check.
+
+        After a failure, the upload is cancelled (a cancel that fails too is logged) and the failure raised.
+        """
+        upload: Upload = raised((yield self.create_upload(name, size, purpose)))
+        try:
+            md5 = hashlib.md5(usedforsecurity=False)
+            part_ids = []
+            while chunk := stream.read(part_size):
+                md5.update(chunk)
+                part_ids.append(raised((yield self.add_part(upload.id, chunk))).id)
+            done: Upload = raised((yield self.complete_upload(upload.id, part_ids, md5.hexdigest())))
+        except BaseException as failure:
+            if isinstance(failure, GeneratorExit):
+                raise
+            cancelled = yield self.upload_action(upload.id, "cancel")
+            if isinstance(cancelled, FineTuningError):
+                _log.warning("Could not cancel upload %s after a failure: %s", upload.id, cancelled)
+            raise
+        if done.file is None:
+            raise FineTuningAPIError(200, f"upload {done.id} completed with status {done.status} but no file")
+        return done.file
+
 
 def _json(response: httpx.Response) -> Any:
     return response.json()
@@ -360,41 +421,26 @@ PRESETS: dict[str, tuple[str, Capabilities]] = {
     # (run through the customization job, not the graders endpoints), no checkpoint sharing.
     "bedrock-mantle": (
         "Bedrock's OpenAI-compatible endpoint",
-        Capabilities(
-            pause=False,
-            resume=False,
-            suffix=False,
-            checkpoint_permissions=False,
-            graders=False,
-            uploads=False,
-            metadata_filter=False,
-        ),
+        Capabilities(chat_completions=True, events=True, checkpoints=True, cancel=True, files=True, job_metadata=True),
     ),
     # LiteLLM's proxy passes fine-tuning through to the provider behind it; it keeps no metadata filter,
     # checkpoints or graders of its own.
     "litellm": (
         "LiteLLM proxy",
-        Capabilities(
-            pause=False,
-            resume=False,
-            checkpoints=False,
-            checkpoint_permissions=False,
-            graders=False,
-            uploads=False,
-            metadata_filter=False,
-        ),
+        Capabilities(chat_completions=True, events=True, cancel=True, files=True, suffix=True, job_metadata=True),
     ),
     # Portkey routes to the provider named in its headers (x-portkey-provider or a virtual key); its
     # fine-tuning routes cover jobs, events and checkpoints.
     "portkey": (
         "Portkey gateway",
         Capabilities(
-            pause=False,
-            resume=False,
-            checkpoint_permissions=False,
-            graders=False,
-            uploads=False,
-            metadata_filter=False,
+            chat_completions=True,
+            events=True,
+            checkpoints=True,
+            cancel=True,
+            files=True,
+            suffix=True,
+            job_metadata=True,
         ),
     ),
 }
@@ -421,7 +467,14 @@ class OpenAICompatibleBackend(OpenAIBackend):
             self.label, self.capabilities = PRESETS[preset]  # type: ignore[misc]
         else:
             self.capabilities = Capabilities(
-                pause=False, resume=False, checkpoint_permissions=False, graders=False, metadata_filter=False
+                chat_completions=True,
+                events=True,
+                checkpoints=True,
+                cancel=True,
+                uploads=True,
+                files=True,
+                suffix=True,
+                job_metadata=True,
             )
 
     def auth(self) -> httpx.Auth | None:

@@ -10,7 +10,7 @@ OpenAPI document) is the reference for every route, field and status used here:
   ``checksum``; no content) answered ``302`` with ``Location`` (where to ``PUT`` the content) and
   ``X-Together-File-Id``; the ``PUT`` of the content to that address (the API key is never sent there); and
   ``POST /files/{id}/preprocess``, the service's check of the file, whose verdict is read before the file is
-  used (:class:`TogetherAuth` carries the three out as one exchange of the request core);
+  used (:meth:`TogetherBackend.file_flow` sends the three, each through the request core);
 * statuses ``pending``, ``queued``, ``running``, ``compressing``, ``uploading``, ``cancel_requested``,
   ``cancelled``, ``error``, ``user_error``, ``completed`` (:data:`TOGETHER_STATUSES`);
 * a job's ``model_output_name`` is the canonical ``fine_tuned_model``; its ``total_price`` (nano-dollars) is the
@@ -31,9 +31,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, Any, ClassVar, Literal
+from typing import IO, Any, ClassVar, Literal, cast
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -42,8 +41,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from airflow_provider_finetune.backends.base import Call, Capabilities, Limits, model
 from airflow_provider_finetune.backends.openai import OpenAIBackend
 from airflow_provider_finetune.core.client import path_param
+from airflow_provider_finetune.core.flows import Flow, Transfer, raised
 from airflow_provider_finetune.core.statuses import FineTuningJobStatus
-from airflow_provider_finetune.exceptions import InvalidRequestError
+from airflow_provider_finetune.exceptions import FineTuningAPIError, FineTuningError, InvalidRequestError
 from airflow_provider_finetune.models import (
     CreateFineTuningJobRequest,
     FileObject,
@@ -54,6 +54,7 @@ from airflow_provider_finetune.models import (
 )
 from airflow_provider_finetune.rules.budget import EpochRule
 from airflow_provider_finetune.rules.once import ECHOED_REQUEST
+from airflow_provider_finetune.training_data.together import RULES as TOGETHER_RULES
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -69,12 +70,6 @@ __all__ = [
 
 #: Together's API, as the SDK names it.
 DEFAULT_BASE_URL = "https://api.together.ai/v1"
-#: The answers to a ``PUT`` of the content that are followed again to their ``Location``, as the SDK does.
-REDIRECTS = frozenset({301, 302, 303, 307, 308})
-#: The most redirects a ``PUT`` of the content follows (the SDK's bound).
-MAX_REDIRECTS = 20
-#: Extension key that carries an upload's content from its :class:`Call` to :class:`TogetherAuth`.
-UPLOAD_EXTENSION = "finetune.together_upload"
 #: Together's job prices (``total_price``) are in billionths of a US dollar.
 NANODOLLARS = 1_000_000_000
 #: Files the three-request upload takes; larger ones go in parts (:mod:`.together_multipart`), as the SDK sends them.
@@ -427,13 +422,7 @@ def _refuse_invalid(file: FileObject) -> FileObject:
 
 
 class TogetherAuth(httpx.Auth):
-    """Together's Bearer key, sent to the API's own origin only; and the three requests of a file upload.
-
-    A request carrying :data:`UPLOAD_EXTENSION` is ``POST /files``: its ``302`` is followed by the ``PUT`` of
-    the content to ``Location`` (without the key: it is a presigned address elsewhere; further redirects of
-    the ``PUT`` are followed again, as the SDK does) and then ``POST /files/{id}/preprocess``, whose answer
-    (the file as the service checked it) is the answer of the whole exchange. The request core classifies it
-    like any other: an upload is a create, never sent again while its outcome is unknown.
+    """Together's Bearer key, sent to the API's own origin only (never to the address an upload's content goes to).
 
     :param key: the API key.
     :param base_url: the API's base URL (its origin receives the key).
@@ -442,37 +431,15 @@ class TogetherAuth(httpx.Auth):
     def __init__(self, key: str, base_url: str) -> None:
         self._key = key
         self._origin = _origin(base_url)
-        self._base = base_url.rstrip("/") + "/"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._origin!r})"
 
-    def _sign(self, request: httpx.Request) -> httpx.Request:
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """Authenticate a request to the API's origin."""
         if self._key and _origin(str(request.url)) == self._origin:
             request.headers["Authorization"] = f"Bearer {self._key}"
-        return request
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        """Authenticate; carry an upload through its redirect, content and check."""
-        content = request.extensions.get(UPLOAD_EXTENSION)
-        response = yield self._sign(request)
-        if content is None or response.status_code not in REDIRECTS:
-            return
-        location = response.headers.get("location")
-        file_id = response.headers.get("x-together-file-id")
-        if not location or not file_id:
-            return  # the request core reports the answer as it is
-        target = urljoin(str(request.url), location)
-        for _ in range(MAX_REDIRECTS + 1):
-            put = httpx.Request("PUT", target, content=content, headers={"Content-Length": str(len(content))})
-            response = yield put  # no key: the content goes to a presigned address
-            if response.status_code not in REDIRECTS or not response.headers.get("location"):
-                break
-            target = urljoin(target, response.headers["location"])
-        if response.status_code != 200:
-            return
-        check = httpx.Request("POST", f"{self._base}files/{path_param('file_id', file_id)}/preprocess")
-        yield self._sign(check)
+        yield request
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -480,18 +447,9 @@ def _origin(url: str) -> tuple[str, str]:
     return parts.scheme, parts.netloc
 
 
-@dataclass(frozen=True)
-class _UploadCall(Call[FileObject]):
-    """``POST /files`` that carries its content to :class:`TogetherAuth` (sent by the ``PUT`` after the redirect)."""
-
-    content: bytes = b""
-
-    def build(self, client: httpx.Client | httpx.AsyncClient) -> httpx.Request:
-        """The form of ``POST /files``, with the content in the request's extensions."""
-        assert self.multipart is not None
-        data, _ = self.multipart()
-        files = {key: (None, value) for key, value in data.items()}
-        return client.build_request("POST", self.path, files=files, extensions={UPLOAD_EXTENSION: self.content})
+def _redirect_or_checked(response: httpx.Response) -> FileObject | httpx.Response:
+    """``POST /files``'s answer: the redirect to where the content goes, or (answered at once) the checked file."""
+    return response if response.is_redirect else checked_file(response)
 
 
 class TogetherBackend(OpenAIBackend):
@@ -503,15 +461,9 @@ class TogetherBackend(OpenAIBackend):
     multipart_threshold = MAX_SINGLE_UPLOAD
     max_file_size = int(50.1 * 2**30)  # the SDK's bound
 
-    training_data_rules = "together"
+    training_data_rules = TOGETHER_RULES  # registered by its module on import
     capabilities = Capabilities(
-        pause=False,
-        resume=False,
-        checkpoint_permissions=False,
-        graders=False,
-        uploads=False,
-        job_metadata=False,
-        metadata_filter=False,
+        chat_completions=True, events=True, checkpoints=True, cancel=True, files=True, suffix=True
     )
     limits = Limits(
         max_suffix_length=40,
@@ -709,26 +661,20 @@ class TogetherBackend(OpenAIBackend):
                 field="estimated_total_price",
             )
 
-    def check_price(
-        self, hook: Any, request: CreateFineTuningJobRequest, options: Mapping[str, Any] | None = None
-    ) -> PriceEstimate:
-        """Ask, through ``hook``, the price of the job ``request`` and Together's ``options`` make; refuse it there.
+    def price_flow(
+        self, request: CreateFineTuningJobRequest, options: Mapping[str, Any] | None = None
+    ) -> Flow[PriceEstimate]:
+        """Ask the price of the job ``request`` and Together's ``options`` make; refuse it there.
 
         Refused when the account may not proceed.
 
         :raises PriceRefusedError: before any create, with the estimated price.
         """
-        estimate: PriceEstimate = hook._call(self.price_call(self.job_body(request, options)))
+        estimate = yield self.price_call(self.job_body(request, options))
+        if isinstance(estimate, FineTuningError):
+            raise estimate
         self.refuse_if_not_allowed(estimate)
-        return estimate
-
-    async def acheck_price(
-        self, hook: Any, request: CreateFineTuningJobRequest, options: Mapping[str, Any] | None = None
-    ) -> PriceEstimate:
-        """Async :meth:`check_price`."""
-        estimate: PriceEstimate = await hook._acall(self.price_call(self.job_body(request, options)))
-        self.refuse_if_not_allowed(estimate)
-        return estimate
+        return cast(PriceEstimate, estimate)
 
     # -- jobs ----------------------------------------------------------------------------------------------
 
@@ -801,17 +747,11 @@ class TogetherBackend(OpenAIBackend):
         """``POST /files/multipart/abort``: the service discards the parts of an upload that failed."""
         return Call("POST", "files/multipart/abort", _object, json=dict(body))
 
-    def upload_multipart(self, hook: Any, stream: IO[bytes], name: str, size: int, purpose: str) -> FileObject:
-        """Upload a file too large for one request through ``hook``, in parts (:mod:`.together_multipart`)."""
-        from airflow_provider_finetune.backends.together_multipart import upload_multipart
+    def multipart_flow(self, stream: IO[bytes], name: str, size: int, purpose: str) -> Flow[FileObject]:
+        """Upload a file too large for one request, in parts (:mod:`.together_multipart`)."""
+        from airflow_provider_finetune.backends.together_multipart import multipart_flow
 
-        return upload_multipart(hook, stream, name, _file_type(name), size, purpose)
-
-    async def aupload_multipart(self, hook: Any, stream: IO[bytes], name: str, size: int, purpose: str) -> FileObject:
-        """Async :meth:`upload_multipart`."""
-        from airflow_provider_finetune.backends.together_multipart import aupload_multipart
-
-        return await aupload_multipart(hook, stream, name, _file_type(name), size, purpose)
+        return multipart_flow(self, stream, name, _file_type(name), size, purpose)
 
     def get_file(self, file_id: str) -> Call[FileObject]:
         """``GET /files/{id}``."""
@@ -830,8 +770,11 @@ class TogetherBackend(OpenAIBackend):
 
         return Call("GET", "files", model(Page[FileObject], translate))
 
-    def create_file(self, stream: IO[bytes], name: str, purpose: str) -> Call[FileObject]:
-        """The three-request upload (see :class:`TogetherAuth`), answered by the service's check of the file."""
+    def create_file(self, stream: IO[bytes], name: str, purpose: str) -> Call[Any]:
+        """``POST /files`` (form fields, no content): answered by the redirect to where the content goes.
+
+        The first of the three requests of an upload (:meth:`file_flow`).
+        """
         kind = _file_type(name)
         content = stream.read()
         if len(content) > MAX_SINGLE_UPLOAD:
@@ -846,6 +789,39 @@ class TogetherBackend(OpenAIBackend):
             "file_type": kind,
             "checksum": hashlib.sha256(content).hexdigest(),
         }
-        return _UploadCall(
-            "POST", "files", checked_file, multipart=lambda: (form, {}), idempotent=False, content=content
+        fields = {key: (None, value) for key, value in form.items()}
+        return Call(
+            "POST", "files", _redirect_or_checked, multipart=lambda: ({}, fields), idempotent=False, redirect=True
         )
+
+    def preprocess_file(self, file_id: str) -> Call[FileObject]:
+        """``POST /files/{id}/preprocess``: the service's check of an uploaded file (refused here when it failed)."""
+        return Call("POST", f"files/{path_param('file_id', file_id)}/preprocess", checked_file, idempotent=False)
+
+    def file_flow(self, stream: IO[bytes], name: str, purpose: str) -> Flow[FileObject]:
+        """Upload a file in three requests: ``POST /files``, the ``PUT`` of its content, the service's check.
+
+        ``POST /files`` answers a redirect (``Location``, and ``X-Together-File-Id``); the content is ``PUT``
+        there without the key (a presigned address elsewhere; its further redirects are followed, as the SDK
+        does); ``POST /files/{id}/preprocess`` answers the file as the service checked it. The create and the
+        check are never sent again while their outcome is unknown; the ``PUT`` to the same address is.
+        """
+        start = stream.tell()
+        redirect = raised((yield self.create_file(stream, name, purpose)))
+        if not isinstance(redirect, httpx.Response):
+            return redirect  # the service answered the file at once
+        file_id = redirect.headers.get("x-together-file-id")
+        if not file_id:
+            raise FineTuningAPIError(
+                redirect.status_code, f"Together answered the upload of {name} with a redirect but no file id"
+            )
+        target = urljoin(str(redirect.request.url), redirect.headers["location"])
+        stream.seek(start)
+        content = stream.read()
+        put = lambda client: client.build_request("PUT", target, content=content)  # noqa: E731
+        raised((yield Transfer(put, _sent, self.settings.timeouts(), follow_redirects=True)))
+        return cast(FileObject, raised((yield self.preprocess_file(file_id))))
+
+
+def _sent(response: httpx.Response) -> None:
+    """A ``PUT`` of content answers nothing the upload needs."""

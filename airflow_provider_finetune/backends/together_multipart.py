@@ -10,8 +10,8 @@ it is that file.
 
 Parts are about 250 MiB, at most 250 of them, none smaller than 5 MiB but the last (the SDK's rule: S3's
 limits); one part is in memory at a time, read again from the file for each attempt. The API key never goes
-with a part: its URL is presigned. The steps are a generator that does no I/O (:func:`multipart_steps`), carried
-out by :func:`upload_multipart` and :func:`aupload_multipart`.
+with a part: its URL is presigned. The steps are a generator that does no I/O (:func:`multipart_steps`); as a
+flow (:func:`multipart_flow`) they are carried out by the hook's flow drivers.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import IO, Any
 import httpx
 
 from airflow_provider_finetune.backends.base import Call
-from airflow_provider_finetune.core.client import Exchange, exchange, run_async, run_sync
 from airflow_provider_finetune.core.digests import content_digest
+from airflow_provider_finetune.core.flows import Flow, Transfer, translated
 from airflow_provider_finetune.exceptions import (
     ConflictError,
     FineTuningAPIError,
@@ -41,10 +41,9 @@ __all__ = [
     "MIN_PART",
     "TARGET_PART",
     "PutPart",
-    "aupload_multipart",
+    "multipart_flow",
     "multipart_steps",
     "part_plan",
-    "upload_multipart",
 ]
 
 #: No part but the last is smaller (S3's limit, as the SDK keeps it).
@@ -208,78 +207,18 @@ def _etag(response: httpx.Response, step: PutPart) -> str:
     return etag
 
 
-class _Run:
-    """One upload's steps, read from ``stream`` from where it stood; ``result`` is the file once they end."""
+def multipart_flow(files: Any, stream: IO[bytes], name: str, kind: str, size: int, purpose: str) -> Flow[FileObject]:
+    """Upload ``size`` bytes of ``stream`` (from where it stands) as one Together file: :func:`multipart_steps`.
 
-    def __init__(self, hook: Any, stream: IO[bytes], name: str, kind: str, size: int, purpose: str) -> None:
-        self.hook = hook
-        self.stream = stream
-        self.start = stream.tell()
-        _, checksum = content_digest(stream, self.start)  # the stream from here to its end is the file's size
-        self.steps = multipart_steps(hook.backend, name, size, kind, checksum, purpose)
-        self.result: FileObject | None = None
-
-    def next(self, answer: Any) -> Step | None:
-        """The next step, given the last one's answer; ``None`` once the file is made (in ``result``)."""
-        try:
-            return self.steps.send(answer)
-        except StopIteration as done:
-            self.result = done.value
-            return None
-
-    def throw(self, failure: BaseException) -> Step | None:
-        """The step after a failure that is not the service's (the file unreadable, the task killed): the abort.
-
-        The failure is raised again once the abort is answered.
-        """
-        return self.steps.throw(failure)
-
-    def put(self, storage: httpx.Client | httpx.AsyncClient, step: PutPart) -> Exchange:
-        """The exchange of one part's ``PUT``, its bytes read again for each attempt."""
-        build = lambda: _put(storage, step, self.stream, self.start)  # noqa: E731
-        return exchange(build, settings=self.hook.backend.settings, policy=self.hook.retry_policy)
+    Each part's ``PUT`` is a :class:`~airflow_provider_finetune.core.flows.Transfer` to its presigned URL (no API
+    key goes with it), its bytes read again from the file for each attempt.
+    """
+    start = stream.tell()
+    _, checksum = content_digest(stream, start)  # the stream from here to its end is the file's size
+    steps = multipart_steps(files, name, size, kind, checksum, purpose)
+    put = lambda step: _transfer(step, stream, start) if isinstance(step, PutPart) else step  # noqa: E731
+    return (yield from translated(steps, put))
 
 
-def upload_multipart(hook: Any, stream: IO[bytes], name: str, kind: str, size: int, purpose: str) -> FileObject:
-    """Upload ``size`` bytes of ``stream`` (from where it stands) as one Together file, through ``hook`` (sync)."""
-    run = _Run(hook, stream, name, kind, size, purpose)
-    answer: Any = None
-    with httpx.Client(timeout=PART_TIMEOUT) as storage:  # no API key: a presigned URL is its own key
-        step = run.next(answer)
-        while step is not None:
-            try:
-                if isinstance(step, PutPart):
-                    answer = _etag(run_sync(storage, run.put(storage, step)), step)
-                else:
-                    answer = hook._call(step)
-            except FineTuningError as error:
-                answer = error
-            except BaseException as failure:
-                step = run.throw(failure)
-                continue
-            step = run.next(answer)
-    assert run.result is not None
-    return run.result
-
-
-async def aupload_multipart(hook: Any, stream: IO[bytes], name: str, kind: str, size: int, purpose: str) -> FileObject:
-    """Async :func:`upload_multipart`."""
-    await hook.asettings()
-    run = _Run(hook, stream, name, kind, size, purpose)
-    answer: Any = None
-    async with httpx.AsyncClient(timeout=PART_TIMEOUT) as storage:
-        step = run.next(answer)
-        while step is not None:
-            try:
-                if isinstance(step, PutPart):
-                    answer = _etag(await run_async(storage, run.put(storage, step)), step)
-                else:
-                    answer = await hook._acall(step)
-            except FineTuningError as error:
-                answer = error
-            except BaseException as failure:
-                step = run.throw(failure)
-                continue
-            step = run.next(answer)
-    assert run.result is not None
-    return run.result
+def _transfer(step: PutPart, stream: IO[bytes], start: int) -> Transfer[str]:
+    return Transfer(lambda client: _put(client, step, stream, start), lambda answer: _etag(answer, step), PART_TIMEOUT)

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import httpx
 
-from airflow_provider_finetune import __version__
+from airflow_provider_finetune.core.constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, __version__
 from airflow_provider_finetune.exceptions import (
     FineTuningAPIError,
     FineTuningConnectionError,
@@ -38,8 +38,6 @@ from airflow_provider_finetune.exceptions import (
 )
 
 __all__ = [
-    "DEFAULT_BASE_URL",
-    "ApiType",
     "ConnectionSettings",
     "RetryPolicy",
     "Send",
@@ -51,13 +49,6 @@ __all__ = [
     "shared_async_client",
 ]
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_TIMEOUT = 60.0
-DEFAULT_MAX_RETRIES = 5
-
-ApiType = Literal["openai", "azure"]
-#: The services a connection may name; each is one backend (:mod:`airflow_provider_finetune.backends`).
-SERVICES = ("openai", "azure", "bedrock", "fireworks", "together", "openai-compatible")
 
 # Statuses that say "try again": the request timed out, conflicted with a concurrent change, was rate
 # limited, or the service failed.
@@ -72,12 +63,11 @@ class ConnectionSettings:
 
     :param base_url: URL the API paths are appended to, e.g. ``https://api.openai.com/v1``.
     :param api_key: the secret key.
-    :param organization: OpenAI organization id, sent as ``OpenAI-Organization``.
-    :param project: OpenAI project id, sent as ``OpenAI-Project``.
-    :param service: the service, one of :data:`SERVICES`; it picks the backend that speaks its dialect.
+    :param organization: the account's organization, where the service has one (its backend sends it).
+    :param project: the account's project, where the service has one (its backend sends it).
+    :param service: the service's name in the registry of backends; it picks the dialect (the default when empty).
     :param preset: for ``openai-compatible``, the gateway whose rules apply (``litellm``, ``portkey``,
         ``bedrock-mantle``), if any.
-    :param api_type: the older spelling of the service: ``azure`` means ``service="azure"``.
     :param api_version: ``api-version`` query parameter sent with every request (Azure), if set.
     :param auth: how to authenticate where a service offers more than one way (Azure: ``key`` or
         ``entra``; Bedrock: ``key``, a Bedrock API key, or ``sigv4``); empty for the service's default.
@@ -88,13 +78,12 @@ class ConnectionSettings:
     :param region_name: the AWS region (Bedrock); the AWS connection's when ``None``.
     """
 
-    base_url: str = DEFAULT_BASE_URL
+    base_url: str
     api_key: str = field(default="", repr=False)
     organization: str | None = None
     project: str | None = None
-    service: str = "openai"
+    service: str = ""
     preset: str | None = None
-    api_type: ApiType = "openai"
     api_version: str | None = None
     auth: str | None = None
     extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -108,24 +97,6 @@ class ConnectionSettings:
             raise InvalidRequestError(
                 f"base_url must start with http:// or https://, got {self.base_url!r}", field="base_url"
             )
-        if self.api_type not in ("openai", "azure"):
-            raise InvalidRequestError(f"api_type must be 'openai' or 'azure', got {self.api_type!r}", field="api_type")
-        if self.api_type == "azure" and self.service == "openai":
-            object.__setattr__(self, "service", "azure")
-        if self.auth not in (None, "key", "entra", "sigv4"):
-            raise InvalidRequestError(f"auth must be 'key', 'entra' or 'sigv4', got {self.auth!r}", field="auth")
-        if self.auth == "entra" and self.service != "azure":
-            raise InvalidRequestError("auth 'entra' (Microsoft Entra ID) is for service 'azure' only", field="auth")
-        if self.auth == "sigv4" and not (
-            self.service == "bedrock" or (self.service == "openai-compatible" and self.preset == "bedrock-mantle")
-        ):
-            raise InvalidRequestError(
-                "auth 'sigv4' (AWS credentials) is for service 'bedrock' and preset 'bedrock-mantle' only", field="auth"
-            )
-        if self.service not in SERVICES:
-            raise InvalidRequestError(
-                f"service must be one of {', '.join(SERVICES)}, got {self.service!r}", field="service"
-            )
         if self.timeout <= 0:
             raise InvalidRequestError(f"timeout must be positive, got {self.timeout}", field="timeout")
         if self.max_retries < 0:
@@ -135,10 +106,6 @@ class ConnectionSettings:
     def headers(self) -> dict[str, str]:
         """Return the headers every request carries; authentication is the backend's (an ``httpx.Auth``)."""
         headers = {"User-Agent": f"airflow-provider-finetune/{__version__}", "Accept": "application/json"}
-        if self.organization:
-            headers["OpenAI-Organization"] = self.organization
-        if self.project:
-            headers["OpenAI-Project"] = self.project
         headers.update(self.extra_headers)
         return headers
 
@@ -177,22 +144,27 @@ class ConnectionSettings:
                 text = text.replace(secret, "***")
         return text
 
-    def make_client(self, auth: httpx.Auth | None = None) -> httpx.Client:
-        """Create a sync client for these settings, authenticating each request with ``auth``."""
+    def make_client(self, auth: httpx.Auth | None = None, headers: Mapping[str, str] | None = None) -> httpx.Client:
+        """Create a sync client for these settings, authenticating each request with ``auth``.
+
+        :param headers: the service's own headers for every request (its backend's), before ``extra_headers``.
+        """
         return httpx.Client(
             base_url=self.base_url + "/",
-            headers=self.headers(),
+            headers={**(headers or {}), **self.headers()},
             params=self.default_params(),
             timeout=self.timeouts(),
             follow_redirects=False,
             auth=auth,
         )
 
-    def make_async_client(self, auth: httpx.Auth | None = None) -> httpx.AsyncClient:
+    def make_async_client(
+        self, auth: httpx.Auth | None = None, headers: Mapping[str, str] | None = None
+    ) -> httpx.AsyncClient:
         """Create an async client for these settings, authenticating each request with ``auth``."""
         return httpx.AsyncClient(
             base_url=self.base_url + "/",
-            headers=self.headers(),
+            headers={**(headers or {}), **self.headers()},
             params=self.default_params(),
             timeout=self.timeouts(),
             follow_redirects=False,
@@ -290,7 +262,7 @@ def exchange(
     :param idempotent: ``False`` for calls that create something (``POST /fine_tuning/jobs``): when such
         a call may have reached the service (timeout while waiting, dropped connection, 408 or 5xx) it
         is not sent again; :class:`UnsafeToRetryError` is raised so that the caller looks the object up.
-    :param read_error: reads the service's error answer (its backend's dialect); OpenAI's shape by default.
+    :param read_error: reads the service's error answer (its backend's dialect); the common shape by default.
     """
     retry = 0
     while True:
@@ -300,7 +272,7 @@ def exchange(
         if isinstance(outcome, httpx.Response):
             if outcome.is_success:
                 return outcome
-            error = _api_error(outcome, settings, read_error or read_openai_error)
+            error = _api_error(outcome, settings, read_error or read_error_body)
             # A quota refusal is waited for by the caller, not here; a final refusal is not retried at all.
             should = _should_retry_status(outcome) and not isinstance(
                 error, QuotaExceededError | FineTuningNotAllowedError
@@ -372,54 +344,22 @@ class ErrorFields:
 ErrorReader = Callable[[httpx.Response, Any], ErrorFields]
 
 
-def read_openai_error(response: httpx.Response, body: Any) -> ErrorFields:
-    """Read OpenAI's ``{"error": {"message", "type", "param", "code"}}`` (or a bare message).
-
-    Its quota refusals (see :func:`openai_refusal`) are told apart from a transient rate limit.
-    """
+def read_error_body(response: httpx.Response, body: Any) -> ErrorFields:
+    """Read the common ``{"error": {"message", "type", "param", "code"}}`` (or a bare message)."""
     fields = ErrorFields(request_id=response.headers.get("x-request-id"))
     if isinstance(body, dict):
         detail = body.get("error", body)
         if isinstance(detail, dict):
-            fields = replace(
+            return replace(
                 fields,
                 message=str(detail.get("message") or ""),
                 code=_opt_str(detail.get("code")),
                 param=_opt_str(detail.get("param")),
                 error_type=_opt_str(detail.get("type")),
             )
-            return openai_refusal(response.status_code, fields)
         if isinstance(detail, str):
             return replace(fields, message=detail)
     return fields
-
-
-#: OpenAI's quota refusals of a fine-tuning create, by code, and what each quota counts.
-OPENAI_QUOTAS = {
-    "daily_rate_limit_exceeded": "fine-tuning jobs created per day for the base model",
-    # With the type ``invalid_request_error``: the cap on active jobs (an ordinary request rate limit has the
-    # same code with the type ``requests`` or ``tokens``, and is retried as transient).
-    "rate_limit_exceeded": "active fine-tuning jobs for the base model",
-}
-#: OpenAI's codes of a refusal that no wait clears: the account's billing quota is used up.
-OPENAI_FINAL = frozenset({"insufficient_quota"})
-
-
-def openai_refusal(status: int, fields: ErrorFields) -> ErrorFields:
-    """Mark OpenAI's refusals: a quota that frees up with time, or one that needs a person.
-
-    * ``429 daily_rate_limit_exceeded``: the daily number of fine-tuning creates per base model is used up;
-    * ``429 rate_limit_exceeded`` of type ``invalid_request_error``: the organisation has as many active jobs
-      on the base model as it may ("This fine-tune request has been rate-limited...");
-    * ``insufficient_quota`` (code or type): the billing quota is used up; final.
-    """
-    if fields.code in OPENAI_FINAL or fields.error_type in OPENAI_FINAL:
-        return replace(fields, refusal="final")
-    if status != 429 or fields.code not in OPENAI_QUOTAS:
-        return fields
-    if fields.code == "rate_limit_exceeded" and fields.error_type != "invalid_request_error":
-        return fields
-    return replace(fields, refusal="quota", quota=OPENAI_QUOTAS[fields.code])
 
 
 def _api_error(response: httpx.Response, settings: ConnectionSettings, read_error: ErrorReader) -> FineTuningAPIError:

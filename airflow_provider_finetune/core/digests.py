@@ -22,15 +22,18 @@ def content_digest(stream: IO[bytes], start: int) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def request_fingerprint(body: Mapping[str, Any], *, ignore_metadata: frozenset[str] = frozenset()) -> str:
+def request_fingerprint(
+    body: Mapping[str, Any], *, ignore_metadata: frozenset[str] = frozenset(), metadata_field: str = "metadata"
+) -> str:
     """A digest of a create request: the same request gives the same digest, whatever the key order.
 
     :param body: the request body, as sent.
     :param ignore_metadata: metadata keys left out (the provider's own tags).
+    :param metadata_field: the body's field that holds the job's metadata (the service's word for it).
     """
     kept = dict(body)
-    metadata = {k: v for k, v in (kept.pop("metadata", None) or {}).items() if k not in ignore_metadata}
+    metadata = {k: v for k, v in (kept.pop(metadata_field, None) or {}).items() if k not in ignore_metadata}
     if metadata:
-        kept["metadata"] = metadata
+        kept[metadata_field] = metadata
     blob = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return "rq-" + hashlib.sha256(blob.encode()).hexdigest()[:32]

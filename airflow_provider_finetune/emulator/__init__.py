@@ -1,4 +1,4 @@
-"""A local emulator of the OpenAI fine-tuning API, for demos, tests, benchmarks and fault drills.
+"""A local emulator of every service the provider speaks, for demos, tests, benchmarks and fault drills.
 
 It speaks the published API's shapes and rules (``../shared/openai-spec``): files, uploads, fine-tuning
 jobs with events, checkpoints and checkpoint permissions, graders, plus ``/models`` and

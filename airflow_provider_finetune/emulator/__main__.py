@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of ``finetune-emulator``."""
     parser = argparse.ArgumentParser(
         prog="finetune-emulator",
-        description="Serve a local emulator of the OpenAI fine-tuning API (files, uploads, jobs, graders).",
+        description="Serve a local emulator of every fine-tuning service the provider speaks (files, jobs, graders).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -53,6 +53,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
@@ -67,7 +68,7 @@ from airflow_provider_finetune.emulator.bedrock import bedrock_routes
 from airflow_provider_finetune.emulator.bedrock_errors import is_bedrock_path
 from airflow_provider_finetune.emulator.config import EmulatorConfig
 from airflow_provider_finetune.emulator.core import Emulator
-from airflow_provider_finetune.emulator.errors import APIError, check_accept, error_body_for_path, invalid_request
+from airflow_provider_finetune.emulator.errors import APIError, error_body_for_path, invalid_request
 from airflow_provider_finetune.emulator.faults import RAW_SEND_KEY, FaultMiddleware
 from airflow_provider_finetune.emulator.fireworks import fireworks_error_body, fireworks_routes
 from airflow_provider_finetune.emulator.graders import run_grader, validate_grader
@@ -75,7 +76,7 @@ from airflow_provider_finetune.emulator.params import parse_body
 from airflow_provider_finetune.emulator.together import together_routes
 from airflow_provider_finetune.models import CreateFileRequest
 
-__all__ = ["Emulator", "EmulatorApp", "create_app"]
+__all__ = ["DIALECTS", "Dialect", "DialectKit", "EmulatorApp", "create_app", "register_dialect"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,40 @@ class EmulatorApp:
         await self.app(scope, receive, stamped_send)
 
 
+@dataclass(frozen=True)
+class DialectKit:
+    """What the app lends a dialect to build its routes with.
+
+    :param endpoint: makes an endpoint of a handler: counts the route, checks the key, renders the result
+        (a ``Response`` as is, anything else as JSON) and an ``APIError`` in the OpenAI shape.
+    :param json: renders a payload as a JSON answer.
+    :param body: reads a request's JSON body.
+    :param query: reads one query parameter.
+    :param form: reads a request's form.
+    :param form_file: reads one file of a form: its name and bytes.
+    """
+
+    endpoint: Callable[[str, _Handler], _Handler]
+    json: Callable[..., Response]
+    body: Callable[[Request], Awaitable[Any]]
+    query: Callable[[Request, str], str | None]
+    form: Callable[[Request], Awaitable[Any]]
+    form_file: Callable[[Any, str], Awaitable[tuple[str, bytes]]]
+
+
+#: A dialect: the routes one service's API is served on, built over the emulator's shared state.
+Dialect = Callable[[Emulator, DialectKit], list[Route]]
+
+#: Every dialect the app mounts, by name, in mount order. A new service's dialect adds itself with
+#: :func:`register_dialect`; nothing else of the emulator changes.
+DIALECTS: dict[str, Dialect] = {}
+
+
+def register_dialect(name: str, dialect: Dialect) -> None:
+    """Mount ``dialect``'s routes in every app made from now on (a name registered again is replaced)."""
+    DIALECTS[name] = dialect
+
+
 def create_app(config: EmulatorConfig | None = None) -> EmulatorApp:
     """Build the emulator's ASGI app (serve it with uvicorn, or with :class:`EmulatorServer`).
 
@@ -143,14 +178,15 @@ def create_app(config: EmulatorConfig | None = None) -> EmulatorApp:
         yield
         emulator.close()
 
-    routes = [
-        *_api_routes(emulator),
-        *_azure_routes(emulator),
-        *_fireworks_routes(emulator),
-        *_together_routes(emulator),
-        *_admin_routes(emulator),
-        *bedrock_routes(emulator),
-    ]
+    kit = DialectKit(
+        endpoint=lambda key, handler: _endpoint(emulator, key, handler, admin=False, counted=True),
+        json=_json,
+        body=_body,
+        query=_query,
+        form=_form,
+        form_file=_form_file,
+    )
+    routes = [route for dialect in DIALECTS.values() for route in dialect(emulator, kit)]
     router = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     router.state.emulator = emulator
     faults = FaultMiddleware(router, config.faults, emulator.counters)
@@ -287,8 +323,6 @@ def _api_routes(emulator: Emulator) -> list[Route]:
         return files.delete(request.path_params["file_id"])
 
     async def file_content(request: Request) -> Any:
-        # OpenAI's description declares this answer as application/json, though it carries the file's bytes.
-        check_accept(request.headers.get("accept"), "application/json")
         return Response(files.content(request.path_params["file_id"]), media_type="application/octet-stream")
 
     async def create_upload(request: Request) -> Any:
@@ -530,3 +564,11 @@ def _admin_routes(emulator: Emulator) -> list[Route]:
         Route("/_emulator/faults", admin("faults", get_faults), methods=["GET"]),
         Route("/_emulator/faults", admin("faults", set_faults), methods=["POST"]),
     ]
+
+
+register_dialect("openai", lambda emulator, kit: _api_routes(emulator))
+register_dialect("azure", lambda emulator, kit: _azure_routes(emulator))
+register_dialect("fireworks", lambda emulator, kit: _fireworks_routes(emulator))
+register_dialect("together", lambda emulator, kit: _together_routes(emulator))
+register_dialect("admin", lambda emulator, kit: _admin_routes(emulator))
+register_dialect("bedrock", lambda emulator, kit: bedrock_routes(emulator))

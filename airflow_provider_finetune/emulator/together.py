@@ -44,6 +44,7 @@ from starlette.routing import Route
 from airflow_provider_finetune.emulator.errors import APIError, conflict, invalid_request, not_found
 from airflow_provider_finetune.emulator.store import token
 from airflow_provider_finetune.training_data import TrainingDataError, validate_file
+from airflow_provider_finetune.training_data.together import RULES as TOGETHER_RULES
 
 __all__ = ["MODELS", "PREFIX", "PRICE_PER_MILLION", "together_routes"]
 
@@ -307,7 +308,7 @@ class TogetherDialect:
                     method=method,
                     min_examples=1,
                     name=record["filename"],
-                    rules="together",
+                    rules=TOGETHER_RULES,
                 )
             except TrainingDataError as exc:
                 problems.append(exc.message)
@@ -418,7 +419,7 @@ class TogetherDialect:
         data = self.files.content(record["id"])
         for method in ("supervised", "dpo"):
             try:
-                return validate_file(io.BytesIO(data), method=method, min_examples=1, rules="together").tokens
+                return validate_file(io.BytesIO(data), method=method, min_examples=1, rules=TOGETHER_RULES).tokens
             except TrainingDataError:
                 continue
         return 0

@@ -71,7 +71,11 @@ def observe(hook: FineTuningHook, job_id: str, poll: Poll) -> Observation:
 async def aobserve(hook: FineTuningHook, job_id: str, poll: Poll) -> Observation:
     """Read a job, its new events and (when asked for) its checkpoints with the async client, as :func:`observe`."""
     job = await hook.aget_job(job_id)
-    checkpoints = [c async for c in hook.aiter_checkpoints(job_id, limit=100)] if poll.checkpoints else None
+    from airflow_provider_finetune.hooks.flows import apages  # the models load with the hook, off the event loop
+
+    checkpoints = None
+    if poll.checkpoints:
+        checkpoints = [c async for c in apages(hook, hook.backend.checkpoints(job_id, None, 100))]
     if not hook.backend.supports("events"):
         return Observation(job, checkpoints=checkpoints)
     over = poll.history or job.status.value in poll.ends
@@ -133,7 +137,10 @@ def active_slots(hook: FineTuningHook, model: str, *, tag: str | None, own_job_i
 
 async def aactive_slots(hook: FineTuningHook, model: str, *, tag: str | None, own_job_id: str | None) -> Slots:
     """Async :func:`active_slots`."""
-    return count_active(await _collect(hook.aiter_jobs(limit=PAGE)), model, tag=tag, own_job_id=own_job_id)
+    from airflow_provider_finetune.hooks.flows import apages
+
+    jobs = await _collect(apages(hook, hook.backend.list_jobs(None, PAGE, None)))
+    return count_active(jobs, model, tag=tag, own_job_id=own_job_id)
 
 
 async def _collect(jobs: AsyncIterable[FineTuningJob]) -> list[FineTuningJob]:

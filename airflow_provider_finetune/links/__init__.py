@@ -1,0 +1,1 @@
+"""The operator extra link to a job's page on its service."""

@@ -1,4 +1,4 @@
-"""Pydantic models of the objects and requests of the OpenAI fine-tuning API (jobs, files, uploads, graders).
+"""Pydantic models of jobs, files, uploads, graders and requests, in the canonical (OpenAI-shaped) API; no I/O.
 
 Two families live here, with opposite attitudes:
 

@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_finetune.core.compat import conf
-from airflow_provider_finetune.operators.finetune import _FineTuningOperator, _seconds, task_tag
+from airflow_provider_finetune.operators.base import _FineTuningOperator, _seconds, task_tag
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_finetune.core.templating import number
-from airflow_provider_finetune.operators.finetune import _FineTuningOperator, _GraderTemplates, open_source
+from airflow_provider_finetune.operators.base import _FineTuningOperator, _GraderTemplates
+from airflow_provider_finetune.operators.files import open_source
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -357,7 +358,7 @@ class FineTuningEvaluateOperator(_GraderTemplates, _FineTuningOperator):
         from airflow_provider_finetune.exceptions import UnsupportedCapabilityError
 
         backend = self.hook.backend
-        if not callable(getattr(backend, "chat_completion", None)):
+        if not backend.supports("chat_completions"):
             raise UnsupportedCapabilityError(
                 f"{backend.label} serves no chat completions through this connection: the models cannot be "
                 "asked, so they cannot be evaluated here",

@@ -34,6 +34,7 @@ from typing import Any, Literal, NamedTuple
 
 from airflow_provider_finetune.core.client import RetryPolicy, Sleep
 from airflow_provider_finetune.core.digests import request_fingerprint
+from airflow_provider_finetune.core.flows import NO_STATE_STORE, ReadState, WriteState
 from airflow_provider_finetune.core.statuses import FAILURE_STATUSES
 from airflow_provider_finetune.exceptions import (
     ChangedRequestError,
@@ -87,15 +88,6 @@ OnChangedRequest = Literal["cancel_and_create", "fail"]
 ON_CHANGED_REQUEST = ("cancel_and_create", "fail")
 
 
-class _NoStore:
-    def __repr__(self) -> str:
-        return "NO_STATE_STORE"
-
-
-#: What :class:`ReadState` gets back where Airflow has no task state store (before 3.3).
-NO_STATE_STORE: Any = _NoStore()
-
-
 @dataclass(frozen=True)
 class JobIdentity:
     """Who a job belongs to.
@@ -111,19 +103,6 @@ class JobIdentity:
     def __post_init__(self) -> None:
         if not self.tag or len(self.tag) > 512:
             raise InvalidRequestError("tag must be 1 to 512 characters", field="tag")
-
-
-class ReadState(NamedTuple):
-    """Read a key of the task's state store; :data:`NO_STATE_STORE` where there is none."""
-
-    key: str
-
-
-class WriteState(NamedTuple):
-    """Write a key of the task's state store (nothing where there is none)."""
-
-    key: str
-    value: Any
 
 
 class ListJobs(NamedTuple):
@@ -185,12 +164,17 @@ def room_for_tags(metadata: Mapping[str, Any] | None, max_keys: int = 16) -> dic
     return kept
 
 
-def tagged_body(body: Mapping[str, Any], tag: str, *, job_metadata: bool) -> tuple[dict[str, Any], str]:
-    """The body to send and its fingerprint; the tags go into the metadata where jobs carry it."""
-    fingerprint = request_fingerprint(body, ignore_metadata=OWN_KEYS)
+def tagged_body(
+    body: Mapping[str, Any], tag: str, *, job_metadata: bool, metadata_field: str = "metadata"
+) -> tuple[dict[str, Any], str]:
+    """The body to send and its fingerprint; the tags go into the metadata where jobs carry it.
+
+    :param metadata_field: the body's field that holds the job's metadata (the service's word for it).
+    """
+    fingerprint = request_fingerprint(body, ignore_metadata=OWN_KEYS, metadata_field=metadata_field)
     sent = dict(body)
     if job_metadata:
-        sent["metadata"] = {**room_for_tags(body.get("metadata")), TASK_TAG_KEY: tag, REQUEST_KEY: fingerprint}
+        sent[metadata_field] = {**room_for_tags(body.get(metadata_field)), TASK_TAG_KEY: tag, REQUEST_KEY: fingerprint}
     return sent, fingerprint
 
 
@@ -238,6 +222,7 @@ def ensure_job(
     now: float,
     log: Any = None,
     job_ids: Callable[[str, str, int], str] | None = None,
+    metadata_field: str = "metadata",
 ) -> Ensure:
     """Create the job of ``identity`` unless it exists: at most one job per task instance, whatever fails.
 
@@ -255,6 +240,7 @@ def ensure_job(
     :param log: a logger for what is decided.
     :param job_ids: where the client chooses job ids, the id of a task instance's job of a generation, from
         its tag and request fingerprint (:func:`client_job_id` or the backend's own).
+    :param metadata_field: the body's field that holds the job's metadata (the service's word for it).
     :return: the job, and whether this call created it.
     """
     if on_changed_request not in ON_CHANGED_REQUEST:
@@ -262,7 +248,7 @@ def ensure_job(
             f"on_changed_request must be one of {', '.join(ON_CHANGED_REQUEST)}, got {on_changed_request!r}",
             field="on_changed_request",
         )
-    sent, fingerprint = tagged_body(body, identity.tag, job_metadata=job_metadata)
+    sent, fingerprint = tagged_body(body, identity.tag, job_metadata=job_metadata, metadata_field=metadata_field)
     if job_ids is not None:
         ids = _ClientIds(job_ids, identity.tag, fingerprint)
         return (yield from _ensure_by_client_id(sent, ids, policy, on_changed_request, now, log))

@@ -21,9 +21,6 @@ from airflow_provider_finetune.core import statuses
 from airflow_provider_finetune.core.compat import conf
 from airflow_provider_finetune.core.templating import is_template, number
 from airflow_provider_finetune.exceptions import FineTuningError, InvalidRequestError
-from airflow_provider_finetune.rules.checkpoints import CheckpointCondition, judge, judge_early_stopping
-from airflow_provider_finetune.rules.early_stopping import EARLY_STOPPED, EarlyStopping
-from airflow_provider_finetune.rules.waiting import TERMINAL, WAIT_ERROR, WAIT_TIMEOUT
 
 if TYPE_CHECKING:
     import jinja2
@@ -31,6 +28,8 @@ if TYPE_CHECKING:
 
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
     from airflow_provider_finetune.models import FineTuningJob, FineTuningJobCheckpoint
+    from airflow_provider_finetune.rules.checkpoints import CheckpointCondition
+    from airflow_provider_finetune.rules.early_stopping import EarlyStopping
 
 __all__ = ["FineTuningCheckpointSensor", "FineTuningJobSensor"]
 
@@ -246,7 +245,9 @@ class FineTuningJobSensor(_FineTuningSensor):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         """Resume after the trigger fired: check the event against what it may say, then finish."""
-        allowed = self.target_statuses | self.failure_statuses | TERMINAL | {WAIT_TIMEOUT, WAIT_ERROR}
+        from airflow_provider_finetune.rules.waiting import WAIT_ERROR, WAIT_TIMEOUT
+
+        allowed = self.target_statuses | self.failure_statuses | statuses.TERMINAL | {WAIT_TIMEOUT, WAIT_ERROR}
         status = _event(event, self.job_id, allowed)["status"]
         message = str(event.get("message") or "")
         if status == WAIT_TIMEOUT:
@@ -271,7 +272,7 @@ class FineTuningJobSensor(_FineTuningSensor):
         from airflow_provider_finetune.exceptions import FineTuningJobEnded
 
         status = status or job.status.value
-        if status not in self.failure_statuses and status not in TERMINAL:
+        if status not in self.failure_statuses and status not in statuses.TERMINAL:
             return
         text = f"Fine-tuning job {job.id} is {status}"
         if status not in self.failure_statuses:
@@ -337,6 +338,8 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
         early_stopping: dict[str, Any] | EarlyStopping | None = None,
         **kwargs: Any,
     ) -> None:
+        from airflow_provider_finetune.rules.early_stopping import EarlyStopping
+
         super().__init__(job_id=job_id, finetune_conn_id=finetune_conn_id, deferrable=deferrable, **kwargs)
         self.early_stopping = EarlyStopping.of(early_stopping)  # checked when the DAG file is parsed
         self.min_checkpoints: Any = min_checkpoints
@@ -361,6 +364,8 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
 
     def _make_condition(self) -> CheckpointCondition:
         """Check the arguments into a condition; numbers rendered as text become numbers again."""
+        from airflow_provider_finetune.rules.checkpoints import CheckpointCondition
+
         min_checkpoints = number(self.min_checkpoints)
         if isinstance(min_checkpoints, bool) or not isinstance(min_checkpoints, int):
             raise InvalidRequestError(
@@ -392,6 +397,8 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
 
     def poke(self, context: Context) -> PokeReturnValue:
         """Read the job, then its checkpoints: done when one meets the condition; fail if the job ended."""
+        from airflow_provider_finetune.rules.checkpoints import judge, judge_early_stopping
+
         try:
             # The job first: if it had ended, the checkpoints read next are all it will ever have.
             job = self.hook.get_job(self.job_id)
@@ -439,6 +446,8 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         """Resume after the trigger fired: check the event against what it may say, then finish."""
         from airflow_provider_finetune.models import FineTuningJobCheckpoint
+        from airflow_provider_finetune.rules.early_stopping import EARLY_STOPPED
+        from airflow_provider_finetune.rules.waiting import WAIT_ERROR, WAIT_TIMEOUT
 
         allowed = {"found", "job_ended", WAIT_TIMEOUT, WAIT_ERROR} | ({EARLY_STOPPED} if self.early_stopping else set())
         status = _event(event, self.job_id, allowed)["status"]
@@ -459,6 +468,8 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
 
     def _after_the_end(self, context: Context, message: str) -> str | None:
         """The checkpoint that meets the condition among all a job that has ended made; fail if none does."""
+        from airflow_provider_finetune.rules.checkpoints import judge
+
         job = self.hook.get_job(self.job_id)
         checkpoints = list(self.hook.iter_checkpoints(self.job_id, limit=100))
         verdict = judge(self.condition, job, checkpoints)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Final, Literal, get_args
 
@@ -37,6 +37,7 @@ from airflow_provider_finetune.exceptions import InvalidRequestError
 
 __all__ = [
     "CHARS_PER_TOKEN",
+    "DEFAULT_RULES",
     "FORMATS",
     "METHODS",
     "ROLES",
@@ -50,6 +51,7 @@ __all__ = [
     "TrainingIssue",
     "estimate_text_tokens",
     "iter_lines",
+    "register_rules",
     "validate_file",
     "validate_jsonl",
 ]
@@ -60,8 +62,10 @@ Method = Literal["supervised", "dpo", "reinforcement"]
 #: Every method :func:`validate_jsonl` knows.
 METHODS: Final[tuple[str, ...]] = get_args(Method)
 
-#: Whose JSONL formats a file is checked by: OpenAI's (also Azure's and the gateways'), or Together's.
-Rules = Literal["openai", "together"]
+#: Whose JSONL formats a file is checked by: a name of :func:`register_rules` (the common formats by default).
+Rules = str
+#: The common formats (chat, preference, reinforcement), which most services take.
+DEFAULT_RULES = "common"
 
 #: The formats a file can have, as :attr:`TrainingFileReport.format` names them (``text``: Together's generic).
 FORMATS: Final[tuple[str, ...]] = ("chat", "prompt_completion", "preference", "reinforcement", "text")
@@ -324,7 +328,7 @@ def validate_jsonl(
     name: str = "training file",
     field: str = "training_file",
     max_issues: int = 100,
-    rules: Rules = "openai",
+    rules: Rules = DEFAULT_RULES,
 ) -> TrainingFileReport:
     """Check the lines of a JSONL training file for a fine-tuning method.
 
@@ -367,7 +371,7 @@ def validate_file(
     name: str | None = None,
     field: str = "training_file",
     max_issues: int = 100,
-    rules: Rules = "openai",
+    rules: Rules = DEFAULT_RULES,
 ) -> TrainingFileReport:
     """Check a JSONL training file, read line by line: memory does not grow with the file's size.
 
@@ -459,15 +463,17 @@ def _validate(
     field: str = "training_file",
     max_issues: int = 100,
     path: str | None = None,
-    rules: str = "openai",
+    rules: str = DEFAULT_RULES,
 ) -> TrainingFileReport:
     if isinstance(lines, bytes | bytearray | str):
         raise TypeError("lines must be an iterable of lines (e.g. data.splitlines()), not one whole text")
     if method not in METHODS:
         raise InvalidRequestError(f"method must be one of {', '.join(METHODS)}, not {_short(method)}", field="method")
-    checkers = _TOGETHER_CHECKERS if rules == "together" else _CHECKERS
+    if rules not in _RULES:
+        raise InvalidRequestError(f"rules must be one of {', '.join(_RULES)}, not {_short(rules)}", field="rules")
+    label, checkers = _RULES[rules]
     if method not in checkers:
-        raise InvalidRequestError(f"method: Together has no {method} fine-tuning", field="method")
+        raise InvalidRequestError(f"method: {label} has no {method} fine-tuning", field="method")
     issues = _Issues(max_issues)
     examples = 0
     total_tokens = 0
@@ -741,90 +747,28 @@ def _check_reinforcement(ex: _Example, obj: dict[str, Any]) -> None:
         )
 
 
-_CHECKERS: Final = {
-    "supervised": _check_supervised,
-    "dpo": _check_dpo,
-    "reinforcement": _check_reinforcement,
-}
+#: Checks one example (a JSON object) of a method, noting what it finds on the example.
+Checker = Callable[["_Example", dict[str, Any]], None]
+
+#: Each set of rules by name: its label for messages, and its checker per method.
+_RULES: dict[str, tuple[str, Mapping[str, Checker]]] = {}
 
 
-# --- Together's formats (docs.together.ai, "Data preparation"; the SDK's JSONL_REQUIRED_COLUMNS_MAP) -----------
+def register_rules(name: str, label: str, checkers: Mapping[str, Checker]) -> None:
+    """Add a service's own JSONL formats, checked when a file is validated with ``rules=name``.
 
-_TOGETHER_ROLES: Final = ("system", "user", "assistant", "tool")
-
-
-def _check_together_supervised(ex: _Example, obj: dict[str, Any]) -> None:
-    if "messages" in obj:
-        ex.format = "chat"
-        _check_together_messages(ex, obj["messages"], "messages", needs_assistant=True)
-    elif any(key in obj for key in _PROMPT_COMPLETION_KEYS):
-        ex.format = "prompt_completion"
-        for key in _PROMPT_COMPLETION_KEYS:
-            _check_together_text(ex, obj, key)
-    elif "text" in obj:
-        ex.format = "text"
-        _check_together_text(ex, obj, "text")
-    elif any(key in obj for key in _PREFERENCE_KEYS):
-        ex.issue(None, "looks like a preference (dpo) example; supervised examples have messages, prompt or text")
-    else:
-        ex.issue(
-            None,
-            "none of Together's formats: conversational (messages), instruction (prompt and completion) or "
-            f"generic text (text); keys: {_keys(obj)}",
-        )
+    :param name: the name a backend's ``training_data_rules`` gives.
+    :param label: the service, as messages name it.
+    :param checkers: the checker of each method it fine-tunes with.
+    """
+    _RULES[name] = (label, dict(checkers))
 
 
-def _check_together_dpo(ex: _Example, obj: dict[str, Any]) -> None:
-    ex.format = "preference"
-    inner = obj.get("input", _MISSING)
-    if not isinstance(inner, dict):
-        ex.issue("input", "required: an object with messages" if inner is _MISSING else "must be an object")
-    else:
-        _check_together_messages(ex, inner.get("messages", _MISSING), "input.messages", needs_assistant=False)
-    for key in ("preferred_output", "non_preferred_output"):
-        output = obj.get(key, _MISSING)
-        if not isinstance(output, list) or not output:
-            ex.issue(key, "required: a non-empty list of assistant messages")
-            continue
-        _check_together_messages(ex, output, key, needs_assistant=True)
-        if any(isinstance(m, dict) and m.get("role") != "assistant" for m in output):
-            ex.issue(key, "holds only assistant messages")
-
-
-def _check_together_messages(ex: _Example, messages: Any, where: str, *, needs_assistant: bool) -> None:
-    if not isinstance(messages, list) or not messages:
-        ex.issue(
-            where, "required: a non-empty list of messages" if messages is _MISSING else "must be a non-empty list"
-        )
-        return
-    for i, message in enumerate(messages):
-        at = f"{where}[{i}]"
-        if not isinstance(message, dict):
-            ex.issue(at, f"must be an object, not {_kind(message)}")
-            continue
-        if message.get("role") not in _TOGETHER_ROLES:
-            ex.issue(f"{at}.role", f"must be one of {', '.join(_TOGETHER_ROLES)}, not {_short(message.get('role'))}")
-        content = message.get("content")
-        if isinstance(content, str):
-            ex.text(content)
-        elif not isinstance(content, list) and not message.get("tool_calls"):
-            ex.issue(f"{at}.content", f"must be a string or a list of content parts, not {_kind(content)}")
-    if needs_assistant and not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
-        ex.issue(where, "has no assistant message to learn from")
-
-
-def _check_together_text(ex: _Example, obj: dict[str, Any], key: str) -> None:
-    value = obj.get(key, _MISSING)
-    if value is _MISSING:
-        ex.issue(key, "required")
-    elif not isinstance(value, str):
-        ex.issue(key, f"must be a string, not {_kind(value)}")
-    else:
-        ex.text(value)
-
-
-#: Together's checker for each of its methods (it has no reinforcement fine-tuning).
-_TOGETHER_CHECKERS: Final = {"supervised": _check_together_supervised, "dpo": _check_together_dpo}
+register_rules(
+    DEFAULT_RULES,
+    "the common formats",
+    {"supervised": _check_supervised, "dpo": _check_dpo, "reinforcement": _check_reinforcement},
+)
 
 
 # --- messages --------------------------------------------------------------------------------------------

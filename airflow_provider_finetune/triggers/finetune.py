@@ -261,8 +261,10 @@ class FineTuningCheckpointTrigger(BaseTrigger):
             if isinstance(step, ReadCheckpoints):
                 try:
                     # The job first: checkpoints read after it include every one it made before it ended.
+                    from airflow_provider_finetune.hooks.flows import apages
+
                     job = await hook.aget_job(self.job_id)
-                    reply = (job, [c async for c in hook.aiter_checkpoints(self.job_id, limit=100)])
+                    reply = (job, [c async for c in apages(hook, hook.backend.checkpoints(self.job_id, None, 100))])
                 except FineTuningError as err:
                     log.warning("Could not read checkpoints of %s: %s", self.job_id, err)
                     reply = err

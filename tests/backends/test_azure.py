@@ -15,6 +15,7 @@ from airflow_provider_finetune.core.client import ConnectionSettings, RetryPolic
 from airflow_provider_finetune.core.statuses import FineTuningJobStatus
 from airflow_provider_finetune.exceptions import InvalidRequestError, NotFoundError, UnsupportedCapabilityError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
+from tests.hook_doors import sync_call
 
 ENDPOINT = "https://res.openai.azure.com"
 KEY = "azure-secret-key-1234"
@@ -193,9 +194,13 @@ def test_what_stable_authoring_cannot_take_is_refused_before_sending(
     [
         ({"api_type": "azure", "api_version": "2024-10-21"}, lambda h: h.pause_job("ftjob-1"), "pause"),
         ({"api_type": "azure", "api_version": "2024-10-21"}, lambda h: h.resume_job("ftjob-1"), "resume"),
-        ({"service": "azure"}, lambda h: h.list_checkpoint_permissions("ft:x:ckpt"), "checkpoint_permissions"),
+        (
+            {"service": "azure"},
+            lambda h: sync_call(h, "list_checkpoint_permissions", "ft:x:ckpt"),
+            "checkpoint_permissions",
+        ),
         ({"service": "azure"}, lambda h: h.validate_grader({"type": "string_check"}), "graders"),
-        ({"service": "azure"}, lambda h: h.create_upload("big.jsonl", 10), "uploads"),
+        ({"service": "azure"}, lambda h: sync_call(h, "create_upload", "big.jsonl", 10), "uploads"),
     ],
 )
 def test_unsupported_capabilities_are_refused_with_no_request(

@@ -18,6 +18,7 @@ from airflow_provider_finetune.exceptions import InvalidRequestError, Unsupporte
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from tests.backends.conftest import REACHED, SURFACES, FakeAzure, Surface, file_obj, page
 from tests.conformance import operation_ids, validate_request
+from tests.hook_doors import sync_call
 
 MODEL = "gpt-4o-mini-2024-07-18"
 WANDB = [{"type": "wandb", "wandb": {"project": "tuning"}}]
@@ -106,7 +107,7 @@ def test_create_job_with_integrations_where_the_surface_takes_them(
 def test_list_get_and_cancel_jobs(surface: Surface, fake_azure: FakeAzure, azure_hook: FineTuningHook) -> None:
     assert [job.id for job in azure_hook.list_jobs(limit=5, after="ftjob-0").data] == ["ftjob-1"]
     assert [job.id for job in azure_hook.list_jobs().data] == ["ftjob-1"]
-    assert [state.id for state in azure_hook.list_job_states(limit=5).data] == ["ftjob-1"]
+    assert [state.id for state in sync_call(azure_hook, "list_job_states", limit=5).data] == ["ftjob-1"]
     assert [job.id for job in azure_hook.iter_jobs(limit=2)] == ["ftjob-1"]
     assert azure_hook.get_job("ftjob-1").status == FineTuningJobStatus.RUNNING
     assert azure_hook.cancel_job("ftjob-1").status == FineTuningJobStatus.CANCELLED
@@ -132,7 +133,7 @@ def test_events_and_checkpoints(surface: Surface, fake_azure: FakeAzure, azure_h
     events = azure_hook.list_events("ftjob-1", after="ftevent-0", limit=10).data
     assert [e.level for e in events] == ["warn"]  # Azure authoring's "warning" reads as the canonical level
     assert len(list(azure_hook.iter_events("ftjob-1"))) == 1
-    checkpoints = azure_hook.list_checkpoints("ftjob-1", after="ftckpt-0", limit=5).data
+    checkpoints = sync_call(azure_hook, "list_checkpoints", "ftjob-1", after="ftckpt-0", limit=5).data
     assert [c.step_number for c in checkpoints] == [10]
     assert len(list(azure_hook.iter_checkpoints("ftjob-1"))) == 1
     assert len(fake_azure.operations) == 4
@@ -188,14 +189,14 @@ def test_v1_file_list_with_more_is_not_paged_with_an_undeclared_cursor(
 def test_uploads_on_authoring(surface: Surface, fake_azure: FakeAzure, azure_hook: FineTuningHook) -> None:
     if not surface.authoring:
         with pytest.raises(UnsupportedCapabilityError):
-            azure_hook.create_upload("big.jsonl", 100)
+            sync_call(azure_hook, "create_upload", "big.jsonl", 100)
         assert fake_azure.requests == []
         return
-    upload = azure_hook.create_upload("big.jsonl", 100)
-    part = azure_hook.add_upload_part(upload.id, b"x" * 100)
-    done = azure_hook.complete_upload(upload.id, [part.id], md5="0" * 32)
+    upload = sync_call(azure_hook, "create_upload", "big.jsonl", 100)
+    part = sync_call(azure_hook, "add_upload_part", upload.id, b"x" * 100)
+    done = sync_call(azure_hook, "complete_upload", upload.id, [part.id], md5="0" * 32)
     assert done.file is not None
-    assert azure_hook.cancel_upload(upload.id).status == "cancelled"
+    assert sync_call(azure_hook, "cancel_upload", upload.id).status == "cancelled"
     assert fake_azure.operations == ["UploadFile_Start", "UploadFile_Part", "UploadFile_Complete", "UploadFile_Cancel"]
 
 

@@ -50,6 +50,7 @@ from tests.backends.bedrock_fake import (
     connect_bedrock,
     serve_fake_bedrock,
 )
+from tests.hook_doors import async_call, sync_call
 
 MODEL = "amazon.nova-lite-v1:0:300k"
 TRAIN = "s3://training-bucket/data/train.jsonl"
@@ -333,7 +334,7 @@ def test_list_pages_by_next_token_newest_first(hook: FineTuningHook, fake_bedroc
     params = [dict(r.url.params) for r in fake_bedrock.requests]
     assert params[0] == {"maxResults": "2", "sortBy": "CreationTime", "sortOrder": "Descending"}
     assert params[1]["nextToken"] == "2"
-    states = hook.list_job_states(limit=10)
+    states = sync_call(hook, "list_job_states", limit=10)
     assert {s.id for s in states.data} == set(fake_bedrock.jobs)
 
 
@@ -523,10 +524,10 @@ def test_what_bedrock_lacks_is_refused_before_any_request(hook: FineTuningHook, 
         lambda: hook.pause_job("job"),
         lambda: hook.resume_job("job"),
         lambda: hook.list_events("job"),
-        lambda: hook.list_checkpoints("job"),
-        lambda: hook.list_checkpoint_permissions("ckpt"),
+        lambda: sync_call(hook, "list_checkpoints", "job"),
+        lambda: sync_call(hook, "list_checkpoint_permissions", "ckpt"),
         lambda: hook.validate_grader({"type": "string_check"}),
-        lambda: hook.create_upload("a.jsonl", 10),
+        lambda: sync_call(hook, "create_upload", "a.jsonl", 10),
         lambda: hook.find_job_by_tag(TAG),
     ):
         with pytest.raises(UnsupportedCapabilityError):
@@ -601,8 +602,12 @@ def test_async_lifecycle_signs_without_blocking_the_loop(hook: FineTuningHook, f
     async def lifecycle() -> tuple[FineTuningJob, FineTuningJob, set[str]]:
         loop_thread = threading.get_ident()
         threads: set[str] = set()
-        job, _ = await hook.aensure_job(
-            {"model": MODEL, "training_file": TRAIN}, identity=JobIdentity(TAG), service_options=OPTIONS
+        job, _ = await async_call(
+            hook,
+            "ensure_job",
+            {"model": MODEL, "training_file": TRAIN},
+            identity=JobIdentity(TAG),
+            service_options=OPTIONS,
         )
         read = await hook.aget_job(job.id)
         stopped = await hook.acancel_job(job.id)

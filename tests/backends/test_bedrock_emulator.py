@@ -20,6 +20,7 @@ from airflow_provider_finetune.exceptions import FineTuningJobFailed
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.rules.once import JobIdentity
 from tests.bedrock_fixtures import BedrockEmulator, bedrock, conversation_records, make_bedrock, moto_s3
+from tests.hook_doors import async_call
 
 __all__ = ["bedrock", "make_bedrock", "moto_s3"]  # fixtures, used by name
 
@@ -102,7 +103,9 @@ def test_the_whole_lifecycle_through_the_hook_async_with_an_api_key(
 
     async def lifecycle() -> tuple[Any, Any]:
         try:
-            job, _ = await hook.aensure_job(
+            job, _ = await async_call(
+                hook,
+                "ensure_job",
                 {"model": MODEL, "training_file": train},
                 identity=JobIdentity("ti-emu-async"),
                 service_options=options(bedrock),

@@ -14,6 +14,7 @@ from airflow_provider_finetune.core.client import RetryPolicy
 from airflow_provider_finetune.exceptions import InvalidRequestError, UnsupportedCapabilityError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from tests.backends.bedrock_fake import ACCESS_KEY, API_KEY, REGION, SECRET_KEY, signature_problem
+from tests.hook_doors import sync_call
 
 MANTLE = f"https://bedrock-mantle.{REGION}.api.aws/v1"
 JOB = {
@@ -83,7 +84,7 @@ def test_mantle_capabilities_refuse_before_any_request(
         lambda: hook.pause_job("ftjob-1"),
         lambda: hook.resume_job("ftjob-1"),
         lambda: hook.validate_grader({"type": "string_check"}),
-        lambda: hook.list_checkpoint_permissions("ckpt"),
+        lambda: sync_call(hook, "list_checkpoint_permissions", "ckpt"),
     ):
         with pytest.raises(UnsupportedCapabilityError):
             call()

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from airflow_provider_finetune.backends import fireworks as fw
-from airflow_provider_finetune.backends.fireworks import FIREWORKS_STATES, FireworksBackend, upload_dataset
+from airflow_provider_finetune.backends.fireworks import FIREWORKS_STATES, FireworksBackend
 from airflow_provider_finetune.core.client import ConnectionSettings, RetryPolicy
 from airflow_provider_finetune.core.statuses import FineTuningJobStatus
 from airflow_provider_finetune.emulator import EmulatorServer, ManualClock
@@ -26,6 +26,7 @@ from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.models import CreateFineTuningJobRequest, build_request
 from tests.backends.test_fireworks_conformance import FireworksConformance
 from tests.emulator.conftest import API_KEY, jsonl, training_lines
+from tests.hook_doors import async_call, async_items
 
 ACCOUNT = "acme"
 BASE_MODEL = "accounts/fireworks/models/llama-v3p1-8b-instruct"
@@ -68,7 +69,8 @@ def hook(server: EmulatorServer, checker: FireworksConformance, monkeypatch: pyt
 
 
 def upload(hook: Any, data: bytes = TRAIN) -> str:
-    return upload_dataset(hook, io.BytesIO(data), "train.jsonl", len(data), hashlib.sha256(data).hexdigest(), 12)
+    digest = hashlib.sha256(data).hexdigest()
+    return hook.run_flow(hook.backend.dataset_flow(io.BytesIO(data), "train.jsonl", len(data), digest, 12))
 
 
 def request(**fields: Any) -> CreateFineTuningJobRequest:
@@ -86,7 +88,7 @@ def request(**fields: Any) -> CreateFineTuningJobRequest:
 def create(hook: Any, dataset: str, job_id: str, options: dict[str, Any] | None = None, **fields: Any) -> Any:
     backend = hook.backend
     body = backend.job_body(request(training_file=dataset, **fields), options)
-    return hook._call(backend.create_prepared_job(body, job_id=job_id))
+    return hook.call(backend.create_prepared_job(body, job_id=job_id))
 
 
 # -- the connection --------------------------------------------------------------------------------------------
@@ -246,19 +248,21 @@ def test_dpo_and_reinforcement_jobs_go_to_their_collections(hook: Any) -> None:
 
 
 async def test_async_lifecycle_through_the_hook(hook: Any, clock: ManualClock, checker: FireworksConformance) -> None:
-    dataset = await fw.aupload_dataset(
-        hook, io.BytesIO(TRAIN), "train.jsonl", len(TRAIN), hashlib.sha256(TRAIN).hexdigest(), 12
+    await hook.asettings()
+    flow = hook.backend.dataset_flow(
+        io.BytesIO(TRAIN), "train.jsonl", len(TRAIN), hashlib.sha256(TRAIN).hexdigest(), 12
     )
+    dataset = await hook.arun_flow(flow)
     client = await hook.aclient()
     client.event_hooks["request"].append(checker.acall)
     backend = hook.backend
     body = backend.job_body(request(training_file=dataset), {"epochs": 1})
-    job = await hook._acall(backend.create_prepared_job(body, job_id="ft-async-0"))
+    job = await hook.acall(backend.create_prepared_job(body, job_id="ft-async-0"))
     clock.advance(20)
     assert (await hook.aget_job(job.id)).status == FineTuningJobStatus.RUNNING
     assert (await hook.alist_events(job.id)).data
     with pytest.raises(UnsupportedCapabilityError):
-        await hook.apause_job(job.id)
+        await async_call(hook, "pause_job", job.id)
     await hook.acancel_job(job.id)
     clock.advance(5)
     assert (await hook.aget_job(job.id)).status == FineTuningJobStatus.CANCELLED
@@ -473,11 +477,15 @@ async def test_async_ensure_job_after_a_cancelled_job_makes_the_next_generation(
 
     dataset = upload(hook)
     identity = JobIdentity("dag=d,task=t,run=r2,map=-1")
-    first, _ = await hook.aensure_job(request(training_file=dataset, method={"type": "dpo"}), identity=identity)
+    first, _ = await async_call(
+        hook, "ensure_job", request(training_file=dataset, method={"type": "dpo"}), identity=identity
+    )
     assert "/dpoJobs/ft-" in first.id
     await hook.acancel_job(first.id)
     clock.advance(5)
-    second, created = await hook.aensure_job(request(training_file=dataset, method={"type": "dpo"}), identity=identity)
+    second, created = await async_call(
+        hook, "ensure_job", request(training_file=dataset, method={"type": "dpo"}), identity=identity
+    )
     assert created
     assert second.id == first.id[: -len("0")] + "1"
     assert len(server.emulator.store.records("fw_job")) == 2
@@ -565,17 +573,13 @@ FILES_CALLS = {
     "delete_file": lambda h: h.delete_file("file-1"),
 }
 AFILES_CALLS = {
-    "aupload_file": lambda h: h.aupload_file(TRAIN, filename="train.jsonl"),
-    "alist_files": lambda h: h.alist_files(),
-    "aiter_files": lambda h: _drain(h.aiter_files()),
-    "aget_file": lambda h: h.aget_file("file-1"),
-    "aget_file_content": lambda h: h.aget_file_content("file-1"),
-    "adelete_file": lambda h: h.adelete_file("file-1"),
+    "aupload_file": lambda h: async_call(h, "upload_file", TRAIN, filename="train.jsonl"),
+    "alist_files": lambda h: async_call(h, "list_files"),
+    "aiter_files": lambda h: async_items(h, "iter_files"),
+    "aget_file": lambda h: async_call(h, "get_file", "file-1"),
+    "aget_file_content": lambda h: async_call(h, "get_file_content", "file-1"),
+    "adelete_file": lambda h: async_call(h, "delete_file", "file-1"),
 }
-
-
-async def _drain(items: Any) -> list[Any]:
-    return [item async for item in items]
 
 
 @pytest.fixture

@@ -26,6 +26,8 @@ import httpx
 import pytest
 import typing_extensions
 
+from tests.hook_doors import async_call, async_items, sync_call
+
 fireworks = pytest.importorskip("fireworks")
 
 _ROUTE = re.compile(
@@ -497,7 +499,7 @@ def test_every_request_of_every_call_conforms(
         # The DPO file goes up as a large one would: through the signed upload endpoint.
         monkeypatch.setattr(fw, "DIRECT_UPLOAD_LIMIT", 100 if role == "dpo" else direct)
         sha = hashlib.sha256(data).hexdigest()
-        datasets[role] = backend.upload_dataset(hook, io.BytesIO(data), f"{role}.jsonl", len(data), sha, None)
+        datasets[role] = hook.run_flow(backend.dataset_flow(io.BytesIO(data), f"{role}.jsonl", len(data), sha, None))
     jobs = []
     for method in ("supervised", "dpo", "reinforcement"):
         options = _every_option(method, datasets)
@@ -517,7 +519,7 @@ def test_every_request_of_every_call_conforms(
         hook.resume_job(job_id)
         hook.cancel_job(job_id)
     assert {j.id for j in hook.iter_jobs(limit=1)} == {jobs[0], second.id}
-    assert hook.list_job_states(limit=1).has_more
+    assert sync_call(hook, "list_job_states", limit=1).has_more
     assert hook.test_connection()[0]
     hook.chat_completion({"model": BASE_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8})
 
@@ -542,28 +544,35 @@ async def test_every_async_request_of_every_call_conforms(
     for role, data in _data().items():
         monkeypatch.setattr(fw, "DIRECT_UPLOAD_LIMIT", 100 if role == "dpo" else direct)
         sha = hashlib.sha256(data).hexdigest()
-        datasets[role] = await fw.aupload_dataset(hook, io.BytesIO(data), f"{role}.jsonl", len(data), sha, None)
+        flow = hook.backend.dataset_flow(io.BytesIO(data), f"{role}.jsonl", len(data), sha, None)
+        datasets[role] = await hook.arun_flow(flow)
     jobs = []
     for method in ("supervised", "dpo", "reinforcement"):
         options = _every_option(method, datasets)
-        job, created = await hook.aensure_job(
+        job, created = await async_call(
+            hook,
+            "ensure_job",
             _job_request(method, datasets[method]),
             identity=JobIdentity(f"dag=d,task={method},run=r,map=-1"),
             service_options=options,
         )
         assert created
         jobs.append(job.id)
-    second = await hook.acreate_job(_job_request("supervised", datasets["supervised"]), service_options={"epochs": 1})
+    second = await async_call(
+        hook, "create_job", _job_request("supervised", datasets["supervised"]), service_options={"epochs": 1}
+    )
     clock.advance(20)
     for job_id in jobs:
         assert (await hook.aget_job(job_id)).status.value == "running"
         assert (await hook.alist_events(job_id)).data
         _paused(server, job_id)
-        await hook.aresume_job(job_id)
+        await async_call(hook, "resume_job", job_id)
         await hook.acancel_job(job_id)
-    assert {j.id async for j in hook.aiter_jobs(limit=1)} == {jobs[0], second.id}
+    assert {j.id for j in await async_items(hook, "iter_jobs", limit=1)} == {jobs[0], second.id}
     assert (await hook.alist_job_states(limit=1)).has_more
-    await hook.achat_completion({"model": BASE_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8})
+    await async_call(
+        hook, "chat_completion", {"model": BASE_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+    )
 
     assert not checker.problems, "\n".join(checker.problems)
     assert checker.operations == EXPECTED

@@ -33,6 +33,7 @@ from airflow_provider_finetune.models import CreateFineTuningJobRequest, build_r
 from airflow_provider_finetune.rules.once import JobIdentity
 from tests.backends.together_conformance import LAGS, ROUTES, TogetherConformance, operations, sdk_spells
 from tests.emulator.conftest import dpo_lines, jsonl, training_lines
+from tests.hook_doors import async_call, async_items
 from tests.operators.conftest import FakeStateStore
 
 KEY = "together-emulator-key-5ecret"
@@ -69,8 +70,22 @@ def conformance(server: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> Iter
         client.event_hooks["request"].append(async_hook)
         return client
 
+    store, astore = TogetherBackend.make_storage_client, TogetherBackend.make_async_storage_client
+
+    def make_storage_client(self: TogetherBackend, timeout: Any, **kwargs: Any) -> httpx.Client:
+        client = store(self, timeout, **kwargs)
+        client.event_hooks["request"].append(sync_hook)
+        return client
+
+    def make_async_storage_client(self: TogetherBackend, timeout: Any, **kwargs: Any) -> httpx.AsyncClient:
+        client = astore(self, timeout, **kwargs)
+        client.event_hooks["request"].append(async_hook)
+        return client
+
     monkeypatch.setattr(TogetherBackend, "make_client", make_client)
     monkeypatch.setattr(TogetherBackend, "make_async_client", make_async_client)
+    monkeypatch.setattr(TogetherBackend, "make_storage_client", make_storage_client)
+    monkeypatch.setattr(TogetherBackend, "make_async_storage_client", make_async_storage_client)
     yield checker
     assert checker.problems == []
 
@@ -130,7 +145,7 @@ def test_the_hook_drives_a_whole_lifecycle(
     asked = request(
         uploaded.id, suffix="weekly", method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}}
     )
-    estimate = backend.check_price(hook, asked, LORA)
+    estimate = hook.run_flow(backend.price_flow(asked, LORA))
     assert estimate.allowed_to_proceed is True
     assert estimate.estimated_total_price is not None
     assert estimate.estimated_total_price > 0
@@ -203,23 +218,23 @@ def test_the_async_hook_drives_a_whole_lifecycle(
     hook = together_hook(monkeypatch, server, "ft_together_async")
 
     async def lifecycle() -> None:
-        uploaded = await hook.aupload_file(jsonl(training_lines(20)), filename="train.jsonl")
+        uploaded = await async_call(hook, "upload_file", jsonl(training_lines(20)), filename="train.jsonl")
         assert uploaded.status == "processed"
         backend = hook.backend
         assert isinstance(backend, TogetherBackend)
         asked = request(uploaded.id)
-        assert (await backend.acheck_price(hook, asked, LORA)).allowed_to_proceed is True
-        job, created = await hook.aensure_job(
-            asked, identity=JobIdentity("tag-async"), state=FakeStateStore(), service_options=LORA
+        assert (await hook.arun_flow(backend.price_flow(asked, LORA))).allowed_to_proceed is True
+        job, created = await async_call(
+            hook, "ensure_job", asked, identity=JobIdentity("tag-async"), state=FakeStateStore(), service_options=LORA
         )
         assert created
         clock.advance(3600)
         assert (await hook.aget_job(job.id)).status == FineTuningJobStatus.SUCCEEDED
         assert (await hook.alist_events(job.id)).data
-        assert (await hook.alist_checkpoints(job.id)).data
-        assert [f.id async for f in hook.aiter_files(purpose="fine-tune")] == [uploaded.id]
-        second, _ = await hook.aensure_job(
-            asked, identity=JobIdentity("tag-async-2"), state=FakeStateStore(), service_options=LORA
+        assert (await async_call(hook, "list_checkpoints", job.id)).data
+        assert [f.id for f in await async_items(hook, "iter_files", purpose="fine-tune")] == [uploaded.id]
+        second, _ = await async_call(
+            hook, "ensure_job", asked, identity=JobIdentity("tag-async-2"), state=FakeStateStore(), service_options=LORA
         )
         assert (await hook.acancel_job(second.id)).status == FineTuningJobStatus.CANCELLING
 
@@ -421,7 +436,7 @@ def test_an_estimate_in_the_published_shape_is_read(offline: FineTuningHook) -> 
     }
     with respx.mock(assert_all_mocked=True) as router:
         route = answer_estimate(router, published)
-        estimate = backend_of(offline).check_price(offline, request("file-1"), LORA)
+        estimate = offline.run_flow(backend_of(offline).price_flow(request("file-1"), LORA))
     assert route.call_count == 1
     assert (estimate.estimated_total_price, estimate.allowed_to_proceed) == (2.5, True)
     assert estimate.to_xcom()["estimated_total_price"] == 2.5
@@ -433,7 +448,7 @@ def test_an_estimate_without_estimation_available_refuses_an_account_that_may_no
     with respx.mock(assert_all_mocked=True) as router:
         answer_estimate(router, {"estimated_total_price": 2.5, "allowed_to_proceed": False, "user_limit": 1.0})
         with pytest.raises(PriceRefusedError, match=r"estimated price is \$2\.50 \(the account's limit is \$1\.00\)"):
-            backend_of(offline).check_price(offline, request("file-1"), LORA)
+            offline.run_flow(backend_of(offline).price_flow(request("file-1"), LORA))
 
 
 @pytest.mark.parametrize(
@@ -453,7 +468,7 @@ def test_an_estimate_that_cannot_price_the_job_is_refused_naming_what_is_missing
     with respx.mock(assert_all_mocked=True) as router:
         answer_estimate(router, answer)
         with pytest.raises(PriceRefusedError, match=r"no estimated_total_price and no allowed_to_proceed") as raised:
-            backend_of(offline).check_price(offline, request("file-1"), LORA)
+            offline.run_flow(backend_of(offline).price_flow(request("file-1"), LORA))
     assert raised.value.field == "estimated_total_price"
 
 
@@ -472,7 +487,7 @@ def test_an_estimate_that_lets_the_job_proceed_is_read_as_the_sdk_reads_it(
 ) -> None:
     with respx.mock(assert_all_mocked=True) as router:
         answer_estimate(router, answer)
-        estimate = backend_of(offline).check_price(offline, request("file-1"), LORA)
+        estimate = offline.run_flow(backend_of(offline).price_flow(request("file-1"), LORA))
     assert estimate.estimated_total_price == price
 
 
@@ -689,6 +704,6 @@ def test_the_price_of_a_model_together_does_not_fine_tune_is_refused_before_any_
     uploaded = hook.upload_file(jsonl(training_lines(20)), filename="train.jsonl")
     asked = build_request(CreateFineTuningJobRequest, {"model": "no-such/model", "training_file": uploaded.id})
     with pytest.raises(NotFoundError, match="no-such/model"):
-        backend_of(hook).check_price(hook, asked, LORA)
+        hook.run_flow(backend_of(hook).price_flow(asked, LORA))
     assert counters(server)["POST /together/v1/fine-tunes/estimate-price"] == 1
     assert counters(server).get("POST /together/v1/fine-tunes", 0) == 0

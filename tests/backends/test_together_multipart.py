@@ -28,6 +28,7 @@ from airflow_provider_finetune.emulator.together import TogetherDialect
 from airflow_provider_finetune.exceptions import FineTuningAPIError, InvalidRequestError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from tests.backends.together_conformance import TogetherConformance
+from tests.hook_doors import async_call
 
 KEY = "together-emulator-key-5ecret"
 MIB = 2**20
@@ -140,7 +141,7 @@ def test_the_hook_sends_a_large_file_in_parts_and_the_service_checks_it(
 def test_the_async_hook_sends_it_in_parts_too(monkeypatch: pytest.MonkeyPatch, server: EmulatorServer) -> None:
     hook = hook_of(monkeypatch, server)
     content = big_file()
-    uploaded = asyncio.run(hook.aupload_file(content, filename="big.jsonl"))
+    uploaded = asyncio.run(async_call(hook, "upload_file", content, filename="big.jsonl"))
     assert server.emulator.files.content(uploaded.id) == content
     assert requests(server)[PART] == 3
 

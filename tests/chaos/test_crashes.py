@@ -38,6 +38,7 @@ from tests.chaos.conftest import (
     run_trigger,
     set_connection,
 )
+from tests.hook_doors import async_call, async_items
 from tests.integration.conftest import Emulator
 
 pytestmark = pytest.mark.integration
@@ -187,7 +188,7 @@ async def test_emulator_restarted_on_its_database_mid_job_the_deferred_wait_ride
     set_connection(monkeypatch, "finetune_default", service.base_url, key, max_retries=2, timeout=5)
     try:
         hook = FineTuningHook()
-        training_file = (await hook.aupload_file(chat_lines(), filename="train.jsonl")).id
+        training_file = (await async_call(hook, "upload_file", chat_lines(), filename="train.jsonl")).id
         ti = FakeTI(run_id=f"crash__{uuid.uuid4().hex}")
         op = operator(training_file, deferrable=True, max_consecutive_errors=50)
         deferred = await asyncio.to_thread(defer, op, ti)
@@ -218,7 +219,7 @@ async def test_emulator_restarted_on_its_database_mid_job_the_deferred_wait_ride
         assert after.created_at == before.created_at
         # Exactly one job: the restarted service made none, and the tag finds the one made before.
         assert service.counters()["jobs_created"] == 0
-        tagged = [j.id async for j in hook.aiter_jobs(metadata={TASK_TAG_KEY: task_tag({"ti": ti})})]  # type: ignore[typeddict-item]
+        tagged = [j.id for j in await async_items(hook, "iter_jobs", metadata={TASK_TAG_KEY: task_tag({"ti": ti})})]  # type: ignore[typeddict-item]
         assert tagged == [job_id]
     finally:
         await close_shared_async_clients()

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from airflow_provider_finetune.backends.fireworks import upload_dataset
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer, FaultConfig
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.operators.finetune import FineTuningJobOperator, task_tag
@@ -73,7 +72,7 @@ def hook() -> FineTuningHook:
 
 def upload(made: FineTuningHook) -> str:
     digest = hashlib.sha256(TRAIN).hexdigest()
-    return upload_dataset(made, io.BytesIO(TRAIN), "train.jsonl", len(TRAIN), digest, 12)
+    return made.run_flow(made.backend.dataset_flow(io.BytesIO(TRAIN), "train.jsonl", len(TRAIN), digest, 12))
 
 
 def operator(dataset: str) -> FineTuningJobOperator:

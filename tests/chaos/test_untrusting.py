@@ -30,6 +30,7 @@ from airflow_provider_finetune.hooks.finetune import TASK_TAG_KEY, FineTuningHoo
 from airflow_provider_finetune.operators.finetune import FineTuningJobOperator, task_tag
 from airflow_provider_finetune.rules.once import JobIdentity
 from tests.chaos.conftest import MODEL, ROOT, FakeTI, chat_lines, serving, set_connection
+from tests.hook_doors import async_call
 
 pytestmark = pytest.mark.integration
 
@@ -109,16 +110,16 @@ def test_sync_no_task_adopts_a_job_without_its_tag(hook: FineTuningHook, filterl
 
 
 async def test_async_no_task_adopts_a_job_without_its_tag(hook: FineTuningHook) -> None:
-    training_file = (await hook.aupload_file(chat_lines(), filename="train.jsonl")).id
+    training_file = (await async_call(hook, "upload_file", chat_lines(), filename="train.jsonl")).id
     started = time.time()
     others = others_jobs(hook, training_file)
     identity = JobIdentity(f"ti-async-{uuid.uuid4().hex[:12]}", since=started)
     request = {"model": MODEL, "training_file": training_file}
     try:
-        job, created = await hook.aensure_job(request, identity=identity)
+        job, created = await async_call(hook, "ensure_job", request, identity=identity)
         assert created
         assert job.id not in others
-        again, created_again = await hook.aensure_job(request, identity=identity)
+        again, created_again = await async_call(hook, "ensure_job", request, identity=identity)
         assert (again.id, created_again) == (job.id, False)
     finally:
         await close_shared_async_clients()

@@ -1,8 +1,8 @@
 """A file's content is asked for with an ``Accept`` that every service's declared answer type meets.
 
-The emulator answers 406, as a strict server does, when the request's ``Accept`` takes none of the types the
-service's own description declares for that answer: ``application/json`` on OpenAI's, ``application/octet-stream``
-on Azure's v1, both on Azure's authoring surface.
+The emulator's Azure dialects answer 406, as a strict server does, when the request's ``Accept`` takes none of the
+types Azure's own descriptions declare for that answer: ``application/octet-stream`` on v1, it or JSON on the
+authoring surface. (OpenAI's own service takes what its SDK sends, ``application/binary``, and so does its dialect.)
 """
 
 from __future__ import annotations

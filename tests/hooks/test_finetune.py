@@ -40,6 +40,7 @@ from airflow_provider_finetune.models import (
 )
 from airflow_provider_finetune.rules.once import REQUEST_KEY
 from tests.conformance import operation_ids
+from tests.hook_doors import async_call, async_items, sync_call
 from tests.hooks.conftest import (
     GRADER,
     SECRET,
@@ -213,14 +214,14 @@ ENDPOINTS: list[tuple[str, tuple[Any, ...], dict[str, Any], str, str, Any, type]
 
 async def call(hook: FineTuningHook, mode: str, name: str, *args: Any, **kwargs: Any) -> Any:
     if mode == "sync":
-        return getattr(hook, name)(*args, **kwargs)
-    return await getattr(hook, f"a{name}")(*args, **kwargs)
+        return sync_call(hook, name, *args, **kwargs)
+    return await async_call(hook, name, *args, **kwargs)
 
 
 async def collect(hook: FineTuningHook, mode: str, name: str, *args: Any, **kwargs: Any) -> list[Any]:
     if mode == "sync":
         return list(getattr(hook, name)(*args, **kwargs))
-    return [item async for item in getattr(hook, f"a{name}")(*args, **kwargs)]
+    return await async_items(hook, name, *args, **kwargs)
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -259,7 +260,7 @@ def test_endpoints_cover_every_operation_of_the_spec(hook: FineTuningHook, api: 
     covered = set()
     for name, args, kwargs, method, path, reply, _ in ENDPOINTS:
         api.on(method, path, reply)
-        getattr(hook, name)(*args, **kwargs)
+        sync_call(hook, name, *args, **kwargs)
     covered = set(api.operations)
     api.on("GET", "files/file-1/content", httpx.Response(200, content=b"step,loss\n1,0.5\n"))
     assert hook.get_file_content("file-1") == b"step,loss\n1,0.5\n"
@@ -711,7 +712,7 @@ def test_json_connection_with_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_FT_MIN", json.dumps({"conn_type": "finetune", "password": "sk-min-secret"}))
     settings = FineTuningHook("ft_min").settings
     assert settings.base_url == "https://api.openai.com/v1"
-    assert settings.api_type == "openai"
+    assert settings.service == "openai"
 
 
 def test_gateway_extra_headers(monkeypatch: pytest.MonkeyPatch, api: FakeAPI) -> None:

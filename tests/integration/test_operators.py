@@ -24,6 +24,7 @@ from airflow_provider_finetune.operators.finetune import FineTuningJobOperator, 
 from airflow_provider_finetune.sensors.finetune import FineTuningCheckpointSensor
 from airflow_provider_finetune.triggers.finetune import FineTuningCheckpointTrigger, FineTuningJobTrigger
 from airflow_provider_finetune.triggers.poller import MIN_EVENT_READS
+from tests.hook_doors import async_call
 from tests.integration.conftest import DAGS, Emulator
 from tests.operators.conftest import FakeTI
 
@@ -200,7 +201,9 @@ def test_no_duplicate_job_across_task_retries(emulator: Emulator, training_file:
 
 
 async def test_trigger_recreated_mid_wait_finishes_with_no_side_effect(emulator: Emulator, training_file: str) -> None:
-    job = await FineTuningHook().acreate_job({"model": "gpt-4o-mini-2024-07-18", "training_file": training_file})
+    job = await async_call(
+        FineTuningHook(), "create_job", {"model": "gpt-4o-mini-2024-07-18", "training_file": training_file}
+    )
     first = FineTuningJobTrigger(job.id, poll_interval=0.1)
     _, kwargs = first.serialize()
     run = first.run()
@@ -223,7 +226,9 @@ async def test_trigger_recreated_mid_wait_finishes_with_no_side_effect(emulator:
 
 
 async def test_checkpoint_sensor_fires_on_a_threshold(emulator: Emulator, training_file: str) -> None:
-    job = await FineTuningHook().acreate_job({"model": "gpt-4o-mini-2024-07-18", "training_file": training_file})
+    job = await async_call(
+        FineTuningHook(), "create_job", {"model": "gpt-4o-mini-2024-07-18", "training_file": training_file}
+    )
     trigger = FineTuningCheckpointTrigger(job.id, metric="train_loss", threshold=10.0, poll_interval=0.1)
     (event,) = [e.payload async for e in trigger.run()]
     assert event["status"] == "found"
@@ -240,7 +245,8 @@ async def test_triggers_of_one_connection_share_their_polls(emulator: Emulator, 
     """Sixty waits, one poller: after the first read of each job, one list call serves them all."""
     hook = FineTuningHook()
     jobs = [
-        await hook.acreate_job({"model": "gpt-4o-mini-2024-07-18", "training_file": training_file}) for _ in range(60)
+        await async_call(hook, "create_job", {"model": "gpt-4o-mini-2024-07-18", "training_file": training_file})
+        for _ in range(60)
     ]
     emulator.reset()
     triggers = [FineTuningJobTrigger(job.id, poll_interval=0.5) for job in jobs]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,7 @@ def test_it_works_on_azure_with_only_the_connection_changed(
 def test_a_service_without_chat_completions_is_refused_before_any_question(
     emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delattr(OpenAIBackend, "chat_completion")
+    monkeypatch.setattr(OpenAIBackend, "capabilities", replace(OpenAIBackend.capabilities, chat_completions=False))
     with pytest.raises(UnsupportedCapabilityError, match="serves no chat completions") as refused:
         gate("ft:any").execute({"ti": FakeTI()})  # type: ignore[arg-type]
     assert refused.value.capability == "chat_completions"

@@ -288,7 +288,7 @@ def test_ambiguous_create_never_makes_a_second_job(context: dict[str, Any], api:
 def test_create_failing_ambiguously_every_time_fails_the_try_without_a_second_job(
     context: dict[str, Any], api: FakeAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("airflow_provider_finetune.hooks.finetune.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("airflow_provider_finetune.core.flows.time.sleep", lambda seconds: None)
     lookup = api.on("GET", JOBS, page([]))
     create = api.on("POST", JOBS, httpx.Response(500))
     with pytest.raises(UnsafeToRetryError):

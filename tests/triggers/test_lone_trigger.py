@@ -13,6 +13,7 @@ from airflow_provider_finetune.core.client import close_shared_async_clients
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer, Timings
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.triggers.finetune import FineTuningJobTrigger
+from tests.hook_doors import async_call, async_items
 from tests.integration.conftest import chat_lines
 from tests.logged import progress_lines
 
@@ -44,7 +45,7 @@ async def test_a_lone_wait_logs_the_job_to_its_end(
     hook: FineTuningHook, poll_interval: float, caplog: pytest.LogCaptureFixture
 ) -> None:
     training_file = hook.upload_file(chat_lines(), filename="train.jsonl").id
-    job = await hook.acreate_job({"model": "gpt-4o-mini-2024-07-18", "training_file": training_file})
+    job = await async_call(hook, "create_job", {"model": "gpt-4o-mini-2024-07-18", "training_file": training_file})
     trigger = FineTuningJobTrigger(job.id, poll_interval=poll_interval)
     # Airflow's structlog logger writes past pytest's capture: the same lines go to a standard logger here.
     trigger._log = logging.getLogger("tests.triggers.lone")
@@ -61,7 +62,7 @@ async def test_a_lone_wait_logs_the_job_to_its_end(
         for line in progress_lines(caplog.records)
         if line.startswith(f"[{job.id}] ")
     ]
-    everything = [e async for e in hook.aiter_events(job.id, limit=100)][::-1]  # oldest first
+    everything = (await async_items(hook, "iter_events", job.id, limit=100))[::-1]  # oldest first
     total = everything[-4].data["total_steps"]
     # The job's last events, in order: the last step's metrics, the checkpoint made there, the model, the end.
     assert re.search(rf"\] step {total}/{total} ", lines[-4]), lines[-6:]

@@ -1,6 +1,6 @@
 """A real api-server with the provider's plugin, jobs made on the emulator, and a headless Chromium.
 
-Shared by the browser tests (tests/ui) and the UI benchmark (tests/benchmarks/bench_ui.py). Two emulators
+Shared by the browser tests (tests/ui) and the UI benchmark (benchmarks/bench_ui.py). Two emulators
 run in this process: a fast one (``finetune_default``: a job trains to the end in a second or two) and a slow
 one (``finetune_slow``: a job stays queued for minutes, so that it can be cancelled from the page), and a
 third (``finetune_private``) for the jobs of the extra DAGs. Airflow runs as a user runs it: ``airflow db

@@ -5,7 +5,7 @@ mapped create task on the emulator), starts a real api-server with the plugin, t
 signed-in user: once cold (nothing known of the jobs yet), then warm, and counts the emulator's requests for
 each. Run it with::
 
-    .venv/bin/python tests/benchmarks/bench_ui.py --jobs 1000
+    .venv/bin/python benchmarks/bench_ui.py --jobs 1000
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.ui.harness import UIDeployment
 

@@ -2,9 +2,9 @@
 
 Not a test (pytest does not collect ``bench_*.py``): run it by hand, or with ``make bench-triggers``.
 
-    .venv/bin/python tests/benchmarks/bench_triggers.py                # the full run (about 9 minutes)
-    .venv/bin/python tests/benchmarks/bench_triggers.py --quick        # N=1,000 at 0 ms only, every kind
-    .venv/bin/python tests/benchmarks/bench_triggers.py --n 100 1000 5000 --latency 0 0.1 --poll-interval 2
+    .venv/bin/python benchmarks/bench_triggers.py                # the full run (about 9 minutes)
+    .venv/bin/python benchmarks/bench_triggers.py --quick        # N=1,000 at 0 ms only, every kind
+    .venv/bin/python benchmarks/bench_triggers.py --n 100 1000 5000 --latency 0 0.1 --poll-interval 2
 
 The full run is 14 runs of about 35 s: the provider's trigger at N = 100, 1,000 and 5,000, the baselines at
 N = 100 and 1,000 only (``--baseline-n``; at 5,000 the blocking one would not get round to every job within

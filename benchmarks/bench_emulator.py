@@ -2,7 +2,7 @@
 
 Not a test (pytest does not collect ``bench_*.py``): run it by hand.
 
-    .venv/bin/python tests/benchmarks/bench_emulator.py --jobs 1000 --seconds 30
+    .venv/bin/python benchmarks/bench_emulator.py --jobs 1000 --seconds 30
 
 It starts the emulator as a separate process (``python -m airflow_provider_finetune.emulator``: uvicorn,
 with uvloop and httptools when installed), uploads one training file, creates ``--jobs`` jobs concurrently

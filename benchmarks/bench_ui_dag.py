@@ -1,4 +1,4 @@
-"""1,000 fine-tuning jobs from one DAG run (a mapped create task), for tests/benchmarks/bench_ui.py."""
+"""1,000 fine-tuning jobs from one DAG run (a mapped create task), for benchmarks/bench_ui.py."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ deployment may choose (the provider never does): the triggerer's supervisor call
 the trigger runner (``os.register_at_fork``, from the same ``sitecustomize``), as Airflow's scheduler freezes
 before it forks, so that the runner's full collections walk only what it made since.
 
-    python tests/benchmarks/bench_triggerer.py --n 200 1000
+    python benchmarks/bench_triggerer.py --n 200 1000
 
 (``make bench-triggerer`` runs it at 1,000.) Each run takes some minutes: the jobs are made to last long enough
 for every wait to be running together for ``--steady`` seconds.
@@ -50,7 +50,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: tests.deployment is imported from the repository
     sys.path.insert(0, str(REPO))
 
