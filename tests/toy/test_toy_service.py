@@ -20,7 +20,6 @@ from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from airflow_provider_finetune.operators.finetune import FineTuningFileUploadOperator, FineTuningJobOperator
 from tests.operators.conftest import FakeStateStore, FakeTI
-from tests.toy import toy_backend, toy_dialect
 
 KEY = "sk-toy-5ecret-key"
 CONN_ID = "finetune_toy"
@@ -28,17 +27,28 @@ MODEL = "gpt-4o-mini-2024-07-18"
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[EmulatorServer]:
-    assert toy_dialect.PREFIX  # the dialect registered itself on import
+def toy_modules() -> Iterator[tuple[Any, Any]]:
+    """The service's two files, imported here (each registers itself), and taken out of both registries after."""
+    from airflow_provider_finetune.backends import SERVICES
+    from airflow_provider_finetune.emulator.app import DIALECTS
+    from tests.toy import toy_backend, toy_dialect
+
+    yield toy_backend, toy_dialect
+    SERVICES.pop("toy", None)
+    DIALECTS.pop("toy", None)
+
+
+@pytest.fixture(scope="module")
+def server(toy_modules: tuple[Any, Any]) -> Iterator[EmulatorServer]:
     with EmulatorServer(EmulatorConfig(api_key=KEY, speed=40, seed=3)) as running:
         yield running
 
 
 @pytest.fixture
-def toy(server: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> EmulatorServer:
+def toy(server: EmulatorServer, toy_modules: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> EmulatorServer:
     conn = {
         "conn_type": "finetune",
-        "host": server.url + toy_dialect.PREFIX,
+        "host": server.url + toy_modules[1].PREFIX,
         "password": KEY,
         "extra": {"service": "toy"},
     }
@@ -63,10 +73,12 @@ async def _fire(trigger: Any) -> dict[str, Any]:
     return dict(event)
 
 
-def test_the_operators_run_a_whole_job_on_a_seventh_service(toy: EmulatorServer, tmp_path: Path) -> None:
-    from airflow.sdk.exceptions import TaskDeferred
+def test_the_operators_run_a_whole_job_on_a_seventh_service(
+    toy: EmulatorServer, toy_modules: tuple[Any, Any], tmp_path: Path
+) -> None:
+    from airflow.exceptions import TaskDeferred
 
-    assert isinstance(FineTuningHook(CONN_ID).backend, toy_backend.ToyBackend)
+    assert isinstance(FineTuningHook(CONN_ID).backend, toy_modules[0].ToyBackend)
     source = tmp_path / "train.jsonl"
     source.write_bytes(_chat())
     upload_ti = FakeTI(task_id="upload")
