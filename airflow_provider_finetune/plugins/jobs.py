@@ -42,6 +42,8 @@ PAGE = 100
 MAX_PAGES = 50
 #: Seconds a live status read from a service is reused.
 LIVE_TTL = 5.0
+#: Seconds a job that no connection's list showed (deleted, or on a connection gone or refused) is not looked for.
+ABSENT_TTL = 60.0
 #: Seconds a connection's hook (and so its settings) is reused before the connection is looked up again.
 HOOK_TTL = 60.0
 
@@ -257,6 +259,8 @@ class Directory:
     _seen: dict[str, _Seen] = field(default_factory=dict)
     _hooks: dict[str, tuple[float, FineTuningHook]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Jobs no connection's list showed, and when that was found (not looked for again for :data:`ABSENT_TTL`).
+    _absent: dict[str, float] = field(default_factory=dict)
     #: List calls sent so far (the benchmark and the tests read it).
     list_calls: int = 0
 
@@ -297,8 +301,17 @@ class Directory:
         """
         now = self.clock()
         with self._lock:
-            missing = {j for j in wanted if j not in self._seen}
-            stale = {j for j in live if j not in self._seen or now - self._seen[j].at > LIVE_TTL}
+            recent = {j for j, when in self._absent.items() if now - when <= ABSENT_TTL}
+            missing = {j for j in wanted if j not in self._seen and j not in recent}
+            # A job that has ended never changes: its last reading stays true, and it is never read again.
+            stale = {
+                j
+                for j in live
+                if (j not in self._seen and j not in recent)
+                or (
+                    j in self._seen and not self._seen[j].job.status.is_terminal() and now - self._seen[j].at > LIVE_TTL
+                )
+            }
         todo = missing | stale
         if not todo:
             return
@@ -309,6 +322,9 @@ class Directory:
             if not todo:
                 break
             self._scan(conn_id, todo)
+        with self._lock:
+            for job_id in todo - self._seen.keys():  # on no connection's list: not walked for again for a while
+                self._absent[job_id] = now
 
     def _scan(self, conn_id: str, todo: set[str]) -> None:
         from airflow_provider_finetune.exceptions import FineTuningError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -201,3 +202,56 @@ def test_the_list_shows_a_cost_where_the_create_task_pushed_one() -> None:
     costs = {job_id: JobView(record=r).to_json()["estimated_cost"] for job_id, r in records.items()}
     # The reported price wins over an estimate; with neither (the provider has no price table) there is none.
     assert costs == {"ftjob-e": 1.25, "ftjob-r": 3.5, "ftjob-u": None, "ftjob-n": None}
+
+
+class _Listed:
+    """A connection whose job list shows the given jobs, counting the list calls it answers."""
+
+    def __init__(self, *jobs: tuple[str, str]) -> None:
+        from airflow_provider_finetune.models import FineTuningJob
+
+        self.jobs = [FineTuningJob.model_validate({"id": i, "status": s, "model": "m"}) for i, s in jobs]
+        self.calls = 0
+
+    def list_jobs(self, *, after: str | None = None, limit: int | None = None) -> Any:
+        from airflow_provider_finetune.models import FineTuningJob, Page
+
+        self.calls += 1
+        return Page[FineTuningJob](data=self.jobs, has_more=False)
+
+
+def test_a_job_that_has_ended_is_never_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tasks that recorded a status that had not ended: once the service says the job ended, it is remembered."""
+    service = _Listed(("ftjob-1", "succeeded"), ("ftjob-2", "running"))
+    now = [0.0]
+    directory = Directory(clock=lambda: now[0])
+    monkeypatch.setattr(directory, "hook", lambda conn_id: service)
+    directory.locate(["ftjob-1"], ["ft"], live=["ftjob-1"])
+    assert service.calls == 1
+    for _ in range(3):
+        now[0] += 3600
+        directory.locate(["ftjob-1"], ["ft"], live=["ftjob-1"])
+    assert service.calls == 1  # ended: its reading stays true
+    now[0] += 3600
+    directory.locate(["ftjob-2"], ["ft"], live=["ftjob-2"])
+    directory.locate(["ftjob-2"], ["ft"], live=["ftjob-2"])
+    assert service.calls == 2  # running and stale: read again, once
+
+
+def test_a_job_no_connection_lists_is_not_looked_for_on_every_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deleted job, or one on a connection gone: one walk of every connection, then none until the wait lapses."""
+    from airflow_provider_finetune.plugins.jobs import ABSENT_TTL
+
+    services = {"a": _Listed(("ftjob-1", "running")), "b": _Listed()}
+    now = [0.0]
+    directory = Directory(clock=lambda: now[0])
+    monkeypatch.setattr(directory, "hook", lambda conn_id: services[conn_id])
+    directory.locate(["ftjob-gone"], ["a", "b"], live=["ftjob-gone"])
+    assert (services["a"].calls, services["b"].calls) == (1, 1)
+    for _ in range(5):
+        now[0] += ABSENT_TTL / 10
+        directory.locate(["ftjob-gone"], ["a", "b"], live=["ftjob-gone"])
+    assert (services["a"].calls, services["b"].calls) == (1, 1)
+    now[0] += ABSENT_TTL
+    directory.locate(["ftjob-gone"], ["a", "b"], live=["ftjob-gone"])
+    assert (services["a"].calls, services["b"].calls) == (2, 2)  # looked for again after the wait
