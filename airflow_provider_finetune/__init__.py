@@ -6,6 +6,7 @@ Each service is a backend in a registry (:mod:`airflow_provider_finetune.backend
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -29,16 +30,22 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _modules(part: str) -> list[str]:
+@functools.cache
+def _module_names(part: str) -> tuple[str, ...]:
     """The modules of one part of the package (``operators``...) that define its public classes, read, not imported."""
     root = Path(__file__).parent
     kind = part.removesuffix("s").capitalize()  # operators -> Operator, triggers -> Trigger
     defines = re.compile(rf"^class [A-Z]\w*{kind}\b", re.M)
-    return [
+    return tuple(
         ".".join((__name__, *path.relative_to(root).with_suffix("").parts))
         for path in sorted((root / part).rglob("*.py"))
         if defines.search(path.read_text(encoding="utf-8"))
-    ]
+    )
+
+
+def _modules(part: str) -> list[str]:
+    """:func:`_module_names` as the provider's metadata lists them (the files are read once per process)."""
+    return list(_module_names(part))
 
 
 def get_provider_info() -> dict[str, Any]:

@@ -11,6 +11,7 @@ on their way are read from the services, and the answer is kept a few seconds fo
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -301,16 +302,16 @@ class Directory:
         """
         now = self.clock()
         with self._lock:
-            recent = {j for j, when in self._absent.items() if now - when <= ABSENT_TTL}
-            missing = {j for j in wanted if j not in self._seen and j not in recent}
+
+            def unplaced(job_id: str) -> bool:  # not seen, and not found missing from every list a moment ago
+                return job_id not in self._seen and now - self._absent.get(job_id, -math.inf) > ABSENT_TTL
+
+            missing = {j for j in wanted if unplaced(j)}
             # A job that has ended never changes: its last reading stays true, and it is never read again.
-            stale = {
+            stale = {j for j in live if unplaced(j)} | {
                 j
                 for j in live
-                if (j not in self._seen and j not in recent)
-                or (
-                    j in self._seen and not self._seen[j].job.status.is_terminal() and now - self._seen[j].at > LIVE_TTL
-                )
+                if j in self._seen and not self._seen[j].job.status.is_terminal() and now - self._seen[j].at > LIVE_TTL
             }
         todo = missing | stale
         if not todo:
