@@ -210,6 +210,15 @@ def _load(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), attribute)
 
 
+def _text_field(label: str, description: str | None = None, *, default: str | None = None) -> dict[str, Any]:
+    """A text field of the connection form (``conn-fields`` in the provider's metadata), empty by default."""
+    schema: dict[str, Any] = {"type": ["string", "null"]}
+    if default is not None:
+        schema["default"] = default
+    described = {"description": description} if description is not None else {}
+    return {"label": label, **described, "schema": schema}
+
+
 _HERE = __name__
 register(
     Service(
@@ -217,8 +226,8 @@ register(
         f"{_HERE}.openai:OpenAIBackend",
         default_base_url="https://api.openai.com/v1",
         fields={
-            "organization": {"label": "Organization", "schema": {"type": ["string", "null"]}},
-            "project": {"label": "Project", "schema": {"type": ["string", "null"]}},
+            "organization": _text_field("Organization"),
+            "project": _text_field("Project"),
         },
     )
 )
@@ -229,11 +238,7 @@ register(
         default_base_url="https://api.openai.com/v1",
         auth=("key", "entra"),
         fields={
-            "api_version": {
-                "label": "API version",
-                "description": "api-version query parameter (Azure OpenAI)",
-                "schema": {"type": ["string", "null"]},
-            }
+            "api_version": _text_field("API version", "api-version query parameter (Azure OpenAI)"),
         },
     )
 )
@@ -244,17 +249,14 @@ register(
         base_url=f"{_HERE}.bedrock:base_url_for",
         auth=("key", "sigv4"),
         fields={
-            "aws_conn_id": {
-                "label": "AWS connection (Bedrock)",
-                "description": "The Airflow AWS connection whose credentials sign requests "
-                "(keys, profile, assumed role)",
-                "schema": {"type": ["string", "null"], "default": "aws_default"},
-            },
-            "region_name": {
-                "label": "AWS region (Bedrock)",
-                "description": "e.g. us-east-1; the endpoint when no Base URL is given",
-                "schema": {"type": ["string", "null"]},
-            },
+            "aws_conn_id": _text_field(
+                "AWS connection (Bedrock)",
+                "The Airflow AWS connection whose credentials sign requests (keys, profile, assumed role)",
+                default="aws_default",
+            ),
+            "region_name": _text_field(
+                "AWS region (Bedrock)", "e.g. us-east-1; the endpoint when no Base URL is given"
+            ),
         },
     )
 )

@@ -15,16 +15,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import AsyncGenerator, Generator, Mapping
+from dataclasses import replace
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel
 
-from airflow_provider_finetune.backends.base import Call, Capabilities, HeaderAuth, Limits, model, read_openai_error
+from airflow_provider_finetune.backends.base import Call, HeaderAuth, Limits, model, read_openai_error
 from airflow_provider_finetune.backends.openai import OpenAIBackend
 from airflow_provider_finetune.core.client import ConnectionSettings, ErrorFields, path_param
-from airflow_provider_finetune.core.statuses import FineTuningJobStatus
+from airflow_provider_finetune.core.statuses import FineTuningJobStatus, canonical
 from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.models import CreateFineTuningJobRequest, FileObject, Page
 from airflow_provider_finetune.rules.once import ECHOED_REQUEST
@@ -65,12 +66,6 @@ AZURE_STATUSES: dict[str, FineTuningJobStatus] = {
     "failed": _S.FAILED,
     "cancelled": _S.CANCELLED,
 }
-
-
-def _canonical_status(value: Any) -> Any:
-    if isinstance(value, str) and value in AZURE_STATUSES:
-        return AZURE_STATUSES[value].value
-    return value  # a status Azure adds later parses as an unknown, non-terminal one
 
 
 def _hyperparameters_from(block: Any) -> Any:
@@ -147,7 +142,7 @@ class _AzureBackend(OpenAIBackend):
         if not isinstance(data, dict):
             return data
         job = dict(data)
-        job["status"] = _canonical_status(job.get("status"))
+        job["status"] = canonical(AZURE_STATUSES, job.get("status"))
         if "organisation_id" in job and "organization_id" not in job:
             job["organization_id"] = job.pop("organisation_id")
         if "hyperparameters" in job:
@@ -212,16 +207,15 @@ class AzureAuthoringBackend(_AzureBackend):
         self.api_version = settings.api_version or STABLE_API_VERSION
         preview = "preview" in self.api_version
         self.label = f"Azure OpenAI (api-version {self.api_version})"  # type: ignore[misc]
-        self.capabilities = Capabilities(
-            chat_completions=True,
-            events=True,
-            checkpoints=True,
+        # OpenAI's API without permissions, graders, metadata or a metadata filter; pause only in preview.
+        self.capabilities = replace(
+            OpenAIBackend.capabilities,
             pause=preview,
             resume=preview,
-            cancel=True,
-            uploads=True,
-            files=True,
-            suffix=True,
+            checkpoint_permissions=False,
+            graders=False,
+            job_metadata=False,
+            metadata_filter=False,
         )
         self.limits = Limits(
             max_suffix_length=40,
@@ -306,16 +300,9 @@ class AzureV1Backend(_AzureBackend):
 
     label: ClassVar[str] = "Azure OpenAI (v1)"
 
-    capabilities = Capabilities(
-        chat_completions=True,
-        events=True,
-        checkpoints=True,
-        pause=True,
-        resume=True,
-        cancel=True,
-        files=True,
-        suffix=True,
-        job_metadata=True,
+    #: OpenAI's API without checkpoint permissions, graders, uploads or a metadata filter.
+    capabilities = replace(
+        OpenAIBackend.capabilities, checkpoint_permissions=False, graders=False, uploads=False, metadata_filter=False
     )
 
     def auth(self) -> httpx.Auth | None:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, Literal, NoReturn, TypeVar, cast
 
 import httpx
 from pydantic import BaseModel
 
 from airflow_provider_finetune.core.client import ErrorFields, read_error_body
-from airflow_provider_finetune.core.flows import translated
+from airflow_provider_finetune.core.flows import raised, translated
 from airflow_provider_finetune.exceptions import (
     ConflictError,
     FineTuningError,
@@ -28,7 +28,7 @@ from airflow_provider_finetune.exceptions import (
     UnsafeToRetryError,
     UnsupportedCapabilityError,
 )
-from airflow_provider_finetune.models import CreateFineTuningJobRequest, build_request
+from airflow_provider_finetune.models import CreateFineTuningJobRequest, FineTuningJob, build_request
 from airflow_provider_finetune.rules.once import CancelJob, CreateJob, GetJob, ListJobs, ensure_job
 
 if TYPE_CHECKING:
@@ -37,14 +37,16 @@ if TYPE_CHECKING:
     from airflow_provider_finetune.models import (
         CheckpointPermission,
         DeletedCheckpointPermission,
+        DeletedFile,
         FileObject,
-        FineTuningJob,
         FineTuningJobCheckpoint,
         FineTuningJobEvent,
         GraderRunResult,
         GraderValidation,
         JobState,
         Page,
+        Upload,
+        UploadPart,
     )
     from airflow_provider_finetune.rules.budget import EpochRule, PriceEstimate
     from airflow_provider_finetune.rules.once import JobIdentity, OnChangedRequest
@@ -61,6 +63,7 @@ __all__ = [
     "HeaderAuth",
     "Limits",
     "OnceOnly",
+    "json_answer",
     "json_model",
     "model",
     "openai_refusal",
@@ -172,6 +175,11 @@ def model(cls: type[M], translate: Callable[[Any], Any] | None = None) -> Callab
     return parse
 
 
+def json_answer(response: httpx.Response) -> Any:
+    """An answer's JSON as it is (an answer no model describes: a chat completion, a dataset)."""
+    return response.json()
+
+
 def json_model(cls: type[M]) -> Callable[[httpx.Response], M]:
     """Parse straight from the JSON bytes: fields the model ignores are never built as Python objects."""
 
@@ -275,6 +283,10 @@ class HeaderAuth(httpx.Auth):
         yield request
 
 
+def _request(model_cls: type[M], request: M | Mapping[str, Any]) -> M:
+    return request if isinstance(request, model_cls) else build_request(model_cls, cast(Mapping[str, Any], request))
+
+
 def refuse_untranslatable(request: Any, reasons: Mapping[str, str]) -> None:
     """Refuse, before any request, each given field of ``request`` the service cannot take, saying why.
 
@@ -348,6 +360,11 @@ class Backend:
                 capability=capability,
             )
 
+    def _lacking(self, capability: str, call: str) -> NoReturn:
+        """Refuse ``call``: the service lacks ``capability``, or its backend has it but does not make the call."""
+        self.require(capability)
+        raise NotImplementedError(f"{self.label} says it has {capability} but its backend makes no {call}")
+
     # -- how requests authenticate and read ----------------------------------------------------------------
 
     def auth(self) -> httpx.Auth | None:
@@ -416,7 +433,57 @@ class Backend:
         """
         return None
 
+    # -- translation: the service's answers onto the canonical shapes (identities where they are the same) ----
+
+    def job_from(self, data: Any) -> Any:
+        """Turn the service's job JSON into the canonical job shape."""
+        return data
+
+    def event_from(self, data: Any) -> Any:
+        """Turn the service's event JSON into the canonical event shape."""
+        return data
+
+    def page_of(self, item: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """Translate each item of a list answer with ``item``."""
+
+        def translate(data: Any) -> Any:
+            if isinstance(data, dict) and isinstance(data.get("data"), list):
+                return {**data, "data": [item(x) for x in data["data"]]}
+            return data
+
+        return translate
+
     # -- the calls: what every backend makes (the core), and what a service has only where it says so ---------
+
+    def _refuse_options(self, options: Mapping[str, Any] | None) -> None:
+        """Refuse ``service_options`` on a service that has no options of its own."""
+        if options:
+            raise InvalidRequestError(
+                f"service_options: {self.label} takes no options of its own", field="service_options"
+            )
+
+    def _check_request(self, request: CreateFineTuningJobRequest) -> None:
+        """Refuse, before any request, a suffix, method or metadata the service's abilities and limits exclude."""
+        if request.suffix is not None:
+            if not self.capabilities.suffix:
+                self.require("suffix")
+            if len(request.suffix) > self.limits.max_suffix_length:
+                raise InvalidRequestError(
+                    f"Invalid fine-tuning request: suffix: {len(request.suffix)} characters given, {self.label} "
+                    f"takes at most {self.limits.max_suffix_length}",
+                    field="suffix",
+                )
+        method = request.method.type if request.method is not None else "supervised"
+        if method not in self.limits.methods:
+            raise InvalidRequestError(
+                f"Invalid fine-tuning request: method.type: {self.label} does not fine-tune with {method!r} "
+                f"(it takes {', '.join(sorted(self.limits.methods))})",
+                field="method.type",
+            )
+        if request.metadata and not self.capabilities.job_metadata:
+            raise InvalidRequestError(
+                f"Invalid fine-tuning request: metadata: {self.label} jobs carry no metadata", field="metadata"
+            )
 
     def job_body(self, request: CreateFineTuningJobRequest, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The create body this service takes for a canonical request; refuses what cannot be translated."""
@@ -426,11 +493,14 @@ class Backend:
         """How the service settles the epochs of the job ``body`` creates, for a cost estimate."""
         raise NotImplementedError(f"{self.label}'s backend makes no epoch_rule")
 
+    def _job(self) -> Callable[[httpx.Response], FineTuningJob]:
+        return model(FineTuningJob, self.job_from)
+
     def create_job(
         self, request: CreateFineTuningJobRequest | Mapping[str, Any], options: Mapping[str, Any] | None = None
     ) -> Call[FineTuningJob]:
-        """``POST /fine_tuning/jobs``: not re-sent when its outcome is unknown."""
-        raise NotImplementedError(f"{self.label}'s backend makes no create_job")
+        """Create a job (not re-sent when its outcome is unknown); :meth:`ensure_flow` creates once only."""
+        return self.create_prepared_job(self.job_body(_request(CreateFineTuningJobRequest, request), options))
 
     def create_prepared_job(self, body: Mapping[str, Any], *, job_id: str | None = None) -> Call[FineTuningJob]:
         """Create a job from a body :meth:`job_body` made, under ``job_id`` where the client chooses it."""
@@ -510,13 +580,11 @@ class Backend:
 
     def events(self, job_id: str, after: str | None, limit: int | None) -> Call[Page[FineTuningJobEvent]]:
         """A page of a job's events, newest first."""
-        self.require("events")
-        raise NotImplementedError(f"{self.label} says it has events but its backend makes no events")
+        return self._lacking("events", "events")
 
     def checkpoints(self, job_id: str, after: str | None, limit: int | None) -> Call[Page[FineTuningJobCheckpoint]]:
         """A page of a job's checkpoints, newest first."""
-        self.require("checkpoints")
-        raise NotImplementedError(f"{self.label} says it has checkpoints but its backend makes no checkpoints")
+        return self._lacking("checkpoints", "checkpoints")
 
     def permissions(
         self, checkpoint: str, project_id: str | None, after: str | None, limit: int | None, order: str | None
@@ -529,43 +597,67 @@ class Backend:
 
     def grant(self, checkpoint: str, project_ids: list[str]) -> Call[Page[CheckpointPermission]]:
         """Share a checkpoint with projects."""
-        self.require("checkpoint_permissions")
-        raise NotImplementedError(f"{self.label} says it has checkpoint_permissions but its backend makes no grant")
+        return self._lacking("checkpoint_permissions", "grant")
 
     def revoke(self, checkpoint: str, permission_id: str) -> Call[DeletedCheckpointPermission]:
         """Revoke one permission of a checkpoint."""
-        self.require("checkpoint_permissions")
-        raise NotImplementedError(f"{self.label} says it has checkpoint_permissions but its backend makes no revoke")
+        return self._lacking("checkpoint_permissions", "revoke")
 
     def run_grader(self, grader: Any, model_sample: str, item: Mapping[str, Any] | None) -> Call[GraderRunResult]:
         """Run a grader on one sample."""
-        self.require("graders")
-        raise NotImplementedError(f"{self.label} says it has graders but its backend makes no run_grader")
+        return self._lacking("graders", "run_grader")
 
     def validate_grader(self, grader: Any) -> Call[GraderValidation]:
         """Have the service validate a grader."""
-        self.require("graders")
-        raise NotImplementedError(f"{self.label} says it has graders but its backend makes no validate_grader")
+        return self._lacking("graders", "validate_grader")
 
     def get_file(self, file_id: str) -> Call[FileObject]:
         """Retrieve a file's description."""
-        self.require("files")
-        raise NotImplementedError(f"{self.label} says it has files but its backend makes no get_file")
+        return self._lacking("files", "get_file")
+
+    def delete_file(self, file_id: str) -> Call[DeletedFile]:
+        """Delete a file."""
+        return self._lacking("files", "delete_file")
+
+    def file_content(self, file_id: str) -> Call[bytes]:
+        """Download a file's content."""
+        return self._lacking("files", "file_content")
+
+    def list_files(self, purpose: str | None, after: str | None, limit: int | None) -> Call[Page[FileObject]]:
+        """A page of files."""
+        return self._lacking("files", "list_files")
+
+    def create_file(self, stream: IO[bytes], name: str, purpose: str) -> Call[FileObject]:
+        """Upload a file in one request, re-read from the start on each attempt."""
+        return self._lacking("files", "create_file")
 
     def file_flow(self, stream: IO[bytes], name: str, purpose: str) -> Flow[FileObject]:
         """Upload a file in one request (:meth:`create_file`); a service whose upload takes more overrides this."""
-        self.require("files")
-        raise NotImplementedError(f"{self.label} says it has files but its backend makes no file_flow")
+        return cast("FileObject", raised((yield self.create_file(stream, name, purpose))))
+
+    def create_upload(self, name: str, size: int, purpose: str) -> Call[Upload]:
+        """Start an upload of ``size`` bytes (the Uploads API)."""
+        return self._lacking("uploads", "create_upload")
+
+    def add_part(self, upload_id: str, data: bytes) -> Call[UploadPart]:
+        """Add one part to an upload."""
+        return self._lacking("uploads", "add_part")
+
+    def complete_upload(self, upload_id: str, part_ids: list[str], md5: str | None) -> Call[Upload]:
+        """Complete an upload with its parts in order."""
+        return self._lacking("uploads", "complete_upload")
+
+    def upload_action(self, upload_id: str, action: str) -> Call[Upload]:
+        """``POST /uploads/{id}/{action}`` (``cancel``)."""
+        return self._lacking("uploads", "upload_action")
 
     def parts_flow(self, stream: IO[bytes], name: str, size: int, purpose: str, part_size: int) -> Flow[FileObject]:
         """Upload a file through the Uploads API in parts of ``part_size`` bytes, with an md5 check."""
-        self.require("uploads")
-        raise NotImplementedError(f"{self.label} says it has uploads but its backend makes no parts_flow")
+        return self._lacking("uploads", "parts_flow")
 
     def chat_completion(self, body: Mapping[str, Any]) -> Call[dict[str, Any]]:
         """``POST /chat/completions``: ask a (fine-tuned) model, e.g. to evaluate it."""
-        self.require("chat_completions")
-        raise NotImplementedError(f"{self.label} says it has chat completions but its backend makes no chat_completion")
+        return self._lacking("chat_completions", "chat_completion")
 
 
 def _once_answer(step: Any, answer: Any) -> Any:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
-from typing import IO, Annotated, Any, ClassVar, Literal, TypeVar, cast
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -46,14 +46,19 @@ from pydantic import (
 )
 
 from airflow_provider_finetune.backends.aws import AwsCredentials, SigV4Auth, read_aws_error, region_of_host
-from airflow_provider_finetune.backends.base import Call, Capabilities, HeaderAuth, Limits, refuse_untranslatable
-from airflow_provider_finetune.backends.openai import OpenAIBackend
+from airflow_provider_finetune.backends.base import (
+    Backend,
+    Call,
+    Capabilities,
+    HeaderAuth,
+    Limits,
+    refuse_untranslatable,
+)
 from airflow_provider_finetune.core.client import ErrorFields, path_param
-from airflow_provider_finetune.core.statuses import FineTuningJobStatus
+from airflow_provider_finetune.core.statuses import FineTuningJobStatus, canonical
 from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.models import (
     CreateFineTuningJobRequest,
-    FileObject,
     FineTuningJob,
     JobState,
     Page,
@@ -361,8 +366,7 @@ def canonical_status(status: Any, details: Any = None) -> str:
     if not isinstance(status, str):
         return str(status)
     if status != "InProgress":
-        mapped = BEDROCK_STATUSES.get(status)
-        return mapped.value if mapped is not None else status  # a later status parses as unknown, not terminal
+        return str(canonical(BEDROCK_STATUSES, status))
     stages = details if isinstance(details, dict) else {}
 
     def stage(name: str) -> str | None:
@@ -484,7 +488,7 @@ DEPLOYMENT_FAILED = "Failed"
 DEPLOYMENT_CREATING = "Creating"
 
 
-class BedrockBackend(OpenAIBackend):
+class BedrockBackend(Backend):
     """AWS Bedrock model customization jobs, and the custom model deployments that serve their models."""
 
     service: ClassVar[str] = "bedrock"
@@ -492,9 +496,13 @@ class BedrockBackend(OpenAIBackend):
     file_reference = "s3_uri"
     once_only = "client_job_id"
 
-    capabilities = Capabilities(
-        chat_completions=True, cancel=True, files=True, client_job_id=True, idempotency_token=True
-    )
+    capabilities = Capabilities(chat_completions=True, cancel=True, client_job_id=True, idempotency_token=True)
+    instead = {
+        "files": (
+            "AWS Bedrock has no files API: training data is read from S3 (BedrockTrainingDataOperator writes it "
+            "there and returns its s3:// URI)"
+        ),
+    }
     limits = Limits(max_metadata_keys=0, hyperparameters_auto=False, methods=frozenset({"supervised"}))
 
     def __init__(self, settings: Any) -> None:
@@ -771,25 +779,6 @@ class BedrockBackend(OpenAIBackend):
         )
 
     # -- what Bedrock has no API for ----------------------------------------------------------------------
-
-    def _no_files(self) -> InvalidRequestError:
-        return InvalidRequestError(
-            "AWS Bedrock has no files API: training data is read from S3 (BedrockTrainingDataOperator writes it "
-            "there and returns its s3:// URI)",
-            field="training_file",
-        )
-
-    def file_call(self, method: str, file_id: str, parse: Any, action: str = "") -> Any:
-        """Refused: Bedrock reads files from S3."""
-        raise self._no_files()
-
-    def list_files(self, purpose: str | None, after: str | None, limit: int | None) -> Call[Page[FileObject]]:
-        """Refused: Bedrock reads files from S3."""
-        raise self._no_files()
-
-    def create_file(self, stream: IO[bytes], name: str, purpose: str) -> Call[FileObject]:
-        """Refused: Bedrock reads files from S3."""
-        raise self._no_files()
 
     def chat_completion(self, body: Mapping[str, Any]) -> Call[dict[str, Any]]:
         """Refused here: a custom model answers through Bedrock Runtime's Converse (see the deployment operator)."""

@@ -39,6 +39,7 @@ import httpx
 from pydantic import BaseModel
 
 from airflow_provider_finetune.backends.base import (
+    Backend,
     Call,
     Capabilities,
     Limits,
@@ -46,7 +47,6 @@ from airflow_provider_finetune.backends.base import (
     read_openai_error,
     refuse_untranslatable,
 )
-from airflow_provider_finetune.backends.openai import OpenAIBackend, _request
 from airflow_provider_finetune.core.client import (
     ConnectionSettings,
     ErrorFields,
@@ -224,7 +224,7 @@ def _status_of(state: Any) -> Any:
     return state  # a state Fireworks adds later parses as an unknown, non-terminal status
 
 
-class FireworksBackend(OpenAIBackend):
+class FireworksBackend(Backend):
     """Fireworks' fine-tuning API, under ``{base}/v1/accounts/{account_id}``; Bearer API keys."""
 
     service: ClassVar[str] = "fireworks"
@@ -499,12 +499,6 @@ class FireworksBackend(OpenAIBackend):
         return self.dataset_name(value)
 
     # -- jobs --------------------------------------------------------------------------------------------
-
-    def create_job(
-        self, request: CreateFineTuningJobRequest | Mapping[str, Any], options: Mapping[str, Any] | None = None
-    ) -> Call[FineTuningJob]:
-        """Create a job with a service-chosen id (use :meth:`create_prepared_job` for a once-only create)."""
-        return self.create_prepared_job(self.job_body(_request(CreateFineTuningJobRequest, request), options))
 
     def create_prepared_job(self, body: Mapping[str, Any], *, job_id: str | None = None) -> Call[FineTuningJob]:
         """``POST {collection}?{...JobId}=job_id``: the id the client chose makes the create once-only."""

@@ -11,7 +11,7 @@ import logging
 import mimetypes
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import IO, Any, ClassVar, TypeVar, cast
+from typing import IO, Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -25,6 +25,7 @@ from airflow_provider_finetune.backends.base import (
     Capabilities,
     HeaderAuth,
     Limits,
+    json_answer,
     json_model,
     model,
 )
@@ -75,10 +76,6 @@ def _limit(limit: int | None) -> int | None:
     return limit
 
 
-def _request(model_cls: type[M], request: M | Mapping[str, Any]) -> M:
-    return request if isinstance(request, model_cls) else build_request(model_cls, cast(Mapping[str, Any], request))
-
-
 def mime_type(name: str) -> str:
     """The content type of an uploaded file, by its name."""
     if name.endswith(".jsonl"):
@@ -86,7 +83,49 @@ def mime_type(name: str) -> str:
     return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
-class OpenAIBackend(Backend):
+class OpenAIFiles(Backend):
+    """OpenAI's files API as published (``/files``): what a service that speaks it shares with OpenAI's backend."""
+
+    def file_call(self, method: str, file_id: str, parse: Callable[[httpx.Response], T], action: str = "") -> Call[T]:
+        """A call on one file (``GET``, ``DELETE``, ``GET .../content``)."""
+        path = f"files/{path_param('file_id', file_id)}" + (f"/{action}" if action else "")
+        return Call(method, path, parse)
+
+    def get_file(self, file_id: str) -> Call[FileObject]:
+        """Retrieve a file's description."""
+        return self.file_call("GET", file_id, model(FileObject))
+
+    def delete_file(self, file_id: str) -> Call[DeletedFile]:
+        """Delete a file."""
+        return self.file_call("DELETE", file_id, model(DeletedFile))
+
+    def file_content(self, file_id: str) -> Call[bytes]:
+        """Download a file's content."""
+        return replace(self.file_call("GET", file_id, _bytes, "content"), accept=CONTENT_ACCEPT)
+
+    def list_files(self, purpose: str | None, after: str | None, limit: int | None) -> Call[Page[FileObject]]:
+        """A page of files."""
+        params = {"purpose": purpose, "after": after, "limit": _limit(limit)}
+        return Call("GET", "files", model(Page[FileObject]), params=params)
+
+    def file_form(self, purpose: str) -> dict[str, str]:
+        """The form fields sent beside the file on ``POST /files``."""
+        return {"purpose": purpose}
+
+    def create_file(self, stream: IO[bytes], name: str, purpose: str) -> Call[FileObject]:
+        """``POST /files`` (multipart), re-read from the start on each attempt."""
+        start = stream.tell()
+        form = self.file_form(purpose)
+
+        def multipart() -> tuple[dict[str, str], dict[str, Any]]:
+            stream.seek(start)
+            return form, {"file": (name, stream, mime_type(name))}
+
+        # A create: never sent again when the service may have made the file (the caller looks it up).
+        return Call("POST", "files", model(FileObject), multipart=multipart, idempotent=False)
+
+
+class OpenAIBackend(OpenAIFiles):
     """The OpenAI fine-tuning API as published (``../openai-spec``): every capability, Bearer keys."""
 
     service: ClassVar[str] = "openai"
@@ -109,26 +148,6 @@ class OpenAIBackend(Backend):
     )
     limits = Limits()
 
-    # -- translation hooks: the canonical shape is OpenAI's, so these are identities here --------------------
-
-    def job_from(self, data: Any) -> Any:
-        """Turn the service's job JSON into the canonical job shape."""
-        return data
-
-    def event_from(self, data: Any) -> Any:
-        """Turn the service's event JSON into the canonical event shape."""
-        return data
-
-    def page_of(self, item: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        """Translate each item of a list answer with ``item``."""
-
-        def translate(data: Any) -> Any:
-            if isinstance(data, dict) and isinstance(data.get("data"), list):
-                return {**data, "data": [item(x) for x in data["data"]]}
-            return data
-
-        return translate
-
     def job_body(self, request: CreateFineTuningJobRequest, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The create body this service takes for a canonical request; refuses what cannot be translated.
 
@@ -147,35 +166,6 @@ class OpenAIBackend(Backend):
         """
         return EpochRule(requested_epochs(request), auto_epochs, "n_epochs")
 
-    def _refuse_options(self, options: Mapping[str, Any] | None) -> None:
-        """Refuse ``service_options`` on a service that has no options of its own."""
-        if options:
-            raise InvalidRequestError(
-                f"service_options: {self.label} takes no options of its own", field="service_options"
-            )
-
-    def _check_request(self, request: CreateFineTuningJobRequest) -> None:
-        if request.suffix is not None:
-            if not self.capabilities.suffix:
-                self.require("suffix")
-            if len(request.suffix) > self.limits.max_suffix_length:
-                raise InvalidRequestError(
-                    f"Invalid fine-tuning request: suffix: {len(request.suffix)} characters given, {self.label} "
-                    f"takes at most {self.limits.max_suffix_length}",
-                    field="suffix",
-                )
-        method = request.method.type if request.method is not None else "supervised"
-        if method not in self.limits.methods:
-            raise InvalidRequestError(
-                f"Invalid fine-tuning request: method.type: {self.label} does not fine-tune with {method!r} "
-                f"(it takes {', '.join(sorted(self.limits.methods))})",
-                field="method.type",
-            )
-        if request.metadata and not self.capabilities.job_metadata:
-            raise InvalidRequestError(
-                f"Invalid fine-tuning request: metadata: {self.label} jobs carry no metadata", field="metadata"
-            )
-
     def headers(self) -> dict[str, str]:
         """The account's organization and project, where the connection names them."""
         headers = {}
@@ -192,15 +182,6 @@ class OpenAIBackend(Backend):
         return f"https://platform.openai.com/finetune/{job_id}"
 
     # -- jobs ----------------------------------------------------------------------------------------------
-
-    def _job(self) -> Callable[[httpx.Response], FineTuningJob]:
-        return model(FineTuningJob, self.job_from)
-
-    def create_job(
-        self, request: CreateFineTuningJobRequest | Mapping[str, Any], options: Mapping[str, Any] | None = None
-    ) -> Call[FineTuningJob]:
-        """``POST /fine_tuning/jobs``: not re-sent when its outcome is unknown."""
-        return self.create_prepared_job(self.job_body(_request(CreateFineTuningJobRequest, request), options))
 
     def create_prepared_job(self, body: Mapping[str, Any], *, job_id: str | None = None) -> Call[FineTuningJob]:
         """``POST /fine_tuning/jobs`` with a body :meth:`job_body` made (and the provider's tags added).
@@ -261,7 +242,7 @@ class OpenAIBackend(Backend):
 
     def chat_completion(self, body: Mapping[str, Any]) -> Call[dict[str, Any]]:
         """``POST /chat/completions``: ask a (fine-tuned) model, e.g. to evaluate it."""
-        return Call("POST", "chat/completions", _json, json=dict(body))
+        return Call("POST", "chat/completions", json_answer, json=dict(body))
 
     # -- checkpoint permissions -----------------------------------------------------------------------------
 
@@ -306,44 +287,6 @@ class OpenAIBackend(Backend):
 
     # -- files and uploads ----------------------------------------------------------------------------------
 
-    def file_call(self, method: str, file_id: str, parse: Callable[[httpx.Response], T], action: str = "") -> Call[T]:
-        """A call on one file (``GET``, ``DELETE``, ``GET .../content``)."""
-        path = f"files/{path_param('file_id', file_id)}" + (f"/{action}" if action else "")
-        return Call(method, path, parse)
-
-    def get_file(self, file_id: str) -> Call[FileObject]:
-        """Retrieve a file's description."""
-        return self.file_call("GET", file_id, model(FileObject))
-
-    def delete_file(self, file_id: str) -> Call[DeletedFile]:
-        """Delete a file."""
-        return self.file_call("DELETE", file_id, model(DeletedFile))
-
-    def file_content(self, file_id: str) -> Call[bytes]:
-        """Download a file's content."""
-        return replace(self.file_call("GET", file_id, _bytes, "content"), accept=CONTENT_ACCEPT)
-
-    def list_files(self, purpose: str | None, after: str | None, limit: int | None) -> Call[Page[FileObject]]:
-        """A page of files."""
-        params = {"purpose": purpose, "after": after, "limit": _limit(limit)}
-        return Call("GET", "files", model(Page[FileObject]), params=params)
-
-    def file_form(self, purpose: str) -> dict[str, str]:
-        """The form fields sent beside the file on ``POST /files``."""
-        return {"purpose": purpose}
-
-    def create_file(self, stream: IO[bytes], name: str, purpose: str) -> Call[FileObject]:
-        """``POST /files`` (multipart), re-read from the start on each attempt."""
-        start = stream.tell()
-        form = self.file_form(purpose)
-
-        def multipart() -> tuple[dict[str, str], dict[str, Any]]:
-            stream.seek(start)
-            return form, {"file": (name, stream, mime_type(name))}
-
-        # A create: never sent again when the service may have made the file (the caller looks it up).
-        return Call("POST", "files", model(FileObject), multipart=multipart, idempotent=False)
-
     def create_upload(self, name: str, size: int, purpose: str) -> Call[Upload]:
         """Start an upload of ``size`` bytes (the Uploads API)."""
         self.require("uploads")
@@ -378,10 +321,6 @@ class OpenAIBackend(Backend):
 
     # -- flows: operations of more than one request (:mod:`airflow_provider_finetune.core.flows`) -----------
 
-    def file_flow(self, stream: IO[bytes], name: str, purpose: str) -> Flow[FileObject]:
-        """Upload a file in one request (:meth:`create_file`); a service whose upload takes more overrides this."""
-        return cast(FileObject, raised((yield self.create_file(stream, name, purpose))))
-
     def parts_flow(self, stream: IO[bytes], name: str, size: int, purpose: str, part_size: int) -> Flow[FileObject]:
         """Upload a file through the Uploads API in parts of ``part_size`` bytes, with an md5 check.
 
@@ -405,10 +344,6 @@ class OpenAIBackend(Backend):
         if done.file is None:
             raise FineTuningAPIError(200, f"upload {done.id} completed with status {done.status} but no file")
         return done.file
-
-
-def _json(response: httpx.Response) -> Any:
-    return response.json()
 
 
 def _bytes(response: httpx.Response) -> bytes:

@@ -38,11 +38,11 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
-from airflow_provider_finetune.backends.base import Call, Capabilities, Limits, model
-from airflow_provider_finetune.backends.openai import OpenAIBackend
+from airflow_provider_finetune.backends.base import Call, Capabilities, Limits, json_answer, model
+from airflow_provider_finetune.backends.openai import OpenAIFiles
 from airflow_provider_finetune.core.client import path_param
 from airflow_provider_finetune.core.flows import Flow, Transfer, raised
-from airflow_provider_finetune.core.statuses import FineTuningJobStatus
+from airflow_provider_finetune.core.statuses import FineTuningJobStatus, canonical
 from airflow_provider_finetune.exceptions import FineTuningAPIError, FineTuningError, InvalidRequestError
 from airflow_provider_finetune.models import (
     CreateFineTuningJobRequest,
@@ -242,24 +242,18 @@ def _timestamp(value: Any) -> int | None:
         return None
 
 
-def _canonical_status(value: Any) -> Any:
-    if isinstance(value, str) and value in TOGETHER_STATUSES:
-        return TOGETHER_STATUSES[value].value
-    return value  # a status Together adds later parses as an unknown, non-terminal one
-
-
 def job_from(data: Any) -> Any:
     """Together's job onto the canonical one; Together's own fields ride along as they are."""
     if not isinstance(data, dict):
         return data
     status = data.get("status")
-    canonical = _canonical_status(status)
-    ended = canonical in ("succeeded", "failed", "cancelled")
+    ours = canonical(TOGETHER_STATUSES, status)
+    ended = ours in ("succeeded", "failed", "cancelled")
     job: dict[str, Any] = {
         **{k: v for k, v in data.items() if k not in ("events", "created_at", "updated_at", "status")},
         "object": "fine_tuning.job",
         "id": data.get("id"),
-        "status": canonical,
+        "status": ours,
         "together_status": status,
         "model": data.get("model"),
         "created_at": _timestamp(data.get("created_at")),
@@ -268,7 +262,7 @@ def job_from(data: Any) -> Any:
         "fine_tuned_model": data.get("model_output_name"),
         "training_file": data.get("training_file"),
         "validation_file": data.get("validation_file") or None,
-        "trained_tokens": data.get("token_count") if canonical == "succeeded" else None,
+        "trained_tokens": data.get("token_count") if ours == "succeeded" else None,
         "hyperparameters": {
             k: v for k, v in (("n_epochs", data.get("n_epochs")), ("batch_size", data.get("batch_size"))) if v
         }
@@ -452,7 +446,7 @@ def _redirect_or_checked(response: httpx.Response) -> FileObject | httpx.Respons
     return response if response.is_redirect else checked_file(response)
 
 
-class TogetherBackend(OpenAIBackend):
+class TogetherBackend(OpenAIFiles):
     """Together AI's fine-tuning API (see the module's description)."""
 
     service: ClassVar[str] = "together"
@@ -677,6 +671,10 @@ class TogetherBackend(OpenAIBackend):
         return cast(PriceEstimate, estimate)
 
     # -- jobs ----------------------------------------------------------------------------------------------
+
+    def chat_completion(self, body: Mapping[str, Any]) -> Call[dict[str, Any]]:
+        """``POST /chat/completions``: Together serves its models in OpenAI's shape."""
+        return Call("POST", "chat/completions", json_answer, json=dict(body))
 
     def create_prepared_job(self, body: Mapping[str, Any], *, job_id: str | None = None) -> Call[FineTuningJob]:
         """``POST /fine-tunes``: not re-sent when its outcome is unknown. Together takes no client-chosen id."""

@@ -17,9 +17,9 @@ import json
 import random
 import time
 import weakref
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, NamedTuple
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -39,6 +39,7 @@ from airflow_provider_finetune.exceptions import (
 
 __all__ = [
     "ConnectionSettings",
+    "Course",
     "RetryPolicy",
     "Send",
     "Sleep",
@@ -48,6 +49,8 @@ __all__ = [
     "run_sync",
     "shared_async_client",
 ]
+
+T = TypeVar("T")
 
 
 # Statuses that say "try again": the request timed out, conflicted with a concurrent change, was rate
@@ -149,29 +152,27 @@ class ConnectionSettings:
 
         :param headers: the service's own headers for every request (its backend's), before ``extra_headers``.
         """
-        return httpx.Client(
-            base_url=self.base_url + "/",
-            headers={**(headers or {}), **self.headers()},
-            params=self.default_params(),
-            timeout=self.timeouts(),
-            follow_redirects=False,
-            auth=auth,
-        )
+        return httpx.Client(**self._client_options(auth, headers))
 
     def make_async_client(
         self, auth: httpx.Auth | None = None, headers: Mapping[str, str] | None = None
     ) -> httpx.AsyncClient:
         """Create an async client for these settings, authenticating each request with ``auth``."""
         return httpx.AsyncClient(
-            base_url=self.base_url + "/",
-            headers={**(headers or {}), **self.headers()},
-            params=self.default_params(),
-            timeout=self.timeouts(),
-            follow_redirects=False,
-            auth=auth,
+            **self._client_options(auth, headers),
             # Idle connections outlive a poll interval, so that a triggerer's polls reuse them.
             limits=httpx.Limits(max_connections=20, max_keepalive_connections=20, keepalive_expiry=120.0),
         )
+
+    def _client_options(self, auth: httpx.Auth | None, headers: Mapping[str, str] | None) -> dict[str, Any]:
+        return {
+            "base_url": self.base_url + "/",
+            "headers": {**(headers or {}), **self.headers()},
+            "params": self.default_params(),
+            "timeout": self.timeouts(),
+            "follow_redirects": False,
+            "auth": auth,
+        }
 
 
 @dataclass(frozen=True)
@@ -411,40 +412,75 @@ def _transport_error(
     return FineTuningConnectionError(f"{where} failed: {type(exc).__name__}: {reason}")
 
 
+class Course(Generic[T]):
+    """Steps under way: each is sent what the one before came to; ``value`` is what they return once ended.
+
+    ``for step in course`` gives the steps in turn; each is carried out inside ``with course.answering()``,
+    which sets :attr:`answer`.
+
+    :param answers: the errors that are a step's answer (sent into the steps as its value).
+    :param throws: the errors thrown into the steps at their ``yield``, so that they may clean up; any other
+        error ends the course where it is raised.
+    """
+
+    def __init__(
+        self,
+        steps: Generator[Any, Any, T],
+        *,
+        answers: type[BaseException] | tuple[type[BaseException], ...],
+        throws: type[BaseException] | tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self._steps = steps
+        self._answers = answers
+        self._throws = throws
+        self._failure: BaseException | None = None
+        self.answer: Any = None
+        self.value: T
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            answer, failure = self.answer, self._failure
+            self.answer = self._failure = None
+            try:
+                step = self._steps.send(answer) if failure is None else self._steps.throw(failure)
+            except StopIteration as done:
+                self.value = done.value
+                return
+            yield step
+
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """Carry out one step: an error of ``answers`` is its answer; one of ``throws`` goes into the steps."""
+        try:
+            yield
+        except self._answers as error:
+            self.answer = error
+        except self._throws as error:
+            self._failure = error
+
+
 def run_sync(client: httpx.Client, steps: Exchange, *, sleep: Callable[[float], None] = time.sleep) -> httpx.Response:
     """Carry out the steps of :func:`exchange` with a sync client."""
-    step = next(steps)
-    while True:
-        outcome: Outcome = None
-        if isinstance(step, Sleep):
-            sleep(step.seconds)
-        else:
-            try:
-                outcome = client.send(step.request)
-            except httpx.TransportError as exc:
-                outcome = exc
-        try:
-            step = steps.send(outcome)
-        except StopIteration as done:
-            return done.value
+    course = Course(steps, answers=httpx.TransportError)
+    for step in course:
+        with course.answering():
+            if isinstance(step, Sleep):
+                sleep(step.seconds)
+            else:
+                course.answer = client.send(step.request)
+    return course.value
 
 
 async def run_async(client: httpx.AsyncClient, steps: Exchange) -> httpx.Response:
     """Carry out the steps of :func:`exchange` with an async client."""
-    step = next(steps)
-    while True:
-        outcome: Outcome = None
-        if isinstance(step, Sleep):
-            await asyncio.sleep(step.seconds)
-        else:
-            try:
-                outcome = await client.send(step.request)
-            except httpx.TransportError as exc:
-                outcome = exc
-        try:
-            step = steps.send(outcome)
-        except StopIteration as done:
-            return done.value
+    course = Course(steps, answers=httpx.TransportError)
+    for step in course:
+        with course.answering():
+            if isinstance(step, Sleep):
+                await asyncio.sleep(step.seconds)
+            else:
+                course.answer = await client.send(step.request)
+    return course.value
 
 
 def path_param(name: str, value: str) -> str:

@@ -31,6 +31,7 @@ import httpx
 
 from airflow_provider_finetune.core.client import (
     ConnectionSettings,
+    Course,
     Exchange,
     RetryPolicy,
     Sleep,
@@ -149,34 +150,34 @@ async def transfer_async(
     return step.parse(await run_async(storage, steps))
 
 
-def run_flow_sync(send: Callable[[Any], Any], flow: Flow[T], *, state: Any = None) -> T:
+def _keep(state: Any, step: ReadState | WriteState) -> Any:
+    """Read or write the task's state store (nothing where there is none)."""
+    if isinstance(step, ReadState):
+        return NO_STATE_STORE if state is None else state.get(step.key)
+    if state is not None:
+        state.set(step.key, step.value)
+    return None
+
+
+def run_flow_sync(
+    send: Callable[[Any], Any], flow: Flow[T], *, state: Any = None, sleep: Callable[[float], None] | None = None
+) -> T:
     """Carry out ``flow`` on this thread; return what it returns.
 
     :param send: carries out one request step and returns its result (the hook's ``call``).
     :param state: the task's state store (``get(key)``, ``set(key, value)``), if any.
+    :param sleep: what waits out a :class:`Sleep` (``time.sleep``, looked up at each call).
     """
-    answer: Any = None
-    failure: BaseException | None = None
-    while True:
-        try:
-            step = flow.send(answer) if failure is None else flow.throw(failure)
-        except StopIteration as done:
-            return done.value
-        answer = failure = None
-        try:
+    course = Course(flow, answers=FineTuningError, throws=BaseException)  # the flow may clean up before it ends
+    for step in course:
+        with course.answering():
             if isinstance(step, Sleep):
-                time.sleep(step.seconds)  # looked up at each call: a test may stand in for the clock
-            elif isinstance(step, ReadState):
-                answer = NO_STATE_STORE if state is None else state.get(step.key)
-            elif isinstance(step, WriteState):
-                if state is not None:
-                    state.set(step.key, step.value)
+                (sleep or time.sleep)(step.seconds)
+            elif isinstance(step, ReadState | WriteState):
+                course.answer = _keep(state, step)
             else:
-                answer = send(step)
-        except FineTuningError as error:
-            answer = error
-        except BaseException as error:  # the flow may clean up before it ends
-            failure = error
+                course.answer = send(step)
+    return course.value
 
 
 async def run_flow_async(asend: Callable[[Any], Awaitable[Any]], flow: Flow[T], *, state: Any = None) -> T:
@@ -184,28 +185,16 @@ async def run_flow_async(asend: Callable[[Any], Awaitable[Any]], flow: Flow[T], 
 
     :param asend: carries out one request step and returns its result (the hook's ``acall``).
     """
-    answer: Any = None
-    failure: BaseException | None = None
-    while True:
-        try:
-            step = flow.send(answer) if failure is None else flow.throw(failure)
-        except StopIteration as done:
-            return done.value
-        answer = failure = None
-        try:
+    course = Course(flow, answers=FineTuningError, throws=BaseException)  # the flow may clean up before it ends
+    for step in course:
+        with course.answering():
             if isinstance(step, Sleep):
                 await asyncio.sleep(step.seconds)
-            elif isinstance(step, ReadState):
-                answer = NO_STATE_STORE if state is None else await asyncio.to_thread(state.get, step.key)
-            elif isinstance(step, WriteState):
-                if state is not None:
-                    await asyncio.to_thread(state.set, step.key, step.value)
+            elif isinstance(step, ReadState | WriteState):
+                course.answer = await asyncio.to_thread(_keep, state, step)
             else:
-                answer = await asend(step)
-        except FineTuningError as error:
-            answer = error
-        except BaseException as error:  # the flow may clean up before it ends
-            failure = error
+                course.answer = await asend(step)
+    return course.value
 
 
 def _as_is(step: Any, answer: Any) -> Any:

@@ -8,8 +8,9 @@ No Airflow import and no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 __all__ = [
     "ACTIVE",
@@ -24,6 +25,7 @@ __all__ = [
     "TERMINAL",
     "TERMINAL_STATUSES",
     "FineTuningJobStatus",
+    "canonical",
 ]
 
 
@@ -100,3 +102,14 @@ PAUSED: frozenset[str] = frozenset({_S.PAUSING.value, _S.PAUSED.value})
 SUCCEEDED: str = _S.SUCCEEDED.value
 RUNNING: str = _S.RUNNING.value
 CANCELLING: str = _S.CANCELLING.value
+
+
+def canonical(statuses: Mapping[str, FineTuningJobStatus], value: Any) -> Any:
+    """A service's own status word as its canonical status, by the service's table ``statuses``.
+
+    A word the table lacks (one the service adds later) is kept as it is: it parses as an unknown status that is
+    not terminal.
+    """
+    if isinstance(value, str) and value in statuses:
+        return statuses[value].value
+    return value

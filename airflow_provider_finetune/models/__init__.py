@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, TypeAlias, TypeVar
 
 from pydantic import (
@@ -178,6 +179,10 @@ def _real_error(value: JobError | None) -> JobError | None:
     if value is not None and not value.code and not value.message:
         return None
     return value
+
+
+#: A job's ``error``: ``None`` unless the job failed (see :func:`_real_error`).
+_JobErrorOrNone: TypeAlias = Annotated[JobError | None, AfterValidator(_real_error)]
 
 
 class Hyperparameters(APIObject):
@@ -443,17 +448,37 @@ class FineTuningIntegration(APIObject):
     wandb: WandbIntegration | None = None
 
 
-class FineTuningJob(APIObject):
+class _Resource(APIObject):
+    """An object the service keeps: its ``id``, and in ``object`` what kind of object it is.
+
+    Each kind gives ``object`` the value the service sends as its default.
+    """
+
+    id: str
+    object: str
+
+
+class _DatedResource(_Resource):
+    """A kept object that says when it was made (``created_at``, Unix seconds)."""
+
+    created_at: int | None = None
+
+
+class _Deletion(_Resource):
+    """The answer to deleting an object: its ``id``, its kind, and whether it is gone."""
+
+    deleted: bool = False
+
+
+class FineTuningJob(_DatedResource):
     """A fine-tuning job (``fine_tuning.job``).
 
     ``error`` is ``None`` unless the job failed: the service (and its examples) also send ``{}`` or an
     error whose fields are all null for a job that has not failed.
     """
 
-    id: str
     object: str = "fine_tuning.job"
-    created_at: int | None = None
-    error: JobError | None = None
+    error: _JobErrorOrNone = None
     fine_tuned_model: str | None = None
     finished_at: int | None = None
     hyperparameters: Hyperparameters | None = None
@@ -470,11 +495,6 @@ class FineTuningJob(APIObject):
     method: FineTuneMethod | None = None
     metadata: dict[str, str] | None = None
 
-    @field_validator("error")
-    @classmethod
-    def _empty_error_is_none(cls, value: JobError | None) -> JobError | None:
-        return _real_error(value)
-
     @property
     def method_type(self) -> str:
         """The job's method: ``method.type``, else the block present, else ``supervised`` (the default)."""
@@ -489,7 +509,7 @@ class FineTuningJob(APIObject):
         return "supervised"
 
 
-class FineTuningJobEvent(APIObject):
+class FineTuningJobEvent(_DatedResource):
     """An event of a job (``fine_tuning.job.event``): a log message or a metrics record.
 
     :param level: ``info``, ``warn`` (``warning`` on Azure) or ``error``.
@@ -497,9 +517,7 @@ class FineTuningJobEvent(APIObject):
     :param data: the event's data (the metrics for ``metrics`` events).
     """
 
-    id: str
     object: str = "fine_tuning.job.event"
-    created_at: int | None = None
     level: str = "info"
     message: str = ""
     type: str | None = None
@@ -518,12 +536,10 @@ class CheckpointMetrics(APIObject):
     full_valid_mean_token_accuracy: float | None = None
 
 
-class FineTuningJobCheckpoint(APIObject):
+class FineTuningJobCheckpoint(_DatedResource):
     """A checkpoint of a job (``fine_tuning.job.checkpoint``): a usable model at a training step."""
 
-    id: str
     object: str = "fine_tuning.job.checkpoint"
-    created_at: int | None = None
     fine_tuned_model_checkpoint: str | None = None
     fine_tuning_job_id: str | None = None
     step_number: int | None = None
@@ -532,72 +548,61 @@ class FineTuningJobCheckpoint(APIObject):
     )
 
 
-class CheckpointPermission(APIObject):
+class CheckpointPermission(_DatedResource):
     """A permission for a project to use a checkpoint (``checkpoint.permission``)."""
 
-    id: str
     object: str = "checkpoint.permission"
-    created_at: int | None = None
     project_id: str | None = None
 
 
-class DeletedCheckpointPermission(APIObject):
+class DeletedCheckpointPermission(_Deletion):
     """The answer to deleting a checkpoint permission."""
 
-    id: str
     object: str = "checkpoint.permission"
-    deleted: bool = False
 
 
-class FileObject(APIObject):
+class _StoredFile(_Resource):
+    """What a file and an upload both report: the file's size, name, purpose, lifetime and status."""
+
+    bytes: int | None = None
+    created_at: int | None = None
+    expires_at: int | None = None
+    filename: str | None = None
+    purpose: str | None = None
+    status: str | None = None
+
+
+class FileObject(_StoredFile):
     """An uploaded file (the spec's ``OpenAIFile``).
 
     :param purpose: ``fine-tune``, ``fine-tune-results``, ``batch``... (kept as a string: the list grows).
     :param status: deprecated by the service: ``uploaded``, ``processed`` or ``error``.
     """
 
-    id: str
     object: str = "file"
-    bytes: int | None = None
-    created_at: int | None = None
-    expires_at: int | None = None
-    filename: str | None = None
-    purpose: str | None = None
-    status: str | None = None
     status_details: str | None = None
 
 
-class DeletedFile(APIObject):
+class DeletedFile(_Deletion):
     """The answer to deleting a file."""
 
-    id: str
     object: str = "file"
-    deleted: bool = False
 
 
-class Upload(APIObject):
+class Upload(_StoredFile):
     """A multi-part upload (``upload``); ``file`` is set once the upload is completed.
 
     :param status: ``pending``, ``completed``, ``cancelled`` or ``expired``.
     """
 
-    id: str
     object: str = "upload"
-    bytes: int | None = None
-    created_at: int | None = None
-    expires_at: int | None = None
-    filename: str | None = None
-    purpose: str | None = None
-    status: str | None = None
     file: FileObject | None = None
 
 
-class UploadPart(APIObject):
+class UploadPart(_DatedResource):
     """A part added to an upload (``upload.part``)."""
 
-    id: str
     object: str = "upload.part"
-    created_at: int | None = None
     upload_id: str | None = None
 
 
@@ -668,14 +673,9 @@ class JobState(BaseModel):
     created_at: int | None = None
     estimated_finish: int | None = None
     fine_tuned_model: str | None = None
-    error: JobError | None = None
+    error: _JobErrorOrNone = None
     #: The cost so far, where the service reports one (a budget cap reads it).
     total_price: float | None = None
-
-    @field_validator("error")
-    @classmethod
-    def _empty_error_is_none(cls, value: JobError | None) -> JobError | None:
-        return _real_error(value)
 
 
 _ItemT = TypeVar("_ItemT")
@@ -1103,17 +1103,15 @@ def _clean_loc(loc: tuple[str | int, ...], data: Any, error_type: str) -> tuple[
     return tuple(kept), dropped
 
 
+@dataclass(slots=True)
 class _Problem:
     """One error of a validation, located on the user's field path."""
 
-    __slots__ = ("error_type", "from_union", "got", "message", "path")
-
-    def __init__(self, path: str, error_type: str, message: str, got: str | None, from_union: bool) -> None:
-        self.path = path
-        self.error_type = error_type
-        self.message = message
-        self.got = got
-        self.from_union = from_union
+    path: str
+    error_type: str
+    message: str
+    got: str | None
+    from_union: bool
 
     def render(self) -> str:
         text = self.message if self.got is None else f"{self.message} (got {self.got})"

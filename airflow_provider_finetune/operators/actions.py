@@ -20,9 +20,25 @@ if TYPE_CHECKING:
 
 __all__ = ["FineTuningJobCancelOperator", "FineTuningJobPauseOperator", "FineTuningJobResumeOperator"]
 
+#: What every job action's docstring ends with: what all actions do alike, and the parameters they take.
+_SHARED_DOC = """
+    The return value (and the XCom ``status``) is the job's status. Where the job's status no longer allows the
+    action (pausing or resuming a job that has ended), the task fails with a message naming the job and its
+    status, and no request is sent.
+
+    :param job_id: the job (templated).
+    :param finetune_conn_id: the connection.
+    :param wait_for_completion: wait for the status the action leads to, as said above.
+    :param poll_interval: seconds between polls while waiting.
+    :param timeout: how long to wait (seconds or a timedelta).
+"""
+
 
 class _JobActionOperator(_FineTuningOperator):
-    """Apply an action to a job by id, idempotently, and optionally wait for the state it leads to."""
+    """Apply an action to a job by id, idempotently, and optionally wait for the state it leads to.
+
+    Each action's docstring says what it does and waits for; :data:`_SHARED_DOC` is added to it.
+    """
 
     template_fields: Sequence[str] = ("job_id",)
     operator_extra_links = (FineTuningJobLink(),)
@@ -45,6 +61,8 @@ class _JobActionOperator(_FineTuningOperator):
         rule = cls.rule
         cls.action, cls.verb, cls.capability = rule.method, rule.verb, rule.capability
         cls.done_statuses, cls.refused_statuses, cls.target_statuses = rule.done, rule.refused, rule.targets
+        if cls.__doc__:
+            cls.__doc__ = cls.__doc__.rstrip() + "\n" + _SHARED_DOC
 
     def __init__(
         self,
@@ -118,14 +136,8 @@ class _JobActionOperator(_FineTuningOperator):
 class FineTuningJobCancelOperator(_JobActionOperator):
     """Cancel a fine-tuning job; a job that has already ended (succeeded, failed, cancelled) is left as it is.
 
-    The return value (and the XCom ``status``) is the job's status: ``cancelled``, or the status it had
-    already ended with.
-
-    :param job_id: the job (templated).
-    :param finetune_conn_id: the connection.
-    :param wait_for_completion: wait until the job has ended (``cancelled``, or another end it reached first).
-    :param poll_interval: seconds between polls while waiting.
-    :param timeout: how long to wait.
+    The task returns ``cancelled``, or the status the job had already ended with. With ``wait_for_completion``,
+    it waits until the job has ended (``cancelled``, or another end it reached first).
     """
 
     rule = job_actions.CANCEL
@@ -134,14 +146,7 @@ class FineTuningJobCancelOperator(_JobActionOperator):
 class FineTuningJobPauseOperator(_JobActionOperator):
     """Pause a fine-tuning job; pausing a paused (or pausing) job is fine.
 
-    A job that has ended (succeeded, failed, cancelled) cannot be paused: the task fails with a message
-    naming the job and its status, and no pause request is sent.
-
-    :param job_id: the job (templated).
-    :param finetune_conn_id: the connection.
-    :param wait_for_completion: wait until the job is ``paused``; a job that ends instead fails the task.
-    :param poll_interval: seconds between polls while waiting.
-    :param timeout: how long to wait.
+    With ``wait_for_completion``, the task waits until the job is ``paused``; a job that ends instead fails it.
     """
 
     rule = job_actions.PAUSE
@@ -150,15 +155,9 @@ class FineTuningJobPauseOperator(_JobActionOperator):
 class FineTuningJobResumeOperator(_JobActionOperator):
     """Resume a paused fine-tuning job; resuming a job that is validating, queued or running is fine.
 
-    A job that has ended (succeeded, failed, cancelled) cannot be resumed: the task fails with a message
-    naming the job and its status, and no resume request is sent.
-
-    :param job_id: the job (templated).
-    :param finetune_conn_id: the connection.
-    :param wait_for_completion: wait until the job runs (``running``) or ends; ``queued`` is still waited
-        through. The task returns ``running`` or ``succeeded``; a job that ends failed or cancelled fails it.
-    :param poll_interval: seconds between polls while waiting.
-    :param timeout: how long to wait; a job still queued when it passes fails the task.
+    With ``wait_for_completion``, the task waits until the job runs (``running``) or ends; ``queued`` is still
+    waited through, and a job still queued at the ``timeout`` fails the task. The task returns ``running`` or
+    ``succeeded``; a job that ends failed or cancelled fails it.
     """
 
     rule = job_actions.RESUME

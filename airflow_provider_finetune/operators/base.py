@@ -6,8 +6,10 @@ when a task runs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -51,26 +53,6 @@ def _seconds(value: float | timedelta | None) -> float | None:
 _GRADER_PLACEHOLDER = re.compile(r"\{\{\s*(?:sample|item)\b[^{}]*\}\}")
 
 
-class _GraderTemplates(BaseOperator):
-    """Renders templated fields that may hold graders without mistaking their placeholders for Jinja."""
-
-    def render_template(
-        self,
-        content: Any,
-        context: Context,
-        jinja_env: Any = None,
-        seen_oids: set[int] | None = None,
-    ) -> Any:
-        """Render templated fields, leaving grader placeholders and python graders' source untouched."""
-        if isinstance(content, str):
-            content = _GRADER_PLACEHOLDER.sub(lambda m: "{% raw %}" + m.group(0) + "{% endraw %}", content)
-        elif isinstance(content, dict) and content.get("type") == "python" and isinstance(content.get("source"), str):
-            # Python source may hold "{{" of its own (f-strings); it is code, never a template.
-            rest = {key: value for key, value in content.items() if key != "source"}
-            return {**self.render_template(rest, context, jinja_env, seen_oids), "source": content["source"]}
-        return super().render_template(content, context, jinja_env, seen_oids)
-
-
 class _FineTuningOperator(BaseOperator):
     """What every operator of this provider shares: the connection and a hook made on first use."""
 
@@ -85,6 +67,21 @@ class _FineTuningOperator(BaseOperator):
     def __init__(self, *, finetune_conn_id: str = "finetune_default", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.finetune_conn_id = finetune_conn_id
+
+    def render_template(
+        self,
+        content: Any,
+        context: Context,
+        jinja_env: Any = None,
+        seen_oids: set[int] | None = None,
+    ) -> Any:
+        """Render a templated field's value as Airflow does, less what :meth:`_render_value` keeps from Jinja."""
+        render = functools.partial(super().render_template, context=context, jinja_env=jinja_env, seen_oids=seen_oids)
+        return self._render_value(content, render)
+
+    def _render_value(self, content: Any, render: Callable[[Any], Any]) -> Any:
+        """Render ``content`` with ``render`` (Airflow's own rendering), keeping from Jinja what is no template."""
+        return render(content)
 
     @cached_property
     def hook(self) -> FineTuningHook:
@@ -107,3 +104,17 @@ class _FineTuningOperator(BaseOperator):
     def _no_job_yet(self) -> None:
         """Say, for the link read when this try ends, that no job page was pushed in this process yet."""
         setattr(self, FineTuningJobLink.known_attribute, "")
+
+
+class _GraderTemplates(_FineTuningOperator):
+    """Renders templated fields that may hold graders without mistaking their placeholders for Jinja."""
+
+    def _render_value(self, content: Any, render: Callable[[Any], Any]) -> Any:
+        """Leave grader placeholders and python graders' source untouched."""
+        if isinstance(content, str):
+            content = _GRADER_PLACEHOLDER.sub(lambda m: "{% raw %}" + m.group(0) + "{% endraw %}", content)
+        elif isinstance(content, dict) and content.get("type") == "python" and isinstance(content.get("source"), str):
+            # Python source may hold "{{" of its own (f-strings); it is code, never a template.
+            rest = {key: value for key, value in content.items() if key != "source"}
+            return {**render(rest), "source": content["source"]}
+        return render(content)

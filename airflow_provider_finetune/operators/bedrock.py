@@ -51,6 +51,8 @@ def _split_s3(uri: str, field: str) -> tuple[str, str]:
 class _BedrockOperator(_FineTuningOperator):
     """What the Bedrock operators share: the connection must be a Bedrock one."""
 
+    ui_color = "#fdf1e3"
+
     def bedrock(self) -> BedrockBackend:
         """The connection's Bedrock backend; any other service is refused in one line."""
         from airflow_provider_finetune.backends.bedrock import BedrockBackend
@@ -87,7 +89,6 @@ class BedrockTrainingDataOperator(_BedrockOperator):
     """
 
     template_fields: Sequence[str] = ("source", "model", "customization_type", "s3_uri")
-    ui_color = "#fdf1e3"
 
     def __init__(
         self,
@@ -171,7 +172,6 @@ class BedrockCustomModelDeploymentOperator(_BedrockOperator):
     """
 
     template_fields: Sequence[str] = ("model_arn", "deployment_name", "description", "tags")
-    ui_color = "#fdf1e3"
 
     def __init__(
         self,
@@ -311,7 +311,6 @@ class BedrockCustomModelDeploymentDeleteOperator(_BedrockOperator):
     """
 
     template_fields: Sequence[str] = ("deployment",)
-    ui_color = "#fdf1e3"
 
     def __init__(self, *, deployment: str, finetune_conn_id: str = "finetune_default", **kwargs: Any) -> None:
         super().__init__(finetune_conn_id=finetune_conn_id, **kwargs)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_finetune.core.templating import number
-from airflow_provider_finetune.operators.base import _FineTuningOperator, _GraderTemplates
+from airflow_provider_finetune.operators.base import _GraderTemplates
 from airflow_provider_finetune.operators.files import open_source
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ def _answer(completion: Mapping[str, Any], model: str) -> str:
     raise FineTuningError(f"{model} answered no text (finish_reason {finish!r}): {str(message)[:200]}")
 
 
-class FineTuningEvaluateOperator(_GraderTemplates, _FineTuningOperator):
+class FineTuningEvaluateOperator(_GraderTemplates):
     """Evaluate a fine-tuned model against a baseline on held-out prompts; stop its promotion if it does not win.
 
     Both ``model`` and ``baseline`` (the base model, or the model now in production) answer every prompt of

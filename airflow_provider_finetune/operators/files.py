@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -184,14 +184,8 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
         self.filename = filename
         self.digest_in_filename = digest_in_filename
 
-    def render_template(
-        self,
-        content: Any,
-        context: Context,
-        jinja_env: Any = None,
-        seen_oids: set[int] | None = None,
-    ) -> Any:
-        """Render templated fields; a local ``pathlib`` path is kept as it is.
+    def _render_value(self, content: Any, render: Callable[[Any], Any]) -> Any:
+        """Keep a local ``pathlib`` path as it is.
 
         Airflow 3.1 "renders" any object with a ``resolve`` method by calling it, which for a path means
         ``Path.resolve(strict=True)``: a missing file would fail the rendering and a symlink would be
@@ -199,7 +193,7 @@ class FineTuningFileUploadOperator(_FineTuningOperator):
         """
         if isinstance(content, PurePath):
             return content
-        return super().render_template(content, context, jinja_env, seen_oids)
+        return render(content)
 
     def execute(self, context: Context) -> str:
         """Check the file, upload it (or adopt the upload a lost answer left), push what it holds; return its id."""

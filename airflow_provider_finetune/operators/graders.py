@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_finetune.operators.base import _FineTuningOperator, _GraderTemplates
+from airflow_provider_finetune.operators.base import _GraderTemplates
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -16,10 +16,11 @@ if TYPE_CHECKING:
 __all__ = ["FineTuningGraderRunOperator", "FineTuningGraderValidateOperator"]
 
 
-class _GraderOperator(_GraderTemplates, _FineTuningOperator):
+class _GraderOperator(_GraderTemplates):
     """Renders graders without mistaking their placeholders for Jinja, and validates them locally."""
 
     capability = "graders"
+    ui_color = "#e8f0fe"
 
     grader: dict[str, Any] | str
 
@@ -53,7 +54,6 @@ class FineTuningGraderValidateOperator(_GraderOperator):
 
     template_fields: Sequence[str] = ("grader",)
     template_fields_renderers = {"grader": "json"}
-    ui_color = "#e8f0fe"
 
     def __init__(
         self, *, grader: dict[str, Any] | str, finetune_conn_id: str = "finetune_default", **kwargs: Any
@@ -94,7 +94,6 @@ class FineTuningGraderRunOperator(_GraderOperator):
 
     template_fields: Sequence[str] = ("grader", "samples")
     template_fields_renderers = {"grader": "json", "samples": "json"}
-    ui_color = "#e8f0fe"
 
     def __init__(
         self,

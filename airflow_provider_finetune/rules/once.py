@@ -211,6 +211,22 @@ def _agrees(reported: Any, given: Any) -> bool:
     return bool(reported == given)
 
 
+def _replace(job: FineTuningJob, on_changed_request: OnChangedRequest, log: Any) -> Generator[CancelJob, Any, None]:
+    """Make way for a new job in place of ``job``, which this task instance made from another request.
+
+    ``on_changed_request='fail'`` leaves it as it is and fails; otherwise it is cancelled unless it has ended.
+    """
+    if on_changed_request == "fail":
+        raise ChangedRequestError(
+            f"Job {job.id} ({job.status}) was made by this task instance from another request (the DAG "
+            "or its data changed since); on_changed_request='fail' leaves it as it is"
+        )
+    if not job.status.is_terminal():
+        if log is not None:
+            log.warning("Job %s was made from another request; cancelling it to create a new one", job.id)
+        yield CancelJob(job.id)
+
+
 def ensure_job(
     body: Mapping[str, Any],
     identity: JobIdentity,
@@ -258,15 +274,7 @@ def ensure_job(
     if found is not None and found.status not in FAILURE_STATUSES:
         if finder.same_request(found):
             return found, False
-        if on_changed_request == "fail":
-            raise ChangedRequestError(
-                f"Job {found.id} ({found.status}) was made by this task instance from another request (the DAG "
-                "or its data changed since); on_changed_request='fail' leaves it as it is"
-            )
-        if not found.status.is_terminal():
-            if log is not None:
-                log.warning("Job %s was made from another request; cancelling it to create a new one", found.id)
-            yield CancelJob(found.id)
+        yield from _replace(found, on_changed_request, log)
     yield WriteState("intent", {"fingerprint": fingerprint, "at": now})
     if previous is not None:
         # Done with that job: a lookup after a lost answer must not be handed it again from the state store, but
@@ -395,15 +403,7 @@ def _ensure_by_client_id(
         # The task's state store names the job an earlier try made; it may come from another request.
         earlier = yield GetJob(str(stored))
         if earlier is not None and earlier.status not in FAILURE_STATUSES and not ids.of_this_request(earlier):
-            if on_changed_request == "fail":
-                raise ChangedRequestError(
-                    f"Job {earlier.id} ({earlier.status}) was made by this task instance from another request (the "
-                    "DAG or its data changed since); on_changed_request='fail' leaves it as it is"
-                )
-            if not earlier.status.is_terminal():
-                if log is not None:
-                    log.warning("Job %s was made from another request; cancelling it to create a new one", earlier.id)
-                yield CancelJob(earlier.id)
+            yield from _replace(earlier, on_changed_request, log)
     generation = 0
     newest: FineTuningJob | None = None
     while generation < MAX_GENERATIONS:

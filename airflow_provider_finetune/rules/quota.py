@@ -38,7 +38,6 @@ __all__ = [
     "QuotaOutcome",
     "Slots",
     "await_quota",
-    "bounded",
     "clock_time",
     "count_active",
     "same_base_model",
@@ -174,13 +173,3 @@ def count_active(jobs: Iterable[FineTuningJob], model: str, *, tag: str | None, 
         else:
             active += 1
     return Slots(active, ours)
-
-
-def bounded(jobs: Iterable[FineTuningJob]) -> Iterable[FineTuningJob]:
-    """The jobs of a list, up to the most a count reads (``MAX_WALK``)."""
-    from airflow_provider_finetune.rules.once import MAX_WALK
-
-    for walked, job in enumerate(jobs):
-        if walked >= MAX_WALK:
-            return
-        yield job

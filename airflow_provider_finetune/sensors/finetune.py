@@ -25,6 +25,7 @@ from airflow_provider_finetune.exceptions import FineTuningError, InvalidRequest
 if TYPE_CHECKING:
     import jinja2
     from airflow.sdk import Context
+    from airflow.triggers.base import BaseTrigger
 
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
     from airflow_provider_finetune.models import FineTuningJob, FineTuningJobCheckpoint
@@ -130,6 +131,33 @@ class _FineTuningSensor(BaseSensorOperator):
         if self.mode not in self.valid_modes:
             raise InvalidRequestError(f"mode must be {' or '.join(self.valid_modes)}, got {self.mode!r}", field="mode")
 
+    def execute(self, context: Context) -> Any:
+        """Poke on the worker, or defer at once to the triggerer when ``deferrable``."""
+        if not self.deferrable:
+            return super().execute(context)
+        self.defer(trigger=self._trigger(), method_name="execute_complete", timeout=self._defer_timeout())
+
+    def _trigger(self) -> BaseTrigger:
+        """The trigger that waits in the sensor's place when it defers."""
+        raise NotImplementedError
+
+    def _event_status(self, event: Any, allowed: Collection[str], *, late: str, unread: str) -> tuple[str, str]:
+        """The status and message of a trigger event; a timeout or a failed read fails the task.
+
+        :param allowed: the statuses besides ``timeout`` and ``error`` that may end the wait.
+        :param late: the message of a timeout, when the event gives none.
+        :param unread: the message of a failed read, when the event gives none.
+        """
+        from airflow_provider_finetune.rules.waiting import WAIT_ERROR, WAIT_TIMEOUT
+
+        status = _event(event, self.job_id, {*allowed, WAIT_TIMEOUT, WAIT_ERROR})["status"]
+        message = str(event.get("message") or "")
+        if status == WAIT_TIMEOUT:
+            raise _sensor_timeout(message or late)
+        if status == WAIT_ERROR:
+            raise FineTuningError(message or unread)
+        return status, message
+
     def _deadline(self) -> float:
         """The sensor's ``timeout`` as an absolute time, so that a triggerer restart does not reset it."""
         return time.time() + float(self.timeout)
@@ -221,39 +249,29 @@ class FineTuningJobSensor(_FineTuningSensor):
         self.log.info("Fine-tuning job %s is %s; waiting for %s", job.id, status, _either(self.target_statuses))
         return PokeReturnValue(is_done=False)
 
-    def execute(self, context: Context) -> Any:
-        """Poke on the worker, or defer at once to the triggerer when ``deferrable``."""
-        if not self.deferrable:
-            return super().execute(context)
+    def _trigger(self) -> BaseTrigger:
         from airflow_provider_finetune.triggers.finetune import FineTuningJobTrigger
 
-        self.defer(
-            trigger=FineTuningJobTrigger(
-                self.job_id,
-                finetune_conn_id=self.finetune_conn_id,
-                # The trigger also stops on the failure statuses that are not terminal (e.g. "paused").
-                target_statuses=sorted(self.target_statuses | self.failure_statuses),
-                poll_interval=self.poke_interval,
-                deadline=self._deadline(),
-                cancel_on_kill=False,  # the job is not the sensor's to cancel
-                # As when it pokes: a transient failure to read the job keeps it waiting, until its timeout.
-                max_consecutive_errors=UNBOUNDED_ERRORS,
-            ),
-            method_name="execute_complete",
-            timeout=self._defer_timeout(),
+        return FineTuningJobTrigger(
+            self.job_id,
+            finetune_conn_id=self.finetune_conn_id,
+            # The trigger also stops on the failure statuses that are not terminal (e.g. "paused").
+            target_statuses=sorted(self.target_statuses | self.failure_statuses),
+            poll_interval=self.poke_interval,
+            deadline=self._deadline(),
+            cancel_on_kill=False,  # the job is not the sensor's to cancel
+            # As when it pokes: a transient failure to read the job keeps it waiting, until its timeout.
+            max_consecutive_errors=UNBOUNDED_ERRORS,
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         """Resume after the trigger fired: check the event against what it may say, then finish."""
-        from airflow_provider_finetune.rules.waiting import WAIT_ERROR, WAIT_TIMEOUT
-
-        allowed = self.target_statuses | self.failure_statuses | statuses.TERMINAL | {WAIT_TIMEOUT, WAIT_ERROR}
-        status = _event(event, self.job_id, allowed)["status"]
-        message = str(event.get("message") or "")
-        if status == WAIT_TIMEOUT:
-            raise _sensor_timeout(message or f"Fine-tuning job {self.job_id} did not reach the status in time")
-        if status == WAIT_ERROR:
-            raise FineTuningError(message or f"Could not read fine-tuning job {self.job_id}")
+        status, _ = self._event_status(
+            event,
+            self.target_statuses | self.failure_statuses | statuses.TERMINAL,
+            late=f"Fine-tuning job {self.job_id} did not reach the status in time",
+            unread=f"Could not read fine-tuning job {self.job_id}",
+        )
         # Re-read the job for what the event does not carry: the model, or the job's error.
         job = self.hook.get_job(self.job_id)
         if status in self.target_statuses:
@@ -419,43 +437,38 @@ class FineTuningCheckpointSensor(_FineTuningSensor):
         return PokeReturnValue(is_done=False)
 
     def execute(self, context: Context) -> Any:
-        """Poke on the worker, or defer at once to the triggerer when ``deferrable``."""
+        """Refuse a service without checkpoints (or without cancel, for early stopping); then wait as every sensor."""
         self.hook.require("checkpoints")  # a service without checkpoints is refused before any request
         if self.early_stopping is not None:
             self.hook.require("cancel")
-        if not self.deferrable:
-            return super().execute(context)
+        return super().execute(context)
+
+    def _trigger(self) -> BaseTrigger:
         from airflow_provider_finetune.triggers.finetune import FineTuningCheckpointTrigger
 
-        self.defer(
-            trigger=FineTuningCheckpointTrigger(
-                self.job_id,
-                finetune_conn_id=self.finetune_conn_id,
-                min_checkpoints=self.condition.min_checkpoints,
-                metric=self.condition.metric,
-                threshold=self.condition.threshold,
-                mode=self.condition.mode,
-                poll_interval=self.poke_interval,
-                deadline=self._deadline(),
-                early_stopping=None if self.early_stopping is None else self.early_stopping.to_json(),
-            ),
-            method_name="execute_complete",
-            timeout=self._defer_timeout(),
+        return FineTuningCheckpointTrigger(
+            self.job_id,
+            finetune_conn_id=self.finetune_conn_id,
+            min_checkpoints=self.condition.min_checkpoints,
+            metric=self.condition.metric,
+            threshold=self.condition.threshold,
+            mode=self.condition.mode,
+            poll_interval=self.poke_interval,
+            deadline=self._deadline(),
+            early_stopping=None if self.early_stopping is None else self.early_stopping.to_json(),
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         """Resume after the trigger fired: check the event against what it may say, then finish."""
         from airflow_provider_finetune.models import FineTuningJobCheckpoint
         from airflow_provider_finetune.rules.early_stopping import EARLY_STOPPED
-        from airflow_provider_finetune.rules.waiting import WAIT_ERROR, WAIT_TIMEOUT
 
-        allowed = {"found", "job_ended", WAIT_TIMEOUT, WAIT_ERROR} | ({EARLY_STOPPED} if self.early_stopping else set())
-        status = _event(event, self.job_id, allowed)["status"]
-        message = str(event.get("message") or "")
-        if status == WAIT_TIMEOUT:
-            raise _sensor_timeout(message or f"No checkpoint of job {self.job_id} met {self.condition} in time")
-        if status == WAIT_ERROR:
-            raise FineTuningError(message or f"Could not read the checkpoints of job {self.job_id}")
+        status, message = self._event_status(
+            event,
+            {"found", "job_ended"} | ({EARLY_STOPPED} if self.early_stopping else set()),
+            late=f"No checkpoint of job {self.job_id} met {self.condition} in time",
+            unread=f"Could not read the checkpoints of job {self.job_id}",
+        )
         if status in ("found", EARLY_STOPPED):
             try:
                 found = FineTuningJobCheckpoint.model_validate(event.get("checkpoint"))

@@ -343,7 +343,7 @@ def validate_jsonl(
     :param name: what to call the file in the error message.
     :param field: the request field the file is given in, for the error (``validation_file``...).
     :param max_issues: stop collecting issues after this many; later ones are only counted.
-    :param rules: whose formats the file must follow: ``openai``, or ``together`` (conversational
+    :param rules: whose formats the file must follow: ``common`` (the default), or ``together`` (conversational
         ``messages``, instruction ``prompt``/``completion``, generic ``text``; preference data for ``dpo``).
     :return: the counts and token estimate of the file.
     :raises TrainingDataError: if the file has any problem, listing them all.
@@ -384,7 +384,7 @@ def validate_file(
         ``"training file"``.
     :param field: the request field the file is given in, for the error (``validation_file``...).
     :param max_issues: stop collecting issues after this many; later ones are only counted.
-    :param rules: whose formats the file must follow: ``openai``, or ``together`` (conversational
+    :param rules: whose formats the file must follow: ``common`` (the default), or ``together`` (conversational
         ``messages``, instruction ``prompt``/``completion``, generic ``text``; preference data for ``dpo``).
     :return: the counts and token estimate of the file.
     :raises TrainingDataError: if the file has any problem, listing them all.
@@ -456,14 +456,14 @@ class _Example:
 def _validate(
     lines: Iterable[bytes | str | _LongLine],
     *,
-    method: str = "supervised",
-    min_examples: int = 10,
-    max_line_bytes: int = 4 * 1024 * 1024,
-    name: str = "training file",
-    field: str = "training_file",
-    max_issues: int = 100,
-    path: str | None = None,
-    rules: str = DEFAULT_RULES,
+    method: str,
+    min_examples: int,
+    max_line_bytes: int,
+    name: str,
+    field: str,
+    max_issues: int,
+    path: str | None,
+    rules: str,
 ) -> TrainingFileReport:
     if isinstance(lines, bytes | bytearray | str):
         raise TypeError("lines must be an iterable of lines (e.g. data.splitlines()), not one whole text")
@@ -621,14 +621,26 @@ def _check_supervised(ex: _Example, obj: dict[str, Any]) -> None:
     elif any(key in obj for key in _PROMPT_COMPLETION_KEYS):
         ex.format = "prompt_completion"
         _check_prompt_completion(ex, obj)
-    elif any(key in obj for key in _PREFERENCE_KEYS):
-        ex.issue(None, "looks like a preference (dpo) example; supervised examples have messages")
     else:
-        ex.issue(
-            None,
-            "neither a chat example (with messages) nor a prompt-completion example (with prompt and "
-            f"completion); keys: {_keys(obj)}",
+        _no_supervised_format(
+            ex,
+            obj,
+            expected_keys="messages",
+            formats="neither a chat example (with messages) nor a prompt-completion example (with prompt and "
+            "completion)",
         )
+
+
+def _no_supervised_format(ex: _Example, obj: dict[str, Any], *, expected_keys: str, formats: str) -> None:
+    """Note an example of no supervised format: a preference example is told apart, any other shows its keys.
+
+    :param expected_keys: the keys a supervised example has, as the message lists them.
+    :param formats: the supervised formats there are, as the message lists them.
+    """
+    if any(key in obj for key in _PREFERENCE_KEYS):
+        ex.issue(None, f"looks like a preference (dpo) example; supervised examples have {expected_keys}")
+    else:
+        ex.issue(None, f"{formats}; keys: {_keys(obj)}")
 
 
 def _check_chat(ex: _Example, obj: dict[str, Any]) -> None:
@@ -662,22 +674,14 @@ def _check_prompt_completion(ex: _Example, obj: dict[str, Any]) -> None:
     for key in obj:
         if key not in _PROMPT_COMPLETION_KEYS:
             ex.issue(key, "unknown key; a prompt-completion example has prompt and completion")
-    prompt = obj.get("prompt", _MISSING)
-    if prompt is _MISSING:
-        ex.issue("prompt", "required")
-    elif not isinstance(prompt, str):
-        ex.issue("prompt", f"must be a string, not {_kind(prompt)}")
-    else:
-        ex.text(prompt)
-    completion = obj.get("completion", _MISSING)
-    if completion is _MISSING:
-        ex.issue("completion", "required")
-    elif not isinstance(completion, str):
-        ex.issue("completion", f"must be a string, not {_kind(completion)}")
-    elif not completion.strip():
-        ex.issue("completion", "must not be empty")
-    else:
+    _check_text(ex, obj, "prompt", "prompt")
+    completion = _required(ex, obj.get("completion", _MISSING), "completion", str, "a string")
+    if completion is None:
+        return
+    if completion.strip():
         ex.text(completion)
+    else:
+        ex.issue("completion", "must not be empty")
 
 
 def _check_dpo(ex: _Example, obj: dict[str, Any]) -> None:
@@ -690,12 +694,8 @@ def _check_dpo(ex: _Example, obj: dict[str, Any]) -> None:
     for key in obj:
         if key not in _PREFERENCE_KEYS:
             ex.issue(key, f"unknown key; a preference example has {', '.join(_PREFERENCE_KEYS)}")
-    given = obj.get("input", _MISSING)
-    if given is _MISSING:
-        ex.issue("input", "required")
-    elif not isinstance(given, dict):
-        ex.issue("input", f"must be an object, not {_kind(given)}")
-    else:
+    given = _required(ex, obj.get("input", _MISSING), "input", dict, "an object")
+    if given is not None:
         for key in given:
             if key not in _PREFERENCE_INPUT_KEYS:
                 ex.issue(f"input.{key}", f"unknown key; input has {', '.join(_PREFERENCE_INPUT_KEYS)}")
@@ -717,8 +717,7 @@ def _check_dpo(ex: _Example, obj: dict[str, Any]) -> None:
 
 
 def _check_output(ex: _Example, value: Any, where: str) -> None:
-    if not isinstance(value, list):
-        ex.issue(where, f"must be an array holding one assistant message, not {_kind(value)}")
+    if not _check_type(ex, value, where, list, "an array holding one assistant message"):
         return
     if len(value) != 1:
         ex.issue(where, f"must hold exactly one assistant message, not {len(value)}")
@@ -776,24 +775,20 @@ register_rules(
 
 def _check_messages(ex: _Example, value: Any, where: str) -> list[Any] | None:
     """Check a list of messages; return it when it is a non-empty list (whatever its items)."""
-    if value is _MISSING:
-        ex.issue(where, "required")
+    messages = _required(ex, value, where, list, "an array of messages")
+    if messages is None:
         return None
-    if not isinstance(value, list):
-        ex.issue(where, f"must be an array of messages, not {_kind(value)}")
-        return None
-    if not value:
+    if not messages:
         ex.issue(where, "must not be empty")
         return None
-    for index, message in enumerate(value):
+    for index, message in enumerate(messages):
         _check_message(ex, message, f"{where}[{index}]")
-    return value
+    return messages
 
 
 def _check_message(ex: _Example, message: Any, where: str, *, output: bool = False) -> str | None:
     """Check one message; return its role when the role is valid."""
-    if not isinstance(message, dict):
-        ex.issue(where, f"must be a message object, not {_kind(message)}")
+    if not _check_type(ex, message, where, dict, "a message object"):
         return None
     role = message.get("role", _MISSING)
     if role is _MISSING:
@@ -849,11 +844,8 @@ def _check_assistant(ex: _Example, message: dict[str, Any], where: str) -> None:
     if function_call is not None:
         _check_function_call(ex, function_call, f"{where}.function_call")
     refusal = message.get("refusal")
-    if refusal is not None:
-        if isinstance(refusal, str):
-            ex.text(refusal)
-        else:
-            ex.issue(f"{where}.refusal", f"must be a string, not {_kind(refusal)}")
+    if refusal is not None and _check_type(ex, refusal, f"{where}.refusal", str, "a string"):
+        ex.text(refusal)
     weight = message.get("weight", _MISSING)
     if weight is not _MISSING and (type(weight) is not int or weight not in (0, 1)):
         ex.issue(f"{where}.weight", f"must be 0 or 1, not {_short(weight)}")
@@ -877,11 +869,7 @@ def _check_parts(ex: _Example, parts: list[Any], where: str, role: str) -> None:
         ex.issue(where, "must not be an empty array")
         return
     allowed = _PART_TYPES[role]
-    for index, part in enumerate(parts):
-        at = f"{where}[{index}]"
-        if not isinstance(part, dict):
-            ex.issue(at, f"must be a content part object, not {_kind(part)}")
-            continue
+    for at, part in _objects(ex, parts, where, "a content part object"):
         kind = part.get("type", _MISSING)
         if kind is _MISSING:
             ex.issue(f"{at}.type", "required")
@@ -895,21 +883,11 @@ def _check_parts(ex: _Example, parts: list[Any], where: str, role: str) -> None:
         elif kind == "image_url":
             _check_image(ex, part.get("image_url", _MISSING), f"{at}.image_url")
         else:  # "text" or "refusal": the text is under the key named by the type
-            text = part.get(kind, _MISSING)
-            if text is _MISSING:
-                ex.issue(f"{at}.{kind}", "required")
-            elif not isinstance(text, str):
-                ex.issue(f"{at}.{kind}", f"must be a string, not {_kind(text)}")
-            else:
-                ex.text(text)
+            _check_text(ex, part, kind, f"{at}.{kind}")
 
 
 def _check_image(ex: _Example, image: Any, where: str) -> None:
-    if image is _MISSING:
-        ex.issue(where, "required")
-        return
-    if not isinstance(image, dict):
-        ex.issue(where, f"must be an object with a url, not {_kind(image)}")
+    if _required(ex, image, where, dict, "an object with a url") is None:
         return
     url = image.get("url", _MISSING)
     if url is _MISSING:
@@ -923,45 +901,22 @@ def _check_image(ex: _Example, image: Any, where: str) -> None:
 
 
 def _check_tool_calls(ex: _Example, calls: Any, where: str) -> None:
-    if not isinstance(calls, list):
-        ex.issue(where, f"must be an array of tool calls, not {_kind(calls)}")
+    if not _check_type(ex, calls, where, list, "an array of tool calls"):
         return
     if not calls:
         ex.issue(where, "must not be empty (leave it out instead)")
         return
-    for index, call in enumerate(calls):
-        at = f"{where}[{index}]"
-        if not isinstance(call, dict):
-            ex.issue(at, f"must be a tool call object, not {_kind(call)}")
-            continue
-        call_id = call.get("id", _MISSING)
-        if call_id is _MISSING:
-            ex.issue(f"{at}.id", "required")
-        elif not isinstance(call_id, str):
-            ex.issue(f"{at}.id", f"must be a string, not {_kind(call_id)}")
-        kind = call.get("type", _MISSING)
-        if kind is _MISSING:
-            ex.issue(f"{at}.type", "required")
-        elif kind != "function":
-            ex.issue(f"{at}.type", f"must be 'function', not {_short(kind)}")
+    for at, call in _objects(ex, calls, where, "a tool call object"):
+        _required(ex, call.get("id", _MISSING), f"{at}.id", str, "a string")
+        _check_function_type(ex, call, at)
         _check_function_call(ex, call.get("function", _MISSING), f"{at}.function")
 
 
 def _check_function_call(ex: _Example, call: Any, where: str) -> None:
-    if call is _MISSING:
-        ex.issue(where, "required")
-        return
-    if not isinstance(call, dict):
-        ex.issue(where, f"must be an object with name and arguments, not {_kind(call)}")
+    if _required(ex, call, where, dict, "an object with name and arguments") is None:
         return
     for key in ("name", "arguments"):
-        value = call.get(key, _MISSING)
-        if value is _MISSING:
-            ex.issue(f"{where}.{key}", "required")
-        elif not isinstance(value, str):
-            ex.issue(f"{where}.{key}", f"must be a string, not {_kind(value)}")
-        else:
-            ex.text(value)
+        _check_text(ex, call, key, f"{where}.{key}")
 
 
 # --- tools -----------------------------------------------------------------------------------------------
@@ -977,19 +932,10 @@ def _check_tool_options(ex: _Example, obj: dict[str, Any], prefix: str) -> None:
 
 
 def _check_tools(ex: _Example, tools: Any, where: str) -> None:
-    if not isinstance(tools, list):
-        ex.issue(where, f"must be an array of tools, not {_kind(tools)}")
+    if not _check_type(ex, tools, where, list, "an array of tools"):
         return
-    for index, tool in enumerate(tools):
-        at = f"{where}[{index}]"
-        if not isinstance(tool, dict):
-            ex.issue(at, f"must be a tool object, not {_kind(tool)}")
-            continue
-        kind = tool.get("type", _MISSING)
-        if kind is _MISSING:
-            ex.issue(f"{at}.type", "required")
-        elif kind != "function":
-            ex.issue(f"{at}.type", f"must be 'function', not {_short(kind)}")
+    for at, tool in _objects(ex, tools, where, "a tool object"):
+        _check_function_type(ex, tool, at)
         function = tool.get("function", _MISSING)
         if function is _MISSING:
             ex.issue(f"{at}.function", "required")
@@ -998,8 +944,7 @@ def _check_tools(ex: _Example, tools: Any, where: str) -> None:
 
 
 def _check_functions(ex: _Example, functions: Any, where: str) -> None:
-    if not isinstance(functions, list):
-        ex.issue(where, f"must be an array of functions, not {_kind(functions)}")
+    if not _check_type(ex, functions, where, list, "an array of functions"):
         return
     if not 1 <= len(functions) <= _MAX_FUNCTIONS:
         ex.issue(where, f"must hold 1 to {_MAX_FUNCTIONS} functions, not {len(functions)}")
@@ -1007,9 +952,17 @@ def _check_functions(ex: _Example, functions: Any, where: str) -> None:
         _check_function_definition(ex, function, f"{where}[{index}]")
 
 
+def _check_function_type(ex: _Example, item: dict[str, Any], at: str) -> None:
+    """Check the ``type`` of a tool or a tool call: ``function``, the only type there is."""
+    kind = item.get("type", _MISSING)
+    if kind is _MISSING:
+        ex.issue(f"{at}.type", "required")
+    elif kind != "function":
+        ex.issue(f"{at}.type", f"must be 'function', not {_short(kind)}")
+
+
 def _check_function_definition(ex: _Example, function: Any, where: str) -> None:
-    if not isinstance(function, dict):
-        ex.issue(where, f"must be a function object, not {_kind(function)}")
+    if not _check_type(ex, function, where, dict, "a function object"):
         return
     name = function.get("name", _MISSING)
     if name is _MISSING:
@@ -1019,17 +972,56 @@ def _check_function_definition(ex: _Example, function: Any, where: str) -> None:
             f"{where}.name",
             f"must be 1 to 64 letters, digits, underscores or dashes, not {_short(name)}",
         )
-    description = function.get("description", _MISSING)
-    if description is not _MISSING and not isinstance(description, str):
-        ex.issue(f"{where}.description", f"must be a string, not {_kind(description)}")
-    parameters = function.get("parameters", _MISSING)
-    if parameters is not _MISSING and not isinstance(parameters, dict):
-        ex.issue(f"{where}.parameters", f"must be a JSON schema object, not {_kind(parameters)}")
+    if "description" in function:
+        _check_type(ex, function["description"], f"{where}.description", str, "a string")
+    if "parameters" in function:
+        _check_type(ex, function["parameters"], f"{where}.parameters", dict, "a JSON schema object")
     strict = function.get("strict", _MISSING)
     if strict is not _MISSING and strict is not None and not isinstance(strict, bool):
         ex.issue(f"{where}.strict", f"must be true or false, not {_short(strict)}")
     # Tool definitions are part of the prompt: measured as their compact JSON.
     ex.text(json.dumps(function, ensure_ascii=False, separators=(",", ":"), sort_keys=True))
+
+
+# --- values ----------------------------------------------------------------------------------------------
+
+
+def _check_type(ex: _Example, value: Any, where: str, json_type: type, expected: str) -> bool:
+    """Whether ``value`` is a ``json_type`` (``dict``, ``list`` or ``str``); if not, note that it must be ``expected``.
+
+    :param where: the path of the value in the example (``messages[1].content``).
+    :param expected: what the value must be, as the message says it (``"a tool object"``).
+    """
+    if isinstance(value, json_type):
+        return True
+    ex.issue(where, f"must be {expected}, not {_kind(value)}")
+    return False
+
+
+def _required(ex: _Example, value: Any, where: str, json_type: type, expected: str) -> Any:
+    """``value`` when it is given and a ``json_type``; else ``None``, noting that it is required or not ``expected``.
+
+    :param value: the value, or ``_MISSING`` for an absent key.
+    """
+    if value is _MISSING:
+        ex.issue(where, "required")
+        return None
+    return value if _check_type(ex, value, where, json_type, expected) else None
+
+
+def _check_text(ex: _Example, obj: dict[str, Any], key: str, where: str) -> None:
+    """Check that ``obj[key]`` (at path ``where``) is given and is a string, and count its tokens."""
+    text = _required(ex, obj.get(key, _MISSING), where, str, "a string")
+    if text is not None:
+        ex.text(text)
+
+
+def _objects(ex: _Example, items: list[Any], where: str, expected: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield the path and value of each item of a list that is an object; note any other item as not ``expected``."""
+    for index, item in enumerate(items):
+        at = f"{where}[{index}]"
+        if _check_type(ex, item, at, dict, expected):
+            yield at, item
 
 
 # --- wording ---------------------------------------------------------------------------------------------

@@ -9,11 +9,12 @@ from typing import Any, Final
 
 from airflow_provider_finetune.training_data import (
     _MISSING,
-    _PREFERENCE_KEYS,
     _PROMPT_COMPLETION_KEYS,
+    _check_text,
     _Example,
-    _keys,
     _kind,
+    _no_supervised_format,
+    _objects,
     _short,
     register_rules,
 )
@@ -33,17 +34,17 @@ def _check_together_supervised(ex: _Example, obj: dict[str, Any]) -> None:
     elif any(key in obj for key in _PROMPT_COMPLETION_KEYS):
         ex.format = "prompt_completion"
         for key in _PROMPT_COMPLETION_KEYS:
-            _check_together_text(ex, obj, key)
+            _check_text(ex, obj, key, key)
     elif "text" in obj:
         ex.format = "text"
-        _check_together_text(ex, obj, "text")
-    elif any(key in obj for key in _PREFERENCE_KEYS):
-        ex.issue(None, "looks like a preference (dpo) example; supervised examples have messages, prompt or text")
+        _check_text(ex, obj, "text", "text")
     else:
-        ex.issue(
-            None,
-            "none of Together's formats: conversational (messages), instruction (prompt and completion) or "
-            f"generic text (text); keys: {_keys(obj)}",
+        _no_supervised_format(
+            ex,
+            obj,
+            expected_keys="messages, prompt or text",
+            formats="none of Together's formats: conversational (messages), instruction (prompt and completion) or "
+            "generic text (text)",
         )
 
 
@@ -70,11 +71,7 @@ def _check_together_messages(ex: _Example, messages: Any, where: str, *, needs_a
             where, "required: a non-empty list of messages" if messages is _MISSING else "must be a non-empty list"
         )
         return
-    for i, message in enumerate(messages):
-        at = f"{where}[{i}]"
-        if not isinstance(message, dict):
-            ex.issue(at, f"must be an object, not {_kind(message)}")
-            continue
+    for at, message in _objects(ex, messages, where, "an object"):
         if message.get("role") not in _TOGETHER_ROLES:
             ex.issue(f"{at}.role", f"must be one of {', '.join(_TOGETHER_ROLES)}, not {_short(message.get('role'))}")
         content = message.get("content")
@@ -84,16 +81,6 @@ def _check_together_messages(ex: _Example, messages: Any, where: str, *, needs_a
             ex.issue(f"{at}.content", f"must be a string or a list of content parts, not {_kind(content)}")
     if needs_assistant and not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         ex.issue(where, "has no assistant message to learn from")
-
-
-def _check_together_text(ex: _Example, obj: dict[str, Any], key: str) -> None:
-    value = obj.get(key, _MISSING)
-    if value is _MISSING:
-        ex.issue(key, "required")
-    elif not isinstance(value, str):
-        ex.issue(key, f"must be a string, not {_kind(value)}")
-    else:
-        ex.text(value)
 
 
 # Together has no reinforcement fine-tuning.

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import Any
-
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_finetune.exceptions import FineTuningError
-from airflow_provider_finetune.triggers.offloop import OffLoopLog
+from airflow_provider_finetune.triggers.base import _FineTuningTrigger
+
+if TYPE_CHECKING:
+    from airflow_provider_finetune.triggers.offloop import OffLoopLog
 
 __all__ = ["BedrockCustomModelDeploymentTrigger", "deployment_outcome"]
 
@@ -28,7 +28,7 @@ def deployment_outcome(deployment: Any) -> dict[str, Any] | None:
     return {"status": deployment.status, "deployment_arn": deployment.arn, "message": message}
 
 
-class BedrockCustomModelDeploymentTrigger(BaseTrigger):
+class BedrockCustomModelDeploymentTrigger(_FineTuningTrigger):
     """Poll a custom model deployment until it is ``Active`` or ``Failed``, the deadline, or too many failed polls.
 
     Fires one event: ``{"status": "Active" | "Failed" | "timeout" | "error", "deployment_arn", "message"}``.
@@ -56,25 +56,11 @@ class BedrockCustomModelDeploymentTrigger(BaseTrigger):
         self.deadline = deadline
         self.max_consecutive_errors = max_consecutive_errors
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        """The trigger's path and JSON-primitive kwargs (no secrets)."""
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "deployment_arn": self.deployment_arn,
-                "finetune_conn_id": self.finetune_conn_id,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "max_consecutive_errors": self.max_consecutive_errors,
-            },
-        )
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Poll; yield one event."""
+    async def _wait(self, log: OffLoopLog) -> dict[str, Any]:
+        """Poll; the event that ends the wait."""
         from airflow_provider_finetune.hooks.finetune import FineTuningHook
 
         hook = FineTuningHook(self.finetune_conn_id)
-        log = OffLoopLog(self.log)  # its lines never block the triggerer's event loop
         errors = 0
         last_status: str | None = None
         while True:
@@ -85,9 +71,7 @@ class BedrockCustomModelDeploymentTrigger(BaseTrigger):
                 errors += 1
                 log.warning("Could not read deployment %s (%d in a row): %s", self.deployment_arn, errors, err)
                 if errors >= self.max_consecutive_errors or not _transient(err):
-                    await log.flushed()
-                    yield TriggerEvent({"status": "error", "deployment_arn": self.deployment_arn, "message": str(err)})
-                    return
+                    return {"status": "error", "deployment_arn": self.deployment_arn, "message": str(err)}
             else:
                 errors = 0
                 if deployment.status != last_status:
@@ -95,15 +79,11 @@ class BedrockCustomModelDeploymentTrigger(BaseTrigger):
                     last_status = deployment.status
                 event = deployment_outcome(deployment)
                 if event is not None:
-                    await log.flushed()  # its last lines before Airflow's "Trigger fired event"
-                    yield TriggerEvent(event)
-                    return
+                    return event
             now = time.time()
             if self.deadline is not None and now >= self.deadline:
                 message = f"Deployment {self.deployment_arn} was not active before the deadline"
-                await log.flushed()
-                yield TriggerEvent({"status": "timeout", "deployment_arn": self.deployment_arn, "message": message})
-                return
+                return {"status": "timeout", "deployment_arn": self.deployment_arn, "message": message}
             pause = self.poll_interval if self.deadline is None else min(self.poll_interval, self.deadline - now)
             await asyncio.sleep(max(pause, 0.0))
 

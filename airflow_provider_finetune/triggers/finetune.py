@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.exceptions import AirflowNotFoundException
-from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_finetune.exceptions import FineTuningError
 from airflow_provider_finetune.hooks.waits import wait_async
@@ -28,11 +27,12 @@ from airflow_provider_finetune.rules.waiting import (
     Outcome,
     watch,
 )
-from airflow_provider_finetune.triggers.offloop import OffLoopLog
+from airflow_provider_finetune.triggers.base import _FineTuningTrigger
 from airflow_provider_finetune.triggers.poller import shared_poller
 
 if TYPE_CHECKING:
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
+    from airflow_provider_finetune.triggers.offloop import OffLoopLog
 
 __all__ = ["FineTuningCheckpointTrigger", "FineTuningJobTrigger", "hook_class"]
 
@@ -58,7 +58,7 @@ async def _hook(conn_id: str) -> FineTuningHook:
     return (await hook_class())(conn_id)
 
 
-class FineTuningJobTrigger(BaseTrigger):
+class FineTuningJobTrigger(_FineTuningTrigger):
     """Wait for a fine-tuning job to reach a status, without holding a worker.
 
     Fires exactly one event, whose payload is ``{"status", "job_id", "message", "last_event_id"}``:
@@ -109,35 +109,15 @@ class FineTuningJobTrigger(BaseTrigger):
         self.max_consecutive_errors = int(max_consecutive_errors)
         self.last_event_id = last_event_id
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        """Dotted path and JSON-primitive kwargs: no secrets, nothing that a restart would need besides."""
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "job_id": self.job_id,
-                "finetune_conn_id": self.finetune_conn_id,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "target_statuses": list(self.target_statuses),
-                "cancel_on_kill": self.cancel_on_kill,
-                "max_consecutive_errors": self.max_consecutive_errors,
-                "last_event_id": self.last_event_id,
-                "early_stopping": self.early_stopping,
-                "budget": self.budget,
-            },
-        )
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Poll the job until the wait is over, logging progress; yield one event."""
+    async def _wait(self, log: OffLoopLog) -> dict[str, Any]:
+        """Poll the job until the wait is over, logging progress; the outcome."""
         hook = await _hook(self.finetune_conn_id)
         try:
             poller = await shared_poller(hook)
         except (FineTuningError, AirflowNotFoundException) as err:  # no such connection, or unusable extras
             message = f"Connection {self.finetune_conn_id!r} cannot be used: {err}"
-            yield TriggerEvent(Outcome(WAIT_ERROR, self.job_id, message, self.last_event_id).payload())
-            return
+            return Outcome(WAIT_ERROR, self.job_id, message, self.last_event_id).payload()
         rule = EarlyStopping.of(self.early_stopping)
-        log = OffLoopLog(self.log)  # progress lines never block the triggerer's event loop
         steps = watch(
             self.job_id,
             targets=self.target_statuses,
@@ -158,8 +138,7 @@ class FineTuningJobTrigger(BaseTrigger):
                 outcome = await poller.wait(self.job_id, steps, poll_interval=self.poll_interval)
         except FineTuningError as err:
             outcome = Outcome(WAIT_ERROR, self.job_id, str(err), self.last_event_id)
-        await log.flushed()  # the job's last lines before Airflow's "Trigger fired event"
-        yield TriggerEvent(outcome.payload())
+        return outcome.payload()
 
     async def on_kill(self) -> None:
         """Cancel the job when a person kills the deferred task (Airflow 3.3+ calls this)."""
@@ -175,7 +154,7 @@ class FineTuningJobTrigger(BaseTrigger):
             self.log.warning("Could not cancel fine-tuning job %s: %s", self.job_id, err)
 
 
-class FineTuningCheckpointTrigger(BaseTrigger):
+class FineTuningCheckpointTrigger(_FineTuningTrigger):
     """Wait until a job has enough checkpoints, or one whose metric meets a threshold.
 
     Fires one event: ``{"status": "found", "job_id", "checkpoint": {...}, "message"}`` with the chosen
@@ -222,31 +201,12 @@ class FineTuningCheckpointTrigger(BaseTrigger):
         self.deadline = None if deadline is None else float(deadline)
         self.max_consecutive_errors = int(max_consecutive_errors)
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        """Dotted path and JSON-primitive kwargs."""
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "job_id": self.job_id,
-                "finetune_conn_id": self.finetune_conn_id,
-                "min_checkpoints": self.min_checkpoints,
-                "metric": self.metric,
-                "threshold": self.threshold,
-                "mode": self.mode,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "max_consecutive_errors": self.max_consecutive_errors,
-                "early_stopping": self.early_stopping,
-            },
-        )
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Poll the job's checkpoints until the condition holds (the rules of ``watch_checkpoints``); one event."""
+    async def _wait(self, log: OffLoopLog) -> dict[str, Any]:
+        """Poll the job's checkpoints until the condition holds (the rules of ``watch_checkpoints``); the outcome."""
         from airflow_provider_finetune.rules.checkpoints import CheckpointCondition, ReadCheckpoints, watch_checkpoints
 
         condition = CheckpointCondition(self.min_checkpoints, self.metric, self.threshold, self.mode)
         hook = await _hook(self.finetune_conn_id)
-        log = OffLoopLog(self.log)  # its lines never block the triggerer's event loop
         steps = watch_checkpoints(
             self.job_id,
             condition,
@@ -280,5 +240,4 @@ class FineTuningCheckpointTrigger(BaseTrigger):
             payload["checkpoint"] = outcome.checkpoint.model_dump(mode="json")
         if outcome.early_stopping is not None:
             payload["early_stopping"] = outcome.early_stopping
-        await log.flushed()
-        yield TriggerEvent(payload)
+        return payload

@@ -8,22 +8,23 @@ through the hook's once-only ``ensure_job`` (which reattaches to a job an earlie
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.exceptions import AirflowNotFoundException
-from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_finetune.exceptions import FineTuningError
 from airflow_provider_finetune.hooks.waits import wait_quota_async
 from airflow_provider_finetune.rules.quota import QUOTA_ERROR, QuotaOutcome, await_quota, clock_time
+from airflow_provider_finetune.triggers.base import _FineTuningTrigger
 from airflow_provider_finetune.triggers.finetune import DEFAULT_CONN_ID, hook_class
-from airflow_provider_finetune.triggers.offloop import OffLoopLog
+
+if TYPE_CHECKING:
+    from airflow_provider_finetune.triggers.offloop import OffLoopLog
 
 __all__ = ["FineTuningQuotaTrigger"]
 
 
-class FineTuningQuotaTrigger(BaseTrigger):
+class FineTuningQuotaTrigger(_FineTuningTrigger):
     """Wait for a fine-tuning quota without holding a worker; fire one event ``{"status", "message"}``.
 
     ``status`` is ``ready`` (try to create now), ``timeout`` (the deadline passed) or ``error`` (the active
@@ -64,27 +65,9 @@ class FineTuningQuotaTrigger(BaseTrigger):
         self.tag = tag
         self.own_job_id = own_job_id
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        """Dotted path and JSON-primitive kwargs: no secrets."""
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "model": self.model,
-                "wake_at": self.wake_at,
-                "finetune_conn_id": self.finetune_conn_id,
-                "max_active_jobs": self.max_active_jobs,
-                "interval": self.interval,
-                "deadline": self.deadline,
-                "reason": self.reason,
-                "tag": self.tag,
-                "own_job_id": self.own_job_id,
-            },
-        )
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Sleep until the next try; with ``max_active_jobs``, look until a slot is free; yield one event."""
+    async def _wait(self, log: OffLoopLog) -> dict[str, Any]:
+        """Sleep until the next try; with ``max_active_jobs``, look until a slot is free; the outcome."""
         what = self.reason or f"a free slot among at most {self.max_active_jobs} active jobs on {self.model}"
-        log = OffLoopLog(self.log)
         log.info("Waiting for %s; next look at %s", what, clock_time(self.wake_at))
         steps = await_quota(
             self.model,
@@ -102,5 +85,4 @@ class FineTuningQuotaTrigger(BaseTrigger):
             outcome = await wait_quota_async(hook, steps, tag=self.tag, own_job_id=self.own_job_id)
         except (FineTuningError, AirflowNotFoundException) as err:  # no such connection, or unusable extras
             outcome = QuotaOutcome(QUOTA_ERROR, f"Connection {self.finetune_conn_id!r} cannot be used: {err}")
-        await log.flushed()
-        yield TriggerEvent(outcome.payload())
+        return outcome.payload()

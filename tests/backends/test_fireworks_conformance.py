@@ -326,7 +326,6 @@ REFUSED: dict[str, str] = {
     "add_part": "uploads",
     "complete_upload": "uploads",
     "upload_action": "uploads",
-    "file_call": "files",
     "get_file": "files",
     "delete_file": "files",
     "file_content": "files",

@@ -20,13 +20,7 @@ from airflow_provider_finetune.core import statuses
 from airflow_provider_finetune.core.compat import conf
 from airflow_provider_finetune.core.templating import number
 from airflow_provider_finetune.links.finetune import FineTuningJobLink
-from airflow_provider_finetune.operators.base import (
-    _FineTuningOperator,
-    _GraderTemplates,
-    _run_start,
-    _seconds,
-    task_tag,
-)
+from airflow_provider_finetune.operators.base import _GraderTemplates, _run_start, _seconds, task_tag
 
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
@@ -52,7 +46,7 @@ _HYPERPARAMETERS = frozenset(
 )
 
 
-class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
+class FineTuningJobOperator(_GraderTemplates):
     """Create a fine-tuning job, wait for it (on the worker or deferred), and return its model.
 
     Exactly one job per task instance, whatever crashes or retries, on every service: the job carries a metadata
@@ -285,6 +279,12 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
     def _wait(self, run: JobRun, job: FineTuningJob) -> str | None:
         """Wait for the job (deferred, or here) with the rules the policies give, then finish."""
         rules = {name: rule for policy in self._policies for name, rule in policy.wait_rules(run).items()}
+        # The wait's bounds, the same in the triggerer as on the worker.
+        wait: dict[str, Any] = {
+            "deadline": run.deadline,
+            "poll_interval": self.poll_interval,
+            "max_consecutive_errors": self.max_consecutive_errors,
+        }
         if self.deferrable:
             from airflow_provider_finetune.triggers.finetune import FineTuningJobTrigger
 
@@ -293,10 +293,8 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
                 trigger=FineTuningJobTrigger(
                     job.id,
                     finetune_conn_id=self.finetune_conn_id,
-                    poll_interval=self.poll_interval,
-                    deadline=run.deadline,
                     cancel_on_kill=self.cancel_on_kill,
-                    max_consecutive_errors=self.max_consecutive_errors,
+                    **wait,
                     **as_json,
                 ),
                 method_name="execute_complete",
@@ -306,15 +304,7 @@ class FineTuningJobOperator(_GraderTemplates, _FineTuningOperator):
         from airflow_provider_finetune.hooks.waits import wait_sync
         from airflow_provider_finetune.rules.waiting import watch
 
-        steps = watch(
-            job.id,
-            deadline=run.deadline,
-            poll_interval=self.poll_interval,
-            max_consecutive_errors=self.max_consecutive_errors,
-            log=self.log,
-            events=self.hook.backend.supports("events"),
-            **rules,
-        )
+        steps = watch(job.id, log=self.log, events=self.hook.backend.supports("events"), **wait, **rules)
         return self._complete(run, wait_sync(self.hook, job.id, steps))
 
     def _complete(self, run: JobRun, outcome: Outcome) -> str | None:
