@@ -147,7 +147,7 @@ class BedrockEmulator:
 
     def _conform(self, service: str, response_dict: Any, **_: Any) -> None:
         """Check an answer of the dialect against botocore's service model: its output shape, or an AWS error."""
-        from airflow_provider_finetune.emulator.bedrock_shapes import check_output
+        from airflow_provider_finetune.emulator.dialects.bedrock.shapes import check_output
 
         if response_dict is None:  # the connection was lost: nothing to check
             return

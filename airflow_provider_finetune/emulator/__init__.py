@@ -6,7 +6,7 @@ jobs with events, checkpoints and checkpoint permissions, graders, plus ``/model
 simulated trainer that is a pure function of time (deterministic for a seed, restart-safe with
 ``--db``), and faults (5xx, 429, dropped connections, latency) can be injected request by request.
 The same jobs and files are also served in Azure OpenAI's dialects: authoring under ``/openai`` (with
-``api-version``) and v1 under ``/openai/v1`` (:mod:`airflow_provider_finetune.emulator.azure`).
+``api-version``) and v1 under ``/openai/v1`` (:mod:`airflow_provider_finetune.emulator.dialects.azure`).
 
 * :func:`create_app` builds the ASGI app (serve it with uvicorn);
 * :class:`EmulatorServer` runs it in a background thread on a free port, for tests;

@@ -5,7 +5,7 @@ The API is the fine-tuning, files and uploads API of the spec, plus ``/v1/models
 ``metadata[...]`` filter, as some gateways and older API versions do.
 
 The same trainer, files and jobs are also served in Azure OpenAI's dialects (``../shared/azure-spec``;
-details in :mod:`airflow_provider_finetune.emulator.azure`), with the server's root as the Azure endpoint:
+details in :mod:`airflow_provider_finetune.emulator.dialects.azure`), with the server's root as the Azure endpoint:
 
 * authoring: ``{endpoint}/openai/fine_tuning/jobs...``, ``{endpoint}/openai/files...``,
   ``{endpoint}/openai/uploads...`` with ``?api-version=2024-10-21`` or ``?api-version=2025-04-01-preview``
@@ -17,15 +17,15 @@ Their answers carry ``apim-request-id`` and their errors have Azure's shapes.
 
 AWS Bedrock's control plane and runtime are served under ``/bedrock`` and ``/bedrock-runtime`` (boto3's
 ``endpoint_url``), with SigV4 checked by botocore and AWS's errors
-(:mod:`airflow_provider_finetune.emulator.bedrock`).
+(:mod:`airflow_provider_finetune.emulator.dialects.bedrock`).
 
-Fireworks AI's own dialect is served too (:mod:`airflow_provider_finetune.emulator.fireworks`), with the
+Fireworks AI's own dialect is served too (:mod:`airflow_provider_finetune.emulator.dialects.fireworks`), with the
 server's root as the SDK's base URL: ``/v1/accounts/{account_id}/datasets...``, ``.../supervisedFineTuningJobs``,
 ``.../dpoJobs``, ``.../reinforcementFineTuningJobs`` (``:cancel``, ``:resume``) and
 ``/inference/v1/chat/completions``; its errors are ``{"code": <gRPC code>, "message", "details": []}``.
 
 Together AI's dialect is served under ``/together/v1`` (its SDK's base URL is ``{root}/together/v1``; details in
-:mod:`airflow_provider_finetune.emulator.together`), with the presigned upload addresses under
+:mod:`airflow_provider_finetune.emulator.dialects.together`), with the presigned upload addresses under
 ``/together/storage`` and ``POST /_emulator/together/account`` to make its price estimate refuse jobs.
 
 Every answer carries ``x-request-id``; every error has the API's shape
@@ -63,17 +63,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from airflow_provider_finetune.emulator.azure import azure_error, azure_routes, surface_of
-from airflow_provider_finetune.emulator.bedrock import bedrock_routes
-from airflow_provider_finetune.emulator.bedrock_errors import is_bedrock_path
 from airflow_provider_finetune.emulator.config import EmulatorConfig
 from airflow_provider_finetune.emulator.core import Emulator
+from airflow_provider_finetune.emulator.dialects.azure import azure_error, azure_routes, surface_of
+from airflow_provider_finetune.emulator.dialects.bedrock import bedrock_routes, is_bedrock_path
+from airflow_provider_finetune.emulator.dialects.fireworks import fireworks_error_body, fireworks_routes
+from airflow_provider_finetune.emulator.dialects.together import together_routes
 from airflow_provider_finetune.emulator.errors import APIError, error_body_for_path, invalid_request
 from airflow_provider_finetune.emulator.faults import RAW_SEND_KEY, FaultMiddleware
-from airflow_provider_finetune.emulator.fireworks import fireworks_error_body, fireworks_routes
 from airflow_provider_finetune.emulator.graders import run_grader, validate_grader
 from airflow_provider_finetune.emulator.params import parse_body
-from airflow_provider_finetune.emulator.together import together_routes
 from airflow_provider_finetune.models import CreateFileRequest
 
 __all__ = ["DIALECTS", "Dialect", "DialectKit", "EmulatorApp", "create_app", "register_dialect"]
@@ -511,7 +510,7 @@ def _fireworks_routes(emulator: Emulator) -> list[Route]:
 
 
 def _together_routes(emulator: Emulator) -> list[Route]:
-    """Together AI's dialect under ``/together/v1`` (see :mod:`airflow_provider_finetune.emulator.together`)."""
+    """Together AI's dialect under ``/together/v1`` (:mod:`airflow_provider_finetune.emulator.dialects.together`)."""
 
     def endpoint(key: str, handler: _Handler) -> _Handler:
         return _endpoint(emulator, key, handler, admin=False, counted=True)

@@ -173,7 +173,7 @@ class FaultConfig:
 
 @dataclass(frozen=True)
 class BedrockConfig:
-    """Settings of the AWS Bedrock dialect (:mod:`airflow_provider_finetune.emulator.bedrock`).
+    """Settings of the AWS Bedrock dialect (:mod:`airflow_provider_finetune.emulator.dialects.bedrock`).
 
     Requests are checked as AWS checks them: a SigV4 signature made with ``access_key_id`` and
     ``secret_access_key`` for ``region`` and the ``bedrock`` service, or ``Authorization: Bearer <api_key>``

@@ -24,9 +24,9 @@ import random
 import re
 from typing import Any
 
-from airflow_provider_finetune.emulator.bedrock_errors import aws_fault, is_bedrock_path
 from airflow_provider_finetune.emulator.config import FaultConfig
 from airflow_provider_finetune.emulator.counters import Counters
+from airflow_provider_finetune.emulator.dialects.bedrock.errors import aws_fault, is_bedrock_path
 from airflow_provider_finetune.emulator.errors import error_body_for_path
 
 __all__ = ["RAW_SEND_KEY", "FaultMiddleware"]

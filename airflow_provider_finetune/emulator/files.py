@@ -12,7 +12,7 @@ from typing import Any
 from airflow_provider_finetune.emulator.config import Clock
 from airflow_provider_finetune.emulator.counters import Counters
 from airflow_provider_finetune.emulator.errors import invalid_request, not_found
-from airflow_provider_finetune.emulator.params import parse_body, parse_limit
+from airflow_provider_finetune.emulator.params import cursor_page, parse_body, parse_limit
 from airflow_provider_finetune.emulator.store import Record, Store
 from airflow_provider_finetune.models import CompleteUploadRequest, CreateUploadRequest
 
@@ -150,14 +150,8 @@ class FileService:
                 has_more = True
                 break
             data.append(self.render(record))
-        return {
-            "object": "list",
-            "data": data,
-            # The spec types first_id and last_id as strings: an empty page has empty ones.
-            "first_id": data[0]["id"] if data else "",
-            "last_id": data[-1]["id"] if data else "",
-            "has_more": has_more,
-        }
+        # The spec types first_id and last_id as strings: an empty page has empty ones.
+        return cursor_page(data, has_more=has_more, no_id="")
 
     @staticmethod
     def render(record: Record) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from airflow_provider_finetune.emulator.counters import Counters
 from airflow_provider_finetune.emulator.errors import APIError, conflict, invalid_request, not_found
 from airflow_provider_finetune.emulator.files import FileService
 from airflow_provider_finetune.emulator.graders import check_grader
-from airflow_provider_finetune.emulator.params import newest_first_page, parse_body, parse_limit
+from airflow_provider_finetune.emulator.params import cursor_page, newest_first_page, parse_body, parse_limit
 from airflow_provider_finetune.emulator.store import Record, Store, token
 from airflow_provider_finetune.emulator.trainer import (
     FORCE_FAILURE_KEY,
@@ -416,14 +416,7 @@ class JobService:
         size = parse_limit(limit, default=10, maximum=_MAX_PAGE)
         steps = job.checkpoint_steps(self._clock())
         page, has_more = newest_first_page(steps, key=job.checkpoint_id, after=after, limit=size, what="checkpoint")
-        data = [job.render_checkpoint(step) for step in page]
-        return {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-        }
+        return cursor_page([job.render_checkpoint(step) for step in page], has_more=has_more)
 
     # -- rendering ---------------------------------------------------------------------------------------
 

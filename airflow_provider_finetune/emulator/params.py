@@ -11,7 +11,7 @@ from airflow_provider_finetune.emulator.errors import invalid_request
 from airflow_provider_finetune.exceptions import InvalidRequestError
 from airflow_provider_finetune.models import build_request
 
-__all__ = ["newest_first_page", "parse_body", "parse_limit"]
+__all__ = ["cursor_page", "newest_first_page", "parse_body", "parse_limit"]
 
 _M = TypeVar("_M", bound=BaseModel)
 _T = TypeVar("_T")
@@ -66,3 +66,19 @@ def newest_first_page(
             raise invalid_request(f"No such {what}: {after}", param="after")
     start = max(0, end - limit)
     return list(reversed(items[start:end])), start > 0
+
+
+def cursor_page(data: list[dict[str, Any]], *, has_more: bool, no_id: str | None = None) -> dict[str, Any]:
+    """A cursor page as the API lists it: the items, the ids of its first and last, and whether more follow.
+
+    :param data: the page's items, as rendered.
+    :param has_more: whether items follow the page.
+    :param no_id: ``first_id`` and ``last_id`` of an empty page.
+    """
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else no_id,
+        "last_id": data[-1]["id"] if data else no_id,
+        "has_more": has_more,
+    }

@@ -10,7 +10,7 @@ from typing import Any
 from airflow_provider_finetune.emulator.config import Clock
 from airflow_provider_finetune.emulator.errors import invalid_request, not_found
 from airflow_provider_finetune.emulator.jobs import JobService
-from airflow_provider_finetune.emulator.params import parse_body, parse_limit
+from airflow_provider_finetune.emulator.params import cursor_page, parse_body, parse_limit
 from airflow_provider_finetune.emulator.store import Record, Store
 from airflow_provider_finetune.models import CreateCheckpointPermissionRequest
 
@@ -65,7 +65,7 @@ class PermissionService:
             if after not in ids:
                 raise invalid_request(f"No such checkpoint permission: {after}", param="after")
             records = records[ids.index(after) + 1 :]
-        return _page([_render(record) for record in records[:size]], has_more=len(records) > size)
+        return cursor_page([_render(record) for record in records[:size]], has_more=len(records) > size)
 
     def create(self, checkpoint: str, body: Any) -> dict[str, Any]:
         """Share a checkpoint with projects; a project that has access already keeps its permission."""
@@ -88,7 +88,7 @@ class PermissionService:
                 self._store.save("permission", record)
                 self._by_checkpoint.setdefault(checkpoint, []).append(record["id"])
             data.append(_render(record))
-        return _page(data, has_more=False)
+        return cursor_page(data, has_more=False)
 
     def delete(self, checkpoint: str, permission_id: str) -> dict[str, Any]:
         """Delete a permission of a checkpoint."""
@@ -109,14 +109,4 @@ def _render(record: Record) -> dict[str, Any]:
         "id": record["id"],
         "created_at": record["created_at"],
         "project_id": record["project_id"],
-    }
-
-
-def _page(data: list[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
     }

@@ -33,6 +33,7 @@ from typing import Any
 from airflow_provider_finetune.emulator.config import Timings
 from airflow_provider_finetune.emulator.errors import conflict
 from airflow_provider_finetune.emulator.store import Record, token
+from airflow_provider_finetune.rules.budget import auto_epochs as auto_n_epochs
 
 __all__ = [
     "FORCE_FAILURE_KEY",
@@ -71,13 +72,6 @@ CHECKPOINT_EPOCHS = 3
 _EPS = 1e-6
 _MASK = (1 << 64) - 1
 
-# Epoch heuristic of OpenAI's cookbook ("Data preparation and analysis for chat model fine-tuning").
-_TARGET_EPOCHS = 3
-_MIN_TARGET_EXAMPLES = 100
-_MAX_TARGET_EXAMPLES = 25_000
-_MIN_DEFAULT_EPOCHS = 1
-_MAX_DEFAULT_EPOCHS = 25
-
 _COMMON_HYPERPARAMETERS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 _METHOD_HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
     "supervised": _COMMON_HYPERPARAMETERS,
@@ -95,15 +89,6 @@ _METHOD_HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
 # ---------------------------------------------------------------------------------------------------------
 # Hyperparameters and plan, decided when the job is created.
 # ---------------------------------------------------------------------------------------------------------
-
-
-def auto_n_epochs(examples: int) -> int:
-    """Epochs ``n_epochs: "auto"`` resolves to: 3, more for small files, fewer for large ones."""
-    if examples * _TARGET_EPOCHS < _MIN_TARGET_EXAMPLES:
-        return min(_MAX_DEFAULT_EPOCHS, _MIN_TARGET_EXAMPLES // max(examples, 1))
-    if examples * _TARGET_EPOCHS > _MAX_TARGET_EXAMPLES:
-        return max(_MIN_DEFAULT_EPOCHS, _MAX_TARGET_EXAMPLES // examples)
-    return _TARGET_EPOCHS
 
 
 def auto_batch_size(examples: int) -> int:

@@ -550,7 +550,7 @@ def _sdk_create_body(**fields: Any) -> dict[str, Any]:
     from together.lib.resources.fine_tuning import create_finetune_request
     from together.types.finetune_model_limits import FinetuneModelLimits
 
-    from airflow_provider_finetune.emulator.together import _LIMITS
+    from airflow_provider_finetune.emulator.dialects.together import _LIMITS
 
     limits = FinetuneModelLimits.model_validate({**_LIMITS, "model_name": MODEL})
     made, _, _ = create_finetune_request(limits, training_file="file-1", **fields)

@@ -23,8 +23,8 @@ from airflow_provider_finetune.backends import together_multipart
 from airflow_provider_finetune.backends.together import TogetherBackend
 from airflow_provider_finetune.core.client import RetryPolicy
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
+from airflow_provider_finetune.emulator.dialects.together import TogetherDialect
 from airflow_provider_finetune.emulator.errors import APIError
-from airflow_provider_finetune.emulator.together import TogetherDialect
 from airflow_provider_finetune.exceptions import FineTuningAPIError, InvalidRequestError
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from tests.backends.together_conformance import TogetherConformance

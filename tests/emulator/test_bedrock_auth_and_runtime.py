@@ -334,7 +334,7 @@ def test_the_command_line_sets_the_bedrock_dialect(monkeypatch: pytest.MonkeyPat
 def test_the_routes_are_the_service_models_operations() -> None:
     import botocore.session
 
-    from airflow_provider_finetune.emulator.bedrock import OPERATIONS
+    from airflow_provider_finetune.emulator.dialects.bedrock.dialect import OPERATIONS
 
     session = botocore.session.get_session()
     for prefix, method, template, operation, _ in OPERATIONS:

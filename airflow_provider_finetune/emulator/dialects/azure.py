@@ -381,8 +381,8 @@ def authoring_event(event: dict[str, Any]) -> dict[str, Any]:
 # Routes
 # ---------------------------------------------------------------------------------------------------------
 
-_Handler = Callable[[Request, Any], Awaitable[Any]]
-_Wrap = Callable[[str, Callable[[Request], Awaitable[Any]]], Callable[[Request], Awaitable[Response]]]
+_Handler = Callable[[Request], Awaitable[Any]]
+_Wrap = Callable[[str, _Handler], Callable[[Request], Awaitable[Response]]]
 _Json = Callable[..., Response]
 
 
@@ -516,7 +516,7 @@ def azure_routes(emulator: Any, wrap: _Wrap, json_response: _Json, helpers: Mapp
         jobs.delete(request.path_params["fine_tuning_job_id"])
         return Response(status_code=204)
 
-    def transition(action: str, *, preview_only: bool) -> Callable[[Request], Awaitable[Any]]:
+    def transition(action: str, *, preview_only: bool) -> _Handler:
         async def handler(request: Request) -> Any:
             version = _authoring_version(request)
             if preview_only and not version.preview:
@@ -601,7 +601,7 @@ def azure_routes(emulator: Any, wrap: _Wrap, json_response: _Json, helpers: Mapp
         # v1 lists by after and limit only: a metadata[...] filter is not part of it and is ignored.
         return jobs.list(after=query(request, "after"), limit=query(request, "limit"), metadata=None)
 
-    def v_job(action: str) -> Callable[[Request], Awaitable[Any]]:
+    def v_job(action: str) -> _Handler:
         async def handler(request: Request) -> Any:
             _v1_version(request)
             job_id = request.path_params["fine_tuning_job_id"]
@@ -624,47 +624,35 @@ def azure_routes(emulator: Any, wrap: _Wrap, json_response: _Json, helpers: Mapp
         return emulator.inference.chat_completion(await body_of(request))
 
     job = "/fine_tuning/jobs/{fine_tuning_job_id}"
-    authoring: list[tuple[str, str, Callable[[Request], Awaitable[Any]]]] = [
-        ("POST", "/files", a_create_file),
-        ("GET", "/files", a_list_files),
-        ("GET", "/files/{file_id}", a_retrieve_file),
-        ("DELETE", "/files/{file_id}", a_delete_file),
-        ("GET", "/files/{file_id}/content", a_file_content),
-        ("POST", "/uploads", a_create_upload),
-        ("POST", "/uploads/{upload_id}/parts", a_add_upload_part),
-        ("POST", "/uploads/{upload_id}/complete", a_complete_upload),
-        ("POST", "/uploads/{upload_id}/cancel", a_cancel_upload),
-        ("POST", "/fine_tuning/jobs", a_create_job),
-        ("GET", "/fine_tuning/jobs", a_list_jobs),
-        ("GET", job, a_retrieve_job),
-        ("DELETE", job, a_delete_job),
-        ("POST", job + "/cancel", transition("cancel", preview_only=False)),
-        ("POST", job + "/pause", transition("pause", preview_only=True)),
-        ("POST", job + "/resume", transition("resume", preview_only=True)),
-        ("GET", job + "/events", a_events),
-        ("GET", job + "/checkpoints", a_checkpoints),
-        ("POST", "/deployments/{deployment_id}/chat/completions", a_chat),
+    # Each endpoint with its authoring handler and its v1 handler (None where that surface does not serve it).
+    table: list[tuple[str, str, _Handler | None, _Handler | None]] = [
+        ("POST", "/files", a_create_file, v_create_file),
+        ("GET", "/files", a_list_files, v_list_files),
+        ("GET", "/files/{file_id}", a_retrieve_file, v_retrieve_file),
+        ("DELETE", "/files/{file_id}", a_delete_file, v_delete_file),
+        ("GET", "/files/{file_id}/content", a_file_content, v_file_content),
+        ("POST", "/uploads", a_create_upload, None),
+        ("POST", "/uploads/{upload_id}/parts", a_add_upload_part, None),
+        ("POST", "/uploads/{upload_id}/complete", a_complete_upload, None),
+        ("POST", "/uploads/{upload_id}/cancel", a_cancel_upload, None),
+        ("POST", "/fine_tuning/jobs", a_create_job, v_create_job),
+        ("GET", "/fine_tuning/jobs", a_list_jobs, v_list_jobs),
+        ("GET", job, a_retrieve_job, v_job("retrieve")),
+        ("DELETE", job, a_delete_job, None),
+        ("POST", job + "/cancel", transition("cancel", preview_only=False), v_job("cancel")),
+        ("POST", job + "/pause", transition("pause", preview_only=True), v_job("pause")),
+        ("POST", job + "/resume", transition("resume", preview_only=True), v_job("resume")),
+        ("GET", job + "/events", a_events, v_job("events")),
+        ("GET", job + "/checkpoints", a_checkpoints, v_job("checkpoints")),
+        ("POST", "/deployments/{deployment_id}/chat/completions", a_chat, None),
+        ("POST", "/chat/completions", None, v_chat),
     ]
-    v1: list[tuple[str, str, Callable[[Request], Awaitable[Any]]]] = [
-        ("POST", "/files", v_create_file),
-        ("GET", "/files", v_list_files),
-        ("GET", "/files/{file_id}", v_retrieve_file),
-        ("DELETE", "/files/{file_id}", v_delete_file),
-        ("GET", "/files/{file_id}/content", v_file_content),
-        ("POST", "/fine_tuning/jobs", v_create_job),
-        ("GET", "/fine_tuning/jobs", v_list_jobs),
-        ("GET", job, v_job("retrieve")),
-        ("POST", job + "/cancel", v_job("cancel")),
-        ("POST", job + "/pause", v_job("pause")),
-        ("POST", job + "/resume", v_job("resume")),
-        ("GET", job + "/events", v_job("events")),
-        ("GET", job + "/checkpoints", v_job("checkpoints")),
-        ("POST", "/chat/completions", v_chat),
-    ]
+    authoring = [(method, path, handler) for method, path, handler, _ in table if handler is not None]
+    v1 = [(method, path, handler) for method, path, _, handler in table if handler is not None]
     routes = []
     # v1 first: its paths would otherwise be taken for authoring paths with an id "v1".
-    for prefix, table in ((V1_PREFIX, v1), (AUTHORING_PREFIX, authoring)):
-        for method, path, handler in table:
+    for prefix, served in ((V1_PREFIX, v1), (AUTHORING_PREFIX, authoring)):
+        for method, path, handler in served:
             template = prefix + path
             routes.append(Route(template, wrap(f"{method} {template}", handler), methods=[method]))
     return routes

@@ -15,7 +15,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_provider_finetune.emulator.bedrock_errors import AWSError, validation
+from airflow_provider_finetune.emulator.dialects.bedrock.errors import AWSError, validation
 
 __all__ = ["botocore_session", "check_input", "check_output", "check_uri", "read_query"]
 

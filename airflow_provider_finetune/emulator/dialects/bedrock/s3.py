@@ -50,7 +50,7 @@ class S3Storage:
             if self._client is None:
                 import botocore.config
 
-                from airflow_provider_finetune.emulator.bedrock_shapes import botocore_session
+                from airflow_provider_finetune.emulator.dialects.bedrock.shapes import botocore_session
 
                 self._client = botocore_session().create_client(
                     "s3",

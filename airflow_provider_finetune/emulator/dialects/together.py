@@ -593,20 +593,7 @@ class TogetherDialect:
         """``GET /fine-tunes/{id}/events``: the job's events, oldest first, in Together's words."""
         self._together(job_id)
         job = self.jobs.get(job_id)
-        data = []
-        for row in job.event_rows(self.clock()):
-            event = job.render_event(row)
-            data.append(
-                {
-                    "object": "fine-tune-event",
-                    "created_at": _iso(event["created_at"]),
-                    "level": {"info": "Info", "warn": "Warning", "error": "Error"}.get(event["level"], "Info"),
-                    "message": event["message"],
-                    "type": _EVENT_TYPES.get(row.kind, "WARNING"),
-                    "hash": event["id"],
-                }
-            )
-        return {"data": data}
+        return {"data": [_event(job.render_event(row), row.kind) for row in job.event_rows(self.clock())]}
 
     def chat(self, body: Any) -> dict[str, Any]:
         """``POST /chat/completions``: a base model, or a completed job's ``model_output_name``, answers.
@@ -632,19 +619,8 @@ class TogetherDialect:
         """``GET /fine-tunes/{id}/checkpoints``."""
         self._together(job_id)
         job = self.jobs.get(job_id)
-        data = []
-        for step in job.checkpoint_steps(self.clock()):
-            rendered = job.render_checkpoint(step)
-            data.append(
-                {
-                    "checkpoint_type": f"Intermediate (step {step})",
-                    "created_at": _iso(rendered["created_at"]),
-                    "path": f"s3://emulator/{job_id}/checkpoint-{step}",
-                    "step": step,
-                    "checkpoint": "adapter",
-                }
-            )
-        return {"data": data}
+        steps = job.checkpoint_steps(self.clock())
+        return {"data": [_checkpoint(job_id, step, job.render_checkpoint(step)) for step in steps]}
 
 
 _EVENT_TYPES = {
@@ -660,6 +636,29 @@ _EVENT_TYPES = {
     "succeeded": "JOB_COMPLETE",
     "note": "WARNING",
 }
+
+
+def _event(event: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """A job's event, as the trainer renders it, in Together's words."""
+    return {
+        "object": "fine-tune-event",
+        "created_at": _iso(event["created_at"]),
+        "level": {"info": "Info", "warn": "Warning", "error": "Error"}.get(event["level"], "Info"),
+        "message": event["message"],
+        "type": _EVENT_TYPES.get(kind, "WARNING"),
+        "hash": event["id"],
+    }
+
+
+def _checkpoint(job_id: str, step: int, rendered: Mapping[str, Any]) -> dict[str, Any]:
+    """A job's checkpoint at ``step``, as the trainer renders it, in Together's words."""
+    return {
+        "checkpoint_type": f"Intermediate (step {step})",
+        "created_at": _iso(rendered["created_at"]),
+        "path": f"s3://emulator/{job_id}/checkpoint-{step}",
+        "step": step,
+        "checkpoint": "adapter",
+    }
 
 
 def together_routes(

@@ -10,9 +10,9 @@ conforming to botocore's service models (``bedrock`` 2023-04-20 and ``bedrock-ru
 * runtime, ``endpoint_url=<root>/bedrock-runtime``: ``Converse`` (``POST /model/{modelId}/converse``)
   with a deployment's ARN (or a foundation model's id) as ``modelId``.
 
-Every request is authenticated first (:mod:`~airflow_provider_finetune.emulator.bedrock_auth`: SigV4
+Every request is authenticated first (:mod:`~airflow_provider_finetune.emulator.dialects.bedrock.auth`: SigV4
 checked by botocore, or a Bedrock API key as ``Authorization: Bearer``); its body and query are checked
-against the operation's shapes (:mod:`~airflow_provider_finetune.emulator.bedrock_shapes`). Errors are
+against the operation's shapes (:mod:`~airflow_provider_finetune.emulator.dialects.bedrock.shapes`). Errors are
 ``restJson1``'s: the status, ``x-amzn-ErrorType`` and ``{"message": ...}``; answers carry
 ``x-amzn-RequestId`` (stamped by the app). A deployment is ``Creating`` for
 ``BedrockConfig.deployment_seconds`` (divided by the speed), then ``Active``. botocore is optional for the
@@ -35,18 +35,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from airflow_provider_finetune.emulator.bedrock_auth import authenticate, botocore_missing
-from airflow_provider_finetune.emulator.bedrock_data import example_pairs
-from airflow_provider_finetune.emulator.bedrock_errors import (
+from airflow_provider_finetune.emulator.dialects.bedrock.auth import SignedRequest, authenticate, botocore_missing
+from airflow_provider_finetune.emulator.dialects.bedrock.data import example_pairs
+from airflow_provider_finetune.emulator.dialects.bedrock.errors import (
     BEDROCK_PREFIX,
     RUNTIME_PREFIX,
     AWSError,
     not_found,
     validation,
 )
-from airflow_provider_finetune.emulator.bedrock_jobs import BedrockJobs, in_window, iso, page_of, short_id
-from airflow_provider_finetune.emulator.bedrock_s3 import S3Error, S3Storage
-from airflow_provider_finetune.emulator.bedrock_shapes import check_input, check_uri, read_query
+from airflow_provider_finetune.emulator.dialects.bedrock.jobs import BedrockJobs, iso, list_answer, listed, short_id
+from airflow_provider_finetune.emulator.dialects.bedrock.s3 import S3Error, S3Storage
+from airflow_provider_finetune.emulator.dialects.bedrock.shapes import check_input, check_uri, read_query
 from airflow_provider_finetune.emulator.inference import answer_from
 from airflow_provider_finetune.emulator.store import Record
 
@@ -180,26 +180,16 @@ class BedrockDialect:
         for record in self._store.records(DEPLOYMENT_KIND).values():
             shown = self.describe_deployment(record, summary=True)
             created = record["created_at"]
-            if not in_window(created, query.get("createdAfter"), query.get("createdBefore")):
-                continue
-            if query.get("nameContains") and query["nameContains"] not in record["name"]:
-                continue
-            if query.get("statusEquals") and shown["status"] != query["statusEquals"]:
-                continue
-            if query.get("modelArnEquals") and query["modelArnEquals"] != record["model_arn"]:
-                continue
-            chosen.append((created, shown))
-        chosen.sort(
-            key=lambda item: (item[0], item[1]["customModelDeploymentArn"]),
-            reverse=query.get("sortOrder", "Descending") == "Descending",
+            equal = {"statusEquals": shown["status"], "modelArnEquals": record["model_arn"]}
+            if listed(query, created, record["name"], window=("createdAfter", "createdBefore"), equal=equal):
+                chosen.append((created, shown["customModelDeploymentArn"], shown))
+        return list_answer(
+            query,
+            chosen,
+            member="modelDeploymentSummaries",
+            summary=lambda _, shown: shown,
+            what="deployments",
         )
-        page, next_token = page_of(
-            chosen, max_results=query.get("maxResults"), next_token=query.get("nextToken"), what="deployments"
-        )
-        answer: dict[str, Any] = {"modelDeploymentSummaries": [shown for _, shown in page]}
-        if next_token is not None:
-            answer["nextToken"] = next_token
-        return answer
 
     def delete_deployment(self, identifier: str) -> None:
         """``DeleteCustomModelDeployment``: the deployment is gone; its ARN no longer answers."""
@@ -282,12 +272,10 @@ async def _create_job(dialect: BedrockDialect, request: Request, params: dict[st
 
 
 async def _get_job(dialect: BedrockDialect, request: Request, params: dict[str, str], body: Any) -> tuple[int, Any]:
-    await dialect.write_outputs()
     return 200, dialect.jobs.describe(dialect.jobs.find(params["jobIdentifier"]))
 
 
 async def _list_jobs(dialect: BedrockDialect, request: Request, params: dict[str, str], body: Any) -> tuple[int, Any]:
-    await dialect.write_outputs()
     return 200, dialect.jobs.list_jobs(read_query("bedrock", "ListModelCustomizationJobs", request.query_params))
 
 
@@ -297,12 +285,10 @@ async def _stop_job(dialect: BedrockDialect, request: Request, params: dict[str,
 
 
 async def _get_model(dialect: BedrockDialect, request: Request, params: dict[str, str], body: Any) -> tuple[int, Any]:
-    await dialect.write_outputs()
     return 200, dialect.jobs.describe_model(dialect.jobs.find_model(params["modelIdentifier"]))
 
 
 async def _list_models(dialect: BedrockDialect, request: Request, params: dict[str, str], body: Any) -> tuple[int, Any]:
-    await dialect.write_outputs()
     return 200, dialect.jobs.list_models(read_query("bedrock", "ListCustomModels", request.query_params))
 
 
@@ -336,6 +322,10 @@ async def _converse(dialect: BedrockDialect, request: Request, params: dict[str,
 
 
 _DialectHandler = Callable[[BedrockDialect, Request, dict[str, str], Any], Awaitable[tuple[int, Any]]]
+#: The operations that show jobs or custom models: completed jobs' metrics files are written before they answer.
+_SHOWING_JOBS = frozenset(
+    {"GetModelCustomizationJob", "ListModelCustomizationJobs", "GetCustomModel", "ListCustomModels"}
+)
 _DEPLOYMENTS = "/model-customization/custom-model-deployments"
 
 #: (prefix, method, path template, operation, handler): each endpoint is data.
@@ -416,14 +406,8 @@ def bedrock_routes(emulator: Emulator) -> list[Route]:
             if dialect is None:
                 dialect = BedrockDialect(emulator)
             raw = await request.body()
-            authenticate(
-                dialect.config,
-                method=request.method,
-                raw_path=path,
-                query=request.scope.get("query_string", b"").decode("latin-1"),
-                headers=request.headers,
-                body=raw,
-            )
+            query = request.scope.get("query_string", b"").decode("latin-1")
+            authenticate(dialect.config, SignedRequest(request.method, path, query, request.headers, raw))
             if found is None:
                 raise AWSError(
                     404, "UnknownOperationException", f"No operation {request.method} {path[len(prefix) :]}."
@@ -431,6 +415,8 @@ def bedrock_routes(emulator: Emulator) -> list[Route]:
             _, operation, handler, params = found
             check_uri("bedrock-runtime" if prefix == RUNTIME_PREFIX else "bedrock", operation, params)
             body = _json_body(raw)
+            if operation in _SHOWING_JOBS:
+                await dialect.write_outputs()
             status, payload = await handler(dialect, request, params, body)
         except AWSError as exc:
             return _error(exc)

@@ -30,33 +30,45 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
-from airflow_provider_finetune.emulator.bedrock_catalog import (
+from airflow_provider_finetune.emulator.config import EmulatorConfig
+from airflow_provider_finetune.emulator.counters import Counters
+from airflow_provider_finetune.emulator.dialects.bedrock.catalog import (
     DISTILLATION,
     FINE_TUNING,
     REINFORCEMENT_FINE_TUNING,
     BedrockBaseModel,
     find_bedrock_model,
 )
-from airflow_provider_finetune.emulator.bedrock_data import DataError, check_dataset
-from airflow_provider_finetune.emulator.bedrock_errors import (
+from airflow_provider_finetune.emulator.dialects.bedrock.data import DataError, check_dataset
+from airflow_provider_finetune.emulator.dialects.bedrock.errors import (
     access_denied,
     conflict,
     not_found,
     quota_exceeded,
     validation,
 )
-from airflow_provider_finetune.emulator.bedrock_s3 import S3Error
-from airflow_provider_finetune.emulator.config import EmulatorConfig
-from airflow_provider_finetune.emulator.counters import Counters
+from airflow_provider_finetune.emulator.dialects.bedrock.s3 import S3Error
 from airflow_provider_finetune.emulator.store import Record, Store, token
 from airflow_provider_finetune.emulator.trainer import FORCE_FAILURE_KEY, SimJob, durations, plan_training
 
-__all__ = ["JOB_KIND", "BedrockJobs", "CreateJob", "JobState", "in_window", "iso", "job_state", "page_of", "short_id"]
+__all__ = [
+    "JOB_KIND",
+    "BedrockJobs",
+    "CreateJob",
+    "JobState",
+    "in_window",
+    "iso",
+    "job_state",
+    "list_answer",
+    "listed",
+    "page_of",
+    "short_id",
+]
 
 #: The store's kind of Bedrock job records.
 JOB_KIND = "bedrock-job"
@@ -64,6 +76,7 @@ _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _ACTIVE = ("validating_files", "queued", "running")
 #: The Bedrock statuses of a job that holds its custom model's name: it made the model, or may still make it.
 _HOLDS_MODEL_NAME = ("InProgress", "Stopping", "Completed")
+_T = TypeVar("_T")
 
 
 def iso(moment: float) -> str:
@@ -111,6 +124,57 @@ def page_of(
     if end >= len(items):
         return page, None
     return page, base64.urlsafe_b64encode(json.dumps({"what": what, "offset": end}).encode()).decode()
+
+
+def listed(
+    query: Mapping[str, Any],
+    created: float,
+    name: str,
+    *,
+    window: tuple[str, str] = ("creationTimeAfter", "creationTimeBefore"),
+    equal: Mapping[str, Any] | None = None,
+) -> bool:
+    """Whether an item passes a list operation's filters (each one the query gives).
+
+    :param query: the operation's query members.
+    :param created: the item's creation time, which must be inside the ``window`` members (after, before).
+    :param name: the item's name, which must hold ``nameContains``.
+    :param equal: query member -> the item's value, which must be the member's.
+    """
+    if not in_window(created, query.get(window[0]), query.get(window[1])):
+        return False
+    if query.get("nameContains") and query["nameContains"] not in name:
+        return False
+    return all(not query.get(member) or query[member] == value for member, value in (equal or {}).items())
+
+
+def list_answer(
+    query: Mapping[str, Any],
+    chosen: list[tuple[float, str, _T]],
+    *,
+    member: str,
+    summary: Callable[[float, _T], dict[str, Any]],
+    what: str,
+) -> dict[str, Any]:
+    """A list operation's answer: one page of the chosen items' summaries, and the token of the next page.
+
+    The items are sorted by creation time, then id, newest first unless ``sortOrder`` is ``Ascending``.
+
+    :param query: the operation's query members (``sortOrder``, ``maxResults``, ``nextToken``).
+    :param chosen: each item that passed the filters, as ``(creation time, id, item)``.
+    :param member: the answer's member that lists the summaries.
+    :param summary: an item's summary, from its creation time and the item.
+    :param what: what the operation lists, named in its page tokens.
+    """
+    descending = query.get("sortOrder", "Descending") == "Descending"
+    ordered = sorted(chosen, key=lambda row: (row[0], row[1]), reverse=descending)
+    page, next_token = page_of(
+        ordered, max_results=query.get("maxResults"), next_token=query.get("nextToken"), what=what
+    )
+    answer: dict[str, Any] = {member: [summary(created, item) for created, _, item in page]}
+    if next_token is not None:
+        answer["nextToken"] = next_token
+    return answer
 
 
 @dataclass(frozen=True)
@@ -472,26 +536,21 @@ class BedrockJobs:
     def list_jobs(self, query: Mapping[str, Any]) -> dict[str, Any]:
         """``ListModelCustomizationJobs``: filters, sort and pages."""
         now = self._clock()
-        jobs = list(self._jobs.values())
-        after, before = query.get("creationTimeAfter"), query.get("creationTimeBefore")
+        status = query.get("statusEquals")
         chosen = []
-        for job in jobs:
-            if not in_window(job.record["created_at"], after, before):
+        for job in self._jobs.values():
+            if not listed(query, job.record["created_at"], job.record["name"]):
                 continue
-            if query.get("nameContains") and query["nameContains"] not in job.record["name"]:
+            if status and self.state(job, now).status != status:
                 continue
-            if query.get("statusEquals") and self.state(job, now).status != query["statusEquals"]:
-                continue
-            chosen.append(job)
-        descending = query.get("sortOrder", "Descending") == "Descending"
-        chosen.sort(key=lambda job: (job.record["created_at"], job.id), reverse=descending)
-        page, next_token = page_of(
-            chosen, max_results=query.get("maxResults"), next_token=query.get("nextToken"), what="jobs"
+            chosen.append((job.record["created_at"], job.id, job))
+        return list_answer(
+            query,
+            chosen,
+            member="modelCustomizationJobSummaries",
+            summary=lambda _, job: self.summary(job, now),
+            what="jobs",
         )
-        answer: dict[str, Any] = {"modelCustomizationJobSummaries": [self.summary(job, now) for job in page]}
-        if next_token is not None:
-            answer["nextToken"] = next_token
-        return answer
 
     # -- stop --------------------------------------------------------------------------------------------
 
@@ -611,39 +670,26 @@ class BedrockJobs:
                 continue
             created = snapshot.finished_at or job.record["created_at"]
             record = job.record
-            if not in_window(created, query.get("creationTimeAfter"), query.get("creationTimeBefore")):
-                continue
-            if query.get("nameContains") and query["nameContains"] not in record["model_name"]:
-                continue
-            if query.get("baseModelArnEquals") and query["baseModelArnEquals"] != record["base_arn"]:
-                continue
-            if query.get("foundationModelArnEquals") and query["foundationModelArnEquals"] != record["base_arn"]:
-                continue
-            if query.get("modelStatus") not in (None, "Active"):
-                continue
-            chosen.append((created, job))
-        descending = query.get("sortOrder", "Descending") == "Descending"
-        chosen.sort(key=lambda item: (item[0], item[1].id), reverse=descending)
-        page, next_token = page_of(
-            chosen, max_results=query.get("maxResults"), next_token=query.get("nextToken"), what="models"
-        )
-        summaries = [
-            {
-                "modelArn": job.record["model_arn"],
-                "modelName": job.record["model_name"],
-                "creationTime": iso(created),
-                "baseModelArn": job.record["base_arn"],
-                "baseModelName": job.record["base"].split(":")[0],
-                "customizationType": job.record["customization_type"],
-                "ownerAccountId": self._bedrock.account_id,
+            equal = {
+                "baseModelArnEquals": record["base_arn"],
+                "foundationModelArnEquals": record["base_arn"],
                 "modelStatus": "Active",
             }
-            for created, job in page
-        ]
-        answer: dict[str, Any] = {"modelSummaries": summaries}
-        if next_token is not None:
-            answer["nextToken"] = next_token
-        return answer
+            if listed(query, created, record["model_name"], equal=equal):
+                chosen.append((created, job.id, job))
+        return list_answer(query, chosen, member="modelSummaries", summary=self._model_summary, what="models")
+
+    def _model_summary(self, created: float, job: SimJob) -> dict[str, Any]:
+        return {
+            "modelArn": job.record["model_arn"],
+            "modelName": job.record["model_name"],
+            "creationTime": iso(created),
+            "baseModelArn": job.record["base_arn"],
+            "baseModelName": job.record["base"].split(":")[0],
+            "customizationType": job.record["customization_type"],
+            "ownerAccountId": self._bedrock.account_id,
+            "modelStatus": "Active",
+        }
 
     def training_data(self, job: SimJob) -> bytes:
         """The training data a job was created with (a deployed model answers from it)."""

@@ -22,12 +22,13 @@ import importlib.util
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_finetune.emulator.bedrock_errors import AWSError
 from airflow_provider_finetune.emulator.config import BedrockConfig
+from airflow_provider_finetune.emulator.dialects.bedrock.errors import AWSError
 
-__all__ = ["SERVICE", "authenticate", "botocore_missing"]
+__all__ = ["SERVICE", "SignedRequest", "authenticate", "botocore_missing"]
 
 #: The signing name of both Bedrock services (control plane and runtime).
 SERVICE = "bedrock"
@@ -53,24 +54,31 @@ def _refuse(error_type: str, message: str) -> AWSError:
     return AWSError(403, error_type, message)
 
 
-def authenticate(
-    config: BedrockConfig,
-    *,
-    method: str,
-    raw_path: str,
-    query: str,
-    headers: Mapping[str, str],
-    body: bytes,
-) -> None:
-    """Check a Bedrock request's credentials; raise :class:`AWSError` (403) as AWS would.
+@dataclass(frozen=True)
+class SignedRequest:
+    """A request as it arrived, all that its signature covers.
 
-    :param config: the credentials, API key and region the emulator was started with.
     :param method: the HTTP method.
     :param raw_path: the path exactly as sent (still percent-encoded).
     :param query: the raw query string, without ``?``.
     :param headers: the request's headers (case-insensitive mapping).
     :param body: the request's body.
     """
+
+    method: str
+    raw_path: str
+    query: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+def authenticate(config: BedrockConfig, request: SignedRequest) -> None:
+    """Check a Bedrock request's credentials; raise :class:`AWSError` (403) as AWS would.
+
+    :param config: the credentials, API key and region the emulator was started with.
+    :param request: the request.
+    """
+    headers = request.headers
     authorization = headers.get("authorization", "").strip()
     if not authorization:
         raise _refuse("MissingAuthenticationTokenException", "Missing Authentication Token")
@@ -96,7 +104,7 @@ def authenticate(
         raise _refuse("InvalidSignatureException", f"Credential should be scoped to correct service: '{SERVICE}'. ")
     stamp = headers.get("x-amz-date", "")
     _check_time(stamp, match["date"])
-    expected = _signature(config, method, raw_path, query, headers, body, stamp, match["signed"].split(";"))
+    expected = _signature(config, request, stamp, match["signed"].split(";"))
     if not hmac.compare_digest(expected.encode(), match["signature"].encode()):
         raise _refuse("InvalidSignatureException", _SIGNATURE_MISMATCH)
 
@@ -126,21 +134,13 @@ def _check_time(stamp: str, scope_date: str) -> None:
         )
 
 
-def _signature(
-    config: BedrockConfig,
-    method: str,
-    raw_path: str,
-    query: str,
-    headers: Mapping[str, str],
-    body: bytes,
-    stamp: str,
-    signed: list[str],
-) -> str:
+def _signature(config: BedrockConfig, sent: SignedRequest, stamp: str, signed: list[str]) -> str:
     """The signature botocore's SigV4 signer gives the request, over the headers the client signed."""
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
+    headers, body = sent.headers, sent.body
     if "host" not in signed:
         raise _refuse("InvalidSignatureException", "'Host' must be a 'SignedHeader' in the AWS Authorization.")
     chosen: dict[str, Any] = {}
@@ -151,8 +151,8 @@ def _signature(
     declared = headers.get("x-amz-content-sha256")
     if declared is not None and declared != "UNSIGNED-PAYLOAD" and declared != hashlib.sha256(body).hexdigest():
         raise _refuse("InvalidSignatureException", "The provided 'x-amz-content-sha256' header does not match.")
-    url = f"http://{headers.get('host', '')}{raw_path}" + (f"?{query}" if query else "")
-    request = AWSRequest(method=method, url=url, headers=chosen, data=body)
+    url = f"http://{headers.get('host', '')}{sent.raw_path}" + (f"?{sent.query}" if sent.query else "")
+    request = AWSRequest(method=sent.method, url=url, headers=chosen, data=body)
     request.context["timestamp"] = stamp
     signer = SigV4Auth(Credentials(config.access_key_id, config.secret_access_key), SERVICE, config.region)
     canonical = signer.canonical_request(request)
