@@ -10,6 +10,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePath
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -32,6 +33,7 @@ UPLOAD_INTENT_KEY = "upload_intent"
 UPLOAD_CLOCK_SLACK = 300
 
 
+@dataclass(slots=True)
 class _UploadIntent:
     """What one upload is about to send, recorded before it is sent: the proof a found file is checked against.
 
@@ -43,29 +45,19 @@ class _UploadIntent:
     :param file_id: the file it became, once known.
     """
 
-    __slots__ = ("file_id", "filename", "purpose", "sha256", "since", "size")
-
-    def __init__(
-        self, filename: str, size: int, sha256: str, purpose: str, since: float, file_id: str | None = None
-    ) -> None:
-        self.filename = filename
-        self.size = size
-        self.sha256 = sha256
-        self.purpose = purpose
-        self.since = since
-        self.file_id = file_id
+    filename: str
+    size: int
+    sha256: str
+    purpose: str
+    since: float
+    file_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The intent as JSON primitives, for the task state store."""
-        record: dict[str, Any] = {
-            "filename": self.filename,
-            "bytes": self.size,
-            "sha256": self.sha256,
-            "purpose": self.purpose,
-            "since": self.since,
-        }
-        if self.file_id is not None:
-            record["file_id"] = self.file_id
+        """The intent as JSON primitives, for the task state store (the size under ``bytes``)."""
+        record = asdict(self)
+        record["bytes"] = record.pop("size")
+        if self.file_id is None:
+            del record["file_id"]
         return record
 
     @classmethod

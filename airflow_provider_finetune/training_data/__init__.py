@@ -375,20 +375,14 @@ def validate_file(
 ) -> TrainingFileReport:
     """Check a JSONL training file, read line by line: memory does not grow with the file's size.
 
+    The options are :func:`validate_jsonl`'s, but for these:
+
     :param source: a path, or a binary stream open for reading (read from where it is; not closed here).
-    :param method: the fine-tuning method the file is for.
-    :param min_examples: fewest examples the file must hold (the service requires 10).
     :param max_line_bytes: longest line accepted, in bytes, without its line break; no read is longer
         than this (or 1 MiB, for a line too long).
     :param name: what to call the file in the error message; by default its file name, else
         ``"training file"``.
-    :param field: the request field the file is given in, for the error (``validation_file``...).
-    :param max_issues: stop collecting issues after this many; later ones are only counted.
-    :param rules: whose formats the file must follow: ``common`` (the default), or ``together`` (conversational
-        ``messages``, instruction ``prompt``/``completion``, generic ``text``; preference data for ``dpo``).
-    :return: the counts and token estimate of the file.
-    :raises TrainingDataError: if the file has any problem, listing them all.
-    :raises InvalidRequestError: if the file cannot be read, or ``method`` is not a known method.
+    :raises InvalidRequestError: also if the file cannot be read.
     """
     options: dict[str, Any] = {
         "method": method,
