@@ -54,6 +54,8 @@ def test_provider_info_describes_the_hook_and_connection() -> None:
         "auth",
         "aws_conn_id",
         "region_name",
+        "location",
+        "gcp_conn_id",
         "organization",
         "project",
         "api_type",
@@ -78,7 +80,7 @@ def test_form_offers_every_service_preset_and_auth_the_code_knows() -> None:
     assert fields["service"]["schema"]["enum"] == [*SERVICES, None]
     assert fields["service"]["schema"]["default"] == "openai"
     assert set(fields["preset"]["schema"]["enum"]) == {*PRESETS, None}
-    assert fields["auth"]["schema"]["enum"] == [*AUTH_CHOICES, None] == ["key", "entra", "sigv4", None]
+    assert fields["auth"]["schema"]["enum"] == [*AUTH_CHOICES, None] == ["key", "entra", "sigv4", "google", None]
     assert "older spelling" in fields["api_type"]["label"]
     assert fields["api_type"]["schema"]["enum"] == ["openai", "azure", None]
     assert fields["extra_headers"]["schema"]["format"] == "password"

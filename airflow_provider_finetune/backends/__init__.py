@@ -270,6 +270,29 @@ register(
 register(Service("together", f"{_HERE}.together:TogetherBackend", default_base_url="https://api.together.ai/v1"))
 register(
     Service(
+        "vertex",
+        f"{_HERE}.vertex:VertexBackend",
+        base_url=f"{_HERE}.vertex:base_url_for",
+        auth=("key", "google"),
+        fields={
+            "project": _text_field(
+                "Project", "OpenAI: sent as OpenAI-Project; Vertex AI: the Google Cloud project id (required)"
+            ),
+            "location": _text_field(
+                "Location (Vertex AI)",
+                "The Google Cloud region of the tuning jobs, e.g. us-central1; the endpoint when no Base URL is given",
+                default="us-central1",
+            ),
+            "gcp_conn_id": _text_field(
+                "Google Cloud connection (Vertex AI)",
+                "The Airflow Google connection whose credentials make the access token (auth: google)",
+                default="google_cloud_default",
+            ),
+        },
+    )
+)
+register(
+    Service(
         "openai-compatible",
         f"{_HERE}.openai:OpenAICompatibleBackend",
         default_base_url="https://api.openai.com/v1",

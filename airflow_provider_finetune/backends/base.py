@@ -11,12 +11,14 @@ classifies every answer and decides every retry, for every service.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
+from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, Literal, NoReturn, TypeVar, cast
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from airflow_provider_finetune.core.client import ErrorFields, read_error_body
 from airflow_provider_finetune.core.flows import raised, translated
@@ -68,7 +70,9 @@ __all__ = [
     "model",
     "openai_refusal",
     "read_openai_error",
+    "read_options",
     "refuse_untranslatable",
+    "rfc3339_seconds",
 ]
 
 T = TypeVar("T")
@@ -287,6 +291,41 @@ def _request(model_cls: type[M], request: M | Mapping[str, Any]) -> M:
     return request if isinstance(request, model_cls) else build_request(model_cls, cast(Mapping[str, Any], request))
 
 
+_RFC3339 = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+
+def rfc3339_seconds(value: Any) -> int | None:
+    """An RFC 3339 timestamp (Google's APIs send up to nanoseconds) as whole Unix seconds; ``None`` for others."""
+    if not isinstance(value, str):
+        return None
+    match = _RFC3339.match(value)
+    if match is None:
+        return None
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    return int(datetime.fromisoformat(match.group(1) + zone).timestamp())
+
+
+def read_options(model_cls: type[M], given: Mapping[str, Any], service: str) -> M:
+    """``service_options`` as ``model_cls``; the first fault is refused before any request, in one line naming it.
+
+    A validator may name the faulty option itself by raising a ``ValueError`` with a ``field`` attribute.
+    """
+    try:
+        return model_cls.model_validate(dict(given))
+    except ValidationError as err:
+        first = err.errors()[0]
+        cause = (first.get("ctx") or {}).get("error")
+        if isinstance(cause, ValueError) and isinstance(getattr(cause, "field", None), str):
+            where, message = cause.field, str(cause)  # type: ignore[attr-defined]
+        else:
+            where = ".".join(str(p) for p in first["loc"])
+            message = first["msg"].removeprefix("Value error, ")
+            if first["type"] == "extra_forbidden":
+                message = f"{service} has no such option (it takes {', '.join(model_cls.model_fields)})"
+        field = f"service_options.{where}" if where else "service_options"
+        raise InvalidRequestError(f"Invalid {service} options: {field}: {message}", field=field) from None
+
+
 def refuse_untranslatable(request: Any, reasons: Mapping[str, str]) -> None:
     """Refuse, before any request, each given field of ``request`` the service cannot take, saying why.
 
@@ -309,8 +348,9 @@ class Backend:
     service: ClassVar[str] = ""
     #: The service's name in messages.
     label: ClassVar[str] = ""
-    #: What a job's training and validation data are referenced by.
-    file_reference: ClassVar[Literal["file_id", "s3_uri", "dataset"]] = "file_id"
+    #: What a job's training and validation data are referenced by: a file id, an object's ``s3://`` or ``gs://``
+    #: URI (data the service reads from object storage), or a dataset's name.
+    file_reference: ClassVar[Literal["file_id", "s3_uri", "gcs_uri", "dataset"]] = "file_id"
     #: How a create is made once-only: ``metadata`` (the tag and fingerprint ride on the job), ``intent`` (an intent
     #: record in the task's state store, and the request's fields), ``client_job_id`` or ``idempotency_token``.
     once_only: ClassVar[OnceOnly] = "metadata"
@@ -534,7 +574,7 @@ class Backend:
             )
         steps = ensure_job(
             self.job_body(model_request, service_options),
-            identity,
+            self.tagged(identity, service_options),
             job_metadata=self.once_only == "metadata",
             metadata_filter=self.capabilities.metadata_filter,
             policy=policy,
@@ -545,6 +585,10 @@ class Backend:
             metadata_field=self.metadata_field,
         )
         return (yield from translated(steps, self._once_call, _once_answer))
+
+    def tagged(self, identity: JobIdentity, service_options: Mapping[str, Any] | None) -> JobIdentity:
+        """``identity`` as this service carries it on a job: a tag it cannot hold as it is goes translated."""
+        return identity
 
     def _once_call(self, step: Any) -> Any:
         """The request that carries out one step of the once-only rule (its other steps go as they are)."""

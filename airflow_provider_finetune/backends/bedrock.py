@@ -39,7 +39,6 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictStr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -52,6 +51,7 @@ from airflow_provider_finetune.backends.base import (
     Capabilities,
     HeaderAuth,
     Limits,
+    read_options,
     refuse_untranslatable,
 )
 from airflow_provider_finetune.core.client import ErrorFields, path_param
@@ -326,20 +326,7 @@ def bedrock_options(raw: Mapping[str, Any] | BedrockOptions | None) -> BedrockOp
         raise InvalidRequestError(
             "service_options: Bedrock needs at least role_arn and output_s3_uri", field="service_options"
         )
-    try:
-        return BedrockOptions.model_validate(dict(raw))
-    except ValidationError as err:
-        first = err.errors()[0]
-        cause = (first.get("ctx") or {}).get("error")
-        if isinstance(cause, _OptionError):
-            where, message = cause.field, str(cause)
-        else:
-            where = ".".join(str(p) for p in first["loc"])
-            message = first["msg"].removeprefix("Value error, ")
-            if first["type"] == "extra_forbidden":
-                message = f"Bedrock has no such option (it takes {', '.join(BedrockOptions.model_fields)})"
-        field = f"service_options.{where}" if where else "service_options"
-        raise InvalidRequestError(f"Invalid Bedrock options: {field}: {message}", field=field) from None
+    return read_options(BedrockOptions, raw, "Bedrock")
 
 
 # -- from Bedrock's answers to the canonical models ------------------------------------------------------

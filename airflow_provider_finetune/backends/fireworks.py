@@ -31,7 +31,6 @@ import re
 import warnings
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import IO, Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
@@ -46,6 +45,7 @@ from airflow_provider_finetune.backends.base import (
     model,
     read_openai_error,
     refuse_untranslatable,
+    rfc3339_seconds,
 )
 from airflow_provider_finetune.core.client import (
     ConnectionSettings,
@@ -198,18 +198,6 @@ _REFUSED_HYPERPARAMETERS = {
 }
 
 _ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
-
-
-def _seconds(value: Any) -> int | None:
-    """An RFC 3339 timestamp (nanosecond precision allowed) as Unix seconds."""
-    if not isinstance(value, str):
-        return None
-    match = _TIMESTAMP.match(value)
-    if match is None:
-        return None
-    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
-    return int(datetime.fromisoformat(match.group(1) + zone).timestamp())
 
 
 def dataset_id_for(sha256: str) -> str:
@@ -314,8 +302,8 @@ class FireworksBackend(Backend):
             "object": "fine_tuning.job",
             "status": status,
             "model": data.get("baseModel") or training.get("baseModel") or data.get("warmStartFrom"),
-            "created_at": _seconds(data.get("createTime")),
-            "finished_at": _seconds(data.get("completedTime")),
+            "created_at": rfc3339_seconds(data.get("createTime")),
+            "finished_at": rfc3339_seconds(data.get("completedTime")),
             "training_file": data.get("dataset"),
             "validation_file": data.get("evaluationDataset"),
             "fine_tuned_model": output_model if status == _S.SUCCEEDED.value else None,

@@ -79,6 +79,8 @@ class ConnectionSettings:
     :param max_retries: how often a transient failure is retried before it is raised.
     :param aws_conn_id: the Airflow AWS connection whose credentials sign requests (Bedrock with ``sigv4``).
     :param region_name: the AWS region (Bedrock); the AWS connection's when ``None``.
+    :param service_fields: the connection's extras that are its service's own form fields (``Service.fields`` of
+        the registry), as text, for its backend to read (an Airflow connection its credentials come from...).
     """
 
     base_url: str
@@ -94,6 +96,7 @@ class ConnectionSettings:
     max_retries: int = DEFAULT_MAX_RETRIES
     aws_conn_id: str | None = None
     region_name: str | None = None
+    service_fields: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -136,6 +139,7 @@ class ConnectionSettings:
                 self.timeout,
                 self.aws_conn_id,
                 self.region_name,
+                sorted(self.service_fields.items()),
             ]
         )
         return hashlib.sha256(blob.encode()).hexdigest()

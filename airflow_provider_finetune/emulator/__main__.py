@@ -17,6 +17,13 @@ The AWS Bedrock dialect (``<root>/bedrock`` and ``<root>/bedrock-runtime``) chec
 
     finetune-emulator --speed 50 --aws-region us-east-1 --s3-endpoint-url http://127.0.0.1:5000
 
+The Google Vertex AI dialect (``<root>/vertex``) takes the API key as ``Authorization: Bearer`` and reads training
+data from the Cloud Storage emulator at ``--gcs-endpoint`` (default: ``STORAGE_EMULATOR_HOST``, as Google's storage
+clients)::
+
+    gcp-storage-emulator start --port 9023 --in-memory --default-bucket tuning-data &
+    finetune-emulator --speed 50 --gcs-endpoint http://127.0.0.1:9023
+
 The emulator imports no Airflow: it starts in well under a second, and runs where Airflow is not installed.
 """
 
@@ -126,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="quota of customization jobs in progress at once (ServiceQuotaExceededException beyond it; default: none)",
     )
-    faults = parser.add_argument_group("fault injection (seeded, per /v1, /openai and /bedrock request)")
+    google = parser.add_argument_group("Google Vertex AI dialect (<root>/vertex)")
+    google.add_argument(
+        "--gcs-endpoint",
+        help="Cloud Storage JSON API training data is read from (default: $STORAGE_EMULATOR_HOST, or none)",
+    )
+    faults = parser.add_argument_group("fault injection (seeded, per /v1, /openai, /bedrock and /vertex request)")
     faults.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws (default: %(default)s)")
     faults.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered 500/502/503")
     faults.add_argument("--rate-limit-rate", type=float, default=0.0, help="share of requests answered 429")
@@ -181,6 +193,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
             deployment_seconds=args.deployment_seconds,
             max_active_jobs=args.bedrock_max_active_jobs,
         ),
+        gcs_endpoint=args.gcs_endpoint or os.environ.get("STORAGE_EMULATOR_HOST") or None,
     )
 
 
@@ -206,6 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     together = f"http://{args.host}:{args.port}/together/v1"
     print(f"finetune-emulator: Together AI's dialect at {together} (its SDK's base_url)", file=sys.stderr, flush=True)
+    storage = config.gcs_endpoint or "none: set --gcs-endpoint or STORAGE_EMULATOR_HOST"
+    print(
+        f"finetune-emulator: Google Vertex AI at {root}/vertex/ (google-genai's base_url; Cloud Storage: {storage})",
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(
         app,
         host=args.host,

@@ -28,6 +28,13 @@ Together AI's dialect is served under ``/together/v1`` (its SDK's base URL is ``
 :mod:`airflow_provider_finetune.emulator.dialects.together`), with the presigned upload addresses under
 ``/together/storage`` and ``POST /_emulator/together/account`` to make its price estimate refuse jobs.
 
+Google Vertex AI's tuning dialect is served under ``/vertex`` (``google-genai``'s base URL in Vertex mode is
+``{root}/vertex/``; details in :mod:`airflow_provider_finetune.emulator.dialects.vertex`):
+``/vertex/{v1|v1beta1}/projects/{project}/locations/{location}/tuningJobs...`` (create, get, list with ``filter``,
+``:cancel``) and ``.../endpoints/{endpoint}:generateContent``, with ``Authorization: Bearer <API key>``, Google's
+errors ``{"error": {"code", "message", "status"}}``, and training data read from the Cloud Storage emulator at
+``EmulatorConfig.gcs_endpoint`` (``STORAGE_EMULATOR_HOST``).
+
 Every answer carries ``x-request-id``; every error has the API's shape
 ``{"error": {"message", "type", "param", "code"}}``. Requests authenticate with
 ``Authorization: Bearer <key>`` or ``api-key: <key>``; the checkpoint permission endpoints need the admin
@@ -69,8 +76,9 @@ from airflow_provider_finetune.emulator.dialects.azure import azure_error, azure
 from airflow_provider_finetune.emulator.dialects.bedrock import bedrock_routes, is_bedrock_path
 from airflow_provider_finetune.emulator.dialects.fireworks import fireworks_error_body, fireworks_routes
 from airflow_provider_finetune.emulator.dialects.together import together_routes
+from airflow_provider_finetune.emulator.dialects.vertex import vertex_routes
 from airflow_provider_finetune.emulator.errors import APIError, error_body_for_path, invalid_request
-from airflow_provider_finetune.emulator.faults import RAW_SEND_KEY, FaultMiddleware
+from airflow_provider_finetune.emulator.faults import RAW_SEND_KEY, FaultMiddleware, is_api_path
 from airflow_provider_finetune.emulator.graders import run_grader, validate_grader
 from airflow_provider_finetune.emulator.params import parse_body
 from airflow_provider_finetune.models import CreateFileRequest
@@ -87,9 +95,9 @@ class EmulatorApp:
     """The ASGI app :func:`create_app` returns.
 
     It stamps ``x-request-id`` on every answer (``apim-request-id`` on those under ``/openai``,
-    ``x-amzn-RequestId`` on Bedrock's), counts
-    API answers (``/v1`` and ``/openai``) by status and the connections API requests come over, then hands
-    the request to the fault injector and the routes.
+    ``x-amzn-RequestId`` on Bedrock's), counts API answers (every dialect's API paths,
+    :func:`~airflow_provider_finetune.emulator.faults.is_api_path`) by status and the connections API requests
+    come over, then hands the request to the fault injector and the routes.
 
     :param app: the app behind (fault injection and routes).
     :param emulator: the state, reachable as :attr:`emulator` (tests look at it).
@@ -105,7 +113,7 @@ class EmulatorApp:
             await self.app(scope, receive, send)
             return
         request_id = b"req_" + secrets.token_hex(16).encode()
-        api = scope["path"].startswith(("/v1/", "/openai/", "/together/")) or is_bedrock_path(scope["path"])
+        api = is_api_path(scope["path"])
         azure = surface_of(scope["path"]) is not None
         aws = is_bedrock_path(scope["path"])
         statuses = self.emulator.counters.statuses if api else None
@@ -571,3 +579,4 @@ register_dialect("fireworks", lambda emulator, kit: _fireworks_routes(emulator))
 register_dialect("together", lambda emulator, kit: _together_routes(emulator))
 register_dialect("admin", lambda emulator, kit: _admin_routes(emulator))
 register_dialect("bedrock", lambda emulator, kit: bedrock_routes(emulator))
+register_dialect("vertex", vertex_routes)

@@ -7,6 +7,7 @@ injected :class:`ManualClock` the same timestamps too.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -237,6 +238,11 @@ class EmulatorConfig:
     :param ignore_metadata_filter: when true, ``GET /v1/fine_tuning/jobs`` ignores its ``metadata[...]``
         filter and lists every job, as some gateways and older API versions do.
     :param bedrock: the AWS Bedrock dialect's credentials, region, account and S3 endpoint.
+    :param gcs_endpoint: where the Cloud Storage JSON API is that the Google Vertex AI dialect reads training
+        data from (``gs://`` URIs), e.g. ``http://127.0.0.1:9023`` (a Cloud Storage emulator; a bare
+        ``host:port`` means ``http://``). The default is the ``STORAGE_EMULATOR_HOST`` environment variable,
+        which Google's storage clients read too; with neither, a Vertex job's data cannot be read and the job
+        fails saying so.
     """
 
     api_key: str | None = field(default="sk-emulator", repr=False)
@@ -250,6 +256,7 @@ class EmulatorConfig:
     clock: Clock = field(default=time.time, repr=False, compare=False)
     ignore_metadata_filter: bool = False
     bedrock: BedrockConfig = field(default_factory=BedrockConfig)
+    gcs_endpoint: str | None = field(default_factory=lambda: os.environ.get("STORAGE_EMULATOR_HOST") or None)
 
     def __post_init__(self) -> None:
         if not self.speed > 0:
@@ -258,6 +265,8 @@ class EmulatorConfig:
             value = getattr(self, name)
             if value is not None and (not value or any(char.isspace() for char in value)):
                 raise ValueError(f"{name} must be a non-empty string without spaces")
+        if self.gcs_endpoint is not None and (not self.gcs_endpoint.strip() or " " in self.gcs_endpoint.strip()):
+            raise ValueError(f"gcs_endpoint must be a URL or host:port, got {self.gcs_endpoint!r}")
 
     @property
     def organization_name(self) -> str:

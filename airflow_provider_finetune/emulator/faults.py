@@ -1,7 +1,8 @@
 """Fault injection: a pure ASGI middleware that makes some API requests fail, drawn from a seed.
 
 API requests are those under ``/v1`` and under ``/openai`` (the Azure dialects, whose fault answers have
-Azure's error shapes).
+Azure's error shapes), Bedrock's, and those under a prefix a dialect registered with
+:func:`register_fault_shape` (whose fault answers have that dialect's shape).
 
 A selected request is answered 500/502/503 or 429 (with ``retry-after``), has its connection dropped, or
 is slowed down.
@@ -22,6 +23,7 @@ import logging
 import math
 import random
 import re
+from collections.abc import Callable
 from typing import Any
 
 from airflow_provider_finetune.emulator.config import FaultConfig
@@ -29,7 +31,7 @@ from airflow_provider_finetune.emulator.counters import Counters
 from airflow_provider_finetune.emulator.dialects.bedrock.errors import aws_fault, is_bedrock_path
 from airflow_provider_finetune.emulator.errors import error_body_for_path
 
-__all__ = ["RAW_SEND_KEY", "FaultMiddleware"]
+__all__ = ["RAW_SEND_KEY", "FaultMiddleware", "FaultShape", "is_api_path", "register_fault_shape"]
 
 #: Scope key under which the outermost middleware leaves the server's own ``send`` (to reach the socket).
 RAW_SEND_KEY = "finetune_emulator.raw_send"
@@ -46,6 +48,30 @@ logger = logging.getLogger(__name__)
 
 #: The paths of API requests, the only ones faults are injected into.
 _API_PREFIXES = ("/v1/", "/openai/", "/together/")
+
+#: How a dialect answers an injected fault: (HTTP status, message) -> (JSON body, extra headers).
+FaultShape = Callable[[int, str], tuple[dict[str, Any], dict[str, str]]]
+
+#: Path prefixes of dialects whose fault answers have their own shape, with the shape.
+_SHAPES: dict[str, FaultShape] = {}
+
+
+def register_fault_shape(prefix: str, shape: FaultShape) -> None:
+    """Make the requests under ``prefix`` API requests (faults, status counts), answered in ``shape`` when faulted.
+
+    :param prefix: a path prefix ending with ``/`` (``"/vertex/"``).
+    :param shape: renders a fault's body and headers (``retry-after`` and the like are added to a 429's).
+    """
+    _SHAPES[prefix] = shape
+
+
+def _shape_of(path: str) -> FaultShape | None:
+    return next((shape for prefix, shape in _SHAPES.items() if path.startswith(prefix)), None)
+
+
+def is_api_path(path: str) -> bool:
+    """Whether a request path is an API request: faults are injected into it and its answers counted."""
+    return path.startswith(_API_PREFIXES) or is_bedrock_path(path) or _shape_of(path) is not None
 
 
 class _DroppedConnection(Exception):
@@ -65,7 +91,7 @@ if not any(isinstance(item, _QuietDrops) for item in _uvicorn_logger.filters):
 
 
 class FaultMiddleware:
-    """Injects faults into API requests (``/v1`` and ``/openai``).
+    """Injects faults into API requests (:func:`is_api_path`).
 
     :param app: the ASGI app behind.
     :param config: what to inject; change it at run time with :meth:`configure`.
@@ -89,7 +115,7 @@ class FaultMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Serve one ASGI connection, perhaps with a fault."""
         config = self.config
-        api = scope["type"] == "http" and (scope["path"].startswith(_API_PREFIXES) or is_bedrock_path(scope["path"]))
+        api = scope["type"] == "http" and is_api_path(scope["path"])
         if not api or not config.active:
             await self.app(scope, receive, send)
             return
@@ -119,6 +145,10 @@ class FaultMiddleware:
         self._counters.faults[str(status)] += 1
         if is_bedrock_path(scope["path"]):
             await _answer(send, status, *aws_fault(status, message))
+            return
+        shape = _shape_of(scope["path"])
+        if shape is not None:
+            await _answer(send, status, *shape(status, message))
             return
         await _answer(send, status, error_body_for_path(scope["path"], status, message, "server_error"), {})
 
@@ -150,6 +180,11 @@ async def _rate_limited(send: Any, retry_after: float, path: str) -> None:
     if is_bedrock_path(path):
         body, aws_headers = aws_fault(429, message)
         await _answer(send, 429, body, {**headers, **aws_headers})
+        return
+    shape = _shape_of(path)
+    if shape is not None:
+        body, own_headers = shape(429, message)
+        await _answer(send, 429, body, {**headers, **own_headers})
         return
     body = error_body_for_path(path, 429, message, "requests", code="rate_limit_exceeded")
     await _answer(send, 429, body, headers)

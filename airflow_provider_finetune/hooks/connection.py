@@ -53,6 +53,9 @@ def settings_from_connection(conn: Any, *, mask: Any = None) -> ConnectionSettin
         max_retries=int(_number(extra.get("max_retries"), DEFAULT_MAX_RETRIES, "max_retries")),
         aws_conn_id=str(extra["aws_conn_id"]) if extra.get("aws_conn_id") else None,
         region_name=str(extra["region_name"]).strip() if extra.get("region_name") else None,
+        service_fields={
+            name: str(extra[name]).strip() for name in service.fields or {} if extra.get(name) not in (None, "")
+        },
     )
     service.check(settings)
     return settings

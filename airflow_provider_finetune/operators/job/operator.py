@@ -351,7 +351,8 @@ class FineTuningJobOperator(_GraderTemplates):
         ti.xcom_push(key="result_files", value=list(job.result_files))
         ti.xcom_push(key="checkpoints", value=[checkpoint_json(c) for c in job_checkpoints(self.hook, job)])
         ti.xcom_push(key="fine_tuned_model", value=job.fine_tuned_model)
-        for key in ("training_metrics", "validation_metrics"):  # services that report metrics on the job (Bedrock)
+        # What a service reports on the job beside its model: its metrics, the endpoint that serves the model.
+        for key in ("training_metrics", "validation_metrics", "tuned_model_endpoint"):
             if (job.model_extra or {}).get(key) is not None:
                 ti.xcom_push(key=key, value=job.model_extra[key])  # type: ignore[index]
         self.log.info("Fine-tuning job %s succeeded: %s", job.id, job.fine_tuned_model)
