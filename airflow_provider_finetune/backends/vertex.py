@@ -604,8 +604,17 @@ def read_google_error(response: httpx.Response, body: Any) -> ErrorFields:
     reason = _detail(details, "ErrorInfo").get("reason")
     request_id = _detail(details, "RequestInfo").get("requestId") or response.headers.get("x-request-id")
     error_class = GOOGLE_ERRORS.get(status or "")
-    if status == "FAILED_PRECONDITION" and response.request.url.path.endswith(":cancel"):
+    request = response.request
+    if status == "FAILED_PRECONDITION" and request.url.path.endswith(":cancel"):
         error_class = ConflictError
+    # A create refused for the quota of concurrent tuning jobs frees up as jobs end: waited for, then tried again.
+    # Any other RESOURCE_EXHAUSTED (requests per minute...) is a rate limit, retried.
+    violations = _detail(details, "QuotaFailure").get("violations") or []
+    violation = violations[0] if violations and isinstance(violations[0], dict) else {}
+    subject = violation.get("subject")
+    said = " ".join(str(part) for part in (error.get("message"), subject, violation.get("description")) if part)
+    creating = request.method == "POST" and request.url.path.endswith("/tuningJobs")
+    quota = status == "RESOURCE_EXHAUSTED" and creating and "concurrent" in said.lower()
     return ErrorFields(
         message=str(error.get("message") or ""),
         code=status,
@@ -613,6 +622,8 @@ def read_google_error(response: httpx.Response, body: Any) -> ErrorFields:
         error_type=str(reason) if reason else None,
         request_id=str(request_id) if request_id else None,
         error_class=error_class,
+        refusal="quota" if quota else None,
+        quota=(str(subject) if subject else "concurrent tuning jobs") if quota else None,
     )
 
 

@@ -710,6 +710,26 @@ def test_resource_exhausted_is_a_rate_limit_and_retried(hook: FineTuningHook, fa
     assert raised.value.code == "RESOURCE_EXHAUSTED"
 
 
+def test_a_create_refused_for_a_quota_is_a_quota_refusal_waited_for_not_retried(
+    hook: FineTuningHook, fake: FakeVertex
+) -> None:
+    from airflow_provider_finetune.exceptions import QuotaExceededError
+
+    details = [
+        {
+            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [{"subject": "concurrent tuning jobs per region", "description": "limit 2"}],
+        }
+    ]
+    exhausted = google_error(429, "RESOURCE_EXHAUSTED", "Quota exceeded for concurrent tuning jobs.", details)
+    fake.fault("CreateTuningJob", lambda r: exhausted)
+    with pytest.raises(QuotaExceededError, match="Quota exceeded") as raised:
+        hook.create_job(request())
+    assert raised.value.quota == "concurrent tuning jobs per region"
+    assert fake.creates_made == 0
+    assert fake.operations.count("CreateTuningJob") == 1  # the quota is waited for by the operator, not retried here
+
+
 def test_a_bad_request_names_the_field_and_the_request(hook: FineTuningHook, fake: FakeVertex) -> None:
     details = [
         {

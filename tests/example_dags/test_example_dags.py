@@ -27,7 +27,9 @@ DAG_IDS = {
     "example_fireworks_finetune",
     "example_together_finetune",
     "example_guarded_sweep",
+    "example_vertex",
 }
+OWN_CONNECTIONS = {"example_bedrock": "finetune_bedrock", "example_vertex": "finetune_vertex"}
 ASSET_NAME = "finetune_support_assistant"
 DATA_FILES = {
     "support_train.jsonl": ("supervised", 40),
@@ -112,8 +114,9 @@ def test_example_dags_import_with_no_errors(example_dag_bag: Any) -> None:
         assert dag.catchup is False, dag_id
         assert dag.start_date is not None, dag_id
         assert "What this DAG shows" in (dag.doc_md or ""), dag_id
-        # One connection per example; Bedrock's names its own (its credentials are an AWS connection's).
-        expected = "finetune_bedrock" if dag_id == "example_bedrock" else "finetune_default"
+        # One connection per example; Bedrock's and Vertex's name their own (their credentials are an AWS or a
+        # Google connection's).
+        expected = OWN_CONNECTIONS.get(dag_id, "finetune_default")
         for task in dag.tasks:
             if hasattr(task, "finetune_conn_id"):
                 assert task.finetune_conn_id == expected, (dag_id, task.task_id)
