@@ -36,6 +36,7 @@ from airflow_provider_finetune.plugins.jobs import (
     database_connections,
     environment_connections,
     load_records,
+    newest_first,
     rendered_request,
 )
 from airflow_provider_finetune.rules import job_actions
@@ -179,9 +180,8 @@ def list_jobs(
     # The connections the tasks recorded first: a job is then found where it was made.
     recorded = [r.conn_id for r in records if r.conn_id]
     directory.locate([r.job_id for r in records], [*dict.fromkeys(recorded), *connections], live=live)
-    rows = [directory.view(r).to_json() for r in records]
     # Newest first by the service's creation time where known (tasks of one run may run in any order).
-    rows.sort(key=lambda r: (r["created_at"] or 0.0, r["job_id"]), reverse=True)
+    rows = newest_first([directory.view(r) for r in records])
     services = sorted({r["service"] for r in rows if r["service"]})
     found_statuses = sorted({r["status"] for r in rows if r["status"]})
     dags = sorted({r["dag_id"] for r in rows})

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
     from airflow_provider_finetune.models import FineTuningJob
 
-__all__ = ["CREATE_OPERATORS", "Directory", "JobRecord", "load_records", "rendered_request"]
+__all__ = ["CREATE_OPERATORS", "Directory", "JobRecord", "load_records", "newest_first", "rendered_request"]
 
 #: The operator classes whose ``job_id`` XCom is a job they created (the job-action operators push one too).
 CREATE_OPERATORS: frozenset[str] = frozenset({"FineTuningJobOperator"})
@@ -102,6 +102,22 @@ class JobView:
             "trained_tokens": self.trained_tokens if self.trained_tokens is not None else r.trained_tokens,
             "estimated_cost": r.estimated_cost,
         }
+
+
+def newest_first(views: list[JobView]) -> list[dict[str, Any]]:
+    """The rows of ``views``, newest first by the service's creation time where known.
+
+    Services give creation times in whole seconds, so jobs made in one second (a mapped task's) tie: the one its
+    task recorded later (the XCom's own time, to the microsecond) comes first, then the higher map index.
+    """
+
+    def newness(view: JobView) -> tuple[float, float, int, str]:
+        r = view.record
+        pushed = _epoch(r.pushed_at) or 0.0
+        created = view.created_at if view.created_at is not None else pushed
+        return (created, pushed, r.map_index, r.job_id)
+
+    return [view.to_json() for view in sorted(views, key=newness, reverse=True)]
 
 
 def _epoch(value: datetime | None) -> float | None:

@@ -255,3 +255,21 @@ def test_a_job_no_connection_lists_is_not_looked_for_on_every_request(monkeypatc
     now[0] += ABSENT_TTL
     directory.locate(["ftjob-gone"], ["a", "b"], live=["ftjob-gone"])
     assert (services["a"].calls, services["b"].calls) == (2, 2)  # looked for again after the wait
+
+
+def test_jobs_made_in_one_second_list_newest_first_by_when_their_tasks_recorded_them() -> None:
+    """A mapped task's jobs share the service's whole-second creation time: the later recorded comes first."""
+    from datetime import datetime, timedelta, timezone
+
+    from airflow_provider_finetune.plugins.jobs import JobRecord, JobView, newest_first
+
+    second = datetime(2026, 12, 7, 12, 0, 0, tzinfo=timezone.utc)
+    # Job ids are random: here they sort against the order the tasks made them in.
+    made = [(f"ftjob-{'zyxwv'[i]}", i, second + timedelta(milliseconds=150 * i)) for i in range(5)]
+    views = [
+        JobView(JobRecord(job_id, "d", "r", "fine_tune", index, pushed), created_at=second.timestamp())
+        for job_id, index, pushed in made
+    ]
+    older = JobView(JobRecord("ftjob-a", "d", "r0", "fine_tune", -1, second - timedelta(minutes=5)), created_at=None)
+    rows = newest_first([older, *views])
+    assert [row["map_index"] for row in rows] == [4, 3, 2, 1, 0, -1]
