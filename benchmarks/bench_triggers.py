@@ -92,7 +92,6 @@ import random
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -104,6 +103,7 @@ from typing import IO, Any
 
 import httpx
 import psutil
+from bench_emulator import free_port, training_file  # the folder of this script is on sys.path
 
 API_KEY = "sk-bench"
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
@@ -259,28 +259,6 @@ def _kind(thing: object) -> str:
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def training_file(examples: int) -> bytes:
-    lines = [
-        json.dumps(
-            {
-                "messages": [
-                    {"role": "system", "content": "You answer arithmetic questions."},
-                    {"role": "user", "content": f"What is {i} + {i}?"},
-                    {"role": "assistant", "content": str(2 * i)},
-                ]
-            }
-        )
-        for i in range(examples)
-    ]
-    return ("\n".join(lines) + "\n").encode()
 
 
 def job_seconds(examples: int, speed: float) -> float:
