@@ -1085,6 +1085,7 @@ def test_the_deferred_wait_reads_vertex_through_the_shared_poller(
         from airflow.exceptions import TaskDeferred  # type: ignore[no-redef]
 
     from airflow_provider_finetune.operators.finetune import FineTuningJobOperator
+    from tests.chaos.conftest import run_trigger
 
     connect_vertex(monkeypatch, conn_id="ft_vertex_deferred")
     steps = ["JOB_STATE_QUEUED", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"]
@@ -1108,14 +1109,7 @@ def test_the_deferred_wait_reads_vertex_through_the_shared_poller(
     assert ti.xcoms["job_id"] == fake.jobs[next(iter(fake.jobs))]["name"]  # pushed before the wait
     fake.before_get = step
 
-    async def fire() -> dict[str, Any]:
-        try:
-            (event,) = [event.payload async for event in deferred.value.trigger.run()]
-            return dict(event)
-        finally:
-            await close_shared_async_clients()
-
-    event = asyncio.run(fire())
+    (event,) = run_trigger(deferred.value.trigger)
     assert event["status"] == "succeeded"
     model = getattr(operator, deferred.value.method_name)(context, event, **(deferred.value.kwargs or {}))
     assert model == f"{BASE}/models/77@1"

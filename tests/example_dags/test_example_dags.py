@@ -61,6 +61,21 @@ def task_states(run_id: str, dag_id: str) -> dict[str, str | None]:
         return {row.task_id: None if row.state is None else str(row.state) for row in rows}
 
 
+def asset_events(name: str, run_id: str) -> list[dict[str, Any]]:
+    """The events of the asset ``name`` that the run ``run_id`` recorded: each one's extra, source task and asset."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.name == name, AssetEvent.source_run_id == run_id)
+            .all()
+        )
+        return [{"extra": e.extra, "source_task_id": e.source_task_id, "asset_id": e.asset_id} for e in rows]
+
+
 def run(bag: Any, dag_id: str, **conf: Any) -> Any:
     dag_run = bag.dags[dag_id].test(run_conf=conf or None)
     assert dag_run.state == "success", f"{dag_id} ended {dag_run.state}"
@@ -200,7 +215,7 @@ def retraining_run(serialized_example_dags: Any, emulator_server: EmulatorServer
 
 @integration
 def test_retraining_publishes_the_evaluated_model(retraining_run: Any, emulator: Emulator) -> None:
-    from airflow.models.asset import AssetDagRunQueue, AssetEvent, AssetModel
+    from airflow.models.asset import AssetDagRunQueue
     from airflow.utils.session import create_session
 
     dag_id, run_id = "example_finetune_retraining", retraining_run.run_id
@@ -235,19 +250,14 @@ def test_retraining_publishes_the_evaluated_model(retraining_run: Any, emulator:
         "score": evaluation["score"],
     }
     assert published.items() >= expected_extra.items()
+    events = asset_events(ASSET_NAME, run_id)
+    assert len(events) == 1
+    assert events[0]["extra"].items() >= expected_extra.items()
+    assert events[0]["source_task_id"] == "publish"
     with create_session() as session:
-        events = (
-            session.query(AssetEvent)
-            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .filter(AssetModel.name == ASSET_NAME, AssetEvent.source_run_id == run_id)
-            .all()
-        )
-        assert len(events) == 1
-        assert events[0].extra.items() >= expected_extra.items()
-        assert events[0].source_task_id == "publish"
         # The event queued a run of the DAG it schedules.
         queued = session.query(AssetDagRunQueue).filter_by(target_dag_id="example_finetune_deploy").all()
-        assert [q.asset_id for q in queued] == [events[0].asset_id]
+        assert [q.asset_id for q in queued] == [events[0]["asset_id"]]
 
 
 @integration

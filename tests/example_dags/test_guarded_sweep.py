@@ -10,7 +10,7 @@ import pytest
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
 from tests.example_dags.conftest import Emulator, connection_to
-from tests.example_dags.test_example_dags import DATA, run, task_states, xcoms
+from tests.example_dags.test_example_dags import DATA, asset_events, run, task_states, xcoms
 from tests.integration.conftest import API_KEY
 
 DAG_ID = "example_guarded_sweep"
@@ -45,9 +45,6 @@ def sweep_emulator() -> Iterator[EmulatorServer]:
 def test_the_sweep_stops_a_job_early_gates_the_best_model_and_publishes_the_result(
     serialized_example_dags: Any, sweep_emulator: EmulatorServer
 ) -> None:
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-
     emulator = Emulator(sweep_emulator)
     with connection_to(sweep_emulator):
         hook = FineTuningHook()
@@ -96,16 +93,10 @@ def test_the_sweep_stops_a_job_early_gates_the_best_model_and_publishes_the_resu
     assert evaluation["passed"] is True
     assert evaluation["score"] > evaluation["baseline_score"]
     assert evaluation["min_score"] == 0.7
-    with create_session() as session:
-        events = (
-            session.query(AssetEvent)
-            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .filter(AssetModel.name == ASSET_NAME, AssetEvent.source_run_id == dag_run.run_id)
-            .all()
-        )
-        assert len(events) == 1
-        extra = events[0].extra
-        assert events[0].source_task_id == "evaluation_gate"
+    events = asset_events(ASSET_NAME, dag_run.run_id)
+    assert len(events) == 1
+    extra = events[0]["extra"]
+    assert events[0]["source_task_id"] == "evaluation_gate"
     assert extra["fine_tuned_model"] == summary["fine_tuned_model"]
     assert extra["evaluation"] == evaluation
     assert len(extra["sweep"]) == 3

@@ -18,7 +18,7 @@ import pytest
 from airflow_provider_finetune.emulator import EmulatorConfig, EmulatorServer
 from tests.emulator.test_vertex import LOCATION, PROJECT, Storage, storage
 from tests.example_dags.conftest import EXAMPLE_DAGS
-from tests.example_dags.test_example_dags import run, task_states, xcoms
+from tests.example_dags.test_example_dags import asset_events, run, task_states, xcoms
 from tests.integration.conftest import API_KEY
 
 __all__ = ["storage"]  # a fixture, used by name
@@ -82,9 +82,6 @@ def tuning_jobs(server: EmulatorServer) -> list[dict[str, Any]]:
 def test_the_vertex_example_tunes_evaluates_and_publishes(
     serialized_example_dags: Any, storage: Storage, vertex_server: EmulatorServer
 ) -> None:
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-
     dag = serialized_example_dags.dags[DAG_ID]
     assert dag.get_task("fine_tune").deferrable is True
     training_uri, validation_uri = dag.params["training_file"], dag.params["validation_file"]
@@ -153,12 +150,5 @@ def test_the_vertex_example_tunes_evaluates_and_publishes(
         "score": result["score"],
         "baseline_score": result["baseline_score"],
     }
-    with create_session() as session:
-        events = (
-            session.query(AssetEvent)
-            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .filter(AssetModel.name == ASSET_NAME, AssetEvent.source_run_id == run_id)
-            .all()
-        )
-        assert [event.extra for event in events] == [published]
+    assert [event["extra"] for event in asset_events(ASSET_NAME, run_id)] == [published]
     print(f"\n[{DAG_ID}] job {job['name']}, endpoint {tuned['endpoint']}, score {result['score']:.2f}")

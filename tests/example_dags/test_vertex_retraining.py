@@ -4,7 +4,6 @@ the worker and deferred, to a tuned model, its endpoint and its checkpoints."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -111,7 +110,7 @@ def test_the_retraining_task_waits_deferred_and_a_retry_adopts_its_job(
     except ImportError:  # Airflow 3.1
         from airflow.exceptions import TaskDeferred  # type: ignore[no-redef]
 
-    from airflow_provider_finetune.core.client import close_shared_async_clients
+    from tests.chaos.conftest import run_trigger
     from tests.operators.conftest import FakeStateStore, FakeTI
 
     ti, store = FakeTI(), FakeStateStore()
@@ -124,14 +123,7 @@ def test_the_retraining_task_waits_deferred_and_a_retry_adopts_its_job(
         _fine_tune(deferrable=True).execute({"ti": FakeTI(), "task_state_store": FakeStateStore()})
     assert [job["name"] for job in _jobs(vertex_connection)] == [created]
 
-    async def fire() -> dict[str, Any]:
-        try:
-            (event,) = [event.payload async for event in deferred.value.trigger.run()]
-            return dict(event)
-        finally:
-            await close_shared_async_clients()
-
-    event = asyncio.run(fire())
+    (event,) = run_trigger(deferred.value.trigger)
     assert event["status"] == "succeeded"
     context = {"ti": ti, "task_state_store": store}
     model = getattr(operator, deferred.value.method_name)(context, event, **(deferred.value.kwargs or {}))
