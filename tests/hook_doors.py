@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from airflow_provider_finetune.hooks.finetune import FineTuningHook
-from airflow_provider_finetune.hooks.flows import apages, ensure_flow, upload_flow
+from airflow_provider_finetune.hooks.flows import ensure_flow, upload_flow
+from airflow_provider_finetune.hooks.waits import listed
 
 
 def _files(backend: Any) -> Any:
@@ -80,4 +81,4 @@ async def async_call(hook: FineTuningHook, name: str, *args: Any, **kwargs: Any)
 async def async_items(hook: FineTuningHook, name: str, *args: Any, **kwargs: Any) -> list[Any]:
     """Every item of the async iterator ``name`` (``iter_jobs``...): the pages of its list, read async."""
     await hook.asettings()
-    return [item async for item in apages(hook, CALLS[LISTS[name]](hook.backend, *args, **kwargs))]
+    return await hook.arun_flow(listed(hook.backend, CALLS[LISTS[name]](hook.backend, *args, **kwargs)))

@@ -7,7 +7,7 @@ its connection only when they start, so that a flow run by ``arun_flow`` reads i
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
 import httpx
@@ -20,7 +20,7 @@ from airflow_provider_finetune.hooks.uploads import FileSource, route_flow
 from airflow_provider_finetune.models import CreateFineTuningJobRequest, FileObject, FineTuningJob, Page
 from airflow_provider_finetune.rules.once import JobIdentity, OnChangedRequest
 
-__all__ = ["apages", "asend", "call_steps", "ensure_flow", "files_backend", "pages", "send", "upload_flow"]
+__all__ = ["asend", "call_steps", "ensure_flow", "files_backend", "pages", "send", "upload_flow"]
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -87,20 +87,6 @@ def pages(hook: Any, first: Call[Page[M]]) -> Iterator[M]:
     while call is not None:
         page = hook.call(call)
         yield from page.data
-        call = hook.backend.next_page(call, page)
-
-
-async def apages(hook: Any, first: Call[Page[M]]) -> AsyncIterator[M]:
-    """Every item of a list call, page after page, read with the hook's async client.
-
-    ``async for job in apages(hook, hook.backend.list_jobs(None, 100, None))``.
-    """
-    await hook.asettings()
-    call: Call[Page[M]] | None = first
-    while call is not None:
-        page = await hook.acall(call)
-        for item in page.data:
-            yield item
         call = hook.backend.next_page(call, page)
 
 

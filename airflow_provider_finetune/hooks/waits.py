@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_finetune.backends.base import Backend, Call
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
-    from airflow_provider_finetune.models import FineTuningJob, FineTuningJobEvent, Page
+    from airflow_provider_finetune.models import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent, Page
 
 M = TypeVar("M", bound="BaseModel")
 S = TypeVar("S")
@@ -40,6 +40,8 @@ O = TypeVar("O")  # noqa: E741
 
 __all__ = [
     "active_slots",
+    "job_and_checkpoints",
+    "listed",
     "observation",
     "wait_async",
     "wait_quota_async",
@@ -58,7 +60,7 @@ def observation(backend: Backend, job_id: str, poll: Poll) -> Flow[Observation]:
     job: FineTuningJob = raised((yield backend.job_call("GET", job_id)))
     checkpoints = None
     if poll.checkpoints:
-        checkpoints = yield from _listed(backend, backend.checkpoints(job_id, None, 100))
+        checkpoints = yield from listed(backend, backend.checkpoints(job_id, None, 100))
     if not backend.supports("events"):
         return Observation(job, checkpoints=checkpoints)
     over = poll.history or job.status.value in poll.ends
@@ -80,11 +82,11 @@ def active_slots(backend: Backend, model: str, *, tag: str | None, own_job_id: s
     """Count the service's active jobs on ``model`` (at most ``MAX_WALK`` jobs are read)."""
     from airflow_provider_finetune.rules.once import MAX_WALK
 
-    jobs = yield from _listed(backend, backend.list_jobs(None, PAGE, None), most=MAX_WALK)
+    jobs = yield from listed(backend, backend.list_jobs(None, PAGE, None), most=MAX_WALK)
     return count_active(jobs, model, tag=tag, own_job_id=own_job_id)
 
 
-def _listed(backend: Backend, call: Call[Page[M]] | None, *, most: int | None = None) -> Flow[list[M]]:
+def listed(backend: Backend, call: Call[Page[M]] | None, *, most: int | None = None) -> Flow[list[M]]:
     """Every item of a list call, page after page (the first ``most`` where given)."""
     items: list[M] = []
     while call is not None and (most is None or len(items) < most):
@@ -92,6 +94,13 @@ def _listed(backend: Backend, call: Call[Page[M]] | None, *, most: int | None = 
         items += page.data
         call = backend.next_page(call, page)
     return items[:most]
+
+
+def job_and_checkpoints(backend: Backend, job_id: str) -> Flow[tuple[FineTuningJob, list[FineTuningJobCheckpoint]]]:
+    """Read a job, then its checkpoints: read after it, they include every one it made before it ended."""
+    job: FineTuningJob = raised((yield backend.job_call("GET", job_id)))
+    checkpoints = yield from listed(backend, backend.checkpoints(job_id, None, 100))
+    return job, checkpoints
 
 
 def waiting(

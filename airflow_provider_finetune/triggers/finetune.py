@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from airflow.exceptions import AirflowNotFoundException
 
 from airflow_provider_finetune.exceptions import FineTuningError
-from airflow_provider_finetune.hooks.waits import wait_async
+from airflow_provider_finetune.hooks.waits import job_and_checkpoints, wait_async, waiting
 from airflow_provider_finetune.rules.budget import Budget
 from airflow_provider_finetune.rules.early_stopping import EarlyStopping
 from airflow_provider_finetune.rules.waiting import (
@@ -31,7 +31,10 @@ from airflow_provider_finetune.triggers.base import _FineTuningTrigger
 from airflow_provider_finetune.triggers.poller import shared_poller
 
 if TYPE_CHECKING:
+    from airflow_provider_finetune.core.flows import Flow
     from airflow_provider_finetune.hooks.finetune import FineTuningHook
+    from airflow_provider_finetune.models import FineTuningJob, FineTuningJobCheckpoint
+    from airflow_provider_finetune.rules.checkpoints import ReadCheckpoints
     from airflow_provider_finetune.triggers.offloop import OffLoopLog
 
 __all__ = ["FineTuningCheckpointTrigger", "FineTuningJobTrigger", "hook_class"]
@@ -203,7 +206,7 @@ class FineTuningCheckpointTrigger(_FineTuningTrigger):
 
     async def _wait(self, log: OffLoopLog) -> dict[str, Any]:
         """Poll the job's checkpoints until the condition holds (the rules of ``watch_checkpoints``); the outcome."""
-        from airflow_provider_finetune.rules.checkpoints import CheckpointCondition, ReadCheckpoints, watch_checkpoints
+        from airflow_provider_finetune.rules.checkpoints import CheckpointCondition, watch_checkpoints
 
         condition = CheckpointCondition(self.min_checkpoints, self.metric, self.threshold, self.mode)
         hook = await _hook(self.finetune_conn_id)
@@ -215,26 +218,16 @@ class FineTuningCheckpointTrigger(_FineTuningTrigger):
             max_consecutive_errors=self.max_consecutive_errors,
             early_stopping=EarlyStopping.of(self.early_stopping),
         )
-        step = next(steps)
-        while True:
-            reply: Any = None
-            if isinstance(step, ReadCheckpoints):
-                try:
-                    # The job first: checkpoints read after it include every one it made before it ended.
-                    from airflow_provider_finetune.hooks.flows import apages
 
-                    job = await hook.aget_job(self.job_id)
-                    reply = (job, [c async for c in apages(hook, hook.backend.checkpoints(self.job_id, None, 100))])
-                except FineTuningError as err:
-                    log.warning("Could not read checkpoints of %s: %s", self.job_id, err)
-                    reply = err
-            else:
-                await asyncio.sleep(step.seconds)
+        def read(step: ReadCheckpoints) -> Flow[tuple[FineTuningJob, list[FineTuningJobCheckpoint]]]:
             try:
-                step = steps.send(reply)
-            except StopIteration as done:
-                outcome = done.value
-                break
+                return (yield from job_and_checkpoints(hook.backend, self.job_id))
+            except FineTuningError as err:
+                log.warning("Could not read checkpoints of %s: %s", self.job_id, err)
+                raise
+
+        await hook.asettings()
+        outcome = cast("Outcome", await hook.arun_flow(waiting(steps, read)))
         payload: dict[str, Any] = {"status": outcome.status, "job_id": self.job_id, "message": outcome.message}
         if outcome.checkpoint is not None:
             payload["checkpoint"] = outcome.checkpoint.model_dump(mode="json")
