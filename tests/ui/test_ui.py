@@ -8,6 +8,7 @@ browser and the API clients received for the connections' keys and extra header.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 from urllib.parse import unquote, urlencode
 
@@ -39,9 +40,21 @@ def jobs(deployment: UIDeployment) -> dict[str, Any]:
     slow = deployment.emulator_get(True, "/fine_tuning/jobs")["data"]
     assert len(fast) == 1, fast
     assert len(slow) == 1, slow
-    newest_first = [j["id"] for j in sorted([*fast, *slow], key=lambda j: (j["created_at"], j["id"]), reverse=True)]
     with deployment.client("admin") as api:
         run_id = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns").json()["dag_runs"][0]["dag_run_id"]
+        # When each create task recorded its job (the job_id XCom's own time): jobs made in one second are
+        # listed newest first by it.
+        recorded = {
+            job["id"]: datetime.fromisoformat(
+                api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task}/xcomEntries/job_id").json()[
+                    "timestamp"
+                ]
+            )
+            for task, (job,) in (("fine_tune", fast), ("fine_tune_slow", slow))
+        }
+    newest_first = [
+        j["id"] for j in sorted([*fast, *slow], key=lambda j: (j["created_at"], recorded[j["id"]]), reverse=True)
+    ]
     return {"done": fast[0]["id"], "running": slow[0]["id"], "run_id": run_id, "newest_first": newest_first}
 
 
